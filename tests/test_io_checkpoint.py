@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 
 from wsl.errors import CheckpointError, StateDictMismatchError, UnsafeCheckpointError
 from wsl.io import (
+    atomic_open,
     atomic_save_safetensors,
     atomic_write,
     check_finite,
@@ -64,6 +65,16 @@ def test_atomic_write_failure_leaves_target(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
 
 
+def test_atomic_open_and_legacy_and_device(tmp_path: Path) -> None:
+    with atomic_open(tmp_path / "note.txt", "w") as fh:
+        fh.write("hello")
+    assert (tmp_path / "note.txt").read_text() == "hello"
+    torch.save(_sd(), tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    _assert_same(load_state_dict(tmp_path / "legacy.pt"), _sd())
+    with pytest.raises(CheckpointError, match="invalid device"):
+        load_state_dict(tmp_path / "legacy.pt", device="potato")
+
+
 def test_save_shared_and_noncontiguous(tmp_path: Path) -> None:
     w = torch.arange(12.0).reshape(3, 4)
     sd = {"a": w, "b": w, "t": w.t(), "row": w[1]}
@@ -108,7 +119,7 @@ def _write_sharded(d: Path, fmt: str, weight_map: dict[str, str] | None = None) 
         else:
             torch.save(tensors, d / f"{shard}{ext}")
         wmap.update({k: f"{shard}{ext}" for k in tensors})
-    index = "model.safetensors.index.json" if fmt == "safetensors" else "pytorch_model.bin.index.json"
+    index = f"{'model.safetensors' if fmt == 'safetensors' else 'pytorch_model.bin'}.index.json"
     (d / index).write_text(json.dumps({"metadata": {}, "weight_map": weight_map or wmap}))
 
 
@@ -118,7 +129,10 @@ def test_sharded_directory(tmp_path: Path, fmt: str) -> None:
     _assert_same(load_state_dict(tmp_path), _sd())
 
 
-@pytest.mark.parametrize("bad", ["../outside.safetensors", "/etc/passwd", "sub/../../x", "nope.safetensors"])
+@pytest.mark.parametrize(
+    "bad", ["../outside.safetensors", "/etc/passwd", "sub/../../x", "nope.safetensors",
+            "model.safetensors.index.json", "..\\outside.safetensors"]
+)
 def test_sharded_refuses_bad_paths(tmp_path: Path, bad: str) -> None:
     d = tmp_path / "ckpt"
     d.mkdir()
@@ -130,7 +144,8 @@ def test_sharded_refuses_bad_paths(tmp_path: Path, bad: str) -> None:
 
 def test_sharded_shard_mismatch(tmp_path: Path) -> None:
     _write_sharded(tmp_path, "safetensors", {"fc.bias": "shard-1.safetensors"})
-    with pytest.raises(CheckpointError, match=r"shard-1\.safetensors.*missing fc\.bias.*fc\.weight"):
+    match = r"shard-1\.safetensors.*missing fc\.bias.*fc\.weight"
+    with pytest.raises(CheckpointError, match=match):
         load_state_dict(tmp_path)
 
 
@@ -146,13 +161,16 @@ def test_nested_containers_and_ddp(tmp_path: Path) -> None:
     for name, obj in cases.items():
         torch.save(obj, tmp_path / name)
         _assert_same(load_state_dict(tmp_path / name), sd)
+    save_file({f"module.{k}": v for k, v in sd.items()}, str(tmp_path / "f.safetensors"))
+    _assert_same(load_state_dict(tmp_path / "f.safetensors"), sd)
     mixed = {"module.a": torch.ones(1), "b": torch.ones(1)}
     torch.save(mixed, tmp_path / "e.pt")
     assert set(load_state_dict(tmp_path / "e.pt")) == {"module.a", "b"}
 
 
 @pytest.mark.parametrize(
-    "obj", [[1, 2], {"a": {"b": {"state_dict": {"w": torch.ones(1)}}}}, {"w": torch.ones(1), "n": 3}]
+    "obj",
+    [[1, 2], {"a": {"b": {"state_dict": {"w": torch.ones(1)}}}}, {"w": torch.ones(1), "n": 3}],
 )
 def test_not_a_state_dict(tmp_path: Path, obj: object) -> None:
     torch.save(obj, tmp_path / "x.pt")
@@ -223,7 +241,8 @@ def _raw_safetensors(header: dict, data: bytes) -> bytes:
         ({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, bytes(8), "needs 12 bytes"),
         ({"a": {"dtype": "X9", "shape": [2], "data_offsets": [0, 8]}}, bytes(8), "unknown dtype"),
         ({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, bytes(8), "non-negative"),
-        ({"a": {"dtype": "F32", "shape": [2**40, 2**40], "data_offsets": [0, 8]}}, bytes(8), "too large|needs"),
+        ({"a": {"dtype": "F32", "shape": [2**40, 2**40], "data_offsets": [0, 8]}}, bytes(8),
+         "too large|needs"),
         ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "__metadata__": {"k": 1}},
          bytes(8), "__metadata__"),
         ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 16]}}, bytes(8), "exceeds"),
@@ -311,7 +330,7 @@ def test_fuzz_safetensors(tmp_path: Path) -> None:
                 break
             try:
                 data = _mutate(data, rng)
-            except (ValueError, UnicodeDecodeError, IndexError, KeyError, TypeError, AttributeError):
+            except (ValueError, IndexError, KeyError, TypeError, AttributeError):
                 break  # header already broken for JSON edits; keep what we have
         path = tmp_path / f"m{i}.safetensors"
         path.write_bytes(data)

@@ -54,16 +54,21 @@ _FORMS = (
 )
 
 
+def _err(ref: object, what: str) -> ArchitectureError:
+    return ArchitectureError(f"architecture {ref!r}: {what}")
+
+
 def parse_call_args(text: str, *, ref: str = "") -> tuple[list[Any], dict[str, Any]]:
     """Parse ``"1, k='v'"`` into literal positional and keyword arguments (no ``eval``)."""
     label = ref or text
     try:
         tree = ast.parse(f"_f({text})", mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
-        raise ArchitectureError(f"architecture {label!r}: cannot parse arguments ({exc})") from exc
+        raise _err(label, f"cannot parse arguments ({exc})") from exc
     call = tree.body
-    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "_f"):
-        raise ArchitectureError(f"architecture {label!r}: arguments are not a single call")
+    ok = isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "_f"
+    if not ok:
+        raise _err(label, "arguments are not a single call")
     try:
         args = [ast.literal_eval(a) for a in call.args]
         kwargs: dict[str, Any] = {}
@@ -72,9 +77,7 @@ def parse_call_args(text: str, *, ref: str = "") -> tuple[list[Any], dict[str, A
                 raise ValueError("'**' expansion is not allowed")
             kwargs[kw.arg] = ast.literal_eval(kw.value)
     except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError) as exc:
-        raise ArchitectureError(
-            f"architecture {label!r}: arguments must be Python literals ({exc})"
-        ) from exc
+        raise _err(label, f"arguments must be Python literals ({exc})") from exc
     return args, kwargs
 
 
@@ -97,8 +100,7 @@ def _split_call(text: str) -> tuple[str, str | None]:
 
 def _check_module(obj: Any, label: str, what: str) -> nn.Module:
     if not isinstance(obj, nn.Module):
-        raise ArchitectureError(f"architecture {label!r}: {what} returned a "
-                                f"{type(obj).__name__}, not a torch.nn.Module")
+        raise _err(label, f"{what} returned a {type(obj).__name__}, not a torch.nn.Module")
     return obj
 
 
@@ -106,11 +108,9 @@ def _wrap_call(label: str, what: str, fn: Any, *args: Any, **kwargs: Any) -> nn.
     try:
         result = fn(*args, **kwargs)
     except WslError as exc:
-        raise ArchitectureError(f"architecture {label!r}: {what} failed: {exc}") from exc
-    except Exception as exc:
-        raise ArchitectureError(
-            f"architecture {label!r}: {what} raised {type(exc).__name__}: {exc}"
-        ) from exc
+        raise _err(label, f"{what} failed: {exc}") from exc
+    except (Exception, SystemExit) as exc:
+        raise _err(label, f"{what} raised {type(exc).__name__}: {exc}") from exc
     return _check_module(result, label, what)
 
 
@@ -118,7 +118,7 @@ def _archs(name: str, label: str) -> ModuleType:
     try:
         return importlib.import_module(f"wsl.archs.{name}")
     except ImportError as exc:
-        raise ArchitectureError(f"architecture {label!r}: wsl.archs.{name} unavailable: {exc}") from exc
+        raise _err(label, f"wsl.archs.{name} unavailable: {exc}") from exc
 
 
 def _from_dict(desc: dict[str, Any], label: str) -> nn.Module:
@@ -134,13 +134,12 @@ def _from_json_text(text: str, label: str) -> nn.Module:
     try:
         desc = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ArchitectureError(
-            f"architecture {label!r}: invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from exc
+        where = f"line {exc.lineno} column {exc.colno}"
+        raise _err(label, f"invalid JSON: {exc.msg} at {where}") from exc
     except (ValueError, RecursionError) as exc:
-        raise ArchitectureError(f"architecture {label!r}: invalid JSON: {exc}") from exc
+        raise _err(label, f"invalid JSON: {exc}") from exc
     if not isinstance(desc, dict):
-        raise ArchitectureError(f"architecture {label!r}: JSON must be an object")
+        raise _err(label, "JSON must be an object")
     return _from_dict(desc, label)
 
 
@@ -148,32 +147,32 @@ def _import_target(target: str, label: str) -> ModuleType:
     is_file = target.endswith(".py") or "/" in target or os.sep in target
     if not is_file:
         if not _DOTTED.match(target):
-            raise ArchitectureError(f"architecture {label!r}: {target!r} is not a module name")
+            raise _err(label, f"{target!r} is not a module name")
         try:
             return importlib.import_module(target)
         except ModuleNotFoundError as exc:
             if exc.name and (target == exc.name or target.startswith(exc.name + ".")):
-                raise ArchitectureError(f"architecture {label!r}: module {target!r} not found") from exc
-            raise ArchitectureError(f"architecture {label!r}: importing {target!r} failed: {exc}") from exc
+                raise _err(label, f"module {target!r} not found") from exc
+            raise _err(label, f"importing {target!r} failed: {exc}") from exc
         except Exception as exc:
             raise ArchitectureError(
                 f"architecture {label!r}: importing {target!r} raised {type(exc).__name__}: {exc}"
             ) from exc
     path = Path(target).expanduser()
     if not path.is_file():
-        raise ArchitectureError(f"architecture {label!r}: file {str(path)!r} not found")
+        raise _err(label, f"file {str(path)!r} not found")
     resolved = path.resolve()
     mod_name = "_wsl_archref_" + hashlib.sha1(str(resolved).encode()).hexdigest()[:16]
     spec = importlib.util.spec_from_file_location(mod_name, resolved)
     if spec is None or spec.loader is None:
-        raise ArchitectureError(f"architecture {label!r}: cannot load {str(path)!r} as Python")
+        raise _err(label, f"cannot load {str(path)!r} as Python")
     module = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = module
     try:
         spec.loader.exec_module(module)
     except BaseException as exc:
         sys.modules.pop(mod_name, None)
-        if not isinstance(exc, Exception):
+        if not isinstance(exc, (Exception, SystemExit)):
             raise
         raise ArchitectureError(
             f"architecture {label!r}: executing {str(path)!r} raised {type(exc).__name__}: {exc}"
@@ -186,15 +185,15 @@ def _from_factory(target: str, attr: str, args: str | None, label: str) -> nn.Mo
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise ArchitectureError(f"architecture {label!r}: {target!r} has no attribute {attr!r}")
+            raise _err(label, f"{target!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     pos, kw = parse_call_args(args, ref=label) if args is not None else ([], {})
     if isinstance(obj, nn.Module):
         if args is not None:
-            raise ArchitectureError(f"architecture {label!r}: {attr!r} is a module instance, not callable")
+            raise _err(label, f"{attr!r} is a module instance, not callable")
         return obj
     if not callable(obj):
-        raise ArchitectureError(f"architecture {label!r}: {attr!r} is not callable")
+        raise _err(label, f"{attr!r} is not callable")
     return _wrap_call(label, f"factory {attr!r}", obj, *pos, **kw)
 
 
@@ -205,13 +204,13 @@ def _from_registry(name: str, args: str | None, label: str) -> nn.Module:
         try:
             factory = reg.get(name)
         except (KeyError, LookupError, WslError) as exc:
-            raise ArchitectureError(f"architecture {label!r}: {name!r} is not registered ({exc})") from exc
+            raise _err(label, f"{name!r} is not registered ({exc})") from exc
         if factory is None:
-            raise ArchitectureError(f"architecture {label!r}: {name!r} is not registered")
+            raise _err(label, f"{name!r} is not registered")
         return _wrap_call(label, f"built-in {name!r}", factory, *pos, **kw)
     if hasattr(reg, "build"):
         return _wrap_call(label, f"built-in {name!r}", reg.build, name, *pos, **kw)
-    raise ArchitectureError(f"architecture {label!r}: wsl.archs.registry has no get()/build()")
+    raise _err(label, "wsl.archs.registry has no get()/build()")
 
 
 def resolve_arch(ref: ArchRef, *, allow_code: bool = True) -> nn.Module:
@@ -227,34 +226,32 @@ def resolve_arch(ref: ArchRef, *, allow_code: bool = True) -> nn.Module:
     if isinstance(ref, os.PathLike):
         ref = os.fspath(ref)
     if not isinstance(ref, str):
-        raise ArchitectureError(f"architecture reference of type {type(ref).__name__}; expected {_FORMS}")
+        kind = type(ref).__name__
+        raise ArchitectureError(f"architecture reference of type {kind}; expected {_FORMS}")
     text = ref.strip()
     if not text:
         raise ArchitectureError(f"empty architecture reference; expected {_FORMS}")
     if text.startswith("{"):
         return _from_json_text(text, text if len(text) < 80 else text[:77] + "...")
     if text.lower().endswith(".json"):
-        try:
-            desc = read_json_object(text, what="architecture JSON", error=ArchitectureError)
-        except ArchitectureError as exc:
-            raise ArchitectureError(f"architecture {ref!r}: {exc}") from exc
+        desc = read_json_object(text, what="architecture JSON", error=ArchitectureError)
         return _from_dict(desc, text)
     head, args = _split_call(text)
     if ":" in head:
         target, attr = head.rsplit(":", 1)
         if _DOTTED.match(attr.strip()) and target.strip():
             if not allow_code:
-                raise ArchitectureError(f"architecture {ref!r}: code references are not allowed here")
+                raise _err(ref, "code references (module:factory, file.py:factory) not allowed")
             return _from_factory(target.strip(), attr.strip(), args, text)
     if _DOTTED.match(head) and "." not in head:
         return _from_registry(head, args, text)
-    raise ArchitectureError(f"architecture {ref!r}: unrecognized reference; expected {_FORMS}")
+    raise _err(ref, f"unrecognized reference; expected {_FORMS}")
 
 
 def _arch_from_checkpoint(path: str | os.PathLike[str]) -> nn.Module:
     meta = read_checkpoint_metadata(path).get("wsl_arch")
     if meta is not None:
-        return _from_json_text(meta, f"{path} __metadata__['wsl_arch']")
+        return _from_json_text(meta, f'{path} __metadata__["wsl_arch"]')
     cfg = load_checkpoint_dir_config(path)
     if cfg is not None:
         p = Path(path)
@@ -281,7 +278,10 @@ def load_model(
     without it missing/unexpected names are tolerated but shapes must agree.
     """
     sd = load_state_dict(path, device=device)
-    module = resolve_arch(arch, allow_code=allow_code) if arch is not None else _arch_from_checkpoint(path)
+    if arch is not None:
+        module = resolve_arch(arch, allow_code=allow_code)
+    else:
+        module = _arch_from_checkpoint(path)
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     if strict:
         check_state_dict(expected, sd, where=str(path))

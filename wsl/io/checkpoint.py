@@ -64,6 +64,8 @@ def read_json_object(
     """Read a JSON file that must hold an object; errors name the path, line and column."""
     p = Path(path)
     try:
+        if not p.is_file():
+            raise error(f"{p}: {what} not found" if not p.exists() else f"{p}: not a regular file")
         size = p.stat().st_size
         if size > max_bytes:
             raise error(f"{p}: {what} is {size} bytes (limit {max_bytes})")
@@ -124,8 +126,13 @@ def _normalize(obj: Any, where: str) -> dict[str, torch.Tensor]:
         if t.layout != torch.strided:
             raise CheckpointError(f"{where}: tensor {name!r} has layout {t.layout}; only dense")
         sd[name] = t.detach() if isinstance(t, torch.nn.Parameter) else t
+    return sd
+
+
+def _strip_ddp(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the ``module.`` prefix DistributedDataParallel adds, if *every* key has it."""
     if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+        return {k[len("module."):]: v for k, v in sd.items()}
     return sd
 
 
@@ -203,7 +210,9 @@ def _load_sharded(index: Path, device: str) -> dict[str, torch.Tensor]:
         by_file.setdefault(_safe_member(directory, file_name, index), set()).add(tensor_name)
     out: dict[str, torch.Tensor] = {}
     for shard, names in by_file.items():
-        part = _load_file(shard, device)
+        if shard.name.lower().endswith(".index.json"):
+            raise CheckpointError(f"{index}: weight_map file {shard.name!r} is an index")
+        part = _load_leaf(shard, device)
         if set(part) != names:
             missing, extra = sorted(names - set(part)), sorted(set(part) - names)
             raise CheckpointError(
@@ -214,11 +223,9 @@ def _load_sharded(index: Path, device: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def _load_file(path: Path, device: str) -> dict[str, torch.Tensor]:
-    name = path.name.lower()
-    if name.endswith(".index.json"):
-        return _load_sharded(path, device)
-    if name.endswith(".safetensors"):
+def _load_leaf(path: Path, device: str) -> dict[str, torch.Tensor]:
+    """Load one weights file (never an index) by extension, else by sniffing."""
+    if path.name.lower().endswith(".safetensors"):
         return load_safetensors(path, device)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         return _load_pickle(path, device)
@@ -230,6 +237,12 @@ def _load_file(path: Path, device: str) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{path}: unrecognized checkpoint format; supported: {SUPPORTED_FORMATS}")
 
 
+def _load_file(path: Path, device: str) -> dict[str, torch.Tensor]:
+    if path.name.lower().endswith(".index.json"):
+        return _load_sharded(path, device)
+    return _load_leaf(path, device)
+
+
 def _dir_weights(directory: Path) -> Path:
     for name in _DIR_FILES:
         if (directory / name).is_file():
@@ -239,7 +252,9 @@ def _dir_weights(directory: Path) -> Path:
     )
 
 
-def load_state_dict(path: str | os.PathLike[str], *, device: str = "cpu") -> dict[str, torch.Tensor]:
+def load_state_dict(
+    path: str | os.PathLike[str], *, device: str = "cpu"
+) -> dict[str, torch.Tensor]:
     """Load a flat ``{name: tensor}`` state_dict from a file or checkpoint directory."""
     p = Path(path)
     try:
@@ -249,10 +264,10 @@ def load_state_dict(path: str | os.PathLike[str], *, device: str = "cpu") -> dic
     if not p.exists():
         raise CheckpointError(f"{p}: no such file or directory")
     if p.is_dir():
-        return _load_file(_dir_weights(p), device)
+        return _strip_ddp(_load_file(_dir_weights(p), device))
     if not p.is_file():
         raise CheckpointError(f"{p}: not a regular file")
-    return _load_file(p, device)
+    return _strip_ddp(_load_file(p, device))
 
 
 def read_checkpoint_metadata(path: str | os.PathLike[str]) -> dict[str, str]:

@@ -241,6 +241,7 @@ def load_safetensors(
         dtype, shape, _ = header.tensors[name]
         if tuple(tensor.shape) != shape or tensor.dtype != SAFETENSORS_DTYPES[dtype][0]:
             raise _fail(p, f"tensor {name!r}: loaded shape/dtype differ from the header")
-        if tensor.dtype == torch.bool and tensor.numel() and bool((tensor.view(torch.uint8) > 1).any()):
+        is_bool = tensor.dtype == torch.bool and tensor.numel() > 0
+        if is_bool and bool((tensor.view(torch.uint8) > 1).any()):
             raise _fail(p, f"tensor {name!r}: BOOL data holds bytes other than 0 and 1")
     return tensors

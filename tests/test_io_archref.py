@@ -1,0 +1,238 @@
+"""Tests for wsl.io.archref: architecture references and load_model."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from wsl.errors import ArchitectureError, StateDictMismatchError
+from wsl.io import load_model, parse_call_args, resolve_arch, save_state_dict
+from wsl.io.atomic import atomic_save_safetensors
+
+
+def _mlp(desc: dict[str, Any]) -> nn.Module:
+    if "layers" not in desc:
+        raise ArchitectureError("description: missing 'layers'")
+    return nn.Sequential(*[nn.Linear(a, b) for a, b in desc["layers"]])
+
+
+@pytest.fixture()
+def fake_archs(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
+    """Stand-ins for wsl.archs.describe / wsl.archs.registry (built elsewhere)."""
+    calls: dict[str, list[Any]] = {"build": [], "hf": [], "get": []}
+    describe = types.ModuleType("wsl.archs.describe")
+    registry = types.ModuleType("wsl.archs.registry")
+
+    def build(desc: dict[str, Any]) -> nn.Module:
+        calls["build"].append(desc)
+        return _mlp(desc)
+
+    def from_hf_config(cfg: dict[str, Any]) -> nn.Module:
+        calls["hf"].append(cfg)
+        return nn.Linear(cfg["hidden"], cfg["hidden"])
+
+    def tiny(width: int = 4, bias: bool = True) -> nn.Module:
+        return nn.Linear(width, width, bias=bias)
+
+    def get(name: str) -> Any:
+        calls["get"].append(name)
+        return {"tiny": tiny}[name]
+
+    describe.build = build  # type: ignore[attr-defined]
+    registry.from_hf_config = from_hf_config  # type: ignore[attr-defined]
+    registry.get = get  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "wsl.archs.describe", describe)
+    monkeypatch.setitem(sys.modules, "wsl.archs.registry", registry)
+    return calls
+
+
+@pytest.fixture()
+def factory_pkg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A throwaway package ``archref_pkg_<id>.models`` importable from tmp_path."""
+    name = f"archref_pkg_{abs(hash(tmp_path)) % 10**8}"
+    pkg = tmp_path / "pkgroot" / name
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "models.py").write_text(textwrap.dedent("""
+        from torch import nn
+        def make(width=3, depth=1):
+            return nn.Sequential(*[nn.Linear(width, width) for _ in range(depth)])
+        def boom():
+            raise ValueError("factory exploded")
+        def not_module():
+            return 42
+        class Holder:
+            @staticmethod
+            def make():
+                return nn.Tanh()
+        instance = nn.ReLU()
+    """))
+    (pkg / "broken.py").write_text("import does_not_exist_anywhere_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "pkgroot"))
+    return name
+
+
+# ------------------------------------------------------------ reference forms
+def test_module_passthrough() -> None:
+    m = nn.Linear(2, 2)
+    assert resolve_arch(m) is m
+
+
+def test_dict_and_json_forms(tmp_path: Path, fake_archs: dict[str, list[Any]]) -> None:
+    desc = {"layers": [[2, 3], [3, 1]]}
+    assert isinstance(resolve_arch(desc), nn.Sequential)
+    m = resolve_arch(json.dumps(desc))
+    assert m[1].out_features == 1
+    (tmp_path / "arch.json").write_text(json.dumps(desc))
+    assert isinstance(resolve_arch(str(tmp_path / "arch.json")), nn.Sequential)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "toy", "hidden": 5}))
+    assert resolve_arch(tmp_path / "config.json").in_features == 5  # type: ignore[arg-type]
+    assert len(fake_archs["build"]) == 3 and len(fake_archs["hf"]) == 1
+
+
+def test_json_errors(tmp_path: Path, fake_archs: dict[str, list[Any]]) -> None:
+    with pytest.raises(ArchitectureError, match="line 1 column 12"):
+        resolve_arch('{"layers": }')
+    (tmp_path / "bad.json").write_text('{\n "layers": [1,\n}')
+    with pytest.raises(ArchitectureError, match=r"bad\.json.*line 3 column 1"):
+        resolve_arch(str(tmp_path / "bad.json"))
+    with pytest.raises(ArchitectureError, match="not found|cannot read"):
+        resolve_arch(str(tmp_path / "missing.json"))
+    with pytest.raises(ArchitectureError, match="missing 'layers'"):
+        resolve_arch({"oops": 1})
+
+
+def test_package_factory(factory_pkg: str) -> None:
+    assert isinstance(resolve_arch("torch.nn:Identity"), nn.Identity)
+    lin = resolve_arch("torch.nn:Linear(in_features=3, out_features=2, bias=False)")
+    assert isinstance(lin, nn.Linear) and lin.bias is None
+    m = resolve_arch(f"{factory_pkg}.models:make(width=5, depth=2)")
+    assert len(m) == 2 and m[0].in_features == 5
+    assert isinstance(resolve_arch(f"{factory_pkg}.models:Holder.make"), nn.Tanh)
+    assert isinstance(resolve_arch(f"{factory_pkg}.models:instance"), nn.ReLU)
+
+
+@pytest.mark.parametrize(
+    "suffix,match",
+    [
+        (".nope:make", "module .* not found"),
+        (".broken:make", "importing .* failed|does_not_exist"),
+        (".models:missing", "has no attribute 'missing'"),
+        (".models:boom", "raised ValueError: factory exploded"),
+        (".models:not_module", "returned a int, not a torch.nn.Module"),
+        (".models:make(width=3, 4", "unrecognized|parse"),
+        (".models:make(width=__import__('os'))", "literals"),
+        (".models:make(**{'width': 2})", "literals|not allowed"),
+        (".models:make(unknown=1)", "raised TypeError"),
+    ],
+)
+def test_package_factory_errors(factory_pkg: str, suffix: str, match: str) -> None:
+    with pytest.raises(ArchitectureError, match=match) as info:
+        resolve_arch(factory_pkg + suffix)
+    assert factory_pkg in str(info.value)
+
+
+def test_file_factory(tmp_path: Path) -> None:
+    marker = tmp_path / "MARKER"
+    f = tmp_path / "my_arch.py"
+    f.write_text(textwrap.dedent("""
+        from torch import nn
+        def build(hidden=2, act="relu"):
+            return nn.Sequential(nn.Linear(3, hidden), nn.ReLU() if act == "relu" else nn.Tanh())
+    """))
+    m = resolve_arch(f"{f}:build(hidden=7, act='tanh')")
+    assert m[0].out_features == 7 and isinstance(m[1], nn.Tanh)
+    with pytest.raises(ArchitectureError, match="literals"):
+        resolve_arch(f"{f}:build(hidden=open({str(marker)!r}, 'w'))")
+    assert not marker.exists()
+    with pytest.raises(ArchitectureError, match="not found"):
+        resolve_arch(f"{tmp_path / 'nope.py'}:build")
+    (tmp_path / "syntax.py").write_text("def broken(:\n")
+    with pytest.raises(ArchitectureError, match=r"syntax\.py.*SyntaxError"):
+        resolve_arch(f"{tmp_path / 'syntax.py'}:broken")
+    with pytest.raises(ArchitectureError, match="not allowed"):
+        resolve_arch(f"{f}:build", allow_code=False)
+
+
+def test_registry_names(fake_archs: dict[str, list[Any]]) -> None:
+    assert resolve_arch("tiny").in_features == 4  # type: ignore[union-attr]
+    m = resolve_arch("tiny(width=6, bias=False)")
+    assert m.in_features == 6 and m.bias is None  # type: ignore[union-attr]
+    with pytest.raises(ArchitectureError, match="'resnet999' is not registered"):
+        resolve_arch("resnet999")
+    with pytest.raises(ArchitectureError, match="unrecognized"):
+        resolve_arch("not a ref at all!")
+
+
+def test_parse_call_args() -> None:
+    args, kwargs = parse_call_args("1, 'a', k=(1, 2), d={'x': None}")
+    assert args == [1, "a"] and kwargs == {"k": (1, 2), "d": {"x": None}}
+    for bad in ["x", "f()", "1), print(2", "k=[i for i in range(3)]"]:
+        with pytest.raises(ArchitectureError):
+            parse_call_args(bad)
+
+
+# ------------------------------------------------------------------ load_model
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+        self.bn = nn.BatchNorm1d(2)
+        self.register_buffer("scratch", torch.zeros(4), persistent=False)
+
+
+def test_load_model_with_arch(tmp_path: Path, factory_pkg: str) -> None:
+    src = _Net()
+    nn.init.constant_(src.fc.weight, 0.5)
+    src.bn.running_mean.fill_(2.0)
+    path = tmp_path / "net.safetensors"
+    save_state_dict(src.state_dict(), path)
+    module, sd = load_model(path, _Net())
+    assert not module.training
+    assert torch.equal(module.fc.weight, src.fc.weight)
+    assert torch.equal(module.bn.running_mean, torch.full((2,), 2.0))
+    assert "bn.num_batches_tracked" in sd and "scratch" not in sd
+    match = r"net\.safetensors.*missing 0\.bias.*unexpected bn\.bias"
+    with pytest.raises(StateDictMismatchError, match=match):
+        load_model(path, f"{factory_pkg}.models:make(depth=2)")
+
+
+def test_load_model_strict_false(tmp_path: Path) -> None:
+    save_state_dict({"weight": torch.ones(2, 3), "extra": torch.ones(1)}, tmp_path / "w.pt")
+    module, _ = load_model(tmp_path / "w.pt", nn.Linear(3, 2), strict=False)
+    assert torch.equal(module.weight, torch.ones(2, 3))
+    with pytest.raises(StateDictMismatchError, match="wrong shape weight"):
+        load_model(tmp_path / "w.pt", nn.Linear(2, 3), strict=False)
+
+
+def test_load_model_from_metadata(tmp_path: Path, fake_archs: dict[str, list[Any]]) -> None:
+    src = _mlp({"layers": [[2, 3]]})
+    path = tmp_path / "m.safetensors"
+    atomic_save_safetensors(src.state_dict(), path, {"wsl_arch": json.dumps({"layers": [[2, 3]]})})
+    module, _ = load_model(path)
+    assert torch.equal(module[0].weight, src[0].weight)
+    atomic_save_safetensors(src.state_dict(), path, {"wsl_arch": "os:system('echo hi')"})
+    with pytest.raises(ArchitectureError, match="wsl_arch.*invalid JSON"):
+        load_model(path)
+
+
+def test_load_model_from_dir_config(tmp_path: Path, fake_archs: dict[str, list[Any]]) -> None:
+    src = nn.Linear(4, 4)
+    save_state_dict(src.state_dict(), tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "toy", "hidden": 4}))
+    module, _ = load_model(tmp_path)
+    assert torch.equal(module.weight, src.weight) and fake_archs["hf"]
+
+
+def test_load_model_without_arch(tmp_path: Path) -> None:
+    save_state_dict({"w": torch.ones(1)}, tmp_path / "w.safetensors")
+    with pytest.raises(ArchitectureError, match="--arch"):
+        load_model(tmp_path / "w.safetensors")
