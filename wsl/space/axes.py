@@ -1,0 +1,133 @@
+"""Index arithmetic on factored axes: flat permutations and canonical views.
+
+A *canonical view* of a tensor block moves every unit factor to the front, in
+axis order, and gathers every non-unit factor (kernel taps, flattened
+positions, singleton dims) into one trailing feature dimension::
+
+    conv weight (out, in, kh, kw)        -> (N, out, in, kh*kw)
+    linear after flatten (out, C*H*W)    -> (N, out, C, H*W)
+    bias (out,)                           -> (N, out, 1)
+
+The map is a reshape plus a transpose, so it is exactly invertible.
+All functions take stacked tensors with a leading model dimension ``N``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import torch
+
+from wsl.space.spec import Axis, Block, Segment
+
+Perms = Mapping[int, torch.Tensor]
+
+
+def segment_index(seg: Segment, perms: Perms, batch: int | None = None) -> torch.Tensor:
+    """Flat source index of a segment under group permutations.
+
+    Returns a LongTensor of shape ``(n,)`` (or ``(batch, n)`` when perms are
+    batched) such that ``permuted[..., i, ...] = original[..., idx[i], ...]``.
+    """
+    idx: torch.Tensor | None = None
+    for g, n in seg:
+        p = perms.get(g) if g is not None else None
+        if p is None:
+            p = torch.arange(n)
+            if batch is not None:
+                p = p.expand(batch, n)
+        elif batch is not None and p.dim() == 1:
+            p = p.expand(batch, n)
+        if idx is None:
+            idx = p.clone()
+        else:
+            idx = (idx.unsqueeze(-1) * n + p.unsqueeze(-2)).flatten(-2)
+    assert idx is not None
+    return idx
+
+
+def axis_index(axis: Axis, perms: Perms, batch: int | None = None) -> torch.Tensor:
+    """Flat source index of a whole (possibly multi-segment) axis."""
+    out = []
+    offset = 0
+    for seg in axis:
+        out.append(segment_index(seg, perms, batch) + offset)
+        offset += math.prod(f[1] for f in seg)
+    return torch.cat(out, dim=-1)
+
+
+def axis_needs_permute(axis: Axis, perms: Perms) -> bool:
+    return any(f[0] is not None and f[0] in perms for seg in axis for f in seg)
+
+
+def permute_tensor(t: torch.Tensor, axes: tuple[Axis, ...], perms: Perms, batched: bool) -> torch.Tensor:
+    """Apply group permutations to every axis of ``t``.
+
+    With ``batched`` the first dim of ``t`` indexes models and ``perms`` may
+    hold one permutation per model (shape ``(N, n)``).
+    """
+    off = 1 if batched else 0
+    n = t.shape[0] if batched else None
+    for a, axis in enumerate(axes):
+        if not axis_needs_permute(axis, perms):
+            continue
+        dim = a + off
+        idx = axis_index(axis, perms, n if batched else None)
+        if idx.dim() == 1:
+            t = t.index_select(dim, idx.to(t.device))
+        else:
+            shape = [1] * t.dim()
+            shape[0], shape[dim] = idx.shape
+            t = torch.gather(t, dim, idx.to(t.device).view(shape).expand_as(t))
+    return t
+
+
+def _factor_plan(block: Block) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Sizes of all factors, and the order that puts unit factors first."""
+    sizes: list[int] = []
+    unit_pos: list[int] = []
+    fixed_pos: list[int] = []
+    for seg in block.axes:
+        for g, n in seg:
+            (unit_pos if g is not None else fixed_pos).append(len(sizes))
+            sizes.append(n)
+    order = unit_pos + fixed_pos
+    return sizes, order, unit_pos, fixed_pos
+
+
+def slice_block(t: torch.Tensor, block: Block) -> torch.Tensor:
+    """``t[:, block]`` for stacked ``t`` of shape ``(N, *tensor_shape)``."""
+    for a, (s, e) in enumerate(block.slices):
+        if s != 0 or e != t.shape[a + 1]:
+            t = t.narrow(a + 1, s, e - s)
+    return t
+
+
+def to_canonical(t: torch.Tensor, block: Block) -> torch.Tensor:
+    """Stacked full tensor ``(N, *shape)`` -> canonical block ``(N, *units, F)``."""
+    sizes, order, unit_pos, _ = _factor_plan(block)
+    x = slice_block(t, block).reshape(t.shape[0], *sizes)
+    x = x.permute(0, *[o + 1 for o in order])
+    units = [sizes[p] for p in unit_pos]
+    return x.reshape(t.shape[0], *units, block.feature_size)
+
+
+def from_canonical(c: torch.Tensor, block: Block) -> torch.Tensor:
+    """Canonical block ``(N, *units, F)`` -> block tensor ``(N, *block.shape)``."""
+    sizes, order, _, _ = _factor_plan(block)
+    x = c.reshape(c.shape[0], *[sizes[o] for o in order])
+    inv = [0] * len(order)
+    for i, o in enumerate(order):
+        inv[o] = i
+    x = x.permute(0, *[i + 1 for i in inv])
+    return x.reshape(c.shape[0], *block.shape)
+
+
+def canonical_flat_index(block: Block, tensor_shape: tuple[int, ...]) -> torch.Tensor:
+    """For each element of the canonical view (row-major), its flat index in the tensor.
+
+    Used to build gather maps once per architecture (graph construction).
+    """
+    flat = torch.arange(math.prod(tensor_shape)).view(1, *tensor_shape)
+    return to_canonical(flat, block).reshape(-1)

@@ -1,0 +1,261 @@
+"""``WeightSpace``: the one object that knows a network's parameter symmetries."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from wsl.errors import StateDictMismatchError, WslError
+from wsl.space.axes import permute_tensor
+from wsl.space.spec import Connection, Group, Site, TensorSpec, WeightSpaceSpec
+
+StateDict = Mapping[str, torch.Tensor]
+
+
+class WeightSpace:
+    """The symmetry structure of one architecture.
+
+    Build it with :meth:`from_module` (traces the module) or
+    :meth:`from_state_dict` (a state_dict plus an architecture reference).
+    It lists every state_dict entry with its role and, per axis, the group of
+    interchangeable units that indexes it; :meth:`permute` applies a
+    permutation of every group consistently; :func:`random_permutation`
+    samples one. Parameter graphs (:mod:`wsl.graph`) and dense features
+    (:mod:`wsl.graph.features`) are derived from it.
+    """
+
+    def __init__(self, spec: WeightSpaceSpec, arch: Any = None) -> None:
+        self.spec = spec
+        self.arch = arch
+        self.tensors: dict[str, TensorSpec] = {t.name: t for t in spec.tensors}
+        self.groups: tuple[Group, ...] = spec.groups
+        self.sites: tuple[Site, ...] = spec.sites
+        self.connections: tuple[Connection, ...] = spec.connections
+        self._cache: dict[str, Any] = {}
+
+    # ------------------------------------------------------------ construction
+    @classmethod
+    def from_module(cls, module: nn.Module, example_input: Any = None) -> "WeightSpace":
+        """Trace ``module`` (torch.fx) and derive its weight space."""
+        from wsl.space.trace import trace_spec
+
+        return cls(trace_spec(module, example_input), arch=getattr(module, "wsl_arch", None))
+
+    @classmethod
+    def from_state_dict(cls, state_dict: StateDict, arch: Any, example_input: Any = None) -> "WeightSpace":
+        """Weight space of ``arch`` (any reference :func:`wsl.io.resolve_arch` accepts),
+        checked strictly against ``state_dict``."""
+        from wsl.io.archref import resolve_arch
+
+        module = resolve_arch(arch)
+        space = cls.from_module(module, example_input)
+        space.check(state_dict)
+        return space
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "WeightSpace":
+        return cls(WeightSpaceSpec.from_json_dict(d))
+
+    def to_json(self) -> dict[str, Any]:
+        return self.spec.to_json_dict()
+
+    # --------------------------------------------------------------- queries
+    @property
+    def names(self) -> list[str]:
+        return list(self.tensors)
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {n: t.shape for n, t in self.tensors.items()}
+
+    @property
+    def num_parameters(self) -> int:
+        """Number of scalars in parameters (buffers such as BN statistics excluded)."""
+        return sum(t.numel for t in self.tensors.values() if not t.buffer)
+
+    @property
+    def num_elements(self) -> int:
+        """Number of scalars in the whole state_dict (parameters and buffers)."""
+        return sum(t.numel for t in self.tensors.values())
+
+    @property
+    def signature(self) -> str:
+        if "sig" not in self._cache:
+            self._cache["sig"] = self.spec.signature()
+        return str(self._cache["sig"])
+
+    def permutable_groups(self) -> list[Group]:
+        return [g for g in self.groups if g.permutable]
+
+    def meta(self, key: str, default: Any = None) -> Any:
+        return dict(self.spec.meta).get(key, default)
+
+    def group_name(self, gid: int) -> str:
+        g = self.groups[gid]
+        return f"g{gid}:{g.kind}[{g.size}]{'(fixed)' if g.fixed else ''}"
+
+    def graph_size(self) -> tuple[int, int]:
+        """(num_nodes, num_edges) of the parameter graph, without building it."""
+        if "gsize" not in self._cache:
+            nodes = sum(self.groups[s.group].size for s in self.sites)
+            edges = sum(_num_edges(self, c) for c in self.connections)
+            self._cache["gsize"] = (nodes, edges)
+        return self._cache["gsize"]  # type: ignore[no-any-return]
+
+    # ---------------------------------------------------------------- checks
+    def check(self, state_dict: StateDict, *, batched: bool = False, where: str = "") -> None:
+        """Raise :class:`StateDictMismatchError` unless keys and shapes match exactly."""
+        exp = set(self.tensors)
+        got = set(state_dict)
+        off = 1 if batched else 0
+        mism = [(n, self.tensors[n].shape, tuple(state_dict[n].shape[off:]))
+                for n in exp & got if tuple(state_dict[n].shape[off:]) != self.tensors[n].shape]
+        if batched and not mism and got == exp:
+            sizes = {int(state_dict[n].shape[0]) for n in exp}
+            if len(sizes) > 1:
+                raise WslError(f"stacked state_dict has different model counts per tensor: {sorted(sizes)}")
+        if exp != got or mism:
+            raise StateDictMismatchError(exp - got, got - exp, mism, where=where)
+
+    # ----------------------------------------------------------- permutations
+    def permute(self, state_dict: StateDict, perms: Mapping[int, torch.Tensor], *,
+                batched: bool = False) -> dict[str, torch.Tensor]:
+        """Apply one permutation per group to every tensor (a new dict).
+
+        ``perms[g]`` is a LongTensor ``p`` of length ``groups[g].size`` meaning
+        "new unit ``i`` is old unit ``p[i]``". With ``batched=True`` tensors have
+        a leading model dim and each ``perms[g]`` may be ``(N, size)``.
+        Groups missing from ``perms`` (and all fixed groups) are left alone.
+        """
+        for g, p in perms.items():
+            grp = self.groups[g]
+            if grp.fixed:
+                raise WslError(f"group {self.group_name(g)} is fixed and cannot be permuted")
+            if p.shape[-1] != grp.size:
+                raise WslError(f"permutation for group {g} has length {p.shape[-1]}, expected {grp.size}")
+        return {name: permute_tensor(t, self.tensors[name].axes, perms, batched) if name in self.tensors else t
+                for name, t in state_dict.items()}
+
+    # -------------------------------------------------------------- stacking
+    def stack(self, state_dicts: Iterable[StateDict]) -> dict[str, torch.Tensor]:
+        """N state_dicts -> one dict of tensors with a leading model dim."""
+        sds = list(state_dicts)
+        for i, sd in enumerate(sds):
+            self.check(sd, where=f"model {i}")
+        return {n: torch.stack([sd[n] for sd in sds]) for n in self.tensors}
+
+    def unstack(self, stacked: StateDict) -> list[dict[str, torch.Tensor]]:
+        n = int(next(iter(stacked.values())).shape[0])
+        return [{k: v[i] for k, v in stacked.items()} for i in range(n)]
+
+    # ------------------------------------------------------------- reporting
+    def describe(self) -> dict[str, Any]:
+        """JSON-able summary (used by ``wsl inspect --json``)."""
+        nodes, edges = self.graph_size()
+        return {
+            "num_parameters": self.num_parameters,
+            "num_buffer_elements": self.num_elements - self.num_parameters,
+            "tensors": [
+                {"name": t.name, "shape": list(t.shape), "role": t.role, "buffer": t.buffer,
+                 "axes": [_axis_str(self, ax) for ax in t.axes]}
+                for t in self.tensors.values()
+            ],
+            "groups": [
+                {"id": g.id, "size": g.size, "kind": g.kind, "name": g.name, "fixed": g.fixed, "parent": g.parent}
+                for g in self.groups
+            ],
+            "graph": {"num_nodes": nodes, "num_edges": edges},
+            "unused": list(self.meta("unused", ())),
+        }
+
+    def summary(self) -> str:
+        d = self.describe()
+        lines = [f"{'tensor':<48} {'shape':<20} {'role':<12} axes"]
+        for t in d["tensors"]:
+            lines.append(f"{t['name']:<48} {str(tuple(t['shape'])):<20} {t['role']:<12} {' | '.join(t['axes'])}")
+        perm = [g for g in self.groups if g.permutable]
+        lines.append("")
+        lines.append(f"parameters: {d['num_parameters']:,}   buffers: {d['num_buffer_elements']:,}")
+        lines.append(f"groups: {len(self.groups)} ({len(perm)} permutable, "
+                     f"{sum(g.size for g in perm):,} permutable units)")
+        lines.append(f"graph: {d['graph']['num_nodes']:,} nodes, {d['graph']['num_edges']:,} edges")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (f"WeightSpace({len(self.tensors)} tensors, {self.num_parameters:,} parameters, "
+                f"{len(self.permutable_groups())} permutable groups)")
+
+
+def _axis_str(space: WeightSpace, axis: Any) -> str:
+    segs = []
+    for seg in axis:
+        fs = []
+        for g, n in seg:
+            fs.append(f"{n}" if g is None else f"g{g}")
+        segs.append("x".join(fs) if fs else "1")
+    return "+".join(segs)
+
+
+def _num_edges(space: WeightSpace, c: Connection) -> int:
+    if c.tensor is None:
+        n = space.groups[space.sites[c.dst].group].size
+        if c.kind == "attn_kv":
+            return n * n // int(c.attr("heads", 1))
+        return n
+    t = space.tensors[c.tensor]
+    block = next(b for b in t.blocks() if b.part == c.part) if c.part else next(iter(t.blocks()))
+    units = block.unit_shape
+    if c.src_axis == c.dst_axis:
+        return units[c.src_axis]
+    return units[c.src_axis] * units[c.dst_axis]
+
+
+def random_permutation(space: WeightSpace, generator: torch.Generator | None = None,
+                       batch: int | None = None) -> dict[int, torch.Tensor]:
+    """Sample a uniformly random element of the network's permutation group.
+
+    Returns ``{group_id: perm}`` for every permutable group (``(size,)`` or,
+    with ``batch``, ``(batch, size)``). Nested groups (heads, GroupNorm blocks)
+    move whole blocks with their parent's permutation and permute independently
+    inside each block.
+    """
+    done: dict[int, torch.Tensor] = {}
+
+    def sample(gid: int) -> torch.Tensor:
+        if gid in done:
+            return done[gid]
+        g = space.groups[gid]
+        shape = (batch,) if batch is not None else ()
+        if g.fixed and g.parent is None:
+            p = torch.arange(g.size).expand(*shape, g.size).clone()
+        elif g.parent is None:
+            p = torch.argsort(torch.rand(*shape, g.size, generator=generator), dim=-1)
+        else:
+            parent = sample(g.parent)
+            nb = space.groups[g.parent].size
+            inner = g.size // nb
+            if g.fixed:
+                ip = torch.arange(inner).expand(*shape, nb, inner)
+            else:
+                ip = torch.argsort(torch.rand(*shape, nb, inner, generator=generator), dim=-1)
+            p = (parent.unsqueeze(-1) * inner + ip).flatten(-2)
+        done[gid] = p
+        return p
+
+    for g in space.groups:
+        sample(g.id)
+    return {gid: p for gid, p in done.items() if space.groups[gid].permutable}
+
+
+def identity_permutation(space: WeightSpace) -> dict[int, torch.Tensor]:
+    return {g.id: torch.arange(g.size) for g in space.groups if g.permutable}
+
+
+def invert_permutation(perms: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    return {g: torch.argsort(p, dim=-1) for g, p in perms.items()}
+
+
+_ = math
