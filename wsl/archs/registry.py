@@ -1,0 +1,210 @@
+"""Built-in architecture factories, the describable layer types, and Hugging Face configs.
+
+:data:`REGISTRY` maps the ``name`` of a ``"builtin"`` description to its
+factory; it is the only code a description can reach. :func:`layer_spec`
+maps a supported ``torch.nn`` module to its ``"wsl.arch/1"`` layer dict.
+:func:`from_hf_config` builds the local BERT / ViT / GPT-2 classes from a
+Hugging Face ``config.json`` dict, and :func:`normalize_hf_state_dict` adapts a
+Hugging Face checkpoint's keys so that ``load_state_dict(strict=True)`` works.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from wsl.archs.bert import BertClassifier, BertConfig, BertModel, bert_layer
+from wsl.archs.gpt2 import GPT2Config, GPT2LMHeadModel, GPT2Model
+from wsl.archs.resnet import resnet, resnet18, resnet34, resnet50
+from wsl.archs.simple import GlobalAvgPool, Residual, mlp, small_cnn
+from wsl.archs.vit import ViTConfig, ViTForImageClassification, ViTModel, vit_tiny
+from wsl.errors import ArchitectureError
+
+
+def bert(config: dict[str, Any], add_pooling_layer: bool = True) -> BertModel:
+    """:class:`BertModel` from a (Hugging Face style) config dict."""
+    return BertModel(BertConfig.from_dict(config), add_pooling_layer)
+
+
+def bert_classifier(config: dict[str, Any]) -> BertClassifier:
+    """:class:`BertClassifier` (``BertForSequenceClassification``) from a config dict."""
+    return BertClassifier(BertConfig.from_dict(config))
+
+
+def vit(config: dict[str, Any], add_pooling_layer: bool = True) -> ViTModel:
+    """:class:`ViTModel` from a config dict."""
+    return ViTModel(ViTConfig.from_dict(config), add_pooling_layer)
+
+
+def vit_classifier(config: dict[str, Any]) -> ViTForImageClassification:
+    """:class:`ViTForImageClassification` from a config dict."""
+    return ViTForImageClassification(ViTConfig.from_dict(config))
+
+
+def gpt2(config: dict[str, Any]) -> GPT2Model:
+    """:class:`GPT2Model` from a config dict."""
+    return GPT2Model(GPT2Config.from_dict(config))
+
+
+def gpt2_lm(config: dict[str, Any]) -> GPT2LMHeadModel:
+    """:class:`GPT2LMHeadModel` from a config dict."""
+    return GPT2LMHeadModel(GPT2Config.from_dict(config))
+
+
+_HF: dict[str, tuple[Any, dict[str, Callable[[Any], nn.Module]], str]] = {
+    "bert": (BertConfig, {"BertModel": BertModel, "BertForSequenceClassification": BertClassifier}, "BertModel"),
+    "vit": (ViTConfig, {"ViTModel": ViTModel, "ViTForImageClassification": ViTForImageClassification},
+            "ViTModel"),
+    "gpt2": (GPT2Config, {"GPT2Model": GPT2Model, "GPT2LMHeadModel": GPT2LMHeadModel}, "GPT2Model"),
+}
+
+
+def from_hf_config(config: dict[str, Any], base_model_only: bool = False) -> nn.Module:
+    """Build a local model from a Hugging Face ``config.json`` dict.
+
+    ``model_type`` selects BERT, ViT or GPT-2; the first entry of
+    ``architectures`` selects the head (``BertModel``,
+    ``BertForSequenceClassification``, ``ViTModel``,
+    ``ViTForImageClassification``, ``GPT2Model``, ``GPT2LMHeadModel``). With
+    ``base_model_only=True`` (or no ``architectures``) the trunk is built.
+    Parameter names equal Hugging Face's, so checkpoints load strictly after
+    :func:`normalize_hf_state_dict`.
+    """
+    if not isinstance(config, dict):
+        raise ArchitectureError(f"from_hf_config: expected a config dict, got {type(config).__name__}")
+    model_type = config.get("model_type")
+    if model_type not in _HF:
+        raise ArchitectureError(
+            f"from_hf_config: model_type {model_type!r} has no local implementation (local: "
+            f"{', '.join(_HF)}); install the 'transformers' extra to load it"
+        )
+    config_cls, classes, base = _HF[model_type]
+    archs = config.get("architectures") or [base]
+    name = base if base_model_only else archs[0]
+    if name not in classes:
+        raise ArchitectureError(
+            f"from_hf_config: architecture {name!r} (model_type {model_type!r}) is not available locally "
+            f"(local: {', '.join(classes)}); pass base_model_only=True to build the {base} trunk, "
+            "or install the 'transformers' extra"
+        )
+    return classes[name](config_cls.from_dict(config))
+
+
+REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    "mlp": mlp, "small_cnn": small_cnn,
+    "resnet": resnet, "resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50,
+    "vit_tiny": vit_tiny, "vit": vit, "vit_classifier": vit_classifier,
+    "bert_layer": bert_layer, "bert": bert, "bert_classifier": bert_classifier,
+    "gpt2": gpt2, "gpt2_lm": gpt2_lm, "hf": from_hf_config,
+}
+"""Builtin name -> factory. Every keyword argument is JSON (configs are dicts)."""
+
+_IGNORED = re.compile(r"(^|\.)(embeddings\.position_ids|attn\.bias|attn\.masked_bias)$")
+
+
+def normalize_hf_state_dict(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], drop_unused: bool = False
+) -> dict[str, torch.Tensor]:
+    """Adapt a Hugging Face checkpoint's keys to ``model`` for a strict load.
+
+    Renames legacy ``LayerNorm.gamma``/``beta`` to ``weight``/``bias``; adds or
+    strips the base-model prefix (``bert.``, ``vit.``, ``transformer.``) when
+    that makes a key match; drops legacy buffers (``embeddings.position_ids``,
+    GPT-2 ``attn.bias``/``attn.masked_bias``); fills the tied ``lm_head.weight``
+    of :class:`GPT2LMHeadModel` from ``transformer.wte.weight``. Keys that still
+    match nothing are kept (so a strict load reports them) unless
+    ``drop_unused`` -- e.g. to load only the encoder of a ``BertForMaskedLM``.
+    """
+    want = set(model.state_dict())
+    prefix = getattr(model, "base_model_prefix", "") + "."
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        k = re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", key)) if key not in want else key
+        if k not in want and prefix != "." and prefix + k in want:
+            k = prefix + k
+        elif k not in want and k.startswith(prefix) and k[len(prefix):] in want:
+            k = k[len(prefix):]
+        if k not in want and (_IGNORED.search(k) or drop_unused):
+            continue
+        out[k] = value
+    if isinstance(model, GPT2LMHeadModel) and "lm_head.weight" not in out and "transformer.wte.weight" in out:
+        out["lm_head.weight"] = out["transformer.wte.weight"]
+    return out
+
+
+_PLAIN = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.SiLU: "silu", nn.Identity: "identity",
+          GlobalAvgPool: "global_avg_pool"}
+_EXACT = {*_PLAIN, nn.Linear, nn.Conv1d, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm,
+          nn.GELU, nn.LeakyReLU, nn.Dropout, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, nn.Embedding, Residual}
+
+
+def layer_spec(m: nn.Module, path: str = "layer") -> dict[str, Any]:
+    """``"wsl.arch/1"`` layer dict for one supported module (exact types only).
+
+    Raises ArchitectureError naming ``path`` for unsupported modules or settings.
+    """
+    t = type(m)
+
+    def bad(why: str) -> ArchitectureError:
+        return ArchitectureError(f"describe: {path} ({t.__name__}): {why}")
+
+    if t not in _EXACT:  # exact types only: a subclass may compute something else
+        raise bad(f"unsupported layer; supported types: {', '.join(sorted(c.__name__ for c in _EXACT))}")
+    if t in _PLAIN:
+        return {"type": _PLAIN[t]}
+    if isinstance(m, nn.Linear):
+        return {"type": "linear", "out_features": m.out_features, "bias": m.bias is not None}
+    if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        if m.padding_mode != "zeros":
+            raise bad(f"padding_mode {m.padding_mode!r} is not describable (only 'zeros')")
+        return {"type": "conv1d" if t is nn.Conv1d else "conv2d", "out_channels": m.out_channels,
+                "kernel_size": list(m.kernel_size), "stride": list(m.stride), "dilation": list(m.dilation),
+                "padding": m.padding if isinstance(m.padding, str) else list(m.padding),
+                "groups": m.groups, "bias": m.bias is not None}
+    if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        if m.momentum is None:
+            raise bad("momentum=None (cumulative moving average) is not describable")
+        return {"type": t.__name__.lower(), "eps": m.eps, "momentum": m.momentum, "affine": m.affine,
+                "track_running_stats": m.track_running_stats}
+    if isinstance(m, nn.GroupNorm):
+        return {"type": "groupnorm", "num_groups": m.num_groups, "eps": m.eps, "affine": m.affine}
+    if isinstance(m, nn.LayerNorm):
+        if len(m.normalized_shape) != 1 or (m.elementwise_affine and m.bias is None):
+            raise bad("only LayerNorm over the last dim, with both weight and bias or neither, is describable")
+        return {"type": "layernorm", "eps": m.eps, "affine": m.elementwise_affine}
+    if isinstance(m, nn.GELU):
+        return {"type": "gelu", "approximate": m.approximate}
+    if isinstance(m, nn.LeakyReLU):
+        return {"type": "leaky_relu", "negative_slope": m.negative_slope}
+    if isinstance(m, nn.Dropout):
+        return {"type": "dropout", "p": m.p}
+    if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+        odd = (m.dilation not in (1, (1, 1)) or m.return_indices) if isinstance(m, nn.MaxPool2d) else (
+            not m.count_include_pad or m.divisor_override is not None)
+        if m.ceil_mode or odd:
+            raise bad("ceil_mode, dilation, return_indices, count_include_pad, divisor_override must be default")
+        return {"type": t.__name__.lower(), "kernel_size": m.kernel_size, "stride": m.stride, "padding": m.padding}
+    if isinstance(m, nn.Flatten):
+        if (m.start_dim, m.end_dim) != (1, -1):
+            raise bad("only Flatten(start_dim=1, end_dim=-1) is describable")
+        return {"type": "flatten"}
+    if isinstance(m, nn.Embedding):
+        if m.max_norm is not None:
+            raise bad("max_norm is not describable")
+        return {"type": "embedding", "num_embeddings": m.num_embeddings, "embedding_dim": m.embedding_dim,
+                "padding_idx": m.padding_idx}
+    if isinstance(m, Residual):
+        return {"type": "residual", "body": layer_specs(m.body, f"{path}.body"),
+                "shortcut": None if m.shortcut is None else layer_specs(m.shortcut, f"{path}.shortcut")}
+    raise bad("unsupported layer")  # unreachable
+
+
+def layer_specs(seq: nn.Module, path: str = "layers") -> list[dict[str, Any]]:
+    """Layer dicts of the children of a plain ``nn.Sequential``."""
+    if type(seq) is not nn.Sequential:
+        raise ArchitectureError(f"describe: {path} must be an nn.Sequential (its keys are '<i>.*')")
+    return [layer_spec(m, f"{path}[{i}]") for i, m in enumerate(seq)]
