@@ -27,6 +27,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -122,8 +123,8 @@ def _archs(name: str, label: str) -> ModuleType:
 
 
 def _from_dict(desc: dict[str, Any], label: str) -> nn.Module:
-    """Build from a wsl description, or from a HF config when it has ``model_type``."""
-    if "model_type" in desc:
+    """Build a wsl description, or a HF config (``model_type`` and no ``format``)."""
+    if "model_type" in desc and "format" not in desc:
         reg = _archs("registry", label)
         return _wrap_call(label, "from_hf_config", reg.from_hf_config, desc)
     describe = _archs("describe", label)
@@ -198,19 +199,15 @@ def _from_factory(target: str, attr: str, args: str | None, label: str) -> nn.Mo
 
 
 def _from_registry(name: str, args: str | None, label: str) -> nn.Module:
+    """Call a factory from ``wsl.archs.registry.REGISTRY`` (name -> factory)."""
     reg = _archs("registry", label)
     pos, kw = parse_call_args(args, ref=label) if args is not None else ([], {})
-    if hasattr(reg, "get"):
-        try:
-            factory = reg.get(name)
-        except (KeyError, LookupError, WslError) as exc:
-            raise _err(label, f"{name!r} is not registered ({exc})") from exc
-        if factory is None:
-            raise _err(label, f"{name!r} is not registered")
-        return _wrap_call(label, f"built-in {name!r}", factory, *pos, **kw)
-    if hasattr(reg, "build"):
-        return _wrap_call(label, f"built-in {name!r}", reg.build, name, *pos, **kw)
-    raise _err(label, "wsl.archs.registry has no get()/build()")
+    table = getattr(reg, "REGISTRY", None)
+    if not isinstance(table, Mapping):
+        raise _err(label, "wsl.archs.registry has no REGISTRY mapping")
+    if name not in table:
+        raise _err(label, f"{name!r} is not registered (known: {', '.join(sorted(table))})")
+    return _wrap_call(label, f"built-in {name!r}", table[name], *pos, **kw)
 
 
 def resolve_arch(ref: ArchRef, *, allow_code: bool = True) -> nn.Module:
@@ -262,6 +259,23 @@ def _arch_from_checkpoint(path: str | os.PathLike[str]) -> nn.Module:
     )
 
 
+def _normalize_hf(
+    module: nn.Module, sd: dict[str, torch.Tensor], where: str
+) -> dict[str, torch.Tensor]:
+    """Adapt Hugging Face key conventions (prefixes, gamma/beta) for HF-style modules."""
+    try:
+        reg = importlib.import_module("wsl.archs.registry")
+    except ImportError:
+        return sd
+    fn = getattr(reg, "normalize_hf_state_dict", None)
+    if fn is None:
+        return sd
+    try:
+        return dict(fn(module, sd))
+    except Exception as exc:
+        raise CheckpointError(f"{where}: normalizing Hugging Face keys failed: {exc}") from exc
+
+
 def load_model(
     path: str | os.PathLike[str],
     arch: ArchRef | None = None,
@@ -273,7 +287,9 @@ def load_model(
     """Load a checkpoint into its architecture; return ``(module in eval mode, state_dict)``.
 
     The architecture comes from ``arch``, else the safetensors ``wsl_arch``
-    metadata, else the ``config.json`` next to the weights. With ``strict`` the
+    metadata, else the ``config.json`` next to the weights. Modules with a
+    ``base_model_prefix`` (the local Hugging Face ports) get their keys adapted
+    by ``wsl.archs.registry.normalize_hf_state_dict`` first. With ``strict`` the
     state_dict must match ``module.state_dict()`` exactly (names and shapes);
     without it missing/unexpected names are tolerated but shapes must agree.
     """
@@ -282,6 +298,8 @@ def load_model(
         module = resolve_arch(arch, allow_code=allow_code)
     else:
         module = _arch_from_checkpoint(path)
+    if isinstance(getattr(module, "base_model_prefix", None), str):
+        sd = _normalize_hf(module, sd, str(path))
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     if strict:
         check_state_dict(expected, sd, where=str(path))
