@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import textwrap
@@ -27,6 +28,10 @@ def _mlp(desc: dict[str, Any]) -> nn.Module:
 @pytest.fixture()
 def fake_archs(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
     """Stand-ins for wsl.archs.describe / wsl.archs.registry (built elsewhere)."""
+    try:  # load the real package first so the fakes only shadow its submodules
+        importlib.import_module("wsl.archs")
+    except Exception:
+        pass
     calls: dict[str, list[Any]] = {"build": [], "hf": []}
     describe = types.ModuleType("wsl.archs.describe")
     registry = types.ModuleType("wsl.archs.registry")

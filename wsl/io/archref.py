@@ -4,10 +4,11 @@ A reference is one of:
 
 * an ``nn.Module`` (used as is);
 * a ``dict``: a wsl JSON architecture description (``wsl.archs.describe.build``)
-  or a Hugging Face ``config.json`` with ``model_type`` (``registry.from_hf_config``);
+  or a Hugging Face ``config.json`` (has ``model_type`` and no ``format``;
+  built with ``wsl.archs.registry.from_hf_config``);
 * a string: a JSON object (``"{...}"``); a path to a ``.json`` file; a factory
   ``package.module:factory`` or ``path/to/file.py:factory``; or a built-in name
-  registered in ``wsl.archs.registry`` (``"resnet18"``). Factories and names may
+  in ``wsl.archs.registry.REGISTRY`` (``"resnet18"``). Factories and names may
   take literal arguments, ``"resnet18(num_classes=10)"``, parsed with
   ``ast.literal_eval`` (never ``eval``).
 
@@ -44,9 +45,9 @@ from wsl.io.checkpoint import (
     read_json_object,
 )
 
-__all__ = ["load_model", "parse_call_args", "resolve_arch"]
+__all__ = ["ArchRef", "load_model", "parse_call_args", "resolve_arch"]
 
-ArchRef = nn.Module | dict[str, Any] | str
+ArchRef = nn.Module | dict[str, Any] | str | os.PathLike[str]
 _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _FORMS = (
     "an nn.Module, a JSON description (dict, '{...}' or a .json path), "

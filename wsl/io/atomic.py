@@ -55,20 +55,28 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     directory = target.parent if str(target.parent) else Path(".")
     if not directory.is_dir():
         raise CheckpointError(f"{target}: directory {directory} does not exist")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    if target.is_dir():
+        raise CheckpointError(f"{target}: is a directory; cannot write a file there")
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise CheckpointError(f"{target}: cannot create a temp file: {exc}") from exc
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
         if not tmp.exists():
             raise CheckpointError(f"{target}: temp file {tmp} vanished before it was renamed")
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        mode = 0o666 & ~_UMASK
-        with contextlib.suppress(OSError):
-            mode = os.stat(target).st_mode & 0o7777
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
+        try:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            mode = 0o666 & ~_UMASK
+            with contextlib.suppress(OSError):
+                mode = os.stat(target).st_mode & 0o7777
+            os.chmod(tmp, mode)
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise CheckpointError(f"{target}: cannot finish writing: {exc}") from exc
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -99,6 +107,8 @@ def prepare_tensors_for_save(
             raise CheckpointError(
                 f"{where}: entry {name!r} is a {type(value).__name__}, not a torch.Tensor"
             )
+        if value.device.type == "meta":
+            raise CheckpointError(f"{where}: tensor {name!r} is on the meta device (no data)")
         if value.layout != torch.strided:
             raise CheckpointError(f"{where}: tensor {name!r} has layout {value.layout}; densify it")
         t = value.detach().to("cpu").contiguous()
