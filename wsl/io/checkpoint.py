@@ -16,7 +16,7 @@ import re
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -143,15 +143,22 @@ def _load_pickle(path: Path, device: str) -> dict[str, torch.Tensor]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        msg = str(exc)
-        m = _GLOBAL_RE.search(msg)
-        if m:
-            raise UnsafeCheckpointError(
-                f"{path}: refused to load: the pickle needs arbitrary code (global {m.group(1)}) "
-                "to be unpickled; only tensors and plain containers are allowed (weights_only). "
-                "Re-save the state_dict as .safetensors in a trusted environment"
-            ) from exc
+    except Exception as exc:
+        _raise_load_error(path, exc)
+    return _normalize(obj, str(path))
+
+
+def _raise_load_error(path: Path, exc: Exception) -> NoReturn:
+    """Classify a ``torch.load`` failure: refused pickle vs. corrupt/unknown file."""
+    msg = str(exc)
+    m = _GLOBAL_RE.search(msg)
+    if m:
+        raise UnsafeCheckpointError(
+            f"{path}: refused to load: the pickle needs arbitrary code (global {m.group(1)}) "
+            "to be unpickled; only tensors and plain containers are allowed (weights_only). "
+            "Re-save the state_dict as .safetensors in a trusted environment"
+        ) from exc
+    if isinstance(exc, pickle.UnpicklingError):
         lines = [s.strip() for s in msg.splitlines()
                  if s.strip() and not s.startswith("Check the documentation")]
         detail = lines[-1][:200] if lines else "no detail"
@@ -159,12 +166,10 @@ def _load_pickle(path: Path, device: str) -> dict[str, torch.Tensor]:
             f"{path}: refused to load: the pickle uses operations outside the safe "
             f"weights-only subset ({detail}); it may need arbitrary code and was refused"
         ) from exc
-    except Exception as exc:  # corrupt zip, truncated data, wrong format, ...
-        text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-        raise CheckpointError(
-            f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {text})"
-        ) from exc
-    return _normalize(obj, str(path))
+    text = msg.strip().splitlines()[0][:300] if msg.strip() else ""
+    raise CheckpointError(
+        f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {text})"
+    ) from exc
 
 
 def _sniff(path: Path) -> str | None:
