@@ -101,7 +101,8 @@ class BertEmbeddings(nn.Module):
         self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Embed ``input_ids`` ``(B, T)`` into ``(B, T, hidden)``."""
-        position_ids = self.position_ids[:, : input_ids.size(1)]
+        # torch.narrow rather than slicing: fx passes the buffer as a tensor, the length as a Proxy
+        position_ids = torch.narrow(self.position_ids, 1, 0, input_ids.size(1))
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         embeddings = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)

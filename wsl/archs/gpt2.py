@@ -198,7 +198,7 @@ class GPT2Model(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Last hidden state ``(B, T, n_embd)`` for token ids ``(B, T)``."""
-        position_ids = self.position_ids[:, : input_ids.size(1)]
+        position_ids = torch.narrow(self.position_ids, 1, 0, input_ids.size(1))  # fx-traceable slice
         hidden_states = self.drop(self.wte(input_ids) + self.wpe(position_ids))
         for block in self.h:
             hidden_states = block(hidden_states)
