@@ -113,6 +113,8 @@ class SpecBuilder:
         a, b = self.find(a), self.find(b)
         if a == b:
             return a
+        if b < a:  # the earliest group names the union
+            a, b = b, a
         ga, gb = self.groups[a], self.groups[b]
         if ga.size != gb.size:
             raise TraceError(f"at '{where}': cannot tie unit groups of sizes {ga.size} and {gb.size}")

@@ -1,0 +1,76 @@
+"""Helpers shared by CLI subcommands: resolving paths, models and input shapes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from typing import Any
+
+import torch
+from torch import nn
+
+from wsl.errors import WslError
+
+
+def local_path(path: str, *, repo_type: str = "model") -> str:
+    """A local path for ``path``; ``hf://`` URIs are resolved through :mod:`wsl.hub`."""
+    if path.startswith("hf://"):
+        if importlib.util.find_spec("wsl.hub") is None:
+            raise WslError(f"{path}: Hugging Face Hub references are not supported in this build")
+        from wsl import hub
+
+        return str(hub.resolve(path, repo_type=repo_type))
+    return path
+
+
+def parse_shape(text: str | None) -> tuple[int, ...] | None:
+    """``"3,32,32"`` or ``"3x32x32"`` -> ``(3, 32, 32)`` (no batch dim)."""
+    if text is None:
+        return None
+    try:
+        dims = tuple(int(t) for t in text.replace("x", ",").split(",") if t.strip())
+    except ValueError:
+        raise WslError(f"--input-shape {text!r}: expected integers like 3,32,32") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise WslError(f"--input-shape {text!r}: expected positive integers like 3,32,32")
+    return dims
+
+
+def example_from_shape(module: nn.Module, shape: tuple[int, ...] | None, dtype: str | None = None) -> Any:
+    if shape is None:
+        return None
+    if dtype and "int" in dtype:
+        vocab = next((m.num_embeddings for m in module.modules() if isinstance(m, nn.Embedding)), 2)
+        return torch.randint(0, vocab, (2, *shape))
+    return torch.randn(2, *shape)
+
+
+def load_for_cli(path: str | None, arch: str | None, input_shape: str | None = None,
+                 input_dtype: str | None = None) -> tuple[nn.Module, dict[str, torch.Tensor] | None, Any]:
+    """(module, state_dict or None, WeightSpace) for ``wsl inspect``-like commands."""
+    from wsl.io import load_model, resolve_arch
+    from wsl.space import WeightSpace
+
+    if path is None:
+        if arch is None:
+            raise WslError("give a checkpoint PATH, an --arch, or both")
+        module = resolve_arch(arch)
+        sd = None
+    else:
+        module, sd = load_model(local_path(path), arch)
+    example = example_from_shape(module, parse_shape(input_shape), input_dtype)
+    return module, sd, WeightSpace.from_module(module, example)
+
+
+def print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=None, separators=(",", ":"))
+    sys.stdout.write("\n")
+
+
+def add_model_args(p: Any) -> None:
+    p.add_argument("--arch", metavar="REF", help="architecture: registered name (resnet18), "
+                   "package.module:factory, file.py:factory, or a JSON description/file")
+    p.add_argument("--input-shape", metavar="C,H,W", help="example input shape without batch dim, "
+                   "when it cannot be inferred (e.g. 3,224,224)")
+    p.add_argument("--input-dtype", default=None, help="'int64' for token-id inputs")
