@@ -1,0 +1,117 @@
+"""Build parameter graphs for many models at once.
+
+:func:`build` turns a stacked state_dict (``N`` models of one architecture)
+into one PyG ``Batch`` with a single gather: the ``N`` flat parameter vectors
+are indexed by the layout's gather map (:class:`~wsl.graph.layout.GraphLayout`)
+and the batch ``edge_index`` is the layout's ``edge_index`` plus per-graph node
+offsets, by broadcasting. There is no Python loop over models or edges.
+
+Dtypes: node/edge features use the promoted dtype of the stored parameter
+tensors (float16 + float32 -> float32, exact); ``extras`` are float64 (exact
+for every float dtype and for integers up to 2**53). The original dtype of
+every tensor is recorded in ``dtypes`` so decoding is bit-exact.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch_geometric.data import Batch
+
+from wsl.errors import WslError
+from wsl.graph.data import ParameterGraph, make_batch, to_graphs
+from wsl.graph.layout import GraphLayout
+from wsl.space.weightspace import WeightSpace
+
+__all__ = ["build", "build_one", "to_graphs", "feature_dtype"]
+
+_EXACT_INT = 2 ** 53
+
+
+class GraphBuildError(WslError):
+    """A state_dict cannot be turned into a parameter graph."""
+
+
+def feature_dtype(layout: GraphLayout, stacked: Mapping[str, torch.Tensor]) -> torch.dtype:
+    """The dtype of ``x``/``edge_attr``: the promotion of every stored parameter's dtype."""
+    dt: torch.dtype | None = None
+    for name in layout.main_names:
+        t = stacked[name]
+        if not t.is_floating_point():
+            raise GraphBuildError(f"tensor '{name}' has dtype {t.dtype}; graph node/edge features must be floating")
+        dt = t.dtype if dt is None else torch.promote_types(dt, t.dtype)
+    return dt if dt is not None else torch.get_default_dtype()
+
+
+def _dtype_string(layout: GraphLayout, stacked: Mapping[str, torch.Tensor]) -> str:
+    return ",".join(str(stacked[n].dtype).replace("torch.", "") for n in layout.stored_names)
+
+
+def _assemble(space: WeightSpace, stacked: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int, str]:
+    """All graph tensors of ``N`` models, concatenated over graphs; returns (attrs, N, dtypes)."""
+    lay = GraphLayout.of(space)
+    space.check(stacked, batched=True, where="wsl.graph.build")
+    n = int(stacked[space.spec.tensors[0].name].shape[0]) if space.spec.tensors else 0
+    if n == 0:
+        raise GraphBuildError("wsl.graph.build: the stacked state_dict holds no models (N=0)")
+    dev = stacked[space.spec.tensors[0].name].device
+    idx = lay.on(dev)
+    fdt = feature_dtype(lay, stacked)
+    v, e, k, s = lay.num_nodes, lay.num_edges, lay.edge_dim, lay.x_mask.shape[1]
+
+    parts = [stacked[name].reshape(n, -1).to(fdt) for name in lay.main_names]
+    parts.append(torch.zeros(n, 1, dtype=fdt, device=dev))
+    parts.append(torch.ones(n, 1, dtype=fdt, device=dev))
+    flat = torch.cat(parts, dim=1)
+    feats = flat.index_select(1, idx["gather"])
+    x = feats[:, : v * s].reshape(n * v, s)
+    edge_attr = feats[:, v * s:].reshape(n * e, k)
+
+    ex = [_extra_to_f64(name, stacked[name], n) for name in lay.extra_names]
+    if lay.leftover.numel():
+        ex.append(flat.index_select(1, idx["leftover"]).to(torch.float64))
+    extras = torch.cat(ex, dim=1) if ex else torch.zeros(n, 0, dtype=torch.float64, device=dev)
+
+    offs = torch.arange(n, device=dev) * v
+    edge_index = (idx["edge_index"].unsqueeze(1) + offs.view(1, n, 1)).reshape(2, n * e)
+    attrs = {
+        "x": x, "x_mask": idx["x_mask"].repeat(n, 1),
+        "edge_index": edge_index, "edge_attr": edge_attr, "edge_mask": idx["edge_mask"].repeat(n, 1),
+        "edge_kind": idx["edge_kind"].repeat(n), "edge_conn": idx["edge_conn"].repeat(n),
+        "node_kind": idx["node_kind"].repeat(n), "node_depth": idx["node_depth"].repeat(n),
+        "node_group": idx["node_group"].repeat(n), "node_pos": idx["node_pos"].repeat(n),
+        "extras": extras.reshape(-1),
+        "num_extras": torch.full((n,), lay.num_extras, dtype=torch.long, device=dev),
+    }
+    return attrs, n, _dtype_string(lay, stacked)
+
+
+def _extra_to_f64(name: str, t: torch.Tensor, n: int) -> torch.Tensor:
+    if t.is_complex():
+        raise GraphBuildError(f"extra entry '{name}' is complex ({t.dtype}); not supported")
+    if not t.is_floating_point() and t.dtype != torch.bool and t.numel() and int(t.abs().max()) > _EXACT_INT:
+        raise GraphBuildError(f"extra entry '{name}' ({t.dtype}) holds integers above 2**53, which the float64 "
+                              "extras vector cannot store exactly")
+    return t.reshape(n, -1).to(torch.float64)
+
+
+def build(space: WeightSpace, stacked: Mapping[str, torch.Tensor]) -> Batch:
+    """``N`` models of one architecture (tensors ``(N, *shape)``) -> one PyG ``Batch`` of N graphs.
+
+    The batch behaves like ``Batch.from_data_list`` of :class:`ParameterGraph`
+    (``to_data_list()`` works); ``arch`` and ``dtypes`` are per-graph lists.
+    """
+    attrs, n, dts = _assemble(space, stacked)
+    lay = GraphLayout.of(space)
+    return make_batch(attrs, {"arch": [lay.signature] * n, "dtypes": [dts] * n}, n, lay.num_nodes)
+
+
+def build_one(space: WeightSpace, state_dict: Mapping[str, torch.Tensor]) -> ParameterGraph:
+    """One state_dict -> one :class:`ParameterGraph`."""
+    space.check(state_dict, where="wsl.graph.build_one")
+    attrs, _, dts = _assemble(space, {k: v.unsqueeze(0) for k, v in state_dict.items()})
+    g = ParameterGraph(**attrs)
+    g.arch = space.signature
+    g.dtypes = dts
+    return g
