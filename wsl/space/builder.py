@@ -91,8 +91,10 @@ class SpecBuilder:
     tensors: dict[str, _Tensor] = field(default_factory=dict)
     extras: list[str] = field(default_factory=list)
     inputs: dict[str, int] = field(default_factory=dict)
+    input_dims: dict[str, tuple[tuple[int, ...], int]] = field(default_factory=dict)
     param_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     buffer_names: set[str] = field(default_factory=set)
+    tied: list[tuple[str, str]] = field(default_factory=list)
 
     # ----------------------------------------------------------------- groups
     def new_group(self, size: int, kind: str, name: str, fixed: bool = False) -> int:
@@ -203,6 +205,25 @@ class SpecBuilder:
             if n != shape[d]:
                 raise TraceError(f"internal: axis {d} of '{name}' has size {shape[d]} but its factors give {n}")
         self.tensors[name] = _Tensor(name, tuple(shape), role, module, op, axes, buffer)
+
+    def resolve_raw(self, v: Val) -> Val:
+        """A raw input whose unit dim is already known (from an earlier layer) as a unit Val."""
+        if v.raw is None or v.raw not in self.input_dims:
+            return v
+        shape, fdim = self.input_dims[v.raw]
+        if tuple(v.shape) != tuple(shape):
+            return v
+        site = self.inputs[v.raw]
+        g = self.site_group(site)
+        return Val(shape=v.shape, site=site, fdim=fdim, factors=((g, self.size(g)),))
+
+    def resolve_raw_at(self, v: Val, fdim: int, where: str) -> Val:
+        """Decide that raw input ``v`` carries its units on ``fdim``."""
+        assert v.raw is not None
+        site = self.input_site(v.raw, v.shape[fdim], where)
+        self.input_dims.setdefault(v.raw, (tuple(v.shape), fdim))
+        g = self.site_group(site)
+        return Val(shape=v.shape, site=site, fdim=fdim, factors=((g, v.shape[fdim]),))
 
     def input_site(self, key: str, size: int, where: str) -> int:
         """The site of network input ``key``, created on first use with ``size`` units."""

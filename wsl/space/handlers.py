@@ -61,11 +61,11 @@ def feature_in(b: SpecBuilder, x: Val, path: str, mod: nn.Module, size: int, dim
     if isinstance(x, (tuple, list)) or not isinstance(x, Val):
         raise UnsupportedLayerError(path, _kind(mod), "its input is not a single tensor")
     want = x.ndim - 1 if dim == "last" else 1
+    x = b.resolve_raw(x)
     if x.raw is not None:
         if x.ndim < 2 or x.shape[want] != size:
             raise UnsupportedLayerError(path, _kind(mod), f"input of shape {x.shape} does not have {size} features on dim {want}")
-        site = b.input_site(x.raw, size, path)
-        return site, ((b.site_group(site), size),)
+        x = b.resolve_raw_at(x, want, path)
     if x.site is None:
         raise UnsupportedLayerError(path, _kind(mod), "its input carries no units (a constant or an integer tensor?)")
     if x.fdim != want:
@@ -359,7 +359,8 @@ def handler_for(mod: nn.Module) -> Handler | None:
         return h_self_attention_qkv
     if name == "GPT2Attention":
         return h_gpt2_attention
-    if name == "Conv1D" and hasattr(mod, "weight") and getattr(mod, "weight").dim() == 2:
+    w = mod._parameters.get("weight")  # not getattr: fx proxies parameter access while tracing
+    if name == "Conv1D" and isinstance(w, torch.Tensor) and w.dim() == 2:
         return h_gpt_conv1d
     if isinstance(mod, nn.Linear):
         return h_linear
@@ -400,5 +401,3 @@ def is_leaf(mod: nn.Module) -> bool:
 def claimed_by_handler(mod: nn.Module) -> bool:
     return handler_for(mod) is not None
 
-
-_ = torch  # keep torch imported for type checkers

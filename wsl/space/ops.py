@@ -50,6 +50,8 @@ def op_name(target: Any) -> str:
 def handle(b: SpecBuilder, path: str, target: Any, args: tuple, kwargs: dict, vargs: tuple, vkwargs: dict,
            out: Any) -> Any:
     name = op_name(target)
+    vargs = tuple(_resolve(b, v) for v in vargs)
+    vkwargs = {k: _resolve(b, v) for k, v in vkwargs.items()}
     vals = [v for v in _flat(vargs) + _flat(list(vkwargs.values())) if isinstance(v, Val)]
     if name in META or not _has_tensor(out):
         return None
@@ -79,6 +81,14 @@ def handle(b: SpecBuilder, path: str, target: Any, args: tuple, kwargs: dict, va
     if name == "pad":
         return _pad(path, x, args, kwargs, out)
     raise UnsupportedLayerError(path, f"function '{name}'", "wsl has no symmetry rule for this operation")
+
+
+def _resolve(b: SpecBuilder, v: Any) -> Any:
+    if isinstance(v, Val):
+        return b.resolve_raw(v)
+    if isinstance(v, (list, tuple)) and not hasattr(v, "_fields"):
+        return type(v)(_resolve(b, x) for x in v)
+    return v
 
 
 def _flat(xs: Any) -> list[Any]:
@@ -144,6 +154,12 @@ def _binary(b: SpecBuilder, path: str, name: str, a: Any, c: Any, out: Any) -> V
     units = [v for v in vals if v.site is not None]
     raws = [v for v in vals if v.raw]
     params = [v for v in vals if v.param and v.site is None]
+    if raws and len(units) == 1 and len(raws) == 1 and not params:
+        r, u = raws[0], units[0]
+        d = _align(u, r.ndim)
+        if 0 <= d < r.ndim and r.shape[d] == u.shape[u.fdim or 0]:
+            resolved = b.resolve_raw_at(r, d, path)
+            return _binary(b, path, name, resolved if a is r else a, resolved if c is r else c, out)
     if raws:
         if units or params or len(raws) > 1:
             raise UnsupportedLayerError(path, f"function '{name}'", "combines a raw network input with other units")

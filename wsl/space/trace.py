@@ -78,6 +78,11 @@ class _Interpreter(torch.fx.Interpreter):
         self.outputs: list[Any] = []
 
     def run_node(self, n: torch.fx.Node) -> Any:
+        if n.op == "call_module":
+            mod = self.module.get_submodule(str(n.target))
+            if handlers.handler_for(mod) is None:
+                raise UnsupportedLayerError(str(n.target), type(mod).__name__,
+                                            "wsl has no symmetry rule for this layer")
         with self._set_current_node(n):
             args, kwargs = self.fetch_args_kwargs_from_env(n)
             try:
@@ -111,9 +116,7 @@ class _Interpreter(torch.fx.Interpreter):
         if n.op == "call_module":
             mod = self.module.get_submodule(str(n.target))
             h = handlers.handler_for(mod)
-            if h is None:
-                raise UnsupportedLayerError(str(n.target), type(mod).__name__,
-                                            "wsl has no symmetry rule for this layer")
+            assert h is not None
             return h(self.b, str(n.target), mod, list(vargs), out)
         if n.op in ("call_function", "call_method"):
             return ops.handle(self.b, _path(n), n.target, args, kwargs, vargs, vkwargs, out)
@@ -161,7 +164,7 @@ def trace_spec(module: nn.Module, example_input: Any = None) -> WeightSpaceSpec:
     order, aliases, unused = _resolve_entries(b, module, state)
     meta = {"input_shapes": tuple(tuple(t.shape[1:]) for t in inputs if isinstance(t, torch.Tensor)),
             "input_dtypes": tuple(str(t.dtype).replace("torch.", "") for t in inputs if isinstance(t, torch.Tensor)),
-            "unused": tuple(unused), "module": type(module).__name__}
+            "unused": tuple(unused), "tied": tuple(b.tied), "module": type(module).__name__}
     return b.finish(order, aliases, meta)
 
 
@@ -198,9 +201,16 @@ def _resolve_entries(b: SpecBuilder, module: nn.Module, state: dict[str, torch.T
     aliases: dict[str, str] = {}
     unused: list[str] = []
     order = []
+    seen: dict[int, str] = {}
+    b.tied = []
     for name, t in state.items():
         order.append((name, tuple(t.shape), name in buffers))
-        if name in b.tensors or name in b.extras:
+        if name in b.tensors:
+            if id(t) in seen:  # tied weights claimed by two layers (e.g. lm_head and wte)
+                b.tied.append((name, seen[id(t)]))
+            seen.setdefault(id(t), name)
+            continue
+        if name in b.extras:
             continue
         if id(t) in by_id:
             aliases[name] = by_id[id(t)]

@@ -74,7 +74,8 @@ class WeightSpace:
     @property
     def num_parameters(self) -> int:
         """Number of scalars in parameters (buffers such as BN statistics excluded)."""
-        return sum(t.numel for t in self.tensors.values() if not t.buffer)
+        skip = {a for a, _ in self.spec.aliases} | {a for a, _ in self.meta("tied", ())}
+        return sum(t.numel for t in self.tensors.values() if not t.buffer and t.name not in skip)
 
     @property
     def num_elements(self) -> int:
