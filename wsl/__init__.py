@@ -10,6 +10,15 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from typing import Any
+
 from wsl.errors import WslError
 
-__all__ = ["WslError", "__version__"]
+__all__ = ["WslError", "__version__", "load_zoo"]
+
+
+def load_zoo(path: Any, verify: str = "lazy") -> Any:
+    """Open a model zoo (see :func:`wsl.zoo.load_zoo`); imports :mod:`wsl.zoo` on first call."""
+    from wsl.zoo import load_zoo as _load_zoo
+
+    return _load_zoo(path, verify=verify)
