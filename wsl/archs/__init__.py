@@ -14,11 +14,11 @@ from torch import nn
 
 from wsl.archs.bert import BertClassifier, BertConfig, BertLayer, BertModel, BertSelfAttention, bert_layer
 from wsl.archs.describe import SCHEMA, build, describe, validate
-from wsl.archs.gpt2 import Conv1D, GPT2Attention, GPT2Config, GPT2LMHeadModel, GPT2Model
+from wsl.archs.gpt2 import Conv1D, GPT2Attention, GPT2Block, GPT2Config, GPT2LMHeadModel, GPT2Model
 from wsl.archs.registry import REGISTRY, from_hf_config, normalize_hf_state_dict
 from wsl.archs.resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50
 from wsl.archs.simple import FORMAT, GlobalAvgPool, Residual, activation, mlp, small_cnn
-from wsl.archs.vit import ViTConfig, ViTForImageClassification, ViTModel, ViTSelfAttention, vit_tiny
+from wsl.archs.vit import ViTConfig, ViTForImageClassification, ViTLayer, ViTModel, ViTSelfAttention, vit_tiny
 from wsl.errors import ArchitectureError
 
 ATTENTION_CLASSES = ("BertSelfAttention", "ViTSelfAttention", "GPT2Attention")
@@ -67,8 +67,8 @@ def example_input(module: nn.Module, batch: int = 2, generator: torch.Generator 
 __all__ = [
     "ATTENTION_CLASSES", "FORMAT", "REGISTRY", "SCHEMA", "ArchitectureError",
     "BasicBlock", "BertClassifier", "BertConfig", "BertLayer", "BertModel", "BertSelfAttention",
-    "Bottleneck", "Conv1D", "GPT2Attention", "GPT2Config", "GPT2LMHeadModel", "GPT2Model",
-    "GlobalAvgPool", "Residual", "ResNet", "ViTConfig", "ViTForImageClassification", "ViTModel",
+    "Bottleneck", "Conv1D", "GPT2Attention", "GPT2Block", "GPT2Config", "GPT2LMHeadModel", "GPT2Model",
+    "GlobalAvgPool", "Residual", "ResNet", "ViTConfig", "ViTForImageClassification", "ViTLayer", "ViTModel",
     "ViTSelfAttention", "activation", "bert_layer", "build", "describe", "example_input",
     "from_hf_config", "mlp", "normalize_hf_state_dict", "resnet18", "resnet34", "resnet50",
     "small_cnn", "validate", "vit_tiny",
