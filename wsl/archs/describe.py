@@ -61,6 +61,7 @@ SCHEMA: dict[str, list[Field]] = {
     "residual": [("body", "layers", REQUIRED, True), ("shortcut", "layers_or_null", None, True)],
     "embedding": [("num_embeddings", "pos_int", REQUIRED, True), ("embedding_dim", "pos_int", REQUIRED, True),
                   ("padding_idx", "int_or_null", None, False)],
+    "pad2d": [("padding", "pad4", REQUIRED, True)],
 }
 """Layer type -> fields ``(name, kind, default, always_written)``."""
 
@@ -71,6 +72,19 @@ _ACTS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
     "leaky_relu": lambda s: nn.LeakyReLU(s.get("negative_slope", 0.01)),
 }
 Shape = tuple[int, ...]
+
+
+class Pad2d(nn.Module):
+    """Zero padding ``[left, right, top, bottom]`` of (B, C, H, W) maps, possibly asymmetric
+    (e.g. TensorFlow 'same' padding with stride 2). Calls ``F.pad`` so it is fx-traceable."""
+
+    def __init__(self, padding: list[int]) -> None:
+        super().__init__()
+        self.padding = tuple(int(p) for p in padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pad the last two dimensions with zeros."""
+        return nn.functional.pad(x, self.padding)
 
 
 def _fail(path: str, msg: str) -> ArchitectureError:
@@ -105,6 +119,8 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "layers": (lambda v: isinstance(v, list) and len(v) > 0, "a non-empty list of layers"),
     "layers_or_null": (lambda v: v is None or (isinstance(v, list) and len(v) > 0),
                        "a non-empty list of layers or null"),
+    "pad4": (lambda v: isinstance(v, list) and len(v) == 4 and all(_is_int(x) and x >= 0 for x in v),
+             "a list [left, right, top, bottom] of 4 ints >= 0"),
 }
 
 
@@ -205,6 +221,10 @@ def _layer(spec: dict[str, Any], shape: Shape, path: str, first: bool) -> tuple[
         return shape, lambda: _ACTS[t](spec)
     if t == "dropout":
         return shape, lambda: nn.Dropout(spec["p"])
+    if t == "pad2d":
+        need(len(shape) == 3, "expects input (C, H, W)")
+        left, right, top, bottom = spec["padding"]
+        return (shape[0], shape[1] + top + bottom, shape[2] + left + right), lambda: Pad2d(spec["padding"])
     if t in ("maxpool2d", "avgpool2d"):
         need(len(shape) == 3, "expects input (C, H, W)")
         ks, st, pd = (_pair(spec.get(k, 0), 2) for k in ("kernel_size", "stride", "padding"))
@@ -282,7 +302,12 @@ def _analyse(desc: Any) -> tuple[dict[str, Any], Shape, Callable[[], nn.Module] 
 
 
 def validate(desc: dict[str, Any]) -> dict[str, Any]:
-    """Check ``desc`` and return its canonical form; raise ArchitectureError naming the JSON path."""
+    """Check ``desc`` and return its canonical form; raise ArchitectureError naming the JSON path.
+
+    Sequential descriptions are checked completely (fields, types, shapes);
+    for builtin ones only the name and JSON-ness of ``kwargs`` -- the factory
+    checks its arguments when :func:`build` calls it.
+    """
     return _analyse(desc)[0]
 
 
