@@ -1,0 +1,196 @@
+"""Readers of published zoo layouts (wsl.zoo.readers) and ``wsl zoo convert``.
+
+Every fixture is written here in the exact published layout, with random weights.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from wsl.errors import WslError, ZooFormatError
+from wsl.zoo import load_zoo
+from wsl.zoo.readers import convert, open_source, read_table
+
+# --------------------------------------------------------------------------- Small CNN Zoo
+CONFIG_COLS = ["config.activation", "config.b_init", "config.dataset", "config.dnn_architecture",
+               "config.dropout", "config.epochs", "config.epochs_between_checkpoints", "config.init_std",
+               "config.l2reg", "config.learning_rate", "config.num_layers", "config.num_units",
+               "config.optimizer", "config.random_seed", "config.train_fraction", "config.w_init"]
+STEPS = (0, 1, 86)
+
+
+def _layout(in_ch: int) -> list[tuple[str, tuple[int, ...]]]:
+    """TF variables in published order (names sort alphabetically: bias before kernel)."""
+    out: list[tuple[str, tuple[int, ...]]] = []
+    prev = in_ch
+    for k, name in enumerate(("conv2d", "conv2d_1", "conv2d_2")):
+        out += [(f"sequential/{name}/bias:0", (16,)), (f"sequential/{name}/kernel:0", (3, 3, prev, 16))]
+        prev = 16
+    return out + [("sequential/dense/bias:0", (10,)), ("sequential/dense/kernel:0", (16, 10))]
+
+
+def write_small_cnn_zoo(root: Path, *, in_ch: int, dataset: str, n_models: int = 6, gz: bool = True,
+                        pandas_index: bool = False, seed: int = 0) -> np.ndarray:
+    """A Small CNN Zoo directory; returns the weights matrix."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    layout = _layout(in_ch)
+    with open(root / "layout.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["varname", "start_idx", "end_idx", "shape"])
+        pos = 0
+        for name, shape in layout:
+            size = int(np.prod(shape))
+            w.writerow([name, pos, pos + size, str(shape)])
+            pos += size
+    weights = (rng.standard_normal((n_models * len(STEPS), pos)) * 0.4).astype(np.float32)
+    np.save(root / "weights.npy", weights)
+    header = ([""] if pandas_index else []) + CONFIG_COLS + [
+        "modeldir", "step", "test_accuracy", "test_loss", "train_accuracy", "train_loss"]
+    lines = []
+    for m in range(n_models):
+        act = "relu" if m % 2 == 0 else "tanh"
+        for s in STEPS:
+            cfg = [act, "zeros", dataset, "cnn", 0.1 * (m % 3), 86, 20, 0.05, 0.001, 0.01, 3, 16, "adam", 42,
+                   1.0, "he_normal"]
+            run = f"/tmp/zoo/{dataset}/run_{m:04d}"
+            vals = [f"{run}/permanent_ckpt-{s}" if pandas_index else run, s, rng.uniform(), rng.uniform(),
+                    rng.uniform(), "nan" if s == 0 else rng.uniform()]
+            lines.append(([len(lines)] if pandas_index else []) + cfg + vals)
+    buf = [header, *lines]
+    if gz:
+        with gzip.open(root / "metrics.csv.gz", "wt", newline="") as fh:
+            csv.writer(fh).writerows(buf)
+    else:
+        with open(root / "metrics.csv", "w", newline="") as fh:
+            csv.writer(fh).writerows(buf)
+    return weights
+
+
+def tf_reference_logits(vec: np.ndarray, x_nhwc: np.ndarray, in_ch: int, act: str, padding: str) -> np.ndarray:
+    """The Keras model evaluated directly from raw TF-order weights (float64 numpy)."""
+    params, pos = {}, 0
+    for name, shape in _layout(in_ch):
+        size = int(np.prod(shape))
+        params[name] = vec[pos:pos + size].astype(np.float64).reshape(shape)
+        pos += size
+    x = x_nhwc.astype(np.float64)
+    f = np.maximum if act == "relu" else None
+    for layer in ("conv2d", "conv2d_1", "conv2d_2"):
+        k, b = params[f"sequential/{layer}/kernel:0"], params[f"sequential/{layer}/bias:0"]
+        s, kh = 2, k.shape[0]
+        h, w = x.shape[1:3]
+        if padding == "same":  # TF: out = ceil(n / s), total pad split with the extra pixel after
+            oh, ow = -(-h // s), -(-w // s)
+            ph, pw = max((oh - 1) * s + kh - h, 0), max((ow - 1) * s + kh - w, 0)
+            x = np.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))
+        else:
+            oh, ow = (h - kh) // s + 1, (w - kh) // s + 1
+        y = np.zeros((x.shape[0], oh, ow, k.shape[3]))
+        for di in range(kh):
+            for dj in range(kh):
+                y += x[:, di:di + s * (oh - 1) + 1:s, dj:dj + s * (ow - 1) + 1:s, :] @ k[di, dj]
+        y += b
+        x = f(y, 0.0) if f is not None else np.tanh(y)
+    pooled = x.mean(axis=(1, 2))
+    return pooled @ params["sequential/dense/kernel:0"] + params["sequential/dense/bias:0"]
+
+
+@pytest.mark.parametrize("in_ch,size,dataset,padding", [
+    (1, 28, "mnist", "valid"), (3, 32, "cifar10", "valid"), (1, 28, "fashion_mnist", "same"),
+    (3, 32, "svhn_cropped", "same")])
+def test_small_cnn_zoo_logits_match_tf(tmp_path: Path, in_ch: int, size: int, dataset: str, padding: str) -> None:
+    src = tmp_path / "src"
+    weights = write_small_cnn_zoo(src, in_ch=in_ch, dataset=dataset, gz=in_ch == 1, pandas_index=in_ch == 3)
+    report = convert("small-cnn-zoo", src, tmp_path / "out", padding=padding, progress=False)
+    zoo = load_zoo(tmp_path / "out")
+    assert len(zoo) == len(weights) == report.rows_written
+    assert report.num_models == 6 and len(zoo.architectures) == 2  # relu and tanh
+    x = np.random.default_rng(1).standard_normal((4, size, size, in_ch)).astype(np.float32)
+    source_row = {(f"/tmp/zoo/{dataset}/run_{m:04d}", s): m * len(STEPS) + j
+                  for m in range(6) for j, s in enumerate(STEPS)}
+    for i in range(len(zoo)):
+        row = zoo[i].metadata
+        j = source_row[(row["model_id"], row["epoch"])]
+        act = row["hparams"]["activation"]
+        module = zoo[i].module()
+        with torch.no_grad():
+            got = module(torch.from_numpy(x).permute(0, 3, 1, 2)).double().numpy()
+        want = tf_reference_logits(weights[j], x, in_ch, act, padding)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+        assert row["step"] == row["epoch"] and row["seed"] == 42
+        assert row["hparams"]["dataset"] == dataset and row["hparams"]["optimizer"] == "adam"
+    assert zoo[0].metadata["train_loss"] is None  # "nan" in metrics.csv -> null
+    splits = {}
+    for r in zoo.rows:
+        assert splits.setdefault(r["model_id"], r["split"]) == r["split"]
+    layers = [layer["type"] for layer in zoo[0].arch["layers"]]
+    assert ("pad2d" in layers) == (padding == "same")
+
+
+def test_tf_same_padding_is_not_pytorch_padding_1() -> None:
+    """Documents the design decision: symmetric padding=1 gives different logits."""
+    from wsl.zoo.readers.small_cnn_zoo import _tf_same_pads
+
+    assert _tf_same_pads(28, 3, 2) == (0, 1, 14) and _tf_same_pads(14, 3, 2) == (0, 1, 7)
+    assert _tf_same_pads(7, 3, 2) == (1, 1, 4) and _tf_same_pads(32, 3, 2) == (0, 1, 16)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 4, 3, stride=2, padding=1)
+    x = torch.randn(1, 1, 28, 28)
+    tf_like = nn.functional.conv2d(nn.functional.pad(x, (0, 1, 0, 1)), conv.weight, conv.bias, stride=2)
+    assert tf_like.shape == conv(x).shape and not torch.allclose(tf_like, conv(x))
+
+
+def test_small_cnn_zoo_limit_nonfinite_and_resume(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    weights = write_small_cnn_zoo(src, in_ch=1, dataset="mnist")
+    weights[4, 7] = np.nan  # model 1, step 1
+    np.save(src / "weights.npy", weights)
+    report = convert("small-cnn-zoo", src, tmp_path / "a", limit=2, progress=False)
+    assert report.rows_written == 5 and report.num_models == 2
+    assert any("NaN" in n for n in report.notes)
+    again = convert("small-cnn-zoo", src, tmp_path / "a", limit=2, progress=False)
+    assert again.rows_written == 0 and again.rows_already_present == 5
+    with pytest.raises(ZooFormatError, match="different zoo"):
+        convert("small-cnn-zoo", src, tmp_path / "a", limit=3, progress=False)
+    kept = convert("small-cnn-zoo", src, tmp_path / "b", limit=2, keep_nonfinite=True, progress=False)
+    assert kept.rows_written == 6
+
+
+def _rewrite(path: Path, edit: Any) -> None:
+    rows = list(csv.reader(open(path, newline="")))
+    edit(rows)
+    with open(path, "w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+
+
+@pytest.mark.parametrize("breakage,match", [
+    (lambda s: (s / "weights.npy").unlink(), "weights.npy: file not found"),
+    (lambda s: (s / "metrics.csv").unlink(), "neither metrics.csv"),
+    (lambda s: _rewrite(s / "layout.csv", lambda r: r[2].__setitem__(3, "(3, 3, 2, 16)")), r"row 2.*needs 288"),
+    (lambda s: _rewrite(s / "layout.csv", lambda r: r[3].__setitem__(0, "sequential/batch_norm/gamma:0")),
+     r"layout.csv row 3 \(column 'varname'\): unsupported variable"),
+    (lambda s: _rewrite(s / "metrics.csv", lambda r: [x.pop(0) for x in r]), "missing column 'config.activation'"),
+    (lambda s: _rewrite(s / "metrics.csv", lambda r: r[5].__setitem__(0, "selu")),
+     r"metrics.csv row 5 \(column 'config.activation'\): unsupported activation 'selu'"),
+    (lambda s: _rewrite(s / "metrics.csv", lambda r: r.pop()), "17 rows but .*weights.npy has 18"),
+    (lambda s: _rewrite(s / "metrics.csv", lambda r: r[2].__setitem__(CONFIG_COLS.index("config.dataset"), "x")),
+     r"row 2 \(column 'config.dataset'\): cannot infer the input size.*--input-size"),
+    (lambda s: np.save(s / "weights.npy", np.zeros((18, 10), np.float32)), "covers 4970 columns but"),
+])
+def test_small_cnn_zoo_errors(tmp_path: Path, breakage: Any, match: str) -> None:
+    src = tmp_path / "src"
+    write_small_cnn_zoo(src, in_ch=1, dataset="mnist", gz=False)
+    breakage(src)
+    with pytest.raises(ZooFormatError, match=match):
+        convert("small-cnn-zoo", src, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()  # validation happens before anything is written
