@@ -29,7 +29,7 @@ from wsl.zoo.format import (
     shard_file, validate_card, validate_splits,
 )
 
-__all__ = ["ZooWriter", "arch_entry", "file_sha256", "read_card", "read_metadata_lines"]
+__all__ = ["ZooWriter", "arch_entry", "file_sha256", "read_card", "read_metadata_lines", "row_line", "write_card"]
 
 
 def file_sha256(path: str | os.PathLike[str], limit: int | None = None) -> str:
@@ -105,6 +105,20 @@ def read_metadata_lines(root: Path, card: Mapping[str, Any]) -> list[bytes]:
         raise ZooFormatError(f"{path}: sha256 of the first {n} rows is {digest[:12]}..., but {CARD_FILE} "
                              f"field 'metadata.sha256' says {card['metadata']['sha256'][:12]}... (corrupt or edited)")
     return lines
+
+
+def write_card(root: Path, card: Mapping[str, Any]) -> None:
+    """Atomically (re)write ``root/zoo.json``."""
+    from wsl.io import atomic_open
+
+    text = json.dumps(card, indent=1, allow_nan=False) + "\n"
+    with atomic_open(root / CARD_FILE, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def row_line(row: Mapping[str, Any]) -> bytes:
+    """One ``metadata.jsonl`` line (compact JSON + newline)."""
+    return (json.dumps(row, separators=(",", ":"), allow_nan=False) + "\n").encode()
 
 
 class ZooWriter:
@@ -236,11 +250,7 @@ class ZooWriter:
             raise ZooFormatError(f"{self.root}: the writer is closed")
 
     def _write_card(self) -> None:
-        from wsl.io import atomic_open
-
-        text = json.dumps(self.card, indent=1, allow_nan=False) + "\n"
-        with atomic_open(self.root / CARD_FILE, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        write_card(self.root, self.card)
 
     def set_extra(self, **values: Any) -> None:
         """Set keys of the card's free-form ``extra`` object (committed immediately)."""
@@ -330,7 +340,7 @@ class ZooWriter:
                 r, split = norm[j]
                 full = {"row": start + j, "model_id": r.pop("model_id"), "arch": arch_id, "shard": k,
                         "index": j - lo, "epoch": r.pop("epoch"), "seed": r.pop("seed"), "split": split, **r}
-                lines.append((json.dumps(full, separators=(",", ":"), allow_nan=False) + "\n").encode())
+                lines.append(row_line(full))
         self._commit(new_shards, lines, splits)
         return list(range(start, start + n))
 

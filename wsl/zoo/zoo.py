@@ -333,6 +333,12 @@ class Zoo:
         """Copies of the metadata rows of this view."""
         return [copy.deepcopy(self._store.rows[i]) for i in self._rows.tolist()]
 
+    def iter_metadata(self) -> Iterator[dict[str, Any]]:
+        """The metadata rows of this view without copying (shared: do not modify them)."""
+        rows = self._store.rows
+        for r in self._rows.tolist():
+            yield rows[r]
+
     def __len__(self) -> int:
         return len(self._rows)
 
