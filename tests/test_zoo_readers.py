@@ -194,3 +194,133 @@ def test_small_cnn_zoo_errors(tmp_path: Path, breakage: Any, match: str) -> None
     with pytest.raises(ZooFormatError, match=match):
         convert("small-cnn-zoo", src, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()  # validation happens before anything is written
+
+
+# --------------------------------------------------------------------------- Schuerholt et al. model zoos
+_NLIN = {"tanh": nn.Tanh, "leakyrelu": nn.LeakyReLU, "relu": nn.ReLU}
+
+
+class PublishedCNN(nn.Module):
+    """The published CNN/CNN3 layer order (conv -> pool -> nlin -> [dropout] ...) in a module_list."""
+
+    def __init__(self, kind: str, channels_in: int, nlin: str, dropout: float) -> None:
+        super().__init__()
+        convs = [(8, 5, True), (6, 5, True), (4, 2, False)] if kind == "CNN" else [(16, 3, True), (32, 3, True),
+                                                                                 (15, 3, True)]
+        always = kind == "CNN3"
+        mods: list[nn.Module] = []
+        prev = channels_in
+        for i, (ch, k, pool) in enumerate(convs):
+            mods.append(nn.Conv2d(prev, ch, k))
+            mods += [nn.MaxPool2d(2, 2)] if pool else []
+            mods.append(_NLIN[nlin]())
+            mods += [nn.Dropout(dropout)] if (dropout > 0 and i < 2) or always else []
+            prev = ch
+        flat = 36 if kind == "CNN" else 60
+        mods += [nn.Flatten(), nn.Linear(flat, 20), _NLIN[nlin]()]
+        mods += [nn.Dropout(dropout)] if dropout > 0 or always else []
+        mods.append(nn.Linear(20, 10))
+        self.module_list = nn.ModuleList(mods)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for m in self.module_list:
+            x = m(x)
+        return x
+
+
+TRIALS = [("CNN", 1, "tanh", 0.0, "checkpoint_{}"), ("CNN", 1, "leakyrelu", 0.2, "checkpoint_{:06d}"),
+          ("CNN3", 3, "relu", 0.0, "checkpoint_{:06d}")]
+
+
+def write_schuerholt_zoo(root: Path, trials: list[tuple[str, int, str, float, str]] = TRIALS) -> dict[str, list]:
+    """A Ray Tune experiment dir; returns {trial name: [state_dict per checkpoint]}."""
+    root.mkdir(parents=True)
+    (root / "config.json").write_text(json.dumps({"model::type": "CNN", "seed": "{'grid_search': [1, 2, 3]}"}))
+    out = {}
+    for t, (kind, ch, nlin, p, fmt) in enumerate(trials):
+        params = {"model::type": kind, "model::channels_in": ch, "model::nlin": nlin, "model::dropout": p,
+                  "model::init_type": "kaiming_uniform", "model::use_bias": False, "optim::optimizer": "adam",
+                  "optim::lr": 3e-4, "optim::wd": 0.0, "seed": t + 1, "training::batchsize": 10, "cuda": False,
+                  "dataset::dump": f"/data/zoos/MNIST/tune_zoo_mnist_uniform/dataset.pt"}
+        trial = root / f"NN_tune_trainable_a1b2c_{t:05d}_{t}_seed={t + 1}_2022-01-01_12-00-0{t}"
+        trial.mkdir()
+        (trial / "params.json").write_text(json.dumps(params))
+        lines = []
+        for it in range(4):
+            first = it == 0
+            lines.append(json.dumps({"train_loss": -999 if first else 2.0 / it, "train_acc": -999 if first else
+                                     0.2 * it, "test_loss": 2.3 - 0.1 * it, "test_acc": 0.1 + 0.2 * it,
+                                     "time_this_iter_s": 1.5, "done": it == 3, "training_iteration": it,
+                                     "trial_id": "a1b2c", "config": params}))
+        (trial / "result.json").write_text("\n".join(lines) + "\n")
+        torch.manual_seed(t)
+        model = PublishedCNN(kind, ch, nlin, p)
+        sds = []
+        for it in (0, 1, 3):
+            with torch.no_grad():
+                for prm in model.parameters():
+                    prm.add_(0.05 * torch.randn_like(prm))
+            d = trial / fmt.format(it)
+            d.mkdir()
+            sd = {k: v.clone() for k, v in model.state_dict().items()}
+            torch.save(sd, d / "checkpoints")
+            torch.save({"state": {}}, d / "optimizer")
+            sds.append(sd)
+        out[trial.name] = sds
+    return out
+
+
+def test_schuerholt_zoo_converts_and_reproduces_outputs(tmp_path: Path) -> None:
+    sds = write_schuerholt_zoo(tmp_path / "tune_zoo_mnist_uniform")
+    report = convert("schuerholt", tmp_path / "tune_zoo_mnist_uniform", tmp_path / "out", progress=False)
+    assert report.rows_written == 9 and report.num_models == 3 and len(report.architectures) == 3
+    zoo = load_zoo(tmp_path / "out")
+    assert zoo.card["dataset"]["name"] == "mnist"
+    for i in range(len(zoo)):
+        row = zoo[i].metadata
+        kind, ch, nlin, p, _ = TRIALS[int(row["seed"]) - 1]
+        ref = PublishedCNN(kind, ch, nlin, p).eval()
+        ref.load_state_dict(sds[row["model_id"]][[0, 1, 3].index(row["epoch"])])
+        size = 28 if kind == "CNN" else 32
+        x = torch.randn(3, ch, size, size)
+        with torch.no_grad():
+            torch.testing.assert_close(zoo[i].module()(x), ref(x))
+        assert row["hparams"]["model::nlin"] == nlin and row["source"].endswith("/checkpoints")
+        assert row["test_accuracy"] == pytest.approx(0.1 + 0.2 * row["epoch"])
+        assert row["train_accuracy"] is None if row["epoch"] == 0 else row["train_accuracy"] > 0
+        assert "time_this_iter_s" not in row
+    shifted = [a for a in zoo.architectures.values() if any(l["type"] == "dropout" for l in a["arch"]["layers"])]
+    assert len(shifted) == 2  # the dropout CNN and CNN3
+
+
+def test_schuerholt_limit_and_nested_root(tmp_path: Path) -> None:
+    write_schuerholt_zoo(tmp_path / "zoo" / "tune_zoo_mnist_uniform")
+    report = convert("model-zoos", tmp_path / "zoo", tmp_path / "out", limit=1, progress=False)
+    assert report.rows_written == 3 and report.num_models == 1
+
+
+@pytest.mark.parametrize("breakage,match", [
+    (lambda t: (t / "params.json").write_text("{bad"), r"params.json.*(JSON|json)"),
+    (lambda t: (t / "result.json").write_text('{"training_iteration": 0}\n{oops\n'), r"result.json line 2"),
+    (lambda t: (t / "checkpoint_1" / "checkpoints").unlink(), r"checkpoint_1: checkpoint directory without"),
+    (lambda t: (t / "params.json").write_text(json.dumps({"model::nlin": "elu", "model::type": "CNN"})),
+     r"'model::nlin' is 'elu'"),
+    (lambda t: torch.save({"module_list.0.weight": torch.zeros(8, 1, 5, 5), "module_list.0.bias": torch.zeros(8),
+                           "module_list.1.running_mean": torch.zeros(8)}, t / "checkpoint_0" / "checkpoints"),
+     r"checkpoint_0/checkpoints: unsupported state_dict entry 'module_list.1.running_mean'"),
+    (lambda t: torch.save({"module_list.0.weight": torch.zeros(8, 1, 5, 5)}, t / "checkpoint_3" / "checkpoints"),
+     r"checkpoint_3/checkpoints: entry"),
+    (lambda t: (t / "checkpoint_3" / "checkpoints").write_bytes(b"\x80\x02cos\nsystem\n"), r"checkpoint_3/checkpoints"),
+])
+def test_schuerholt_errors(tmp_path: Path, breakage: Any, match: str) -> None:
+    write_schuerholt_zoo(tmp_path / "src", TRIALS[:1])
+    trial = next(p for p in (tmp_path / "src").iterdir() if p.is_dir())
+    breakage(trial)
+    with pytest.raises(ZooFormatError, match=match):
+        convert("schuerholt", tmp_path / "src", tmp_path / "out", progress=False)
+
+
+def test_schuerholt_no_trials(tmp_path: Path) -> None:
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(ZooFormatError, match="no Ray Tune trial directories"):
+        open_source("schuerholt", tmp_path / "empty")
