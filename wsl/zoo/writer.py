@@ -63,6 +63,9 @@ def arch_entry(desc: Mapping[str, Any] | nn.Module, where: str = "architecture")
         raise
     except Exception as exc:  # a builtin that cannot be built on the meta device
         raise ZooFormatError(f"{where}: cannot build the architecture: {type(exc).__name__}: {exc}") from exc
+    stored = getattr(module, "wsl_arch", None)
+    if isinstance(stored, dict) and stored != canonical:  # builtin factories record every argument
+        canonical = validate(copy.deepcopy(stored))
     tensors = {k: [int(d) for d in v.shape] for k, v in module.state_dict().items()}
     if not tensors:
         raise ZooFormatError(f"{where}: the architecture has no tensors")
