@@ -324,3 +324,117 @@ def test_schuerholt_no_trials(tmp_path: Path) -> None:
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     with pytest.raises(ZooFormatError, match="no Ray Tune trial directories"):
         open_source("schuerholt", tmp_path / "empty")
+
+
+# --------------------------------------------------------------------------- plain checkpoint directory
+def write_checkpoint_dir(root: Path, n: int = 5, metrics: bool = True) -> dict[str, nn.Module]:
+    """Checkpoints of mlp([4, 8, 3]) (.safetensors and .pt) plus metrics.csv keyed by stem."""
+    from wsl.archs import mlp
+    from wsl.io import save_state_dict
+
+    root.mkdir(parents=True)
+    models = {}
+    for i in range(n):
+        torch.manual_seed(i)
+        m = mlp([4, 8, 3]).eval()
+        stem = f"run{i // 2}_ep{i % 2}"
+        save_state_dict(m.state_dict(), root / (stem + (".safetensors" if i % 2 == 0 else ".pt")))
+        models[stem] = m
+    if metrics:
+        with open(root / "metrics.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["file", "model_id", "epoch", "seed", "test_acc", "train_loss", "lr", "optimizer", "hp.width"])
+            for i, stem in enumerate(models):
+                w.writerow([stem if i != 1 else stem + ".pt", f"run{i // 2}", i % 2, i // 2, 0.5 + 0.1 * i,
+                            "" if i == 0 else 1.0 / (i + 1), 0.01, "adam", 8])
+    return models
+
+
+def test_checkpoint_dir_with_arch_option(tmp_path: Path) -> None:
+    models = write_checkpoint_dir(tmp_path / "ckpts")
+    report = convert("checkpoint-dir", tmp_path / "ckpts", tmp_path / "out", arch="mlp(sizes=[4, 8, 3])",
+                     name="tiny", progress=False)
+    assert report.rows_written == 5 and report.num_models == 3
+    zoo = load_zoo(tmp_path / "out")
+    assert zoo.name == "tiny"
+    x = torch.randn(6, 4)
+    for i in range(len(zoo)):
+        row = zoo[i].metadata
+        stem = Path(row["source"]).name.split(".")[0]
+        with torch.no_grad():
+            torch.testing.assert_close(zoo[i].module()(x), models[stem](x))
+        assert row["model_id"] == stem.split("_")[0] and row["epoch"] == int(stem[-1])
+        assert row["hparams"] == {"optimizer": "adam", "width": 8} and row["lr"] == 0.01
+    by_stem = {Path(r["source"]).name.split(".")[0]: r for r in zoo.rows}
+    assert by_stem["run0_ep0"]["train_loss"] is None and by_stem["run1_ep0"]["test_accuracy"] == pytest.approx(0.7)
+    assert zoo.split("train").model_ids() + zoo.split("val").model_ids() + zoo.split("test").model_ids()
+
+
+def test_checkpoint_dir_per_row_arch_and_embedded_metadata(tmp_path: Path) -> None:
+    from wsl.archs import describe, small_cnn
+    from wsl.io import save_state_dict
+
+    src = tmp_path / "ckpts"
+    write_checkpoint_dir(src, n=2, metrics=False)
+    cnn = small_cnn(in_channels=1, channels=(4, 4))
+    (src / "cnn.json").write_text(json.dumps(describe(cnn)))
+    save_state_dict(cnn.state_dict(), src / "cnn_a.pt")
+    mlp_meta = describe(__import__("wsl.archs", fromlist=["mlp"]).mlp([4, 8, 3]))
+    torch.manual_seed(9)
+    save_state_dict(__import__("wsl.archs", fromlist=["mlp"]).mlp([4, 8, 3]).state_dict(), src / "meta.safetensors",
+                    {"wsl_arch": json.dumps(mlp_meta)})
+    with open(src / "metrics.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([["id", "arch", "test_accuracy"], ["run0_ep0", "mlp(sizes=[4, 8, 3])", 0.5],
+                                  ["run0_ep1", "mlp(sizes=[4, 8, 3])", 0.6], ["cnn_a", "cnn.json", 0.7]])
+    report = convert("checkpoint-dir", src, tmp_path / "out", progress=False)
+    assert report.rows_written == 4 and len(report.architectures) == 2
+    assert any("no row" in n for n in report.notes)  # meta.safetensors: arch from metadata, metrics null
+    zoo = load_zoo(tmp_path / "out")
+    accs = {Path(r["source"]).stem: r["test_accuracy"] for r in zoo.rows}
+    assert accs == {"cnn_a": 0.7, "meta": None, "run0_ep0": 0.5, "run0_ep1": 0.6}
+    assert len(zoo.card["shards"]) == 2
+
+
+@pytest.mark.parametrize("breakage,match,kwargs", [
+    (lambda s: _rewrite(s / "metrics.csv", lambda r: r.append(["ghost", "x", 0, 0, 0.1, 0.1, 0.1, "a", 1])),
+     r"metrics.csv row 6 \(column 'file'\): no checkpoint 'ghost'", {"arch": "mlp(sizes=[4, 8, 3])"}),
+    (lambda s: _rewrite(s / "metrics.csv", lambda r: r[0].__setitem__(0, "name")), "needs a 'file' or 'id' column",
+     {"arch": "mlp(sizes=[4, 8, 3])"}),
+    (lambda s: _rewrite(s / "metrics.csv", lambda r: r[3].__setitem__(2, "1.5")),
+     r"row 3 \(column 'epoch'\): expected an integer", {"arch": "mlp(sizes=[4, 8, 3])"}),
+    (lambda s: None, "run0_ep0.safetensors: no architecture", {}),
+    (lambda s: None, r"run0_ep0.safetensors.*wrong shape.*0.weight", {"arch": "mlp(sizes=[4, 9, 3])"}),
+    (lambda s: [p.unlink() for p in s.iterdir() if p.suffix in (".pt", ".safetensors")], "no checkpoint files", {}),
+    (lambda s: (s / "run0_ep0.pt").write_bytes(b"x"), "share the stem 'run0_ep0'", {}),
+])
+def test_checkpoint_dir_errors(tmp_path: Path, breakage: Any, match: str, kwargs: dict[str, Any]) -> None:
+    write_checkpoint_dir(tmp_path / "src")
+    breakage(tmp_path / "src")
+    with pytest.raises(ZooFormatError, match=match):
+        convert("checkpoint-dir", tmp_path / "src", tmp_path / "out", progress=False, **kwargs)
+
+
+# --------------------------------------------------------------------------- registry, tables, CLI
+def test_registry_and_option_errors(tmp_path: Path) -> None:
+    with pytest.raises(WslError, match="unknown zoo format 'hdf5'"):
+        open_source("hdf5", tmp_path)
+    with pytest.raises(WslError, match="option 'arch' does not apply to format 'small-cnn-zoo'"):
+        open_source("small-cnn-zoo", tmp_path, arch="mlp")
+    with pytest.raises(ZooFormatError, match="no such directory"):
+        open_source("schuerholt", tmp_path / "nope")
+    (tmp_path / "bad.csv").write_text("a,b\n1,2,3\n")
+    with pytest.raises(ZooFormatError, match=r"bad.csv row 1: 3 fields, header has 2"):
+        read_table(tmp_path / "bad.csv")
+
+
+def test_cli_convert(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from wsl.cli import main
+
+    write_small_cnn_zoo(tmp_path / "src", in_ch=1, dataset="mnist", n_models=3)
+    rc = main(["zoo", "convert", "--from", "small-cnn-zoo", str(tmp_path / "src"), "-o", str(tmp_path / "out"),
+               "--name", "scz", "--limit", "2", "--quiet"])
+    out = capsys.readouterr()
+    assert rc == 0 and "wrote 6 rows (2 models" in out.out
+    assert load_zoo(tmp_path / "out").name == "scz"
+    rc = main(["zoo", "convert", "--from", "checkpoint-dir", str(tmp_path / "src"), "-o", str(tmp_path / "o2")])
+    assert rc == 2 and "no checkpoint files" in capsys.readouterr().err
