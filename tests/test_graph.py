@@ -209,6 +209,9 @@ def test_roundtrip_single_and_stacked(name: str) -> None:
     batch = build(space, st)
     assert batch.num_graphs == 3
     assert_exact(decode(batch, space), st)
+    gathered = build(space, st, method="gather")  # the layout's gather map gives the same graphs
+    for key in ("x", "edge_attr", "extras", "edge_index"):
+        assert torch.equal(gathered[key], batch[key]), key
     # the batch splits into graphs equal to build_one's
     for i, gi in enumerate(to_graphs(batch)):
         ref = build_one(space, {k: v[i] for k, v in st.items()})

@@ -1,10 +1,13 @@
 """Build parameter graphs for many models at once.
 
 :func:`build` turns a stacked state_dict (``N`` models of one architecture)
-into one PyG ``Batch`` with a single gather: the ``N`` flat parameter vectors
-are indexed by the layout's gather map (:class:`~wsl.graph.layout.GraphLayout`)
-and the batch ``edge_index`` is the layout's ``edge_index`` plus per-graph node
-offsets, by broadcasting. There is no Python loop over models or edges.
+into one PyG ``Batch``, vectorized over models. By default each tensor block's
+canonical view is written into its node/edge range with one strided copy (a
+loop over the architecture's blocks, never over models or edges);
+``method="gather"`` instead indexes the concatenated flat parameter vectors
+with the layout's gather map in a single ``index_select``. The batch
+``edge_index`` is the layout's ``edge_index`` plus per-graph node offsets, by
+broadcasting.
 
 Dtypes: node/edge features use the promoted dtype of the stored parameter
 tensors (float16 + float32 -> float32, exact); ``extras`` are float64 (exact
@@ -21,7 +24,8 @@ from torch_geometric.data import Batch
 
 from wsl.errors import WslError
 from wsl.graph.data import ParameterGraph, make_batch, to_graphs
-from wsl.graph.layout import GraphLayout
+from wsl.graph.layout import NUM_SLOTS, GraphLayout
+from wsl.space.axes import to_canonical
 from wsl.space.weightspace import WeightSpace
 
 __all__ = ["build", "build_one", "to_graphs", "feature_dtype"]
@@ -48,8 +52,11 @@ def _dtype_string(layout: GraphLayout, stacked: Mapping[str, torch.Tensor]) -> s
     return ",".join(str(stacked[n].dtype).replace("torch.", "") for n in layout.stored_names)
 
 
-def _assemble(space: WeightSpace, stacked: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int, str]:
+def _assemble(space: WeightSpace, stacked: Mapping[str, torch.Tensor], method: str = "copy"
+              ) -> tuple[dict[str, torch.Tensor], int, str]:
     """All graph tensors of ``N`` models, concatenated over graphs; returns (attrs, N, dtypes)."""
+    if method not in ("copy", "gather"):
+        raise GraphBuildError(f"wsl.graph.build: method must be 'copy' or 'gather', got {method!r}")
     lay = GraphLayout.of(space)
     space.check(stacked, batched=True, where="wsl.graph.build")
     n = int(stacked[space.spec.tensors[0].name].shape[0]) if space.spec.tensors else 0
@@ -58,18 +65,23 @@ def _assemble(space: WeightSpace, stacked: Mapping[str, torch.Tensor]) -> tuple[
     dev = stacked[space.spec.tensors[0].name].device
     idx = lay.on(dev)
     fdt = feature_dtype(lay, stacked)
-    v, e, k, s = lay.num_nodes, lay.num_edges, lay.edge_dim, lay.x_mask.shape[1]
+    v, e, k, s = lay.num_nodes, lay.num_edges, lay.edge_dim, NUM_SLOTS
 
-    parts = [stacked[name].reshape(n, -1).to(fdt) for name in lay.main_names]
-    parts.append(torch.zeros(n, 1, dtype=fdt, device=dev))
-    parts.append(torch.ones(n, 1, dtype=fdt, device=dev))
-    flat = torch.cat(parts, dim=1)
-    feats = flat.index_select(1, idx["gather"])
-    x = feats[:, : v * s].reshape(n * v, s)
-    edge_attr = feats[:, v * s:].reshape(n * e, k)
+    flat = None
+    if method == "gather" or lay.leftover.numel():
+        parts = [stacked[name].reshape(n, -1).to(fdt) for name in lay.main_names]
+        parts.append(torch.zeros(n, 1, dtype=fdt, device=dev))
+        parts.append(torch.ones(n, 1, dtype=fdt, device=dev))
+        flat = torch.cat(parts, dim=1)
+    if method == "gather":
+        assert flat is not None
+        x = flat.index_select(1, idx["gather_x"]).view(n * v, s)
+        edge_attr = flat.index_select(1, idx["gather_edge"]).view(n * e, k)
+    else:
+        x, edge_attr = _copy_blocks(lay, stacked, n, fdt, dev)
 
     ex = [_extra_to_f64(name, stacked[name], n) for name in lay.extra_names]
-    if lay.leftover.numel():
+    if flat is not None and lay.leftover.numel():
         ex.append(flat.index_select(1, idx["leftover"]).to(torch.float64))
     extras = torch.cat(ex, dim=1) if ex else torch.zeros(n, 0, dtype=torch.float64, device=dev)
 
@@ -87,6 +99,26 @@ def _assemble(space: WeightSpace, stacked: Mapping[str, torch.Tensor]) -> tuple[
     return attrs, n, _dtype_string(lay, stacked)
 
 
+def _copy_blocks(lay: GraphLayout, stacked: Mapping[str, torch.Tensor], n: int, fdt: torch.dtype,
+                 dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Node/edge features by one strided copy per tensor block (same result as the gather map)."""
+    v, e, k = lay.num_nodes, lay.num_edges, lay.edge_dim
+    x = torch.zeros(n, v, NUM_SLOTS, dtype=fdt, device=dev)
+    edge = torch.empty(n, e, k, dtype=fdt, device=dev)
+    for st in lay.copy_steps:
+        canon = to_canonical(stacked[st.tensor], st.block).reshape(n, st.stop - st.start, st.width)
+        if st.target == "x":
+            x[:, st.start:st.stop, st.col] = canon[..., 0]
+        else:
+            edge[:, st.start:st.stop, : st.width] = canon
+            if st.width < k:
+                edge[:, st.start:st.stop, st.width:] = 0
+    for a, b in lay.identity_ranges:
+        edge[:, a:b, 0] = 1
+        edge[:, a:b, 1:] = 0
+    return x.view(n * v, NUM_SLOTS), edge.view(n * e, k)
+
+
 def _extra_to_f64(name: str, t: torch.Tensor, n: int) -> torch.Tensor:
     if t.is_complex():
         raise GraphBuildError(f"extra entry '{name}' is complex ({t.dtype}); not supported")
@@ -96,13 +128,18 @@ def _extra_to_f64(name: str, t: torch.Tensor, n: int) -> torch.Tensor:
     return t.reshape(n, -1).to(torch.float64)
 
 
-def build(space: WeightSpace, stacked: Mapping[str, torch.Tensor]) -> Batch:
+def build(space: WeightSpace, stacked: Mapping[str, torch.Tensor], *, method: str = "copy") -> Batch:
     """``N`` models of one architecture (tensors ``(N, *shape)``) -> one PyG ``Batch`` of N graphs.
 
     The batch behaves like ``Batch.from_data_list`` of :class:`ParameterGraph`
     (``to_data_list()`` works); ``arch`` and ``dtypes`` are per-graph lists.
+    ``method="copy"`` (default) writes each tensor block's canonical view into
+    its node/edge range (one strided copy per block, all models at once);
+    ``method="gather"`` concatenates the flat parameter vectors and applies the
+    layout's gather map in one ``index_select``. Both give identical graphs;
+    "copy" avoids materialising the flat vectors and is ~2x faster on CPU.
     """
-    attrs, n, dts = _assemble(space, stacked)
+    attrs, n, dts = _assemble(space, stacked, method)
     lay = GraphLayout.of(space)
     return make_batch(attrs, {"arch": [lay.signature] * n, "dtypes": [dts] * n}, n, lay.num_nodes)
 

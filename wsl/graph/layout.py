@@ -63,6 +63,23 @@ class GraphLayoutError(WslError):
     """A weight space cannot be laid out as a parameter graph (inconsistent spec)."""
 
 
+@dataclass(frozen=True)
+class CopyStep:
+    """One tensor block's place in the graph: a strided copy of its canonical view.
+
+    ``target`` is ``"x"`` (nodes ``start:stop``, column ``col``) or ``"edge"``
+    (edges ``start:stop``, columns ``0:width``).
+    """
+
+    tensor: str
+    block: Block
+    target: str
+    start: int
+    stop: int
+    col: int
+    width: int
+
+
 def find_block(t: TensorSpec, part: tuple[int, ...]) -> Block:
     """The block of tensor ``t`` with index ``part`` (the only block if ``part`` is empty)."""
     for b in t.blocks():
@@ -105,6 +122,8 @@ class GraphLayout:
     shapes: dict[str, tuple[int, ...]]
     aliases: tuple[tuple[str, str], ...]
     order: tuple[str, ...]
+    copy_steps: tuple[CopyStep, ...] = ()
+    identity_ranges: tuple[tuple[int, int], ...] = ()
     _device_cache: dict[Any, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
 
     @property
@@ -128,7 +147,10 @@ class GraphLayout:
             names = ("gather", "leftover", "node_real", "node_src", "edge_real", "edge_src", "edge_index",
                      "node_kind", "node_depth", "node_group", "node_pos", "edge_kind", "edge_conn",
                      "x_mask", "edge_mask")
-            self._device_cache[key] = {n: getattr(self, n).to(device) for n in names}
+            moved = {n: getattr(self, n).to(device) for n in names}
+            vs = self.num_nodes * NUM_SLOTS
+            moved["gather_x"], moved["gather_edge"] = moved["gather"][:vs], moved["gather"][vs:]
+            self._device_cache[key] = moved
         return self._device_cache[key]
 
 
@@ -167,6 +189,8 @@ def _compute(space: WeightSpace) -> GraphLayout:
 
     # ---- nodes: one gather entry per (node, slot)
     node_gather = torch.full((num_nodes, NUM_SLOTS), zero, dtype=torch.long)
+    steps: list[CopyStep] = []
+    ident: list[tuple[int, int]] = []
     for p in spec.node_params:
         where = f"node param '{p.tensor}' ({p.slot}) of site {p.site}"
         blk, idx = main_index(p.tensor, p.part, where)
@@ -175,11 +199,14 @@ def _compute(space: WeightSpace) -> GraphLayout:
             raise GraphLayoutError(f"{where}: block units {blk.unit_groups}x{blk.feature_size} do not match "
                                    f"the site's group {grp}")
         node_gather[site_off[p.site]:site_off[p.site + 1], NODE_SLOTS.index(p.slot)] = idx
+        steps.append(CopyStep(p.tensor, blk, "x", site_off[p.site], site_off[p.site + 1],
+                              NODE_SLOTS.index(p.slot), 1))
 
     # ---- edges, one connection at a time (vectorized inside)
     widths = [find_block(space.tensors[c.tensor], c.part).feature_size for c in conns if c.tensor is not None]
     k = max(widths + [1])
     srcs, dsts, gathers, kinds, counts = [], [], [], [], []
+    e0 = 0
     for ci, c in enumerate(conns):
         where = f"connection {ci} ({c.kind} '{c.module}')"
         ns, nd = sizes[c.src], sizes[c.dst]
@@ -187,17 +214,20 @@ def _compute(space: WeightSpace) -> GraphLayout:
             su, du = _identity_edges(c.kind, ns, nd, int(c.attr("heads", 1)), where)
             g = torch.full((su.numel(), k), zero, dtype=torch.long)
             g[:, 0] = one
+            ident.append((e0, e0 + su.numel()))
         else:
             blk, idx = main_index(c.tensor, c.part, where)
             su, du = _tensor_edges(blk, c.src_axis, c.dst_axis, ns, nd, where)
             f = blk.feature_size
             g = torch.full((su.numel(), k), zero, dtype=torch.long)
             g[:, :f] = idx.view(-1, f)
+            steps.append(CopyStep(c.tensor, blk, "edge", e0, e0 + su.numel(), 0, f))
         srcs.append(su + site_off[c.src])
         dsts.append(du + site_off[c.dst])
         gathers.append(g)
         kinds.append(EDGE_KINDS.get(c.kind, EDGE_KINDS["other"]))
         counts.append(su.numel())
+        e0 += su.numel()
     count_t = torch.tensor(counts, dtype=torch.long)
     edge_index = torch.stack([_cat(srcs), _cat(dsts)])
     edge_gather = torch.cat(gathers) if gathers else torch.zeros((0, k), dtype=torch.long)
@@ -235,7 +265,7 @@ def _compute(space: WeightSpace) -> GraphLayout:
         num_extras=extra_offsets[-1] + leftover.numel(), gather=gather,
         node_real=node_real, node_src=flat_node[node_real], edge_real=edge_real, edge_src=flat_edge[edge_real],
         shapes={n: t.shape for n, t in space.tensors.items()}, aliases=tuple(spec.aliases),
-        order=tuple(t.name for t in spec.tensors),
+        order=tuple(t.name for t in spec.tensors), copy_steps=tuple(steps), identity_ranges=tuple(ident),
     )
 
 
