@@ -74,6 +74,7 @@ def test_map_add_to_and_errors() -> None:
     assert doubled.extras is not None and set(doubled.extras) == set(f.extras)
     g = f.to(torch.float64)
     assert all(t.dtype == torch.float64 for _, t in g.items()) and len(g) == len(f)
+    assert all(g.extras[k].dtype == f.extras[k].dtype for k in f.extras)  # num_batches_tracked stays int64
     assert f.to("cpu")[f.keys()[0]].device.type == "cpu"
     other = WeightSpaceFeatures.from_state_dicts(family("mlp")[0], stacked_sd("mlp", 2))
     with pytest.raises(WslError):

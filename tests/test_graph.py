@@ -107,8 +107,7 @@ class BertBlock(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         x = self.emb(ids)
-        x = self.ln(x + self.dense(self.attn(x)))
-        return self.cls(x).mean(1)
+        return self.cls(self.ln(x + self.dense(self.attn(x)))).mean(1)
 
 
 def _mlp() -> tuple[nn.Module, torch.Tensor]:
@@ -117,8 +116,7 @@ def _mlp() -> tuple[nn.Module, torch.Tensor]:
 
 def _conv1d() -> tuple[nn.Module, torch.Tensor]:
     m = nn.Sequential(nn.Conv1d(2, 6, 3, stride=2, padding=1), nn.ReLU(),
-                      nn.Conv1d(6, 4, 5, padding=4, dilation=2, bias=False), nn.ReLU(),
-                      nn.Flatten(), nn.Linear(4 * 8, 3))
+                      nn.Conv1d(6, 4, 5, padding=4, dilation=2, bias=False), nn.ReLU(), nn.Flatten(), nn.Linear(32, 3))
     return m, torch.randn(2, 2, 16)
 
 
@@ -183,6 +181,7 @@ def random_sd(name: str, seed: int) -> dict[str, torch.Tensor]:
 
 
 def stacked_sd(name: str, n: int = 3) -> dict[str, torch.Tensor]:
+    """``n`` random state_dicts of family ``name``, stacked."""
     return family(name)[0].stack([random_sd(name, s) for s in range(n)])
 
 
@@ -314,8 +313,7 @@ def test_isomorphic_under_permutation(name: str) -> None:
     assert torch.equal(torch.sort(m).values, torch.arange(g0.num_nodes))
     for key in ("x", "x_mask", "node_kind", "node_depth", "node_group", "node_pos"):
         assert torch.equal(g1[key], g0[key][m]), key
-    k0, a0, m0 = _edge_table(g0, None)
-    k1, a1, m1 = _edge_table(g1, m)
+    (k0, a0, m0), (k1, a1, m1) = _edge_table(g0, None), _edge_table(g1, m)
     assert torch.equal(k0, k1) and len(torch.unique(k0)) == len(k0)
     assert torch.equal(a0, a1) and torch.equal(m0, m1)
     assert torch.equal(g0.extras, g1.extras)
@@ -333,8 +331,7 @@ def test_mixed_architecture_collate() -> None:
     assert batch.num_graphs == len(names) and list(batch.arch) == [family(n)[0].signature for n in names]
     assert [int(t.numel()) for t in extras_list(batch)] == [g.extras.numel() for g in graphs]
     for n, g in zip(names, to_graphs(batch)):
-        space = family(n)[0]
-        assert_exact(decode(g, space), random_sd(n, 8))
+        assert_exact(decode(g, family(n)[0]), random_sd(n, 8))
     assert graphs[0].edge_attr.shape[1] == widths["mlp"]  # inputs untouched
     with pytest.raises(WslError):
         decode(batch, family("mlp")[0])
@@ -372,8 +369,7 @@ def test_decode_edges_from_predictions() -> None:
 def test_errors_are_clear() -> None:
     space, _ = family("mlp")
     sd = random_sd("mlp", 0)
-    bad = dict(sd)
-    bad.pop("0.bias")
+    bad = {k: v for k, v in sd.items() if k != "0.bias"}
     with pytest.raises(StateDictMismatchError, match="0.bias"):
         build_one(space, bad)
     with pytest.raises(StateDictMismatchError):
@@ -396,8 +392,7 @@ def test_unslotted_scalars_go_to_extras_and_double_slots_fail() -> None:
     g = build_one(sp, sd)
     assert torch.equal(g.extras, sd["2.bias"].double())
     assert_exact(decode(g, sp), sd)
-    st = stacked_sd("mlp", 2)
-    assert_exact(decode(build(sp, st), sp), st)
+    assert_exact(decode(build(sp, stacked_sd("mlp", 2)), sp), stacked_sd("mlp", 2))
     dup = next(p for p in params if p.tensor == "2.bias")
     twice = WeightSpace(dataclasses.replace(space.spec, node_params=params + (dataclasses.replace(dup, slot="scale"),)))
     with pytest.raises(WslError, match="2.bias"):

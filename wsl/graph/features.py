@@ -138,10 +138,16 @@ class WeightSpaceFeatures:
         """Apply ``fn`` to every block tensor (extras unchanged)."""
         return WeightSpaceFeatures(self.space, {k: fn(t) for k, t in self.blocks.items()}, self.extras)
 
-    def to(self, *args: object, **kwargs: object) -> "WeightSpaceFeatures":
-        """``Tensor.to`` on every block and extra (device and/or dtype)."""
-        return WeightSpaceFeatures(self.space, {k: t.to(*args, **kwargs) for k, t in self.blocks.items()},  # type: ignore[arg-type]
-                                   {k: t.to(*args, **kwargs) for k, t in self.extras.items()})  # type: ignore[arg-type]
+    def to(self, device: torch.device | str | torch.dtype | None = None,
+           dtype: torch.dtype | None = None) -> "WeightSpaceFeatures":
+        """Move every block and extra to ``device``; cast blocks (not extras) to ``dtype``.
+
+        ``f.to(torch.float64)`` (a dtype as the first argument) casts only.
+        """
+        if isinstance(device, torch.dtype):
+            device, dtype = None, device
+        return WeightSpaceFeatures(self.space, {k: t.to(device=device, dtype=dtype) for k, t in self.blocks.items()},
+                                   {k: t.to(device=device) for k, t in self.extras.items()})
 
     def __add__(self, other: "WeightSpaceFeatures") -> "WeightSpaceFeatures":
         """Blockwise sum (extras: the left operand's)."""

@@ -90,7 +90,23 @@ def find_block(t: TensorSpec, part: tuple[int, ...]) -> Block:
 
 @dataclass
 class GraphLayout:
-    """Index tensors shared by every parameter graph of one architecture (see module doc)."""
+    """Index tensors shared by every parameter graph of one architecture (see module doc).
+
+    The *main* flat vector of a model is the concatenation of its stored
+    parameter tensors ``main_names`` (spec order, row-major; offsets in
+    ``main_offsets``). ``gather`` (length ``V*S + E*K``) indexes
+    ``[main, 0, 1]``: entry ``num_main`` is the constant 0 (padding, absent
+    slots) and ``num_main + 1`` the constant 1 (identity edges); its first
+    ``V*S`` entries fill ``x`` row-major, the rest fill ``edge_attr``.
+    ``node_real``/``node_src`` (and ``edge_*``) are the inverse for decoding:
+    position in ``x.flatten()`` -> position in ``main``. ``leftover`` lists
+    main positions with no slot (stored in ``extras`` after the
+    ``extra_names`` entries). ``copy_steps`` describe the same placement as
+    one strided copy per tensor block (the fast build path);
+    ``identity_ranges`` the edge ranges of parameter-free connections.
+    ``site_offsets``/``conn_offsets`` give the node/edge range of each site
+    and connection.
+    """
 
     signature: str
     num_nodes: int
