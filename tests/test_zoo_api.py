@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 from pathlib import Path
@@ -17,6 +18,7 @@ from wsl.archs import mlp
 from wsl.cli import main
 from wsl.errors import ZooFormatError
 from wsl.zoo import ZooDataset, ZooIndexError, ZooWriter, load_zoo, merge_zoos
+from wsl.zoo.format import assign_split, default_splits, shard_file
 
 RECIPE = {"epochs": 3}
 DATASET = {"name": "toy", "input_shape": [4], "num_classes": 3}
@@ -258,3 +260,49 @@ def test_cli_info_show_merge(zoo_dir: Any, tmp_path: Path, capsys: pytest.Captur
     assert main(["zoo", "merge", str(tmp_path / "m"), str(root)]) == 0
     assert "18 rows" in capsys.readouterr().out
     assert len(load_zoo(tmp_path / "m")) == 18
+
+
+def test_shard_file_folders_and_split_rule() -> None:
+    assert shard_file("a0", 3) == "shards/a0-00003.safetensors"
+    assert shard_file("a1", 5001) == "shards/001/a1-05001.safetensors"
+    splits = default_splits()
+    ids = [f"model-{i}" for i in range(3000)]
+    got = [assign_split(m, splits) for m in ids]
+    assert got == [assign_split(m, splits) for m in ids]  # deterministic
+    frac = {s: got.count(s) / len(ids) for s in ("train", "val", "test")}
+    assert abs(frac["train"] - 0.8) < 0.04 and abs(frac["val"] - 0.1) < 0.03
+    assert got != [assign_split(m, dict(splits, seed=1)) for m in ids]
+
+
+def test_opening_touches_no_shard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import safetensors
+
+    n = 20_000
+    root = tmp_path / "big"
+    st = {"0.weight": torch.randn(n, 1, 1), "0.bias": torch.randn(n, 1)}
+    rows = [{"model_id": f"m{i // 2}", "epoch": i % 2, "test_accuracy": (i % 97) / 97} for i in range(n)]
+    with ZooWriter(root, name="big", dataset={}, recipe={}, shard_max_bytes=800) as w:
+        w.append(w.add_architecture(mlp([1, 1])), st, rows)
+    opened: list[str] = []
+    real_open = builtins.open
+
+    def spy_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        opened.append(os.fspath(file) if isinstance(file, (str, os.PathLike)) else str(file))
+        return real_open(file, *args, **kwargs)
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a shard was opened")
+
+    monkeypatch.setattr(builtins, "open", spy_open)
+    monkeypatch.setattr(safetensors, "safe_open", refuse)
+    monkeypatch.setattr("wsl.io.read_safetensors_header", refuse)
+    zoo = load_zoo(root)
+    assert len(zoo) == n and len(zoo.card["shards"]) > 100
+    assert len(zoo.filter(epoch=1)) == n // 2
+    assert len(zoo.split("train")) + len(zoo.split("val")) + len(zoo.split("test")) == n
+    assert len(zoo.latest()) == n // 2
+    assert zoo.column("test_accuracy").shape == (n,)
+    assert len(zoo.filter(lambda r: r["test_accuracy"] > 0.5)) > 0
+    assert not [p for p in opened if "shards" in p]
+    monkeypatch.undo()
+    assert torch.equal(zoo.stacked([n - 1, 0])["0.bias"], st["0.bias"][[n - 1, 0]])

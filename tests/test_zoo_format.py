@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import builtins
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,7 +18,7 @@ import torch
 from wsl.archs import mlp, small_cnn
 from wsl.errors import ZooFormatError
 from wsl.zoo import ZooWriter, load_zoo
-from wsl.zoo.format import assign_split, default_splits, shard_file
+from wsl.zoo.format import shard_file
 
 RECIPE = {"epochs": 2, "lr": [0.1, 0.01]}
 DATASET = {"name": "toy", "input_shape": [4], "num_classes": 3}
@@ -89,18 +87,6 @@ def test_round_trip_bit_exact_multi_arch_multi_shard(tmp_path: Path) -> None:
     lines = (tmp_path / "z" / "metadata.jsonl").read_bytes().splitlines()
     assert [json.loads(x)["row"] for x in lines] == list(range(10))
     assert hashlib.sha256(b"\n".join(lines) + b"\n").hexdigest() == card["metadata"]["sha256"]
-
-
-def test_shard_file_folders_and_split_rule() -> None:
-    assert shard_file("a0", 3) == "shards/a0-00003.safetensors"
-    assert shard_file("a1", 5001) == "shards/001/a1-05001.safetensors"
-    splits = default_splits()
-    ids = [f"model-{i}" for i in range(3000)]
-    got = [assign_split(m, splits) for m in ids]
-    assert got == [assign_split(m, splits) for m in ids]  # deterministic
-    frac = {s: got.count(s) / len(ids) for s in ("train", "val", "test")}
-    assert abs(frac["train"] - 0.8) < 0.04 and abs(frac["val"] - 0.1) < 0.03
-    assert got != [assign_split(m, dict(splits, seed=1)) for m in ids]
 
 
 def test_add_architecture_idempotent(tmp_path: Path) -> None:
@@ -405,37 +391,3 @@ def test_metadata_checksum_and_row_count(tmp_path: Path) -> None:
     (root / "metadata.jsonl").unlink()
     with pytest.raises(ZooFormatError, match="metadata.jsonl: missing"):
         load_zoo(root)
-
-
-def test_opening_touches_no_shard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import safetensors
-
-    n = 20_000
-    root = tmp_path / "big"
-    st = {"0.weight": torch.randn(n, 1, 1), "0.bias": torch.randn(n, 1)}
-    rows = [{"model_id": f"m{i // 2}", "epoch": i % 2, "test_accuracy": (i % 97) / 97} for i in range(n)]
-    with ZooWriter(root, name="big", dataset={}, recipe={}, shard_max_bytes=800) as w:
-        w.append(w.add_architecture(mlp([1, 1])), st, rows)
-    opened: list[str] = []
-    real_open = builtins.open
-
-    def spy_open(file: Any, *args: Any, **kwargs: Any) -> Any:
-        opened.append(os.fspath(file) if isinstance(file, (str, os.PathLike)) else str(file))
-        return real_open(file, *args, **kwargs)
-
-    def refuse(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("a shard was opened")
-
-    monkeypatch.setattr(builtins, "open", spy_open)
-    monkeypatch.setattr(safetensors, "safe_open", refuse)
-    monkeypatch.setattr("wsl.io.read_safetensors_header", refuse)
-    zoo = load_zoo(root)
-    assert len(zoo) == n and len(zoo.card["shards"]) > 100
-    assert len(zoo.filter(epoch=1)) == n // 2
-    assert len(zoo.split("train")) + len(zoo.split("val")) + len(zoo.split("test")) == n
-    assert len(zoo.latest()) == n // 2
-    assert zoo.column("test_accuracy").shape == (n,)
-    assert len(zoo.filter(lambda r: r["test_accuracy"] > 0.5)) > 0
-    assert not [p for p in opened if "shards" in p]
-    monkeypatch.undo()
-    assert torch.equal(zoo.stacked([n - 1, 0])["0.bias"], st["0.bias"][[n - 1, 0]])

@@ -105,11 +105,9 @@ SHARD_FIELDS = ("file", "arch", "num_rows", "bytes", "sha256", "chunk")
 ARCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
-__all__ = [
-    "ARCH_ID", "CARD_FILE", "CARD_FIELDS", "FORMAT", "METADATA_FILE", "METRICS", "ROW_FIELDS",
-    "SHARD_DIR", "SPLIT_NAMES", "assign_split", "default_splits", "is_int", "is_num",
-    "json_value", "normalize_row", "shard_file", "validate_card", "validate_row", "validate_splits",
-]
+__all__ = ["ARCH_ID", "CARD_FILE", "CARD_FIELDS", "FORMAT", "METADATA_FILE", "METRICS", "ROW_FIELDS", "SHARD_DIR",
+           "SPLIT_NAMES", "assign_split", "default_splits", "is_int", "is_num", "json_value", "normalize_row",
+           "shard_file", "validate_card", "validate_row", "validate_splits"]
 
 
 def is_int(v: Any) -> bool:
@@ -148,12 +146,10 @@ def validate_splits(splits: Any, where: str, field: str = "splits") -> dict[str,
     total = float(splits["train"]) + float(splits["val"]) + float(splits["test"])
     if abs(total - 1.0) > 1e-6:
         raise _err(where, field, f"train + val + test must be 1, got {total:g}")
-    seed = splits.get("seed", 0)
-    if not is_int(seed):
-        raise _err(where, f"{field}.seed", f"expected an int, got {seed!r}")
-    unit = splits.get("unit", "model")
-    if unit != "model":
-        raise _err(where, f"{field}.unit", f"only 'model' is supported, got {unit!r}")
+    seed, unit = splits.get("seed", 0), splits.get("unit", "model")
+    if not is_int(seed) or unit != "model":
+        bad = "seed" if not is_int(seed) else "unit"
+        raise _err(where, f"{field}.{bad}", f"expected an int seed and unit 'model', got {splits[bad]!r}")
     return {"train": float(splits["train"]), "val": float(splits["val"]),
             "test": float(splits["test"]), "seed": seed, "unit": "model"}
 
@@ -247,12 +243,10 @@ def validate_card(card: Any, where: str) -> dict[str, Any]:
         raise _err(where, "format", f"missing (expected {FORMAT!r}); is this a wsl zoo?")
     if card["format"] != FORMAT:
         raise _err(where, "format", f"unsupported zoo format {card['format']!r}; this wsl reads {FORMAT!r}")
-    missing = [k for k in CARD_FIELDS if k not in card]
-    if missing:
-        raise _err(where, missing[0], f"missing (missing fields: {missing})")
-    extra = sorted(set(card) - set(CARD_FIELDS))
-    if extra:
-        raise _err(where, extra[0], f"unknown field (unknown: {extra}); put extensions under 'extra'")
+    missing, extra = [k for k in CARD_FIELDS if k not in card], sorted(set(card) - set(CARD_FIELDS))
+    if missing or extra:
+        raise _err(where, (missing or extra)[0], f"missing (missing fields: {missing})" if missing else
+                   f"unknown field (unknown: {extra}); put extensions under 'extra'")
     _check_type(where, "name", card["name"], str, "a string")
     if not card["name"].strip():
         raise _err(where, "name", "must not be empty")
@@ -339,13 +333,11 @@ def json_value(value: Any, where: str, *, nan_to_null: bool = False) -> Any:
     """
     if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", None) == 0:
         value = value.item()
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            if nan_to_null:
-                return None
-            raise ZooFormatError(f"{where}: {value} is not representable in JSON; use null")
-        return value
-    if value is None or isinstance(value, (bool, int, str)):
+    if isinstance(value, float) and not math.isfinite(value):
+        if nan_to_null:
+            return None
+        raise ZooFormatError(f"{where}: {value} is not representable in JSON; use null")
+    if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, (list, tuple)):
         return [json_value(v, f"{where}[{i}]", nan_to_null=nan_to_null) for i, v in enumerate(value)]
@@ -369,9 +361,9 @@ def normalize_row(row: Any, where: str) -> dict[str, Any]:
     """
     if not isinstance(row, Mapping):
         raise ZooFormatError(f"{where}: expected a dict, got {type(row).__name__}")
-    for key in WRITER_FIELDS:
-        if key in row:
-            raise ZooFormatError(f"{where}: field '{key}' is filled by the writer; do not pass it")
+    given = [key for key in WRITER_FIELDS if key in row]
+    if given:
+        raise ZooFormatError(f"{where}: field '{given[0]}' is filled by the writer; do not pass it")
     mid = row.get("model_id")
     if not isinstance(mid, str) or not mid:
         raise ZooFormatError(f"{where}: field 'model_id': expected a non-empty string, got {_short(mid)}")

@@ -25,7 +25,7 @@ import numpy as np
 
 from wsl.errors import ZooFormatError
 from wsl.zoo.format import FORMAT, METADATA_FILE, SHARD_DIR, WRITER_FIELDS, shard_file
-from wsl.zoo.writer import file_sha256, row_line, write_card
+from wsl.zoo.store import file_sha256, row_line, write_card
 from wsl.zoo.zoo import Zoo, load_zoo
 
 __all__ = ["merge_zoos"]

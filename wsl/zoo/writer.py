@@ -25,26 +25,12 @@ from torch import nn
 
 from wsl.errors import WslError, ZooFormatError
 from wsl.zoo.format import (
-    CARD_FILE, FORMAT, METADATA_FILE, SHARD_DIR, assign_split, default_splits, normalize_row,
-    shard_file, validate_card, validate_splits,
+    CARD_FILE, FORMAT, METADATA_FILE, SHARD_DIR, assign_split, default_splits, normalize_row, shard_file,
+    validate_splits,
 )
+from wsl.zoo.store import file_sha256, read_card, read_metadata_lines, row_line, write_card
 
 __all__ = ["ZooWriter", "arch_entry", "file_sha256", "read_card", "read_metadata_lines", "row_line", "write_card"]
-
-
-def file_sha256(path: str | os.PathLike[str], limit: int | None = None) -> str:
-    """SHA-256 hex digest of a file (or of its first ``limit`` bytes)."""
-    h = hashlib.sha256()
-    left = limit
-    with open(path, "rb") as fh:
-        while left is None or left > 0:
-            block = fh.read(1 << 20 if left is None else min(1 << 20, left))
-            if not block:
-                break
-            h.update(block)
-            if left is not None:
-                left -= len(block)
-    return h.hexdigest()
 
 
 def arch_entry(desc: Mapping[str, Any] | nn.Module, where: str = "architecture") -> dict[str, Any]:
@@ -71,57 +57,6 @@ def arch_entry(desc: Mapping[str, Any] | nn.Module, where: str = "architecture")
         raise ZooFormatError(f"{where}: the architecture has no tensors")
     params = sum(p.numel() for p in module.parameters())
     return {"arch": canonical, "num_parameters": int(params), "tensors": tensors}
-
-
-def read_card(root: Path) -> dict[str, Any]:
-    """Parse and validate ``root/zoo.json``."""
-    path = root / CARD_FILE
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ZooFormatError(f"{root}: not a wsl zoo ({CARD_FILE} is missing)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ZooFormatError(f"{path}: cannot read: {exc}") from exc
-    try:
-        card = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ZooFormatError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
-    return validate_card(card, str(path))
-
-
-def read_metadata_lines(root: Path, card: Mapping[str, Any]) -> list[bytes]:
-    """The first ``num_rows`` lines of ``metadata.jsonl`` (newlines kept), checksum-verified."""
-    path = root / METADATA_FILE
-    n = card["num_rows"]
-    try:
-        with open(path, "rb") as fh:
-            lines = [fh.readline() for _ in range(n)] if n else []
-    except FileNotFoundError:
-        raise ZooFormatError(f"{path}: missing (the card lists {n} rows)") from None
-    except OSError as exc:
-        raise ZooFormatError(f"{path}: cannot read: {exc}") from exc
-    if n and not lines[-1].endswith(b"\n"):
-        got = sum(1 for line in lines if line.endswith(b"\n"))
-        raise ZooFormatError(f"{path}: has {got} complete rows but {CARD_FILE} field 'num_rows' is {n}")
-    digest = hashlib.sha256(b"".join(lines)).hexdigest()
-    if digest != card["metadata"]["sha256"]:
-        raise ZooFormatError(f"{path}: sha256 of the first {n} rows is {digest[:12]}..., but {CARD_FILE} "
-                             f"field 'metadata.sha256' says {card['metadata']['sha256'][:12]}... (corrupt or edited)")
-    return lines
-
-
-def write_card(root: Path, card: Mapping[str, Any]) -> None:
-    """Atomically (re)write ``root/zoo.json``."""
-    from wsl.io import atomic_open
-
-    text = json.dumps(card, indent=1, allow_nan=False) + "\n"
-    with atomic_open(root / CARD_FILE, "w", encoding="utf-8") as fh:
-        fh.write(text)
-
-
-def row_line(row: Mapping[str, Any]) -> bytes:
-    """One ``metadata.jsonl`` line (compact JSON + newline)."""
-    return (json.dumps(row, separators=(",", ":"), allow_nan=False) + "\n").encode()
 
 
 class ZooWriter:

@@ -11,9 +11,8 @@ the open shards and caches of the zoo they come from.
 from __future__ import annotations
 
 import copy
-import json
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from wsl.errors import CheckpointError, WslError, ZooFormatError
-from wsl.zoo.format import CARD_FILE, FORMAT, METADATA_FILE, SPLIT_NAMES, validate_row
-from wsl.zoo.writer import file_sha256, read_card, read_metadata_lines
+from wsl.errors import ZooFormatError
+from wsl.zoo.format import SPLIT_NAMES
+from wsl.zoo.store import ZooStore
 
 __all__ = ["Zoo", "ZooIndexError", "ZooModel", "load_zoo"]
 
@@ -34,222 +33,10 @@ class ZooIndexError(ZooFormatError, IndexError):
     """A row index outside the zoo (also an ``IndexError`` so iteration works)."""
 
 
-class _Store:
-    """State shared by all views of one opened zoo: card, rows, shard handles, caches."""
-
-    def __init__(self, root: Path, verify: str) -> None:
-        self.root = root
-        self.verify = verify
-        self.card = read_card(root)
-        self.card_path = str(root / CARD_FILE)
-        lines = read_metadata_lines(root, self.card) if verify != "none" else _lines(root, self.card)
-        where = str(root / METADATA_FILE)
-        rows: list[dict[str, Any]] = []
-        slot = [0] * len(self.card["shards"])
-        for i, line in enumerate(lines):
-            try:
-                row = json.loads(line)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise ZooFormatError(f"{where}: row {i}: not valid JSON ({exc})") from exc
-            validate_row(row, i, self.card, where)
-            if row["index"] != slot[row["shard"]]:
-                raise ZooFormatError(f"{where}: row {i}: field 'index' is {row['index']}, expected "
-                                     f"{slot[row['shard']]} (rows of a shard are stored in row order)")
-            slot[row["shard"]] += 1
-            rows.append(row)
-        for k, s in enumerate(self.card["shards"]):
-            if slot[k] != s["num_rows"]:
-                raise ZooFormatError(f"{where}: {slot[k]} rows point to shard {k} but {CARD_FILE} field "
-                                     f"'shards[{k}].num_rows' is {s['num_rows']}")
-        split_of: dict[str, str] = {}
-        for i, row in enumerate(rows):
-            if split_of.setdefault(row["model_id"], row["split"]) != row["split"]:
-                raise ZooFormatError(f"{where}: row {i}: model {row['model_id']!r} is in split "
-                                     f"{split_of[row['model_id']]!r} in an earlier row but {row['split']!r} here")
-        if len(split_of) != self.card["num_models"]:
-            raise ZooFormatError(f"{self.card_path}: field 'num_models' is {self.card['num_models']} but "
-                                 f"{METADATA_FILE} has {len(split_of)} distinct model_id")
-        self.rows = rows
-        self.shard_col = np.array([r["shard"] for r in rows], dtype=np.int64)
-        self.index_col = np.array([r["index"] for r in rows], dtype=np.int64)
-        self.fields: set[str] = set().union(*(r.keys() for r in rows)) if rows else set()
-        self._handles: dict[int, Any] = {}
-        self._pid = os.getpid()
-        self.checked: set[int] = set()
-        self.dtypes: dict[int, dict[str, torch.dtype]] = {}
-        self.arch_ok: set[str] = set()
-        self.spaces: dict[str, Any] = {}
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_handles"] = {}
-        state["spaces"] = {}
-        return state
-
-    # ----------------------------------------------------------------- shards
-    def shard_path(self, k: int) -> Path:
-        return self.root / self.card["shards"][k]["file"]
-
-    def check_shard(self, k: int, verify: str | None = None) -> None:
-        """Validate shard ``k`` (header vs card, size, checksum) once."""
-        if k in self.checked:
-            return
-        from wsl.io import read_safetensors_header
-        from wsl.io.safetensors_check import SAFETENSORS_DTYPES
-
-        entry = self.card["shards"][k]
-        path = self.shard_path(k)
-        where = f"{path} (shard {k})"
-        if not path.is_file():
-            raise ZooFormatError(f"{where}: missing ({CARD_FILE} lists it)")
-        try:
-            header = read_safetensors_header(path)
-        except CheckpointError as exc:
-            raise ZooFormatError(f"{where}: corrupt or truncated header: {exc}") from exc
-        meta = header.metadata
-        if meta.get("format") != FORMAT or meta.get("arch") != entry["arch"]:
-            raise ZooFormatError(f"{where}: __metadata__ is {meta}, expected "
-                                 f"{{'format': {FORMAT!r}, 'arch': {entry['arch']!r}}}")
-        want = self.card["architectures"][entry["arch"]]["tensors"]
-        if set(header.tensors) != set(want):
-            raise ZooFormatError(f"{where}: tensors {sorted(set(header.tensors) ^ set(want))[:6]} differ from "
-                                 f"{CARD_FILE} field 'architectures.{entry['arch']}.tensors'")
-        for name, shape in want.items():
-            got = list(header.tensors[name][1])
-            if got != [entry["num_rows"], *shape]:
-                raise ZooFormatError(f"{where}: tensor {name!r} has shape {got}, the card says "
-                                     f"[{entry['num_rows']}, {', '.join(map(str, shape))}] (num_rows, *shape)")
-        size = path.stat().st_size
-        if size != entry["bytes"]:
-            raise ZooFormatError(f"{where}: file is {size} bytes, {CARD_FILE} field 'shards[{k}].bytes' "
-                                 f"says {entry['bytes']} (truncated or modified)")
-        if (verify or self.verify) != "none":
-            digest = file_sha256(path)
-            if digest != entry["sha256"]:
-                raise ZooFormatError(f"{where}: sha256 mismatch: file {digest[:12]}..., {CARD_FILE} field "
-                                     f"'shards[{k}].sha256' {entry['sha256'][:12]}... (corrupt shard)")
-        self.dtypes[k] = {n: SAFETENSORS_DTYPES[i[0]][0] for n, i in header.tensors.items()}
-        self.checked.add(k)
-
-    def handle(self, k: int) -> Any:
-        """The (per-process) open safetensors handle of shard ``k``."""
-        if self._pid != os.getpid():  # forked worker: do not share handles with the parent
-            self._handles, self._pid = {}, os.getpid()
-        h = self._handles.get(k)
-        if h is None:
-            self.check_shard(k)
-            from safetensors import safe_open
-
-            try:
-                h = safe_open(str(self.shard_path(k)), framework="pt")
-            except Exception as exc:
-                raise ZooFormatError(f"{self.shard_path(k)} (shard {k}): cannot open: {exc}") from exc
-            self._handles[k] = h
-        return h
-
-    # ------------------------------------------------------------ architectures
-    def tensors(self, aid: str) -> dict[str, list[int]]:
-        """Card tensor shapes of ``aid``, checked once against the built architecture."""
-        entry = self.card["architectures"][aid]
-        if aid not in self.arch_ok:
-            from wsl.zoo.writer import arch_entry
-
-            where = f"{self.card_path}: field 'architectures.{aid}'"
-            try:
-                built = arch_entry(entry["arch"], where)
-            except WslError as exc:
-                raise ZooFormatError(f"{where}: {exc}") from exc
-            if list(built["tensors"].items()) != list(entry["tensors"].items()):
-                raise ZooFormatError(f"{where}.tensors: does not match the state_dict of the described architecture")
-            self.arch_ok.add(aid)
-        return entry["tensors"]  # type: ignore[no-any-return]
-
-    def build(self, aid: str) -> nn.Module:
-        from wsl.archs.describe import build
-
-        self.tensors(aid)
-        try:
-            return build(self.card["architectures"][aid]["arch"])
-        except WslError as exc:
-            raise ZooFormatError(f"{self.card_path}: field 'architectures.{aid}.arch': {exc}") from exc
-
-    def space(self, aid: str) -> Any:
-        if aid not in self.spaces:
-            from wsl.space import WeightSpace
-
-            self.spaces[aid] = WeightSpace.from_module(self.build(aid))
-        return self.spaces[aid]
-
-    # -------------------------------------------------------------------- data
-    def gather(self, rows: np.ndarray, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
-        """Stack the tensors of global ``rows`` (in that order); arches must share tensor layouts."""
-        if len(rows) == 0:
-            raise ZooFormatError(f"{self.root}: no rows selected")
-        shards = self.shard_col[rows]
-        archs = sorted({self.card["shards"][k]["arch"] for k in np.unique(shards).tolist()})
-        layout = self.tensors(archs[0])
-        for aid in archs[1:]:
-            if list(self.tensors(aid).items()) != list(layout.items()):
-                raise ZooFormatError(f"{self.root}: rows of architectures {archs[0]} and {aid} have different "
-                                     "tensor names/shapes and cannot be stacked; select one architecture")
-        order = np.argsort(shards, kind="stable")
-        bounds = np.flatnonzero(np.diff(shards[order])) + 1
-        groups = np.split(order, bounds)
-        for k in np.unique(shards).tolist():
-            self.handle(k)
-        dtypes = {n: _promote([self.dtypes[int(shards[g[0]])][n] for g in groups]) for n in layout}
-        n = len(rows)
-        if len(groups) == 1:
-            k, loc = int(shards[0]), self.index_col[rows]
-            if loc[0] + n - 1 == loc[-1] and np.all(np.diff(loc) == 1):
-                h = self.handle(k)
-                lo = int(loc[0])
-                return {name: h.get_slice(name)[lo:lo + n].to(device=device, dtype=dtypes[name])
-                        for name in layout}
-        out = {name: torch.empty((n, *shape), dtype=dtypes[name]) for name, shape in layout.items()}
-        for g in groups:
-            k = int(shards[g[0]])
-            h = self.handle(k)
-            loc = self.index_col[rows[g]]
-            srt = np.argsort(loc, kind="stable")
-            loc_s, pos_s = loc[srt], g[srt]
-            cuts = np.flatnonzero(np.diff(loc_s) != 1) + 1
-            for lo_i, hi_i in zip([0, *cuts.tolist()], [*cuts.tolist(), len(loc_s)]):
-                a, b = int(loc_s[lo_i]), int(loc_s[hi_i - 1]) + 1
-                pos = torch.from_numpy(pos_s[lo_i:hi_i])
-                for name in layout:
-                    block = h.get_slice(name)[a:b]
-                    if len(pos) == b - a:
-                        out[name].index_copy_(0, pos, block.to(dtypes[name]))
-                    else:  # repeated rows within a run
-                        out[name][pos] = block[torch.from_numpy(loc_s[lo_i:hi_i] - a)].to(dtypes[name])
-        return {name: t.to(device) for name, t in out.items()} if device is not None else out
-
-
-def _promote(dtypes: list[torch.dtype]) -> torch.dtype:
-    out = dtypes[0]
-    for d in dtypes[1:]:
-        out = torch.promote_types(out, d)
-    return out
-
-
-def _lines(root: Path, card: Mapping[str, Any]) -> list[bytes]:
-    """First ``num_rows`` metadata lines without checksum verification."""
-    path = root / METADATA_FILE
-    try:
-        with open(path, "rb") as fh:
-            lines = [fh.readline() for _ in range(card["num_rows"])]
-    except OSError as exc:
-        raise ZooFormatError(f"{path}: cannot read: {exc}") from exc
-    if lines and not lines[-1].endswith(b"\n"):
-        raise ZooFormatError(f"{path}: fewer rows than {CARD_FILE} field 'num_rows' ({card['num_rows']})")
-    return lines
-
-
 class ZooModel:
     """One row of a zoo: metadata plus lazily read weights."""
 
-    def __init__(self, store: _Store, row: int) -> None:
+    def __init__(self, store: ZooStore, row: int) -> None:
         self._store = store
         self.row = row
 
@@ -301,7 +88,7 @@ class ZooModel:
 class Zoo:
     """A sequence of zoo rows (all of them, or a view: filtered, split, sliced)."""
 
-    def __init__(self, store: _Store, rows: np.ndarray | None = None) -> None:
+    def __init__(self, store: ZooStore, rows: np.ndarray | None = None) -> None:
         self._store = store
         self._rows = np.arange(len(store.rows), dtype=np.int64) if rows is None else rows.astype(np.int64)
 
@@ -513,7 +300,7 @@ def load_zoo(path: str | os.PathLike[str], verify: str = "lazy") -> Zoo:
     root = Path(p)
     if not root.is_dir():
         raise ZooFormatError(f"{root}: not a zoo directory ({'no such path' if not root.exists() else 'not a directory'})")
-    zoo = Zoo(_Store(root, verify))
+    zoo = Zoo(ZooStore(root, verify))
     if verify == "eager":
         zoo.verify()
     return zoo
