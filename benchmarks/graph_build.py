@@ -108,6 +108,7 @@ def main() -> None:
     ap.add_argument("--num-models", type=int, default=10000)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--repeat", type=int, default=3, help="timing repeats of the vectorized paths (best is shown)")
+    ap.add_argument("--naive-repeat", type=int, default=2, help="timing repeats of the naive baseline")
     ap.add_argument("--check", type=int, default=5, help="models compared between the two builders")
     args = ap.parse_args()
     if args.threads:
@@ -129,8 +130,9 @@ def main() -> None:
     del batch_g
     sds = space.unstack(stacked)
     dts = batch.dtypes[0]
-    graphs, t_loop = timed(lambda: [naive_graph(sd, lay.edge_dim, space.signature, dts) for sd in sds])
-    naive_batch, t_coll = timed(lambda: Batch.from_data_list(graphs))
+    graphs, t_loop = timed(lambda: [naive_graph(sd, lay.edge_dim, space.signature, dts) for sd in sds],
+                           args.naive_repeat)
+    naive_batch, t_coll = timed(lambda: Batch.from_data_list(graphs), args.naive_repeat)
 
     ref = batch.to_data_list() if args.check else []
     for i in range(min(args.check, n)):
