@@ -1,0 +1,344 @@
+"""Experiment configuration for ``wsl train``: YAML files, dataclasses, ``key=value`` overrides.
+
+A config has six sections and an output directory::
+
+    data:     {zoo, target, checkpoints, train_split, val_split, test_split, arch, max_train, stats_layout, verify}
+    model:    {name, <any constructor argument of that model, e.g. hidden, layers>}
+    optim:    {name: adamw|adam|sgd, lr, weight_decay, momentum, betas, grad_clip}
+    schedule: {name: cosine|constant, warmup_epochs, min_lr_ratio}
+    augment:  {permute, noise}
+    train:    {epochs, batch_size, eval_batch_size, seed, device: auto|cpu|cuda|cuda:N, amp, amp_dtype: bf16|fp16,
+               patience, loss: mse|l1|huber, drop_last, progress, threads}
+    output:   run directory (default ``runs/<config file stem>``)
+
+Every section and key is optional except ``data.zoo`` and ``model.name``.
+Overrides address nested keys with dots (``model.hidden=64 optim.lr=1e-3``);
+values are parsed as YAML scalars (``true``, ``1e-3``, ``null``, ``[1, 2]``).
+Unknown sections/keys raise :class:`~wsl.errors.ConfigError` naming the key
+and the closest valid one. Model arguments are checked against the model's
+constructor when the model is built (:mod:`wsl.train.registry`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from wsl.errors import ConfigError
+
+__all__ = ["AugmentConfig", "Config", "DataConfig", "ModelConfig", "OptimConfig", "ScheduleConfig", "TrainConfig",
+           "apply_overrides", "load_config"]
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.checkpoints": ("last", "all"),
+    "data.stats_layout": ("auto", "per_tensor", "buckets"),
+    "data.verify": ("lazy", "eager", "none"),
+    "optim.name": ("adamw", "adam", "sgd"),
+    "schedule.name": ("cosine", "constant"),
+    "train.amp_dtype": ("bf16", "fp16"),
+    "train.loss": ("mse", "l1", "huber"),
+}
+
+
+@dataclass
+class DataConfig:
+    """Which zoo, target and checkpoints; which splits play train/val/test."""
+
+    zoo: str = ""
+    target: str = "test_accuracy"  #: "test_accuracy", "gap" (train - test accuracy) or any numeric row field
+    checkpoints: str = "last"  #: "last" (final epoch per model) or "all"
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    arch: str | None = None  #: keep only rows of this arch id (dense models need a single architecture)
+    max_train: int | None = None  #: cap the number of training rows (quick runs)
+    stats_layout: str = "auto"  #: StatNN feature layout for "stats" models
+    verify: str = "lazy"  #: zoo checksum verification (see wsl.zoo.load_zoo)
+
+
+@dataclass
+class ModelConfig:
+    """A registered model name (or ``module:factory`` / ``file.py:factory``) and its arguments."""
+
+    name: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9  #: sgd only
+    betas: tuple[float, float] = (0.9, 0.999)  #: adam/adamw only
+    grad_clip: float | None = None  #: max global grad norm
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "cosine"  #: per-step cosine decay to ``min_lr_ratio * lr``, or constant
+    warmup_epochs: float = 0.0  #: linear warmup from 0, in (fractional) epochs
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class AugmentConfig:
+    """Per-training-batch augmentation in weight space."""
+
+    permute: bool = False  #: apply a random element of the network's permutation group to every model
+    noise: float = 0.0  #: Gaussian noise, std = noise * (std of that tensor in that model); 0 = off
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64  #: global batch size (split across ranks under torchrun)
+    eval_batch_size: int = 256
+    seed: int = 0
+    device: str = "auto"  #: auto (cuda if available), cpu, cuda, cuda:N
+    amp: bool = False  #: autocast on CUDA; ignored (with a note) on CPU
+    amp_dtype: str = "bf16"
+    patience: int = 0  #: early stopping on val tau after this many epochs without improvement; 0 = off
+    loss: str = "mse"
+    drop_last: bool = False
+    progress: bool = True
+    threads: int | None = None  #: torch.set_num_threads (per process)
+
+
+@dataclass
+class Config:
+    """A full experiment (see module docstring)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: str | None = None
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], where: str = "config") -> "Config":
+        """Build and validate a config from a plain (YAML-parsed) dict."""
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{where}: expected a mapping at the top level, got {type(raw).__name__}")
+        sections = {f.name: f for f in dataclasses.fields(cls)}
+        _unknown(raw, list(sections), where, "")
+        kw: dict[str, Any] = {}
+        for name, value in raw.items():
+            if name == "output":
+                kw[name] = None if value is None else str(value)
+            elif name == "model":
+                kw[name] = _model(value, where)
+            else:
+                kw[name] = _section(_section_types()[name], value, where, name)
+        cfg = cls(**kw)
+        cfg.validate(where)
+        return cfg
+
+    def validate(self, where: str = "config") -> None:
+        """Check required keys, choices and ranges; raise ConfigError naming the key."""
+        if not self.data.zoo:
+            raise ConfigError(f"{where}: data.zoo is required (a zoo directory or hf:// URI)")
+        if not self.model.name:
+            raise ConfigError(f"{where}: model.name is required (see wsl.train.registry.MODELS)")
+        for key, valid in CHOICES.items():
+            sec, name = key.split(".")
+            value = getattr(getattr(self, sec), name)
+            if value not in valid:
+                raise ConfigError(f"{where}: {key} is {value!r}; valid: {', '.join(valid)}")
+        dev = self.train.device
+        if not (dev in ("auto", "cpu", "cuda", "mps") or dev.startswith("cuda:")):
+            raise ConfigError(f"{where}: train.device is {dev!r}; valid: auto, cpu, cuda, cuda:N, mps")
+        positive = {"train.epochs": self.train.epochs, "train.batch_size": self.train.batch_size,
+                    "train.eval_batch_size": self.train.eval_batch_size, "optim.lr": self.optim.lr}
+        for key, v in positive.items():
+            if not v > 0:
+                raise ConfigError(f"{where}: {key} must be > 0, got {v}")
+        nonneg = {"train.patience": self.train.patience, "augment.noise": self.augment.noise,
+                  "optim.weight_decay": self.optim.weight_decay, "schedule.warmup_epochs": self.schedule.warmup_epochs,
+                  "schedule.min_lr_ratio": self.schedule.min_lr_ratio}
+        for key, v in nonneg.items():
+            if not (v >= 0 and math.isfinite(v)):
+                raise ConfigError(f"{where}: {key} must be >= 0, got {v}")
+        if self.data.max_train is not None and self.data.max_train < 1:
+            raise ConfigError(f"{where}: data.max_train must be >= 1 or null, got {self.data.max_train}")
+        splits = (self.data.train_split, self.data.val_split, self.data.test_split)
+        for key, s in zip(("train_split", "val_split", "test_split"), splits):
+            if s not in ("train", "val", "test"):
+                raise ConfigError(f"{where}: data.{key} is {s!r}; valid: train, val, test")
+        if self.data.train_split in (self.data.val_split, self.data.test_split):
+            raise ConfigError(f"{where}: data.train_split ({self.data.train_split!r}) must differ from the "
+                              "val/test splits: never evaluate on training models")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-able dict; ``Config.from_dict(cfg.to_dict())`` round-trips."""
+        out = dataclasses.asdict(self)
+        params = out["model"].pop("params")
+        out["model"].update(params)
+        out["optim"]["betas"] = list(self.optim.betas)
+        return out
+
+
+def _section_types() -> dict[str, type]:
+    return {"data": DataConfig, "optim": OptimConfig, "schedule": ScheduleConfig, "augment": AugmentConfig,
+            "train": TrainConfig}
+
+
+def _unknown(raw: Mapping[str, Any], valid: Sequence[str], where: str, prefix: str) -> None:
+    for key in raw:
+        if key not in valid:
+            full = f"{prefix}{key}"
+            close = difflib.get_close_matches(str(key), list(valid), n=1, cutoff=0.5)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+            raise ConfigError(f"{where}: unknown key '{full}'{hint}")
+
+
+def _model(value: Any, where: str) -> ModelConfig:
+    if isinstance(value, str):
+        return ModelConfig(name=value)
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: 'model' must be a mapping with a 'name', got {type(value).__name__}")
+    params = {str(k): v for k, v in value.items() if k != "name"}
+    name = value.get("name", "")
+    if not isinstance(name, str):
+        raise ConfigError(f"{where}: model.name must be a string, got {name!r}")
+    return ModelConfig(name=name, params=params)
+
+
+def _section(cls: type, value: Any, where: str, name: str) -> Any:
+    if value is None:
+        return cls()
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: section '{name}' must be a mapping, got {type(value).__name__}")
+    hints = typing.get_type_hints(cls)
+    _unknown(value, list(hints), where, f"{name}.")
+    return cls(**{k: _coerce(v, hints[k], where, f"{name}.{k}") for k, v in value.items()})
+
+
+def _coerce(value: Any, tp: Any, where: str, key: str) -> Any:
+    """Check/convert ``value`` to type hint ``tp`` (bool, int, float, str, Optional, tuple, dict)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where, key)
+    bad = ConfigError(f"{where}: {key} must be {_tname(tp)}, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
+            return value.lower() in ("true", "yes", "on")
+        raise bad
+    if tp is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if tp is float:
+        if isinstance(value, bool):
+            raise bad
+        try:
+            out = float(value)
+        except (TypeError, ValueError):
+            raise bad from None
+        if math.isnan(out):
+            raise bad
+        return out
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise bad
+        return tuple(_coerce(v, a, where, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            raise bad
+        return dict(value)
+    return value
+
+
+def _tname(tp: Any) -> str:
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str], where: str = "override") -> dict[str, Any]:
+    """A copy of ``raw`` with each ``a.b.c=value`` applied (creating sections as needed)."""
+    import copy
+
+    out = copy.deepcopy(dict(raw))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"{where} {item!r}: expected key=value (e.g. optim.lr=1e-3)")
+        key, _, text = item.partition("=")
+        parts = [p for p in key.strip().split(".")]
+        if not all(parts):
+            raise ConfigError(f"{where} {item!r}: empty key component in '{key}'")
+        node: dict[str, Any] = out
+        for i, p in enumerate(parts[:-1]):
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            if isinstance(nxt, str) and i == 0 and p == "model":
+                nxt = node[p] = {"name": nxt}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"{where} {item!r}: '{'.'.join(parts[:i + 1])}' is not a section")
+            node = nxt
+        node[parts[-1]] = _parse_value(text)
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
+                raw: Mapping[str, Any] | None = None) -> Config:
+    """Read a YAML config (or use ``raw``), apply overrides, validate.
+
+    When ``output`` is unset it defaults to ``runs/<config file stem>``.
+    """
+    import yaml
+
+    where = str(path) if path is not None else "config"
+    if raw is None:
+        if path is None:
+            raise ConfigError("load_config: give a YAML path or a raw dict")
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{p}: cannot read config: {exc}") from exc
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: invalid YAML: {exc}") from exc
+    merged = apply_overrides(raw, overrides)
+    cfg = Config.from_dict(merged, where)
+    if cfg.output is None and path is not None:
+        cfg.output = str(Path("runs") / Path(path).stem)
+    return cfg

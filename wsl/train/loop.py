@@ -1,0 +1,363 @@
+"""``Trainer``: fit a meta-model to predict generalization from weights.
+
+One run = one :class:`~wsl.train.config.Config`. The run directory holds::
+
+    checkpoints/last/   model.safetensors, state.pt, config.json   (after every epoch)
+    checkpoints/best/   the same for the best validation Kendall tau
+    metrics.json        val/test tau, R^2, MAE (best checkpoint), timing, #params, config, history
+    test_scatter.png    predicted vs true on the test split
+    predictor/          a self-contained predictor (wsl.train.registry.load_predictor)
+
+Determinism: the training order of epoch ``e`` is ``randperm`` seeded by
+``(seed, e)`` and the augmentation of step ``s`` by ``(seed, e, s, rank)``;
+``state.pt`` (``torch.save`` of plain tensors and numbers, read with
+``weights_only=True``) carries the optimizer, scheduler, early-stopping state
+and the torch RNG states, so ``--resume`` continues the last completed epoch
+and yields the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wsl.errors import ConfigError, WslError
+from wsl.train import distributed as D
+from wsl.train.config import Config
+from wsl.train.metrics import regression_metrics, to_json
+
+__all__ = ["Trainer", "train"]
+
+
+def _lr_lambda(cfg: Config, steps_per_epoch: int) -> Callable[[int], float]:
+    total = max(1, cfg.train.epochs * steps_per_epoch)
+    warm = int(round(cfg.schedule.warmup_epochs * steps_per_epoch))
+    floor = cfg.schedule.min_lr_ratio
+
+    def fn(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if cfg.schedule.name == "constant":
+            return 1.0
+        prog = min(1.0, (step - warm) / max(1, total - warm))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * prog))
+
+    return fn
+
+
+class Trainer:
+    """Train ``cfg.model`` on ``cfg.data`` (see module docstring); :meth:`fit` runs it."""
+
+    def __init__(self, cfg: Config, output: str | Path | None = None, *, resume: bool = False,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        out = output or cfg.output
+        if not out:
+            raise ConfigError("no output directory: set 'output' in the config or pass --output")
+        self.out = Path(out)
+        self.resume = resume
+        self.info = D.setup(cfg.train.device)
+        self.device = self.info.device
+        self._log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+
+    def log(self, msg: str) -> None:
+        if self.info.is_main:
+            self._log(msg)
+
+    # ------------------------------------------------------------------ setup
+    def _prepare(self) -> None:
+        from wsl import load_zoo
+        from wsl.cli.common import local_path
+        from wsl.tasks.generalization import prepare_split, select_rows
+        from wsl.train.registry import InputInfo, build_model, resolve_model
+
+        cfg, dc = self.cfg, self.cfg.data
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        self.zoo = load_zoo(local_path(dc.zoo, repo_type="dataset"), verify=dc.verify)
+        self.entry = resolve_model(cfg.model.name)
+        kind = self.entry.input_kind
+        names = {"train": dc.train_split, "val": dc.val_split, "test": dc.test_split}
+        layout = dc.stats_layout
+        if kind == "stats" and layout == "auto":
+            archs = {a for s in names.values()
+                     for a in select_rows(self.zoo, s, dc.checkpoints, dc.target, dc.arch).column("arch").tolist()}
+            layout = "per_tensor" if len(archs) == 1 else "buckets"
+        self.stats_layout = layout
+        t0 = time.perf_counter()
+        self.data = {role: prepare_split(self.zoo, role, s, kind, target=dc.target, checkpoints=dc.checkpoints,
+                                         arch=dc.arch, max_rows=dc.max_train if role == "train" else None,
+                                         seed=cfg.train.seed, stats_layout=layout, device=self.device)
+                     for role, s in names.items()}
+        self.log(f"data: {', '.join(f'{r} {len(d)} rows' for r, d in self.data.items())} "
+                 f"({kind} inputs, built in {time.perf_counter() - t0:.1f}s)")
+        tr = self.data["train"]
+        if kind == "features":
+            sig = tr.groups[0].space.signature
+            for role in ("val", "test"):
+                other = self.data[role].groups[0].space.signature
+                if other != sig:
+                    raise WslError(f"{dc.zoo}: {role} split architecture {other} differs from train ({sig})")
+        y = tr.y.double()
+        self.y_mean = float(y.mean())
+        self.y_std = float(y.std()) if len(y) > 1 and float(y.std()) > 1e-12 else 1.0
+        edge_dim = None
+        if kind == "graph":
+            edge_dim = max(int(g.cache.per_model["edge_attr"].shape[-1]) for g in tr.groups)
+        space = tr.groups[0].space if len(tr.groups) == 1 else None
+        self.input_info = InputInfo(kind, space, int(tr.stats.shape[1]) if tr.stats is not None else None,
+                                    layout if kind == "stats" else None, edge_dim)
+        torch.manual_seed(cfg.train.seed)
+        self.model = build_model(cfg.model.name, self.input_info, cfg.model.params).to(self.device)
+        self.num_parameters = sum(p.numel() for p in self.model.parameters())
+        self.ddp: nn.Module = self.model
+        if self.info.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DDP(self.model, device_ids=ids)
+        oc = cfg.optim
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if oc.name == "sgd":
+            self.opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=oc.lr, momentum=oc.momentum,
+                                                              weight_decay=oc.weight_decay)
+        else:
+            cls = torch.optim.AdamW if oc.name == "adamw" else torch.optim.Adam
+            self.opt = cls(params, lr=oc.lr, betas=oc.betas, weight_decay=oc.weight_decay)
+        n, b = len(tr), cfg.train.batch_size
+        self.steps_per_epoch = n // b if cfg.train.drop_last and n >= b else math.ceil(n / b)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg, self.steps_per_epoch))
+        self.amp_ctx = self._amp()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_ctx is not None and cfg.train.amp_dtype == "fp16")
+
+    def _amp(self) -> Any:
+        if not self.cfg.train.amp:
+            return None
+        if self.device.type != "cuda":
+            self.log("note: train.amp is a no-op on CPU (autocast is only used on CUDA)")
+            return None
+        return torch.bfloat16 if self.cfg.train.amp_dtype == "bf16" else torch.float16
+
+    # ------------------------------------------------------------- checkpoints
+    def _save(self, name: str, state: dict[str, Any]) -> None:
+        if not self.info.is_main:
+            return
+        from wsl.io import atomic_open, atomic_save_safetensors
+
+        root = self.out / "checkpoints"
+        tmp = root / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        atomic_save_safetensors(dict(self.model.state_dict()), tmp / "model.safetensors")
+        full = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "scaler": self.scaler.state_dict(), "trainer": state, "rng": self._rng_state()}
+        with atomic_open(tmp / "state.pt", "wb") as fh:
+            torch.save(full, fh)
+        with atomic_open(tmp / "config.json", "w", encoding="utf-8") as fh:
+            json.dump(self.cfg.to_dict(), fh, indent=1)
+        final, old = root / name, root / f".{name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _rng_state(self) -> dict[str, Any]:
+        st: dict[str, Any] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            st["cuda"] = torch.cuda.get_rng_state_all()
+        return st
+
+    def _load(self, name: str) -> dict[str, Any]:
+        from wsl.io import load_safetensors
+
+        d = self.out / "checkpoints" / name
+        if not (d / "state.pt").is_file() or not (d / "model.safetensors").is_file():
+            raise WslError(f"{d}: no checkpoint to resume from (run without --resume first)")
+        saved = json.loads((d / "config.json").read_text(encoding="utf-8"))
+        if {k: v for k, v in saved.items() if k != "train"} != {k: v for k, v in self.cfg.to_dict().items()
+                                                                  if k != "train"}:
+            self.log(f"warning: {d}/config.json differs from the current config; resuming anyway")
+        self.model.load_state_dict(load_safetensors(d / "model.safetensors", device=str(self.device)))
+        full = torch.load(d / "state.pt", map_location=self.device, weights_only=True)
+        self.opt.load_state_dict(full["optimizer"])
+        self.sched.load_state_dict(full["scheduler"])
+        self.scaler.load_state_dict(full["scaler"])
+        torch.set_rng_state(full["rng"]["torch"].cpu())
+        if "cuda" in full["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in full["rng"]["cuda"]])
+        return dict(full["trainer"])
+
+    # ----------------------------------------------------------------- running
+    def _loss(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        fn = {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.smooth_l1_loss}[self.cfg.train.loss]
+        return fn(pred, y, reduction="none")
+
+    @torch.no_grad()
+    def predict(self, role: str) -> np.ndarray:
+        """De-normalized predictions for every row of split ``role`` (gathered over ranks)."""
+        split = self.data[role]
+        self.model.eval()
+        n = len(split)
+        local_pos = D.shard(torch.arange(n), self.info)
+        preds, places = [], []
+        for lo in range(0, len(local_pos), self.cfg.train.eval_batch_size):
+            x, order = split.inputs(local_pos[lo:lo + self.cfg.train.eval_batch_size])
+            with torch.autocast(self.device.type, dtype=self.amp_ctx, enabled=self.amp_ctx is not None):
+                preds.append(self.model(x).reshape(-1).float())
+            places.append(order)
+        self.model.train()
+        p = torch.cat(preds) if preds else torch.zeros(0, device=self.device)
+        pos = torch.cat(places) if places else torch.zeros(0, dtype=torch.long)
+        full = D.gather_predictions(p, pos, n, self.info).cpu().numpy()
+        return self.y_mean + self.y_std * full
+
+    def _epoch(self, epoch: int) -> float:
+        cfg, tr, info = self.cfg, self.data["train"], self.info
+        n, b = len(tr), cfg.train.batch_size
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch))
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="step",
+                   disable=not (info.is_main and cfg.train.progress), leave=False, file=sys.stderr)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        seen, t0 = 0, time.perf_counter()
+        self.model.train()
+        for step in range(self.steps_per_epoch):
+            gidx = perm[step * b:(step + 1) * b]
+            if len(gidx) < info.world_size:
+                break
+            gen = torch.Generator().manual_seed(hash((cfg.train.seed, epoch, step, info.rank)) & 0x7FFFFFFF)
+            x, order = tr.inputs(D.shard(gidx, info), cfg.augment, gen)
+            y = (tr.y[order.to(tr.y.device)] - self.y_mean) / self.y_std
+            with torch.autocast(self.device.type, dtype=self.amp_ctx, enabled=self.amp_ctx is not None):
+                pred = self.ddp(x).reshape(-1).float()
+            lv = self._loss(pred, y)
+            loss = lv.sum() * (info.world_size / len(gidx))
+            self.opt.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if cfg.optim.grad_clip:
+                self.scaler.unscale_(self.opt)
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            self.sched.step()
+            loss_sum += lv.detach().sum().double()
+            seen += len(gidx)
+            if bar.disable is False:
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(lv.detach().mean()):.4f}",
+                                models_s=f"{seen / max(time.perf_counter() - t0, 1e-9):.0f}")
+        bar.close()
+        return float(D.all_sum(loss_sum, info)) / max(seen, 1)
+
+    def fit(self, stop_after: int | None = None) -> dict[str, Any]:
+        """Train (or resume), then write metrics, plot and predictor; returns the metrics dict.
+
+        ``stop_after`` ends the run after that many epochs *in this call*
+        without the final evaluation (to test ``--resume``).
+        """
+        cfg = self.cfg
+        self._prepare()
+        if self.info.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        st: dict[str, Any] = {"epoch": 0, "best_tau": -math.inf, "best_epoch": -1, "bad": 0, "history": [],
+                              "train_time": 0.0, "models": 0}
+        if self.resume:
+            st = self._load("last")
+            self.log(f"resumed from {self.out / 'checkpoints' / 'last'} after epoch {st['epoch']}")
+        self.log(f"model {cfg.model.name}: {self.num_parameters:,} parameters, device {self.device}, "
+                 f"world size {self.info.world_size}")
+        done = 0
+        while st["epoch"] < cfg.train.epochs and not (cfg.train.patience and st["bad"] >= cfg.train.patience):
+            t0 = time.perf_counter()
+            loss = self._epoch(st["epoch"])
+            dt = time.perf_counter() - t0
+            st["train_time"] += dt
+            st["models"] += len(self.data["train"])
+            val = regression_metrics(self.predict("val"), self.data["val"].y.cpu())
+            tau = val["tau"] if math.isfinite(val["tau"]) else -math.inf
+            st["epoch"] += 1
+            better = tau > st["best_tau"] or st["best_epoch"] < 0
+            if better:
+                st.update(best_tau=tau, best_epoch=st["epoch"], bad=0)
+            else:
+                st["bad"] += 1
+            st["history"].append(to_json({"epoch": st["epoch"], "loss": loss, "val": val,
+                                          "lr": self.sched.get_last_lr()[0], "seconds": dt}))
+            self.log(f"epoch {st['epoch']}/{cfg.train.epochs} loss {loss:.4f} val tau {val['tau']:.4f} "
+                     f"r2 {val['r2']:.4f} mae {val['mae']:.4f} | {len(self.data['train']) / dt:.0f} models/s"
+                     + (" *" if better else ""))
+            if better:
+                self._save("best", st)
+            self._save("last", st)
+            D.barrier(self.info)
+            done += 1
+            if stop_after is not None and done >= stop_after:
+                return {"stopped_after": done, **st}
+        return self._finish(st)
+
+    def _finish(self, st: dict[str, Any]) -> dict[str, Any]:
+        from wsl.io import load_safetensors
+
+        best = self.out / "checkpoints" / "best" / "model.safetensors"
+        self.model.load_state_dict(load_safetensors(best, device=str(self.device)))
+        preds = {r: self.predict(r) for r in ("val", "test")}
+        true = {r: self.data[r].y.cpu().numpy().astype(np.float64) for r in ("val", "test")}
+        res = {r: regression_metrics(preds[r], true[r]) for r in ("val", "test")}
+        cfg = self.cfg
+        metrics = to_json({
+            "val": res["val"], "test": res["test"], "best_epoch": st["best_epoch"], "epochs_run": st["epoch"],
+            "stopped_early": st["epoch"] < cfg.train.epochs, "wall_time_s": st["train_time"],
+            "models_per_s": st["models"] / max(st["train_time"], 1e-9), "num_parameters": self.num_parameters,
+            "model": cfg.model.name, "input_kind": self.entry.input_kind, "target": cfg.data.target,
+            "n_train": len(self.data["train"]), "world_size": self.info.world_size, "device": str(self.device),
+            "config": cfg.to_dict(), "history": st["history"],
+        })
+        if self.info.is_main:
+            from wsl.io import atomic_open
+            from wsl.train.plots import scatter_plot
+
+            with atomic_open(self.out / "metrics.json", "w", encoding="utf-8") as fh:
+                json.dump(metrics, fh, indent=1)
+            scatter_plot(preds["test"], true["test"], self.out / "test_scatter.png",
+                         title=f"{cfg.model.name} on {self.zoo.name} (test)",
+                         target=cfg.data.target.replace("_", " "), metrics=res["test"])
+            self._write_predictor(metrics)
+            self.log(f"test tau {res['test']['tau']:.4f} r2 {res['test']['r2']:.4f} mae {res['test']['mae']:.4f} "
+                     f"-> {self.out}")
+        D.barrier(self.info)
+        return metrics
+
+    def _write_predictor(self, metrics: dict[str, Any]) -> None:
+        from wsl.train.registry import predictor_config, predictor_readme, save_predictor
+
+        tr = self.data["train"]
+        training = {"zoo": self.cfg.data.zoo, "zoo_name": self.zoo.name, "checkpoints": self.cfg.data.checkpoints,
+                    "num_train": len(tr), "architectures": {g.arch_id: {"signature": g.space.signature,
+                                                                        "num_parameters": g.space.num_parameters}
+                                                            for g in tr.groups}}
+        pcfg = predictor_config(self.cfg.model.name, self.cfg.model.params, self.input_info, self.cfg.data.target,
+                                self.y_mean, self.y_std, training, metrics)
+        space = self.input_info.space if self.input_info.kind in ("features", "stats") else None
+        save_predictor(self.out / "predictor", model=self.model, config=pcfg, space=space,
+                       readme=predictor_readme(pcfg))
+
+
+def train(cfg: Config, output: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
+    """Run one experiment; cleans up the process group afterwards."""
+    try:
+        return Trainer(cfg, output, resume=resume).fit()
+    finally:
+        D.cleanup()

@@ -1,0 +1,53 @@
+"""Figures for training runs (matplotlib, ``Agg`` backend: no display needed)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsl.errors import WslError
+
+__all__ = ["scatter_plot"]
+
+
+def scatter_plot(pred: Any, true: Any, path: str | Path, *, title: str = "", target: str = "test accuracy",
+                 metrics: dict[str, float] | None = None) -> Path:
+    """Predicted vs true scatter with the identity line; the title shows tau and R^2 if given."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=True)
+        import matplotlib.pyplot as plt
+    except ImportError as exc:  # matplotlib is an optional dependency (extra "plot")
+        raise WslError(f"cannot draw {path}: matplotlib is not installed (pip install 'wsl[plot]')") from exc
+    p = np.asarray(pred, dtype=np.float64).reshape(-1)
+    t = np.asarray(true, dtype=np.float64).reshape(-1)
+    fig, ax = plt.subplots(figsize=(4.8, 4.6), dpi=120)
+    try:
+        ax.scatter(t, p, s=8, alpha=0.6, edgecolors="none")
+        if t.size:
+            lo = float(min(t.min(), p.min()))
+            hi = float(max(t.max(), p.max()))
+            pad = 0.02 * (hi - lo or 1.0)
+            ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.4", lw=1, ls="--")
+        ax.set_xlabel(f"true {target}")
+        ax.set_ylabel(f"predicted {target}")
+        parts = [title] if title else []
+        if metrics:
+            tau, r2 = metrics.get("tau", math.nan), metrics.get("r2", math.nan)
+            parts.append(f"Kendall τ = {_fmt(tau)}, R² = {_fmt(r2)} (n={t.size})")
+        ax.set_title("\n".join(parts), fontsize=9)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        out = Path(path)
+        fig.savefig(out)
+    finally:
+        plt.close(fig)
+    return out
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{float(v):.3f}"

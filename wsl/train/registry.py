@@ -1,0 +1,388 @@
+"""Meta-models by name, and self-contained predictors.
+
+Model registry
+    :data:`MODELS` maps a name to a :class:`ModelEntry`: the model's input
+    kind (``"features"``, ``"graph"`` or ``"stats"``, see
+    :mod:`wsl.tasks.generalization`) and a factory ``factory(info, **params)``
+    where ``info`` is an :class:`InputInfo` (the WeightSpace for dense
+    models, the feature count for stats models, ...). Built in: ``np``,
+    ``hnp``, ``nft`` (:mod:`wsl.nn.dense_models`), ``nggnn``, ``ngt``
+    (:mod:`wsl.nn.graph_models`), imported on first use. A config may also
+    name ``package.module:factory`` or ``path/to/file.py:factory``; the factory
+    must carry an ``input_kind`` attribute.
+
+Predictor directory (:func:`save_predictor` / :func:`load_predictor`)::
+
+    config.json       {"format": "wsl.predictor/1", "model": {"name", "params"},
+                       "input": {"kind", "accepts", "stats_layout", "num_features", "edge_dim"},
+                       "target": {"name", "mean", "std"}, "training": {...}, "metrics": {...}}
+    model.safetensors the meta-model's state_dict
+    space.json        the WeightSpace spec of the training architecture (dense and stats models)
+    README.md         model card
+
+``input.accepts`` says which networks the predictor can read:
+``{"type": "signatures", "signatures": [...]}`` (dense models and per-tensor
+StatNN: exactly these ``WeightSpace.signature`` values) or ``{"type": "any"}``
+(graph models and bucketed StatNN: any architecture ``wsl`` can trace).
+Predictions are de-normalized: ``y = mean + std * model(x)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from wsl.errors import ConfigError, PredictionError
+
+__all__ = ["MODELS", "PREDICTOR_FORMAT", "InputInfo", "ModelEntry", "Predictor", "build_model", "load_predictor",
+           "register_model", "resolve_model", "save_predictor"]
+
+PREDICTOR_FORMAT = "wsl.predictor/1"
+
+
+@dataclass
+class InputInfo:
+    """What a factory needs to know about the data: kind, architecture, feature sizes."""
+
+    kind: str
+    space: Any = None  #: WeightSpace of the (single) training architecture, features/stats kinds
+    num_features: int | None = None  #: stats kind
+    stats_layout: str | None = None
+    edge_dim: int | None = None  #: graph kind: widest edge_attr seen in training
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: its input kind, factory and the class whose arguments it takes."""
+
+    name: str
+    input_kind: str
+    factory: Callable[..., nn.Module]
+    target: Callable[[], Any] | None = None  #: returns the class/function whose signature lists the params
+    description: str = ""
+
+
+MODELS: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, input_kind: str, factory: Callable[..., nn.Module],
+                   target: Callable[[], Any] | None = None, description: str = "") -> ModelEntry:
+    """Register (or replace) a model name."""
+    if input_kind not in ("features", "graph", "stats"):
+        raise ConfigError(f"register_model({name!r}): input_kind must be features, graph or stats, got {input_kind!r}")
+    entry = ModelEntry(name, input_kind, factory, target, description)
+    MODELS[name] = entry
+    return entry
+
+
+def _dense(cls_name: str) -> tuple[Callable[..., nn.Module], Callable[[], Any]]:
+    def target() -> Any:
+        return getattr(importlib.import_module("wsl.nn.dense_models"), cls_name)
+
+    def factory(info: InputInfo, **params: Any) -> nn.Module:
+        return target()(info.space, **params)  # type: ignore[no-any-return]
+
+    return factory, target
+
+
+def _graph(cls_name: str) -> tuple[Callable[..., nn.Module], Callable[[], Any]]:
+    def target() -> Any:
+        return getattr(importlib.import_module("wsl.nn.graph_models"), cls_name)
+
+    def factory(info: InputInfo, **params: Any) -> nn.Module:
+        cls = target()
+        names = inspect.signature(cls).parameters
+        if info.edge_dim is not None and "edge_dim" in names and "edge_dim" not in params:
+            params["edge_dim"] = max(int(info.edge_dim), 9)
+        return cls(**params)  # type: ignore[no-any-return]
+
+    return factory, target
+
+
+for _n, _c, _d in (("np", "NPNet", "NP equivariant network (DWSNets/NFN-NP) + invariant pooling"),
+                   ("hnp", "HNPNet", "HNP equivariant network (hidden-neuron permutations only)"),
+                   ("nft", "NFTNet", "neural functional transformer")):
+    register_model(_n, "features", *_dense(_c), description=_d)
+for _n, _c, _d in (("nggnn", "NGGNN", "neural-graph GNN (PNA + edge updates)"),
+                   ("ngt", "NGT", "neural-graph relational transformer")):
+    register_model(_n, "graph", *_graph(_c), description=_d)
+
+
+def resolve_model(name: str) -> ModelEntry:
+    """The registry entry for ``name``, or one made from ``module:attr`` / ``file.py:attr``."""
+    if name in MODELS:
+        return MODELS[name]
+    if ":" not in name:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(MODELS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"model.name {name!r} is not a registered model ({', '.join(sorted(MODELS))}) nor a "
+                          f"'module:factory' reference{hint}")
+    mod_name, _, attr = name.rpartition(":")
+    try:
+        if mod_name.endswith(".py"):
+            path = Path(mod_name)
+            if not path.is_file():
+                raise ConfigError(f"model.name {name!r}: file {path} does not exist")
+            spec = importlib.util.spec_from_file_location(f"wsl_user_model_{abs(hash(str(path.resolve())))}", path)
+            if spec is None or spec.loader is None:
+                raise ConfigError(f"model.name {name!r}: cannot import {path}")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(mod_name)
+    except ImportError as exc:
+        raise ConfigError(f"model.name {name!r}: cannot import {mod_name}: {exc}") from exc
+    fn = getattr(module, attr, None)
+    if isinstance(fn, ModelEntry):
+        return fn
+    kind = getattr(fn, "input_kind", None)
+    if not callable(fn) or kind not in ("features", "graph", "stats"):
+        raise ConfigError(f"model.name {name!r}: {attr} must be a callable factory(info, **params) with an "
+                          "input_kind attribute ('features', 'graph' or 'stats')")
+    return ModelEntry(name, kind, fn, lambda: fn)
+
+
+def check_params(entry: ModelEntry, params: Mapping[str, Any]) -> None:
+    """Raise ConfigError naming ``model.<key>`` for arguments the model does not take."""
+    if entry.target is None:
+        return
+    try:
+        sig = inspect.signature(entry.target())
+    except (TypeError, ValueError):
+        return
+    ps = sig.parameters
+    if any(p.kind is p.VAR_KEYWORD for p in ps.values()):
+        return
+    valid = [n for n, p in ps.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+             and n not in ("self", "space", "spaces", "info")]
+    for key in params:
+        if key not in valid:
+            import difflib
+
+            close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+            hint = f"did you mean 'model.{close[0]}'?" if close else f"valid: {', '.join(valid)}"
+            raise ConfigError(f"unknown key 'model.{key}' for model {entry.name!r}; {hint}")
+
+
+def build_model(name: str, info: InputInfo, params: Mapping[str, Any]) -> nn.Module:
+    """Construct model ``name`` for inputs ``info`` (params checked against its signature)."""
+    entry = resolve_model(name)
+    if entry.input_kind != info.kind:
+        raise ConfigError(f"model {name!r} consumes {entry.input_kind!r} inputs, got {info.kind!r}")
+    check_params(entry, params)
+    try:
+        return entry.factory(info, **dict(params))
+    except ImportError as exc:
+        raise ConfigError(f"model {name!r} is not available in this build: {exc}") from exc
+    except TypeError as exc:
+        raise ConfigError(f"model {name!r}: bad arguments {dict(params)}: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------------------------- predictors
+class Predictor:
+    """A trained meta-model plus everything needed to apply it to new weights (see module docstring)."""
+
+    def __init__(self, config: dict[str, Any], model: nn.Module, space: Any = None,
+                 path: Path | None = None) -> None:
+        self.config = config
+        self.model = model.eval()
+        self.space = space
+        self.path = path
+        self.kind: str = config["input"]["kind"]
+        self.target: str = config["target"]["name"]
+        self.mean = float(config["target"]["mean"])
+        self.std = float(config["target"]["std"])
+
+    @property
+    def device(self) -> torch.device:
+        p = next(self.model.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    def to(self, device: torch.device | str) -> "Predictor":
+        self.model.to(device)
+        return self
+
+    def accepts(self, space: Any) -> bool:
+        """Whether networks with this WeightSpace can be read by this predictor."""
+        acc = self.config["input"]["accepts"]
+        return acc["type"] == "any" or space.signature in acc["signatures"]
+
+    def inputs(self, space: Any, stacked: Mapping[str, torch.Tensor]) -> Any:
+        """Model input for ``N`` stacked state_dicts of architecture ``space``."""
+        if not self.accepts(space):
+            raise PredictionError(f"predictor {self.path or ''} reads architectures "
+                                  f"{self.config['input']['accepts'].get('signatures')}; got {space.signature} "
+                                  f"(trained on {self.config['training'].get('zoo_name')!r})")
+        dev = self.device
+        stacked = {k: v.to(dev) for k, v in stacked.items()}
+        if self.kind == "features":
+            from wsl.graph import WeightSpaceFeatures
+
+            return WeightSpaceFeatures.from_state_dicts(space, stacked)
+        if self.kind == "graph":
+            from wsl.graph import build
+
+            return build(space, stacked)
+        from wsl.tasks.baselines import statnn_features
+
+        return statnn_features(space, stacked, self.config["input"]["stats_layout"]).to(torch.float32)
+
+    @torch.no_grad()
+    def predict(self, space: Any, stacked: Mapping[str, torch.Tensor], batch_size: int = 256) -> np.ndarray:
+        """Predicted target (de-normalized) for ``N`` stacked state_dicts of one architecture."""
+        n = int(next(iter(stacked.values())).shape[0])
+        out = []
+        for lo in range(0, n, batch_size):
+            x = self.inputs(space, {k: v[lo:lo + batch_size] for k, v in stacked.items()})
+            out.append(self.model(x).reshape(-1).float().cpu())
+        y = torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
+        return self.mean + self.std * y
+
+    def predict_state_dicts(self, space: Any, state_dicts: list[Mapping[str, torch.Tensor]]) -> np.ndarray:
+        """Predictions for a list of state_dicts of architecture ``space``."""
+        return self.predict(space, space.stack(state_dicts))
+
+    def predict_zoo(self, zoo: Any) -> np.ndarray:
+        """Predictions for every row of a zoo view, in row order."""
+        archs = zoo.column("arch")
+        out = np.zeros(len(zoo))
+        for aid in dict.fromkeys(archs.tolist()):
+            pos = np.flatnonzero(archs == aid)
+            out[pos] = self.predict(zoo[int(pos[0])].space, zoo.stacked(pos))
+        return out
+
+    def __repr__(self) -> str:
+        return (f"Predictor(model={self.config['model']['name']!r}, target={self.target!r}, kind={self.kind!r}, "
+                f"accepts={self.config['input']['accepts']['type']})")
+
+
+def save_predictor(directory: str | Path, *, model: nn.Module, config: dict[str, Any], space: Any = None,
+                   readme: str = "") -> Path:
+    """Write a predictor directory (``config`` as described in the module docstring)."""
+    from wsl.io import atomic_open, atomic_save_safetensors
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = dict(config)
+    cfg["format"] = PREDICTOR_FORMAT
+    atomic_save_safetensors(dict(model.state_dict()), d / "model.safetensors",
+                            metadata={"format": PREDICTOR_FORMAT})
+    if space is not None:
+        with atomic_open(d / "space.json", "w", encoding="utf-8") as fh:
+            json.dump(space.to_json(), fh)
+    with atomic_open(d / "config.json", "w", encoding="utf-8") as fh:
+        json.dump(cfg, fh, indent=1, allow_nan=False)
+    with atomic_open(d / "README.md", "w", encoding="utf-8") as fh:
+        fh.write(readme)
+    return d
+
+
+def load_predictor(directory: str | Path, device: torch.device | str | None = None) -> Predictor:
+    """Load a predictor directory written by ``wsl train`` (``hf://`` URIs are resolved)."""
+    from wsl.cli.common import local_path
+    from wsl.io import load_safetensors
+
+    d = Path(local_path(str(directory), repo_type="model"))
+    cfg_path = d / "config.json"
+    if not cfg_path.is_file():
+        raise PredictionError(f"{d}: not a predictor directory (config.json missing)")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PredictionError(f"{cfg_path}: cannot read: {exc}") from exc
+    if not isinstance(cfg, dict) or cfg.get("format") != PREDICTOR_FORMAT:
+        raise PredictionError(f"{cfg_path}: field 'format' must be {PREDICTOR_FORMAT!r}")
+    for key in ("model", "input", "target"):
+        if not isinstance(cfg.get(key), dict):
+            raise PredictionError(f"{cfg_path}: field {key!r} missing or not an object")
+    std = cfg["target"].get("std")
+    if not isinstance(std, (int, float)) or not math.isfinite(std) or std <= 0:
+        raise PredictionError(f"{cfg_path}: field 'target.std' must be a positive number, got {std!r}")
+    space = None
+    if (d / "space.json").is_file():
+        from wsl.space import WeightSpace
+
+        space = WeightSpace.from_json(json.loads((d / "space.json").read_text(encoding="utf-8")))
+    inp = cfg["input"]
+    info = InputInfo(kind=inp["kind"], space=space, num_features=inp.get("num_features"),
+                     stats_layout=inp.get("stats_layout"), edge_dim=inp.get("edge_dim"))
+    try:
+        model = build_model(cfg["model"]["name"], info, cfg["model"].get("params", {}))
+    except ConfigError as exc:
+        raise PredictionError(f"{cfg_path}: cannot rebuild the model: {exc}") from exc
+    sd = load_safetensors(d / "model.safetensors")
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as exc:
+        raise PredictionError(f"{d / 'model.safetensors'}: does not match model {cfg['model']['name']!r}: {exc}") from exc
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return Predictor(cfg, model, space, d)
+
+
+def predictor_config(model_name: str, params: Mapping[str, Any], info: InputInfo, target: str, mean: float,
+                     std: float, training: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``config.json`` of a predictor directory (see module docstring)."""
+    from wsl import __version__
+
+    exact = info.kind == "features" or (info.kind == "stats" and info.stats_layout == "per_tensor")
+    if exact and info.space is None:
+        raise PredictionError(f"predictor for {model_name!r}: the training architecture is unknown")
+    accepts: dict[str, Any] = ({"type": "signatures", "signatures": [info.space.signature]} if exact
+                               else {"type": "any"})
+    return {"format": PREDICTOR_FORMAT, "wsl_version": __version__,
+            "model": {"name": model_name, "params": dict(params)},
+            "input": {"kind": info.kind, "accepts": accepts, "stats_layout": info.stats_layout,
+                      "num_features": info.num_features, "edge_dim": info.edge_dim},
+            "target": {"name": target, "mean": mean, "std": std},
+            "training": dict(training),
+            "metrics": {k: metrics.get(k) for k in ("val", "test", "best_epoch", "num_parameters")}}
+
+
+def predictor_readme(cfg: Mapping[str, Any]) -> str:
+    """A short model card (markdown) for a predictor directory."""
+
+    def fmt(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    m, tr, acc = cfg["metrics"], cfg["training"], cfg["input"]["accepts"]
+    archs = ", ".join(f"`{a}` ({v['signature']}, {v['num_parameters']:,} params)"
+                      for a, v in tr.get("architectures", {}).items())
+    if acc["type"] == "any":
+        reads = "any architecture `wsl` can trace (graph / bucketed-statistics input)"
+    else:
+        reads = "only networks whose WeightSpace signature is " + ", ".join(f"`{s}`" for s in acc["signatures"])
+    rows = "\n".join(f"| {s} | {fmt(m[s].get('tau'))} | {fmt(m[s].get('r2'))} | {fmt(m[s].get('mae'))} | "
+                     f"{m[s].get('n')} |" for s in ("val", "test") if isinstance(m.get(s), dict))
+    return f"""# wsl generalization predictor: {cfg['model']['name']}
+
+Predicts **{cfg['target']['name']}** of a trained network from its weights alone.
+
+- Meta-model: `{cfg['model']['name']}` ({cfg['input']['kind']} input), arguments `{json.dumps(cfg['model']['params'])}`,
+  {m.get('num_parameters') or 0:,} parameters.
+- Trained on zoo `{tr.get('zoo_name')}` ({tr.get('zoo')}), {tr.get('num_train')} training rows,
+  checkpoints: {tr.get('checkpoints')}; architectures: {archs}.
+- Intended inputs: {reads}. Networks far from the training zoo (other data sets, sizes,
+  training recipes) are out of distribution: treat predictions as rankings at best.
+- Target normalization: `y = {cfg['target']['mean']:.6g} + {cfg['target']['std']:.6g} * output`.
+
+| split | Kendall tau | R^2 | MAE | n |
+|---|---|---|---|---|
+{rows}
+
+Load with `wsl.train.registry.load_predictor(dir)`; `Predictor.predict(space, stacked)` or
+`Predictor.predict_zoo(zoo)`.
+"""
