@@ -1,7 +1,4 @@
-"""Readers of published zoo layouts (wsl.zoo.readers) and ``wsl zoo convert``.
-
-Every fixture is written here in the exact published layout, with random weights.
-"""
+"""wsl.zoo.readers and ``wsl zoo convert``: fixtures are written in the exact published layouts."""
 
 from __future__ import annotations
 
@@ -16,7 +13,9 @@ import pytest
 import torch
 from torch import nn
 
+from wsl.archs import describe, mlp, small_cnn
 from wsl.errors import WslError, ZooFormatError
+from wsl.io import save_state_dict
 from wsl.zoo import load_zoo
 from wsl.zoo.readers import convert, open_source, read_table
 
@@ -31,10 +30,8 @@ STEPS = (0, 1, 86)
 def _layout(in_ch: int) -> list[tuple[str, tuple[int, ...]]]:
     """TF variables in published order (names sort alphabetically: bias before kernel)."""
     out: list[tuple[str, tuple[int, ...]]] = []
-    prev = in_ch
     for k, name in enumerate(("conv2d", "conv2d_1", "conv2d_2")):
-        out += [(f"sequential/{name}/bias:0", (16,)), (f"sequential/{name}/kernel:0", (3, 3, prev, 16))]
-        prev = 16
+        out += [(f"sequential/{name}/bias:0", (16,)), (f"sequential/{name}/kernel:0", (3, 3, k and 16 or in_ch, 16))]
     return out + [("sequential/dense/bias:0", (10,)), ("sequential/dense/kernel:0", (16, 10))]
 
 
@@ -43,15 +40,12 @@ def write_small_cnn_zoo(root: Path, *, in_ch: int, dataset: str, n_models: int =
     """A Small CNN Zoo directory; returns the weights matrix."""
     root.mkdir(parents=True)
     rng = np.random.default_rng(seed)
-    layout = _layout(in_ch)
+    rows, pos = [["varname", "start_idx", "end_idx", "shape"]], 0
+    for name, shape in _layout(in_ch):
+        rows.append([name, pos, pos + int(np.prod(shape)), str(shape)])
+        pos += int(np.prod(shape))
     with open(root / "layout.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["varname", "start_idx", "end_idx", "shape"])
-        pos = 0
-        for name, shape in layout:
-            size = int(np.prod(shape))
-            w.writerow([name, pos, pos + size, str(shape)])
-            pos += size
+        csv.writer(fh).writerows(rows)
     weights = (rng.standard_normal((n_models * len(STEPS), pos)) * 0.4).astype(np.float32)
     np.save(root / "weights.npy", weights)
     header = ([""] if pandas_index else []) + CONFIG_COLS + [
@@ -66,13 +60,9 @@ def write_small_cnn_zoo(root: Path, *, in_ch: int, dataset: str, n_models: int =
             vals = [f"{run}/permanent_ckpt-{s}" if pandas_index else run, s, rng.uniform(), rng.uniform(),
                     rng.uniform(), "nan" if s == 0 else rng.uniform()]
             lines.append(([len(lines)] if pandas_index else []) + cfg + vals)
-    buf = [header, *lines]
-    if gz:
-        with gzip.open(root / "metrics.csv.gz", "wt", newline="") as fh:
-            csv.writer(fh).writerows(buf)
-    else:
-        with open(root / "metrics.csv", "w", newline="") as fh:
-            csv.writer(fh).writerows(buf)
+    opener = gzip.open if gz else open
+    with opener(root / ("metrics.csv.gz" if gz else "metrics.csv"), "wt", newline="") as fh:
+        csv.writer(fh).writerows([header, *lines])
     return weights
 
 
@@ -84,7 +74,6 @@ def tf_reference_logits(vec: np.ndarray, x_nhwc: np.ndarray, in_ch: int, act: st
         params[name] = vec[pos:pos + size].astype(np.float64).reshape(shape)
         pos += size
     x = x_nhwc.astype(np.float64)
-    f = np.maximum if act == "relu" else None
     for layer in ("conv2d", "conv2d_1", "conv2d_2"):
         k, b = params[f"sequential/{layer}/kernel:0"], params[f"sequential/{layer}/bias:0"]
         s, kh = 2, k.shape[0]
@@ -95,12 +84,9 @@ def tf_reference_logits(vec: np.ndarray, x_nhwc: np.ndarray, in_ch: int, act: st
             x = np.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))
         else:
             oh, ow = (h - kh) // s + 1, (w - kh) // s + 1
-        y = np.zeros((x.shape[0], oh, ow, k.shape[3]))
-        for di in range(kh):
-            for dj in range(kh):
-                y += x[:, di:di + s * (oh - 1) + 1:s, dj:dj + s * (ow - 1) + 1:s, :] @ k[di, dj]
-        y += b
-        x = f(y, 0.0) if f is not None else np.tanh(y)
+        y = b + sum(x[:, di:di + s * (oh - 1) + 1:s, dj:dj + s * (ow - 1) + 1:s, :] @ k[di, dj]
+                    for di in range(kh) for dj in range(kh))
+        x = np.maximum(y, 0.0) if act == "relu" else np.tanh(y)
     pooled = x.mean(axis=(1, 2))
     return pooled @ params["sequential/dense/kernel:0"] + params["sequential/dense/bias:0"]
 
@@ -121,11 +107,9 @@ def test_small_cnn_zoo_logits_match_tf(tmp_path: Path, in_ch: int, size: int, da
     for i in range(len(zoo)):
         row = zoo[i].metadata
         j = source_row[(row["model_id"], row["epoch"])]
-        act = row["hparams"]["activation"]
-        module = zoo[i].module()
         with torch.no_grad():
-            got = module(torch.from_numpy(x).permute(0, 3, 1, 2)).double().numpy()
-        want = tf_reference_logits(weights[j], x, in_ch, act, padding)
+            got = zoo[i].module()(torch.from_numpy(x).permute(0, 3, 1, 2)).double().numpy()
+        want = tf_reference_logits(weights[j], x, in_ch, row["hparams"]["activation"], padding)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
         assert row["step"] == row["epoch"] and row["seed"] == 42
         assert row["hparams"]["dataset"] == dataset and row["hparams"]["optimizer"] == "adam"
@@ -143,9 +127,7 @@ def test_tf_same_padding_is_not_pytorch_padding_1() -> None:
 
     assert _tf_same_pads(28, 3, 2) == (0, 1, 14) and _tf_same_pads(14, 3, 2) == (0, 1, 7)
     assert _tf_same_pads(7, 3, 2) == (1, 1, 4) and _tf_same_pads(32, 3, 2) == (0, 1, 16)
-    torch.manual_seed(0)
-    conv = nn.Conv2d(1, 4, 3, stride=2, padding=1)
-    x = torch.randn(1, 1, 28, 28)
+    conv, x = nn.Conv2d(1, 4, 3, stride=2, padding=1), torch.randn(1, 1, 28, 28)
     tf_like = nn.functional.conv2d(nn.functional.pad(x, (0, 1, 0, 1)), conv.weight, conv.bias, stride=2)
     assert tf_like.shape == conv(x).shape and not torch.allclose(tf_like, conv(x))
 
@@ -205,19 +187,15 @@ class PublishedCNN(nn.Module):
 
     def __init__(self, kind: str, channels_in: int, nlin: str, dropout: float) -> None:
         super().__init__()
-        convs = [(8, 5, True), (6, 5, True), (4, 2, False)] if kind == "CNN" else [(16, 3, True), (32, 3, True),
-                                                                                 (15, 3, True)]
-        always = kind == "CNN3"
-        mods: list[nn.Module] = []
-        prev = channels_in
+        convs = [(8, 5, 1), (6, 5, 1), (4, 2, 0)] if kind == "CNN" else [(16, 3, 1), (32, 3, 1), (15, 3, 1)]
+        always, prev, mods = kind == "CNN3", channels_in, []
         for i, (ch, k, pool) in enumerate(convs):
             mods.append(nn.Conv2d(prev, ch, k))
             mods += [nn.MaxPool2d(2, 2)] if pool else []
             mods.append(_NLIN[nlin]())
             mods += [nn.Dropout(dropout)] if (dropout > 0 and i < 2) or always else []
             prev = ch
-        flat = 36 if kind == "CNN" else 60
-        mods += [nn.Flatten(), nn.Linear(flat, 20), _NLIN[nlin]()]
+        mods += [nn.Flatten(), nn.Linear(36 if kind == "CNN" else 60, 20), _NLIN[nlin]()]
         mods += [nn.Dropout(dropout)] if dropout > 0 or always else []
         mods.append(nn.Linear(20, 10))
         self.module_list = nn.ModuleList(mods)
@@ -245,28 +223,20 @@ def write_schuerholt_zoo(root: Path, trials: list[tuple[str, int, str, float, st
         trial = root / f"NN_tune_trainable_a1b2c_{t:05d}_{t}_seed={t + 1}_2022-01-01_12-00-0{t}"
         trial.mkdir()
         (trial / "params.json").write_text(json.dumps(params))
-        lines = []
-        for it in range(4):
-            first = it == 0
-            lines.append(json.dumps({"train_loss": -999 if first else 2.0 / it, "train_acc": -999 if first else
-                                     0.2 * it, "test_loss": 2.3 - 0.1 * it, "test_acc": 0.1 + 0.2 * it,
-                                     "time_this_iter_s": 1.5, "done": it == 3, "training_iteration": it,
-                                     "trial_id": "a1b2c", "config": params}))
+        lines = [json.dumps({"train_loss": 2.0 / it if it else -999, "train_acc": 0.2 * it if it else -999,
+                             "test_loss": 2.3 - 0.1 * it, "test_acc": 0.1 + 0.2 * it, "time_this_iter_s": 1.5,
+                             "done": it == 3, "training_iteration": it, "trial_id": "a1b2c", "config": params})
+                 for it in range(4)]
         (trial / "result.json").write_text("\n".join(lines) + "\n")
         torch.manual_seed(t)
         model = PublishedCNN(kind, ch, nlin, p)
-        sds = []
+        out[trial.name] = []
         for it in (0, 1, 3):
-            with torch.no_grad():
-                for prm in model.parameters():
-                    prm.add_(0.05 * torch.randn_like(prm))
-            d = trial / fmt.format(it)
-            d.mkdir()
-            sd = {k: v.clone() for k, v in model.state_dict().items()}
-            torch.save(sd, d / "checkpoints")
-            torch.save({"state": {}}, d / "optimizer")
-            sds.append(sd)
-        out[trial.name] = sds
+            sd = {k: v + 0.05 * torch.randn_like(v) for k, v in model.state_dict().items()}
+            (trial / fmt.format(it)).mkdir()
+            torch.save(sd, trial / fmt.format(it) / "checkpoints")
+            torch.save({"state": {}}, trial / fmt.format(it) / "optimizer")
+            out[trial.name].append(sd)
     return out
 
 
@@ -320,18 +290,9 @@ def test_schuerholt_errors(tmp_path: Path, breakage: Any, match: str) -> None:
         convert("schuerholt", tmp_path / "src", tmp_path / "out", progress=False)
 
 
-def test_schuerholt_no_trials(tmp_path: Path) -> None:
-    (tmp_path / "empty" / "sub").mkdir(parents=True)
-    with pytest.raises(ZooFormatError, match="no Ray Tune trial directories"):
-        open_source("schuerholt", tmp_path / "empty")
-
-
 # --------------------------------------------------------------------------- plain checkpoint directory
 def write_checkpoint_dir(root: Path, n: int = 5, metrics: bool = True) -> dict[str, nn.Module]:
     """Checkpoints of mlp([4, 8, 3]) (.safetensors and .pt) plus metrics.csv keyed by stem."""
-    from wsl.archs import mlp
-    from wsl.io import save_state_dict
-
     root.mkdir(parents=True)
     models = {}
     for i in range(n):
@@ -341,12 +302,11 @@ def write_checkpoint_dir(root: Path, n: int = 5, metrics: bool = True) -> dict[s
         save_state_dict(m.state_dict(), root / (stem + (".safetensors" if i % 2 == 0 else ".pt")))
         models[stem] = m
     if metrics:
+        rows = [[stem if i != 1 else stem + ".pt", f"run{i // 2}", i % 2, i // 2, 0.5 + 0.1 * i,
+                 "" if i == 0 else 1.0 / (i + 1), 0.01, "adam", 8] for i, stem in enumerate(models)]
         with open(root / "metrics.csv", "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["file", "model_id", "epoch", "seed", "test_acc", "train_loss", "lr", "optimizer", "hp.width"])
-            for i, stem in enumerate(models):
-                w.writerow([stem if i != 1 else stem + ".pt", f"run{i // 2}", i % 2, i // 2, 0.5 + 0.1 * i,
-                            "" if i == 0 else 1.0 / (i + 1), 0.01, "adam", 8])
+            csv.writer(fh).writerows([["file", "model_id", "epoch", "seed", "test_acc", "train_loss", "lr",
+                                       "optimizer", "hp.width"], *rows])
     return models
 
 
@@ -371,18 +331,13 @@ def test_checkpoint_dir_with_arch_option(tmp_path: Path) -> None:
 
 
 def test_checkpoint_dir_per_row_arch_and_embedded_metadata(tmp_path: Path) -> None:
-    from wsl.archs import describe, small_cnn
-    from wsl.io import save_state_dict
-
     src = tmp_path / "ckpts"
     write_checkpoint_dir(src, n=2, metrics=False)
     cnn = small_cnn(in_channels=1, channels=(4, 4))
     (src / "cnn.json").write_text(json.dumps(describe(cnn)))
     save_state_dict(cnn.state_dict(), src / "cnn_a.pt")
-    mlp_meta = describe(__import__("wsl.archs", fromlist=["mlp"]).mlp([4, 8, 3]))
-    torch.manual_seed(9)
-    save_state_dict(__import__("wsl.archs", fromlist=["mlp"]).mlp([4, 8, 3]).state_dict(), src / "meta.safetensors",
-                    {"wsl_arch": json.dumps(mlp_meta)})
+    meta = {"wsl_arch": json.dumps(describe(mlp([4, 8, 3])))}
+    save_state_dict(mlp([4, 8, 3]).state_dict(), src / "meta.safetensors", meta)
     with open(src / "metrics.csv", "w", newline="") as fh:
         csv.writer(fh).writerows([["id", "arch", "test_accuracy"], ["run0_ep0", "mlp(sizes=[4, 8, 3])", 0.5],
                                   ["run0_ep1", "mlp(sizes=[4, 8, 3])", 0.6], ["cnn_a", "cnn.json", 0.7]])
@@ -422,6 +377,9 @@ def test_registry_and_option_errors(tmp_path: Path) -> None:
         open_source("small-cnn-zoo", tmp_path, arch="mlp")
     with pytest.raises(ZooFormatError, match="no such directory"):
         open_source("schuerholt", tmp_path / "nope")
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(ZooFormatError, match="no Ray Tune trial directories"):
+        open_source("schuerholt", tmp_path / "empty")
     (tmp_path / "bad.csv").write_text("a,b\n1,2,3\n")
     with pytest.raises(ZooFormatError, match=r"bad.csv row 1: 3 fields, header has 2"):
         read_table(tmp_path / "bad.csv")
