@@ -33,6 +33,21 @@ from wsl.errors import ArchitectureError
 REQUIRED = object()
 """Marker for fields without a default."""
 
+class Sine(nn.Module):
+    """``sin(w0 * x)``, the SIREN activation (elementwise; traced through by ``wsl.space``)."""
+
+    def __init__(self, w0: float = 30.0) -> None:
+        super().__init__()
+        self.w0 = float(w0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply ``sin(w0 * x)``."""
+        return torch.sin(self.w0 * x)
+
+    def extra_repr(self) -> str:
+        return f"w0={self.w0}"
+
+
 Field = tuple[str, str, Any, bool]  # (name, kind, default, always written in canonical form)
 _CONV: list[Field] = [
     ("out_channels", "pos_int", REQUIRED, True), ("kernel_size", "size", REQUIRED, True),
@@ -56,6 +71,7 @@ SCHEMA: dict[str, list[Field]] = {
     "relu": [], "tanh": [], "sigmoid": [], "silu": [], "identity": [],
     "gelu": [("approximate", "gelu_approx", "none", False)],
     "leaky_relu": [("negative_slope", "float", 0.01, False)],
+    "sine": [("w0", "pos_float", 30.0, True)],
     "dropout": [("p", "prob", 0.5, True)],
     "maxpool2d": _POOL, "avgpool2d": _POOL, "global_avg_pool": [], "flatten": [],
     "residual": [("body", "layers", REQUIRED, True), ("shortcut", "layers_or_null", None, True)],
@@ -70,6 +86,7 @@ _ACTS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
     "silu": lambda s: nn.SiLU(), "identity": lambda s: nn.Identity(),
     "gelu": lambda s: nn.GELU(approximate=s.get("approximate", "none")),
     "leaky_relu": lambda s: nn.LeakyReLU(s.get("negative_slope", 0.01)),
+    "sine": lambda s: Sine(s.get("w0", 30.0)),
 }
 Shape = tuple[int, ...]
 
