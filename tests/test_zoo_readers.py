@@ -144,8 +144,7 @@ def test_small_cnn_zoo_limit_nonfinite_and_resume(tmp_path: Path) -> None:
     assert again.rows_written == 0 and again.rows_already_present == 5
     with pytest.raises(ZooFormatError, match="different zoo"):
         convert("small-cnn-zoo", src, tmp_path / "a", limit=3, progress=False)
-    kept = convert("small-cnn-zoo", src, tmp_path / "b", limit=2, keep_nonfinite=True, progress=False)
-    assert kept.rows_written == 6
+    assert convert("small-cnn-zoo", src, tmp_path / "b", limit=2, keep_nonfinite=True, progress=False).rows_written == 6
 
 
 def _rewrite(path: Path, edit: Any) -> None:
@@ -288,6 +287,7 @@ def test_schuerholt_errors(tmp_path: Path, breakage: Any, match: str) -> None:
     breakage(trial)
     with pytest.raises(ZooFormatError, match=match):
         convert("schuerholt", tmp_path / "src", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()  # a conversion failing before its first row leaves nothing
 
 
 # --------------------------------------------------------------------------- plain checkpoint directory
@@ -367,6 +367,7 @@ def test_checkpoint_dir_errors(tmp_path: Path, breakage: Any, match: str, kwargs
     breakage(tmp_path / "src")
     with pytest.raises(ZooFormatError, match=match):
         convert("checkpoint-dir", tmp_path / "src", tmp_path / "out", progress=False, **kwargs)
+    assert not (tmp_path / "out").exists()
 
 
 # --------------------------------------------------------------------------- registry, tables, CLI

@@ -23,9 +23,9 @@ import gzip
 import importlib
 import inspect
 import io
-import json
 import math
 import re
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -93,6 +93,8 @@ class Source:
     chunks: list[Chunk]
     num_models: int
     notes: list[str] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+    """Rows a loader dropped while reading (reason -> count), reported by :func:`convert`."""
 
     @property
     def num_rows(self) -> int:
@@ -311,31 +313,44 @@ def convert(fmt: str, src: str | Path, dst: str | Path, *, name: str | None = No
     source = open_source(fmt, src, limit=limit, **options)
     dst_path = Path(dst).expanduser()
     origin = _card_source(source, options, limit)
+    created = not (dst_path / "zoo.json").exists()
     writer = _open_writer(dst_path, source, name, origin, shard_max_bytes)
     written = present = 0
     arch_ids: list[str] = []
     models: set[str] = set()
     try:
-        done = set(writer.completed_chunks())
+        done: dict[str, int] = {}  # token -> rows it committed
+        for shard in writer.card["shards"]:
+            if shard["chunk"] is not None:
+                done[shard["chunk"]] = done.get(shard["chunk"], 0) + int(shard["num_rows"])
         with tqdm(total=source.num_rows, unit="ckpt", desc=f"convert {source.format}",
                   disable=not progress, dynamic_ncols=True) as bar:
             for chunk in source.chunks:
                 if chunk.token in done:
-                    present += chunk.num_rows
+                    present += done[chunk.token]
                     bar.update(chunk.num_rows)
                     continue
                 batch = chunk.load()
+                if not batch.rows:
+                    bar.update(chunk.num_rows)
+                    continue
                 arch_id = writer.add_architecture(batch.arch)
                 if arch_id not in arch_ids:
                     arch_ids.append(arch_id)
                 writer.append(arch_id, batch.stacked, batch.rows, chunk=chunk.token)
                 models.update(str(r["model_id"]) for r in batch.rows)
                 written += len(batch.rows)
-                bar.update(len(batch.rows))
-    finally:
+                bar.update(chunk.num_rows)
+    except BaseException:
+        empty = writer.num_rows == 0
         writer.close()
+        if created and empty:  # leave no empty zoo behind a conversion that failed before its first row
+            shutil.rmtree(dst_path, ignore_errors=True)
+        raise
+    writer.close()
+    notes = list(source.notes) + [f"skipped {n:,} checkpoint(s): {why}" for why, n in source.skipped.items() if n]
     return ConvertReport(dst_path, written, present, len(models) or source.num_models, arch_ids,
-                         time.perf_counter() - start, list(source.notes))
+                         time.perf_counter() - start, notes)
 
 
 # --------------------------------------------------------------------------- CLI

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +136,8 @@ class _Archs:
                                f"{path} (wsl_arch metadata)")
         cfg = load_checkpoint_dir_config(path)
         if cfg is not None:
-            return self._entry("config.json", lambda: resolve_arch(cfg, allow_code=False), str(self.src / "config.json"))
+            where_cfg = str(self.src / "config.json")
+            return self._entry("config.json", lambda: resolve_arch(cfg, allow_code=False), where_cfg)
         raise ZooFormatError(f"{path}: no architecture: pass --arch REF, add an 'arch' column to metrics.csv, "
                              "or save the file with 'wsl_arch' safetensors metadata")
 
@@ -211,7 +213,7 @@ def open_source(src: Path, *, limit: int | None = None, arch: Any = None, device
 
 def _loader(src: Path, files: dict[str, Path], stems: list[str],
             arch: tuple[dict[str, Any], dict[str, tuple[int, ...]]], table: Table | None, rows: dict[str, int],
-            numeric: set[str], device: str) -> Any:
+            numeric: set[str], device: str) -> Callable[[], Batch]:
     """A closure loading ``stems`` into a Batch."""
 
     def load() -> Batch:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -259,7 +260,8 @@ def _metrics(result: dict[str, Any] | None, where: str) -> dict[str, Any]:
 
 
 def _loader(trial: Path, params: dict[str, Any], ckpts: list[tuple[int, Path]], results: dict[int, dict[str, Any]],
-            src: Path, input_size: int | None, device: str, cache: dict[Any, tuple[dict[str, Any], str]]) -> Any:
+            src: Path, input_size: int | None, device: str,
+            cache: dict[Any, tuple[dict[str, Any], str]]) -> Callable[[], Batch]:
     """A closure loading one trial's checkpoints into a Batch."""
 
     def load() -> Batch:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -242,13 +243,6 @@ def open_source(src: Path, *, limit: int | None = None, padding: str = "valid",
     keep = select_models(ids, limit)
     indices = [i for i, m in enumerate(ids) if keep is None or m in keep]
 
-    notes: list[str] = []
-    if not keep_nonfinite and indices:
-        bad = _nonfinite_rows(weights, indices)
-        if bad:
-            indices = [i for i in indices if i not in bad]
-            notes.append(f"skipped {len(bad):,} checkpoint(s) with NaN/inf weights "
-                         "(pass --keep-nonfinite to keep them)")
     archs: dict[tuple[str, int, int, str], tuple[dict[str, Any], list[str]]] = {}
     groups: dict[tuple[int, tuple[str, int, int, str]], list[int]] = {}
     dataset_names: set[str] = set()
@@ -274,8 +268,10 @@ def open_source(src: Path, *, limit: int | None = None, padding: str = "valid",
             archs[key] = architecture(layers, act, in_ch, size, stride, padding)
         groups.setdefault((i // CHUNK_ROWS, key), []).append(i)
 
-    chunks = [Chunk(f"{FORMAT}:rows{c * CHUNK_ROWS}-{(c + 1) * CHUNK_ROWS}:{'-'.join(map(str, key))}",
-                    len(rows), _loader(weights, table, layers, archs[key], rows, extra_cols, config_cols))
+    skipped: dict[str, int] = {}
+    chunks = [Chunk(f"{FORMAT}:rows{c * CHUNK_ROWS}-{(c + 1) * CHUNK_ROWS}:{'-'.join(map(str, key))}", len(rows),
+                    _loader(weights, table, layers, archs[key], rows, (extra_cols, config_cols),
+                            None if keep_nonfinite else skipped))
               for (c, key), rows in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[1][0]))]
     sizes = sorted({key[1] for key in archs})
     dataset = {"name": "/".join(sorted(n for n in dataset_names if n)) or None,
@@ -288,34 +284,34 @@ def open_source(src: Path, *, limit: int | None = None, padding: str = "valid",
     models = {ids[i] for i in indices}
     return Source(FORMAT, src, f"small-cnn-zoo-{dataset['name'] or src.name}".replace("/", "-"), dataset,
                   recipe, "Converted from the Small CNN Zoo (weights.npy/layout.csv/metrics.csv).",
-                  chunks, len(models), notes)
+                  chunks, len(models), [], skipped)
 
 
-def _nonfinite_rows(weights: np.ndarray, indices: list[int]) -> set[int]:
-    """Row indices (among ``indices``) whose weights contain NaN or inf; reads in blocks."""
-    bad: set[int] = set()
-    idx = np.asarray(indices)
-    for s in range(0, len(idx), CHUNK_ROWS):
-        part = idx[s:s + CHUNK_ROWS]
-        block = np.asarray(weights[part[0]:part[-1] + 1])[part - part[0]]
-        bad.update(part[~np.isfinite(block).all(axis=1)].tolist())
-    return bad
+NONFINITE = "NaN/inf weights (pass --keep-nonfinite to keep them)"
 
 
 def _loader(weights: np.ndarray, table: Table, layers: list[tuple[str, _Var, _Var]],
-            arch: tuple[dict[str, Any], list[str]], rows: list[int], extra_cols: list[str],
-            config_cols: list[str]) -> Any:
-    """A closure that reads ``rows`` of weights.npy and converts them to a Batch."""
+            arch: tuple[dict[str, Any], list[str]], rows: list[int], columns: tuple[list[str], list[str]],
+            skipped: dict[str, int] | None) -> Callable[[], Batch]:
+    """A closure that reads ``rows`` of weights.npy and converts them to a Batch.
+
+    With ``skipped`` given, rows with NaN/inf weights are dropped and counted there.
+    """
 
     def load() -> Batch:
         desc, index = arch
         idx = np.asarray(rows)
         block = np.asarray(weights[idx[0]:idx[-1] + 1])[idx - idx[0]]
+        if skipped is not None:
+            finite = np.isfinite(block).all(axis=1)
+            if not finite.all():
+                skipped[NONFINITE] = skipped.get(NONFINITE, 0) + int((~finite).sum())
+                block, idx = block[finite], idx[finite]
         stacked: dict[str, torch.Tensor] = {}
         for (kind, kernel, bias), pos in zip(layers, index):
             stacked[f"{pos}.weight"] = _to_torch(block[:, kernel.start:kernel.end], kind, "kernel", kernel.shape)
             stacked[f"{pos}.bias"] = _to_torch(block[:, bias.start:bias.end], kind, "bias", bias.shape)
-        meta = [_row(table, i, extra_cols, config_cols) for i in rows]
+        meta = [_row(table, int(i), *columns) for i in idx]
         return Batch(desc, stacked, meta)
 
     return load
