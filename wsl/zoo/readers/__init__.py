@@ -19,6 +19,7 @@ re-running the same command skips chunks the output zoo already holds.
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import importlib
 import inspect
@@ -200,6 +201,7 @@ _INT = re.compile(r"^[+-]?\d+$")
 _NULLS = {"", "nan", "none", "null", "na", "n/a"}
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def parse_scalar(text: str) -> None | bool | int | float | str:
     """``"3"`` -> 3, ``"0.5"`` -> 0.5, ``"True"`` -> True, ``""``/``"nan"`` -> None, else the string."""
     s = text.strip()
