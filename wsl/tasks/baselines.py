@@ -23,10 +23,13 @@ Two feature layouts (:func:`statnn_features`):
 
 Regressors (:func:`fit_baseline`): ``statnn_gbt`` -- scikit-learn's
 ``HistGradientBoostingRegressor`` (histogram gradient boosting: 300 trees,
-learning rate 0.05, 31 leaves, no early stopping) on StatNN features;
+learning rate 0.05, 31 leaves, at least ``min(20, n_train // 20)`` (>= 2)
+rows per leaf, no early stopping) on StatNN features;
 ``statnn_linear`` -- ``RidgeCV`` (alphas 1e-3..1e3, internal CV on train) on
 standardized StatNN features; ``hparams_gbt`` -- the same gradient boosting
-on the training hyperparameters only (:class:`HParamEncoder`). All are fitted
+on the training hyperparameters only (:class:`HParamEncoder`). Fitting runs
+single-threaded (``threadpoolctl``): OpenMP thread pools of scikit-learn's
+boosting are many times slower on busy small machines. All are fitted
 on the train split and reported on val and test; nothing is tuned on val.
 """
 
@@ -181,7 +184,7 @@ class HParamEncoder:
         return self.numeric + [f"{k}={c}" for k, cats in self.categorical.items() for c in cats]
 
 
-def _regressor(kind: str, seed: int) -> Any:
+def _regressor(kind: str, seed: int, n_train: int) -> Any:
     from sklearn.ensemble import HistGradientBoostingRegressor
     from sklearn.linear_model import RidgeCV
     from sklearn.pipeline import make_pipeline
@@ -189,6 +192,7 @@ def _regressor(kind: str, seed: int) -> Any:
 
     if kind == "gbt":
         return HistGradientBoostingRegressor(max_iter=300, learning_rate=0.05, max_leaf_nodes=31,
+                                             min_samples_leaf=max(2, min(20, n_train // 20)),
                                              early_stopping=False, random_state=seed)
     return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13)))
 
@@ -204,7 +208,6 @@ def fit_baseline(name: str, zoo: Any, seed: int = 0, *, target: str = "test_accu
     ``{split: (pred, true)}`` arrays if ``return_predictions``).
     """
     from wsl.tasks.generalization import select_rows, target_values
-    from wsl.train.metrics import regression_metrics
 
     if name not in BASELINES:
         raise ConfigError(f"fit_baseline: unknown baseline {name!r}; valid: {', '.join(BASELINES)}")
@@ -223,9 +226,21 @@ def fit_baseline(name: str, zoo: Any, seed: int = 0, *, target: str = "test_accu
         enc = HParamEncoder().fit([r["hparams"] for r in views[splits[0]].rows])
         feats = {s: enc.transform([r["hparams"] for r in v.rows]) for s, v in views.items()}
     ys = {s: target_values(v, target) for s, v in views.items()}
-    reg = _regressor("linear" if name == "statnn_linear" else "gbt", seed)
+    reg = _regressor("linear" if name == "statnn_linear" else "gbt", seed, len(ys[splits[0]]))
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        out = _fit_eval(reg, name, feats, ys, splits, lay, t0, return_predictions)
+    out["target"] = target
+    return out
+
+
+def _fit_eval(reg: Any, name: str, feats: dict[str, np.ndarray], ys: dict[str, np.ndarray],
+              splits: tuple[str, str, str], lay: str, t0: float, return_predictions: bool) -> dict[str, Any]:
+    from wsl.train.metrics import regression_metrics
+
     reg.fit(np.nan_to_num(feats[splits[0]], nan=0.0) if name == "statnn_linear" else feats[splits[0]], ys[splits[0]])
-    out: dict[str, Any] = {"name": name, "target": target, "layout": lay, "n_train": int(len(ys[splits[0]])),
+    out: dict[str, Any] = {"name": name, "layout": lay, "n_train": int(len(ys[splits[0]])),
                            "num_features": int(feats[splits[0]].shape[1]),
                            "regressor": "RidgeCV+StandardScaler" if name == "statnn_linear"
                            else "HistGradientBoostingRegressor"}

@@ -101,9 +101,8 @@ def _graph(cls_name: str) -> tuple[Callable[..., nn.Module], Callable[[], Any]]:
 
     def factory(info: InputInfo, **params: Any) -> nn.Module:
         cls = target()
-        names = inspect.signature(cls).parameters
-        if info.edge_dim is not None and "edge_dim" in names and "edge_dim" not in params:
-            params["edge_dim"] = max(int(info.edge_dim), 9)
+        if info.edge_dim is not None and "max_edge_width" not in params and int(info.edge_dim) > 64:
+            params["max_edge_width"] = int(info.edge_dim)  # the models' default is 64
         return cls(**params)  # type: ignore[no-any-return]
 
     return factory, target
@@ -139,7 +138,13 @@ def resolve_model(name: str) -> ModelEntry:
             if spec is None or spec.loader is None:
                 raise ConfigError(f"model.name {name!r}: cannot import {path}")
             module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
+            import sys
+
+            sys.path.insert(0, str(path.resolve().parent))  # sibling imports of the file
+            try:
+                spec.loader.exec_module(module)
+            finally:
+                sys.path.remove(str(path.resolve().parent))
         else:
             module = importlib.import_module(mod_name)
     except ImportError as exc:
@@ -162,11 +167,17 @@ def check_params(entry: ModelEntry, params: Mapping[str, Any]) -> None:
         sig = inspect.signature(entry.target())
     except (TypeError, ValueError):
         return
-    ps = sig.parameters
+    ps = dict(sig.parameters)
+    target = entry.target()
+    for base in (target.__mro__[1:] if isinstance(target, type) else ()):  # **kwargs forwarded to base classes
+        if not any(p.kind is p.VAR_KEYWORD for p in ps.values()) or base in (nn.Module, object):
+            break
+        ps = {k: v for k, v in ps.items() if v.kind is not v.VAR_KEYWORD}
+        ps.update({k: v for k, v in inspect.signature(base.__init__).parameters.items() if k not in ps})
     if any(p.kind is p.VAR_KEYWORD for p in ps.values()):
         return
     valid = [n for n, p in ps.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-             and n not in ("self", "space", "spaces", "info")]
+             and n not in ("self", "space", "spaces", "info", "layers")]
     for key in params:
         if key not in valid:
             import difflib
