@@ -44,7 +44,8 @@ import torch
 
 from wsl.errors import ConfigError, WslError
 
-__all__ = ["BASELINES", "HParamEncoder", "fit_baseline", "statnn_features", "statnn_matrix", "tensor_stats"]
+__all__ = ["BASELINES", "HParamEncoder", "fit_baseline", "signatures", "statnn_features", "statnn_matrix",
+           "tensor_stats"]
 
 BASELINES = ("statnn_gbt", "statnn_linear", "hparams_gbt")
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -106,12 +107,23 @@ def statnn_features(space: Any, stacked: Mapping[str, torch.Tensor], layout: str
     return torch.cat(blocks, dim=1)
 
 
-def statnn_matrix(zoo: Any, layout: str = "auto", chunk: int = 512) -> np.ndarray:
-    """StatNN features of every row of a zoo view, ``(len(zoo), F)`` float64, in row order."""
+def signatures(zoo: Any) -> dict[str, str]:
+    """``{arch_id: WeightSpace signature}`` of the architectures used by the rows of a zoo view."""
     archs = zoo.column("arch")
+    return {str(a): zoo[int(np.flatnonzero(archs == a)[0])].space.signature for a in dict.fromkeys(archs.tolist())}
+
+
+def statnn_matrix(zoo: Any, layout: str = "auto", chunk: int = 512) -> np.ndarray:
+    """StatNN features of every row of a zoo view, ``(len(zoo), F)`` float64, in row order.
+
+    ``auto`` picks ``per_tensor`` when every row has the same weight space
+    (signature), else ``buckets``.
+    """
+    archs = zoo.column("arch")
+    sigs = set(signatures(zoo).values())
     if layout == "auto":
-        layout = "per_tensor" if len(set(archs.tolist())) <= 1 else "buckets"
-    if layout == "per_tensor" and len(set(archs.tolist())) > 1:
+        layout = "per_tensor" if len(sigs) <= 1 else "buckets"
+    if layout == "per_tensor" and len(sigs) > 1:
         raise ConfigError(f"{zoo.root}: StatNN layout 'per_tensor' needs one architecture, the selection has "
                           f"{sorted(set(archs.tolist()))}; use layout 'buckets'")
     out: np.ndarray | None = None
@@ -218,8 +230,8 @@ def fit_baseline(name: str, zoo: Any, seed: int = 0, *, target: str = "test_accu
     t0 = time.perf_counter()
     views = {s: select_rows(zoo, s, checkpoints, target) for s in splits}
     if name.startswith("statnn"):
-        all_archs = {a for v in views.values() for a in v.column("arch").tolist()}
-        lay = layout if layout != "auto" else ("per_tensor" if len(all_archs) == 1 else "buckets")
+        sigs = {sg for v in views.values() if len(v) for sg in signatures(v).values()}
+        lay = layout if layout != "auto" else ("per_tensor" if len(sigs) == 1 else "buckets")
         feats = {s: statnn_matrix(v, lay) for s, v in views.items()}
     else:
         lay = "hparams"

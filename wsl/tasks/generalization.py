@@ -72,9 +72,9 @@ def select_rows(zoo: Any, split: str, checkpoints: str = "last", target: str = "
 
 @dataclass
 class ArchGroup:
-    """The rows of one architecture inside a split."""
+    """The rows of one weight space (architecture signature) inside a split."""
 
-    arch_id: str
+    arch_id: str  #: the zoo arch id(s) of these rows, comma-separated
     space: Any
     pos: torch.Tensor  #: positions of these rows within the split (long, CPU)
     stacked: dict[str, torch.Tensor]  #: their tensors, on the data device
@@ -257,14 +257,18 @@ def prepare_split(zoo: Any, name: str, split: str, kind: str, *, target: str = "
                         + (f" for arch {arch!r}" if arch else ""))
     y = torch.tensor(target_values(view, target), dtype=torch.float32, device=device)
     archs = view.column("arch")
-    order = list(dict.fromkeys(archs.tolist()))
+    first = {a: int(np.flatnonzero(archs == a)[0]) for a in dict.fromkeys(archs.tolist())}
+    spaces = {a: view[i].space for a, i in first.items()}
+    sig = np.array([spaces[a].signature for a in archs.tolist()], dtype=object)
+    order = list(dict.fromkeys(sig.tolist()))
     if kind == "features" and len(order) > 1:
-        raise TaskError(f"{zoo.root}: split {split!r} mixes architectures {order}; dense (features) models need "
-                        "one architecture -- set data.arch, or use a graph model")
+        raise TaskError(f"{zoo.root}: split {split!r} mixes architectures {sorted(first)} with different weight "
+                        "spaces; dense (features) models need one architecture -- set data.arch, or use a graph model")
     groups = []
-    for aid in order:
-        pos = np.flatnonzero(archs == aid)
-        space = view[int(pos[0])].space
+    for s in order:  # rows are grouped by weight-space signature (e.g. relu/tanh variants stack together)
+        pos = np.flatnonzero(sig == s)
+        ids = list(dict.fromkeys(archs[pos].tolist()))
+        space = spaces[ids[0]]
         stacked = view.stacked(pos, device=device)
         cache: Any = None
         if kind == "features":
@@ -275,7 +279,7 @@ def prepare_split(zoo: Any, name: str, split: str, kind: str, *, target: str = "
             from wsl.graph import build
 
             cache = GraphCache(build(space, stacked), len(pos))
-        groups.append(ArchGroup(str(aid), space, torch.from_numpy(pos), stacked, cache))
+        groups.append(ArchGroup(",".join(map(str, ids)), space, torch.from_numpy(pos), stacked, cache))
     stats = None
     if kind == "stats":
         from wsl.tasks.baselines import statnn_features
@@ -285,5 +289,6 @@ def prepare_split(zoo: Any, name: str, split: str, kind: str, *, target: str = "
         stats = torch.empty(len(view), parts[0].shape[1], device=parts[0].device)
         for g, p in zip(groups, parts):
             stats[g.pos.to(p.device)] = p
-    info = {"num_rows": len(view), "num_models": len(view.model_ids()), "archs": [str(a) for a in order]}
+    info = {"num_rows": len(view), "num_models": len(view.model_ids()), "archs": [str(a) for a in first],
+            "signatures": order}
     return SplitData(name, kind, y, view.row_ids, groups, stats, stats_layout, info)

@@ -91,9 +91,11 @@ class Trainer:
         names = {"train": dc.train_split, "val": dc.val_split, "test": dc.test_split}
         layout = dc.stats_layout
         if kind == "stats" and layout == "auto":
-            archs = {a for s in names.values()
-                     for a in select_rows(self.zoo, s, dc.checkpoints, dc.target, dc.arch).column("arch").tolist()}
-            layout = "per_tensor" if len(archs) == 1 else "buckets"
+            from wsl.tasks.baselines import signatures
+
+            views = [select_rows(self.zoo, s, dc.checkpoints, dc.target, dc.arch) for s in names.values()]
+            sigs = {sg for v in views if len(v) for sg in signatures(v).values()}
+            layout = "per_tensor" if len(sigs) == 1 else "buckets"
         self.stats_layout = layout
         t0 = time.perf_counter()
         self.data = {role: prepare_split(self.zoo, role, s, kind, target=dc.target, checkpoints=dc.checkpoints,

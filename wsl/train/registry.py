@@ -164,11 +164,13 @@ def check_params(entry: ModelEntry, params: Mapping[str, Any]) -> None:
     if entry.target is None:
         return
     try:
-        sig = inspect.signature(entry.target())
+        target = entry.target()
+    except ImportError as exc:
+        raise ConfigError(f"model {entry.name!r} is not available in this build: {exc}") from exc
+    try:
+        ps = dict(inspect.signature(target).parameters)
     except (TypeError, ValueError):
         return
-    ps = dict(sig.parameters)
-    target = entry.target()
     for base in (target.__mro__[1:] if isinstance(target, type) else ()):  # **kwargs forwarded to base classes
         if not any(p.kind is p.VAR_KEYWORD for p in ps.values()) or base in (nn.Module, object):
             break

@@ -1,0 +1,208 @@
+"""Tests for wsl.train: config parsing/overrides, metrics, registry, the training loop, resume, predictor."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from test_tasks import make_tiny_zoo
+from wsl.errors import ConfigError, WslError
+
+HERE = Path(__file__).resolve()
+REPO = HERE.parents[1]
+
+
+# ------------------------------------------------------------------ stand-in models (test-only)
+class StatsMLP(nn.Module):
+    """MLP on StatNN features."""
+
+    def __init__(self, num_features: int, hidden: int = 16, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(num_features), nn.Linear(num_features, hidden), nn.Tanh(),
+                                 nn.Dropout(dropout), nn.Linear(hidden, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def stats_mlp(info: Any, hidden: int = 16, dropout: float = 0.0) -> nn.Module:
+    return StatsMLP(info.num_features, hidden, dropout)
+
+
+stats_mlp.input_kind = "stats"  # type: ignore[attr-defined]
+
+
+class BlockMoments(nn.Module):
+    """Invariant stand-in on WeightSpaceFeatures: mean and RMS of every block -> MLP."""
+
+    def __init__(self, num_blocks: int, hidden: int = 16) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2 * num_blocks, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+
+    def forward(self, feats: Any) -> torch.Tensor:
+        cols = []
+        for t in feats.blocks.values():
+            flat = t.reshape(t.shape[0], -1)
+            cols += [flat.mean(1), flat.pow(2).mean(1).sqrt()]
+        return self.net(torch.stack(cols, 1))
+
+
+def block_moments(info: Any, hidden: int = 16) -> nn.Module:
+    from wsl.graph.features import feature_blocks
+
+    return BlockMoments(len(feature_blocks(info.space)), hidden)
+
+
+block_moments.input_kind = "features"  # type: ignore[attr-defined]
+
+
+class GraphMoments(nn.Module):
+    """Invariant stand-in on parameter graphs: per-graph mean/RMS of edge and node features -> MLP."""
+
+    def __init__(self, hidden: int = 16) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        from torch_geometric.utils import scatter
+
+        g = int(batch.num_graphs)
+        e_graph = batch.batch[batch.edge_index[0]]
+        e = (batch.edge_attr * batch.edge_mask).sum(1, keepdim=True)
+        x = (batch.x * batch.x_mask).sum(1, keepdim=True)
+        cols = [scatter(e, e_graph, 0, g, "mean"), scatter(e * e, e_graph, 0, g, "mean").sqrt(),
+                scatter(x, batch.batch, 0, g, "mean"), scatter(x * x, batch.batch, 0, g, "mean").sqrt()]
+        return self.net(torch.cat(cols, 1))
+
+
+def graph_moments(info: Any, hidden: int = 16) -> nn.Module:
+    return GraphMoments(hidden)
+
+
+graph_moments.input_kind = "graph"  # type: ignore[attr-defined]
+
+
+def ref(name: str) -> str:
+    return f"{HERE}:{name}"
+
+
+@pytest.fixture(scope="module")
+def tiny_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_zoo(tmp_path_factory.mktemp("zoo") / "tiny", n_models=40)
+
+
+def base_cfg(zoo: Path, model: str, **sections: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {"data": {"zoo": str(zoo)}, "model": {"name": model},
+                           "optim": {"name": "adamw", "lr": 1e-2},
+                           "train": {"epochs": 3, "batch_size": 8, "seed": 0, "progress": False}}
+    for k, v in sections.items():
+        raw.setdefault(k, {}).update(v)
+    return raw
+
+
+# ------------------------------------------------------------------------------------------------ config
+def test_config_defaults_overrides_and_round_trip(tmp_path: Path) -> None:
+    from wsl.train.config import Config, load_config
+
+    p = tmp_path / "exp.yaml"
+    p.write_text("data: {zoo: /z}\nmodel: nggnn\noptim: {lr: 1e-3}\n")  # YAML reads 1e-3 as a string
+    cfg = load_config(p, ["model.hidden=64", "train.epochs=5", "augment.permute=true", "optim.betas=[0.8, 0.9]",
+                          "data.max_train=null", "train.threads=2"])
+    assert cfg.model.name == "nggnn" and cfg.model.params == {"hidden": 64}
+    assert cfg.optim.lr == 1e-3 and cfg.train.epochs == 5 and cfg.augment.permute is True
+    assert cfg.optim.betas == (0.8, 0.9) and cfg.train.threads == 2
+    assert cfg.output == str(Path("runs") / "exp")
+    again = Config.from_dict(cfg.to_dict())
+    assert again == cfg
+
+
+@pytest.mark.parametrize("override, match", [
+    ("optim.lrr=1", "unknown key 'optim.lrr'; did you mean 'optim.lr'"),
+    ("trian.epochs=1", "unknown key 'trian'; did you mean 'train'"),
+    ("train.epochs=abc", "train.epochs must be an integer"),
+    ("train.epochs=0", "train.epochs must be > 0"),
+    ("optim.name=rmsprop", "optim.name is 'rmsprop'; valid: adamw, adam, sgd"),
+    ("data.checkpoints=first", "data.checkpoints"),
+    ("train.device=tpu", "train.device"),
+    ("data.val_split=train", "must differ"),
+    ("augment.noise=-1", "augment.noise must be >= 0"),
+    ("optim", "expected key=value"),
+    ("data.zoo.x=1", "'data.zoo' is not a section"),
+])
+def test_config_errors_name_the_key(override: str, match: str) -> None:
+    from wsl.train.config import load_config
+
+    with pytest.raises(ConfigError, match=match.replace("(", r"\(").replace("[", r"\[")):
+        load_config(raw={"data": {"zoo": "/z"}, "model": {"name": "nggnn"}}, overrides=[override])
+
+
+def test_config_required_keys() -> None:
+    from wsl.train.config import load_config
+
+    with pytest.raises(ConfigError, match="data.zoo is required"):
+        load_config(raw={"model": "np"})
+    with pytest.raises(ConfigError, match="model.name is required"):
+        load_config(raw={"data": {"zoo": "/z"}})
+
+
+def test_shipped_configs_parse() -> None:
+    from wsl.tasks.baselines import BASELINES
+    from wsl.train.config import load_config
+    from wsl.train.registry import check_params, resolve_model
+
+    files = sorted((REPO / "configs" / "generalization").glob("*.yaml"))
+    assert {"tiny.yaml", "gs_np.yaml", "gs_hnp.yaml", "gs_nft.yaml", "gs_nggnn.yaml", "gs_ngt.yaml",
+            "wild_nggnn.yaml", "wild_ngt.yaml"} <= {f.name for f in files}
+    for f in files:
+        cfg = load_config(f)
+        if cfg.model.name not in BASELINES:
+            try:
+                check_params(resolve_model(cfg.model.name), cfg.model.params)
+            except ConfigError as exc:
+                if "not available" not in str(exc):
+                    raise
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+def test_metrics_match_scipy_and_sklearn() -> None:
+    from scipy.stats import kendalltau
+    from sklearn.metrics import mean_absolute_error, r2_score as sk_r2
+
+    from wsl.train.metrics import kendall_tau, mae, r2_score, regression_metrics, to_json
+
+    rng = np.random.default_rng(0)
+    t = rng.random(50)
+    p = t + 0.3 * rng.standard_normal(50)
+    p[:10] = np.round(p[:10], 1)  # ties
+    t[5:15] = 0.5
+    assert kendall_tau(p, t) == pytest.approx(kendalltau(p, t).statistic, abs=1e-12)
+    assert r2_score(p, t) == pytest.approx(sk_r2(t, p), abs=1e-12)
+    assert mae(torch.tensor(p), torch.tensor(t)) == pytest.approx(mean_absolute_error(t, p), abs=1e-12)
+    m = regression_metrics(p, t)
+    assert m["n"] == 50 and set(m) == {"tau", "r2", "mae", "n"}
+    assert math.isnan(kendall_tau([1, 1, 1], [1, 2, 3]))
+    assert to_json({"a": float("nan"), "b": np.float32(2.0)}) == {"a": None, "b": 2.0}
+    with pytest.raises(WslError, match="differ in length"):
+        kendall_tau([1, 2], [1, 2, 3])
+
+
+# ------------------------------------------------------------------------------------------------ registry
+def test_registry_errors(tmp_path: Path) -> None:
+    from wsl.train.registry import InputInfo, build_model, resolve_model
+
+    with pytest.raises(ConfigError, match="did you mean 'nggnn'"):
+        resolve_model("ngnn")
+    with pytest.raises(ConfigError, match="input_kind"):
+        resolve_model(f"{HERE}:base_cfg")
+    with pytest.raises(ConfigError, match="model.hiden"):
+        build_model(ref("stats_mlp"), InputInfo("stats", num_features=3), {"hiden": 3})
+    with pytest.raises(ConfigError, match="consumes 'stats' inputs"):
+        build_model(ref("stats_mlp"), InputInfo("graph"), {})
+    assert resolve_model("np").input_kind == "features" and resolve_model("ngt").input_kind == "graph"
