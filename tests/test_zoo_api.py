@@ -169,6 +169,16 @@ def test_dataset_views_and_workers(zoo_dir: Any) -> None:
     assert ZooDataset(zoo, target=None)[0][1].shape == (0,)
 
 
+def test_dataset_spawn_workers_reopen_shards(zoo_dir: Any) -> None:
+    root, sds = zoo_dir
+    zoo = load_zoo(root)
+    zoo.stacked([0])  # the parent has open shard handles; workers must not inherit them
+    ds = ZooDataset(zoo.filter(arch="a0"), target="psnr")
+    loader = DataLoader(ds, batch_size=6, num_workers=2, collate_fn=ds.collate, multiprocessing_context="spawn")
+    got = [stacked["0.bias"] for stacked, _ in loader]
+    assert torch.equal(torch.cat(got), torch.stack([sd["0.bias"] for sd in sds[:12]]))
+
+
 def test_dataset_errors(tmp_path: Path, zoo_dir: Any) -> None:
     zoo = load_zoo(zoo_dir[0])
     with pytest.raises(ZooFormatError, match="unknown view"):

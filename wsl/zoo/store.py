@@ -267,21 +267,27 @@ class ZooStore:
                         for name in layout}
         out = {name: torch.empty((n, *shape), dtype=dtypes[name]) for name, shape in layout.items()}
         for g in groups:
-            k = int(shards[g[0]])
-            h = self.handle(k)
+            h = self.handle(int(shards[g[0]]))
+            slices = {name: h.get_slice(name) for name in layout}
             loc = self.index_col[rows[g]]
+            lo, hi = int(loc.min()), int(loc.max()) + 1
+            if hi - lo == len(g) and np.all(np.diff(loc) == 1) and np.all(np.diff(g) == 1):
+                for name, sl in slices.items():  # a run of rows in order: copy straight in
+                    out[name][int(g[0]):int(g[0]) + len(g)].copy_(sl[lo:hi])
+                continue
+            if hi - lo <= 2 * len(loc):  # dense enough: read the span once, then pick rows
+                pick, pos = torch.from_numpy(loc - lo), torch.from_numpy(g)
+                for name, sl in slices.items():
+                    out[name].index_copy_(0, pos, sl[lo:hi].to(dtypes[name]).index_select(0, pick))
+                continue
             srt = np.argsort(loc, kind="stable")
             loc_s, pos_s = loc[srt], g[srt]
-            cuts = np.flatnonzero(np.diff(loc_s) != 1) + 1
-            for lo_i, hi_i in zip([0, *cuts.tolist()], [*cuts.tolist(), len(loc_s)]):
-                a, b = int(loc_s[lo_i]), int(loc_s[hi_i - 1]) + 1
-                pos = torch.from_numpy(pos_s[lo_i:hi_i])
-                for name in layout:
-                    block = h.get_slice(name)[a:b]
-                    if len(pos) == b - a:
-                        out[name].index_copy_(0, pos, block.to(dtypes[name]))
-                    else:  # repeated rows within a run
-                        out[name][pos] = block[torch.from_numpy(loc_s[lo_i:hi_i] - a)].to(dtypes[name])
+            cuts = np.flatnonzero(np.diff(loc_s) != 1) + 1  # runs of consecutive rows
+            for a_i, b_i in zip([0, *cuts.tolist()], [*cuts.tolist(), len(loc_s)]):
+                a, b = int(loc_s[a_i]), int(loc_s[b_i - 1]) + 1
+                pos = torch.from_numpy(pos_s[a_i:b_i])
+                for name, sl in slices.items():
+                    out[name].index_copy_(0, pos, sl[a:b].to(dtypes[name]))
         return {name: t.to(device) for name, t in out.items()} if device is not None else out
 
 
