@@ -7,8 +7,10 @@ otherwise. Without those variables everything degrades to one process.
 
 Data parallelism is exact: every rank draws the same global batch (same
 seed), takes the positions ``rank, rank + W, ...`` of it (:func:`shard`),
-and scales its loss by ``W * n_local / n_global`` so that DDP's gradient
-*average* equals the gradient of the mean loss over the global batch.
+and scales its summed loss by ``W / n_global`` so that DDP's gradient
+*average* equals the gradient of the mean loss over the global batch. A rank
+left without samples (final batch smaller than ``W``) runs one sample with
+zero loss weight so that the gradient all-reduce still matches.
 """
 
 from __future__ import annotations

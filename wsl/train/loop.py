@@ -238,15 +238,17 @@ class Trainer:
         self.model.train()
         for step in range(self.steps_per_epoch):
             gidx = perm[step * b:(step + 1) * b]
-            if len(gidx) < info.world_size:
-                break
+            lidx = D.shard(gidx, info)
+            weight = info.world_size / len(gidx)
+            if not len(lidx):  # a final batch smaller than the world: join the all-reduce with a zero loss
+                lidx, weight = gidx[:1], 0.0
             gen = torch.Generator().manual_seed(hash((cfg.train.seed, epoch, step, info.rank)) & 0x7FFFFFFF)
-            x, order = tr.inputs(D.shard(gidx, info), cfg.augment, gen)
+            x, order = tr.inputs(lidx, cfg.augment, gen)
             y = (tr.y[order.to(tr.y.device)] - self.y_mean) / self.y_std
             with torch.autocast(self.device.type, dtype=self.amp_ctx, enabled=self.amp_ctx is not None):
                 pred = self.ddp(x).reshape(-1).float()
-            lv = self._loss(pred, y)
-            loss = lv.sum() * (info.world_size / len(gidx))
+            lv = self._loss(pred, y) * (1.0 if weight else 0.0)
+            loss = lv.sum() * weight
             self.opt.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if cfg.optim.grad_clip:
@@ -256,7 +258,7 @@ class Trainer:
             self.scaler.update()
             self.sched.step()
             loss_sum += lv.detach().sum().double()
-            seen += len(gidx)
+            seen += len(gidx)  # global count: the all-reduced loss sum covers the whole batch
             if bar.disable is False:
                 bar.update(1)
                 bar.set_postfix(loss=f"{float(lv.detach().mean()):.4f}",
