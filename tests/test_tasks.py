@@ -258,3 +258,20 @@ def test_fit_baseline_errors(tiny_zoo: Path) -> None:
         fit_baseline("statnn_xgb", tiny_zoo)
     with pytest.raises(ConfigError, match="not a numeric field"):
         fit_baseline("hparams_gbt", tiny_zoo, target="model_id")
+
+
+def test_feature_augmentation_equals_weight_augmentation(tiny_zoo: Path) -> None:
+    """Permuting features directly == featurizing permuted weights (same generator draws)."""
+    import wsl
+    from wsl.graph import WeightSpaceFeatures
+    from wsl.tasks.generalization import augment_features, augment_stacked
+    from wsl.train.config import AugmentConfig
+
+    view = wsl.load_zoo(tiny_zoo).split("train").latest()
+    space, stacked = view[0].space, view.stacked([0, 4, 9])
+    aug = AugmentConfig(permute=True)
+    a = augment_features(WeightSpaceFeatures.from_state_dicts(space, stacked), aug, torch.Generator().manual_seed(5))
+    b = WeightSpaceFeatures.from_state_dicts(space, augment_stacked(space, stacked, aug,
+                                                                    torch.Generator().manual_seed(5)))
+    for k in a.blocks:
+        assert torch.equal(a.blocks[k], b.blocks[k])

@@ -31,7 +31,7 @@ import torch
 
 from wsl.errors import ConfigError, WslError
 
-__all__ = ["INPUT_KINDS", "ArchGroup", "SplitData", "augment_stacked", "prepare_split", "select_rows",
+__all__ = ["INPUT_KINDS", "ArchGroup", "SplitData", "augment_features", "augment_stacked", "prepare_split", "select_rows",
            "target_values"]
 
 INPUT_KINDS = ("features", "graph", "stats")
@@ -112,18 +112,13 @@ class SplitData:
             return self._per_group(idx, lambda g, sel, sd: _stats_of(g, sd, self.stats_layout), augment, generator,
                                    join=lambda parts: torch.cat(parts, 0))
         if self.kind == "features":
-            g = self.groups[0]
-            if not aug:
-                from wsl.graph import WeightSpaceFeatures
-
-                d = g.cache.blocks[next(iter(g.cache.blocks))].device
-                sel = idx.to(d)
-                return WeightSpaceFeatures(g.space, {k: t[sel] for k, t in g.cache.blocks.items()},
-                                           {k: t[sel] for k, t in g.cache.extras.items()}), idx
             from wsl.graph import WeightSpaceFeatures
 
-            sd = augment_stacked(g.space, {k: t[idx.to(t.device)] for k, t in g.stacked.items()}, augment, generator)
-            return WeightSpaceFeatures.from_state_dicts(g.space, sd), idx
+            g = self.groups[0]
+            sel = idx.to(g.cache.blocks[next(iter(g.cache.blocks))].device)
+            feats = WeightSpaceFeatures(g.space, {k: t[sel] for k, t in g.cache.blocks.items()},
+                                        {k: t[sel] for k, t in g.cache.extras.items()})
+            return (augment_features(feats, augment, generator) if aug else feats), idx
         return self._per_group(idx, lambda g, sel, sd: _graph_of(g, sel, sd), augment if aug else None, generator,
                                join=_join_graphs)
 
@@ -171,8 +166,8 @@ class GraphCache:
 
     Per-model tensors (``x``, ``edge_attr``, ``extras``) are kept as
     ``(n, ...)``; the structure shared by every graph of the architecture
-    (``edge_index``, masks, kinds, ...) is kept once and repeated on
-    :meth:`take`.
+    (``edge_index``, masks, kinds, ...) is kept once; its repetition for a
+    batch size is cached, so batches share those (read-only) tensors.
     """
 
     PER_MODEL = ("x", "edge_attr", "extras")
@@ -195,21 +190,32 @@ class GraphCache:
                 per = val.shape[0] // n
                 self.shared[key] = val[:per].clone()
         self.strings = {k: batch[k][0] for k in ("arch", "dtypes") if k in batch._slice_dict}
+        self._repeated: dict[int, dict[str, torch.Tensor]] = {}
+
+    def _shared(self, b: int) -> dict[str, torch.Tensor]:
+        """The shared attributes repeated for ``b`` graphs (cached for a few batch sizes; treat as read-only)."""
+        got = self._repeated.get(b)
+        if got is None:
+            got = {}
+            for k, t in self.shared.items():
+                if k == "edge_index":
+                    offs = torch.arange(b, device=t.device) * self.v
+                    got[k] = (t.unsqueeze(1) + offs.view(1, b, 1)).reshape(2, b * self.e)
+                else:
+                    got[k] = t.repeat(b, *([1] * (t.dim() - 1)))
+            if len(self._repeated) >= 4:
+                self._repeated.pop(next(iter(self._repeated)))
+            self._repeated[b] = got
+        return got
 
     def take(self, local: torch.Tensor) -> Any:
         """A PyG ``Batch`` of the graphs at ``local`` positions (order kept)."""
         from wsl.graph.data import make_batch
 
         b = int(local.numel())
-        dev = self.per_model["x"].device
-        sel = local.to(dev)
+        sel = local.to(self.per_model["x"].device)
         attrs = {k: t[sel].reshape(-1, *t.shape[2:]) for k, t in self.per_model.items()}
-        for k, t in self.shared.items():
-            if k == "edge_index":
-                offs = torch.arange(b, device=dev) * self.v
-                attrs[k] = (t.unsqueeze(1) + offs.view(1, b, 1)).reshape(2, b * self.e)
-            else:
-                attrs[k] = t.repeat(b, *([1] * (t.dim() - 1)))
+        attrs.update(self._shared(b))
         order = ["x", "x_mask", "edge_index", "edge_attr"]
         attrs = {k: attrs[k] for k in order if k in attrs} | {k: v for k, v in attrs.items() if k not in order}
         return make_batch(attrs, {k: [v] * b for k, v in self.strings.items()}, b, self.v)
@@ -243,6 +249,30 @@ def augment_stacked(space: Any, stacked: dict[str, torch.Tensor], augment: Any,
             eps = torch.randn(t.shape, generator=generator, dtype=t.dtype).to(t.device)
             out[name] = t + augment.noise * std * eps
     return out
+
+
+def augment_features(feats: Any, augment: Any, generator: torch.Generator | None) -> Any:
+    """:func:`augment_stacked` on :class:`~wsl.graph.WeightSpaceFeatures` directly (no state_dict round trip).
+
+    Permuting features equals featurizing permuted weights; the noise std is
+    that of each block (= each tensor, except fused tensors split into blocks).
+    """
+    space, n = feats.space, feats.num_models
+    if augment.permute:
+        from wsl.space import random_permutation
+
+        dev = next(iter(feats.blocks.values())).device
+        feats = feats.permute({g: p.to(dev) for g, p in random_permutation(space, generator, batch=n).items()})
+    if augment.noise > 0:
+        blocks = dict(feats.blocks)
+        for (name, part), t in blocks.items():
+            if space.tensors[name].buffer or t[0].numel() < 2 or not t.is_floating_point():
+                continue
+            std = t.reshape(n, -1).std(1).view(n, *([1] * (t.dim() - 1)))
+            eps = torch.randn(t.shape, generator=generator, dtype=t.dtype).to(t.device)
+            blocks[(name, part)] = t + augment.noise * std * eps
+        feats = type(feats)(space, blocks, feats.extras)
+    return feats
 
 
 def prepare_split(zoo: Any, name: str, split: str, kind: str, *, target: str = "test_accuracy",
