@@ -38,8 +38,15 @@ def run_train(args: argparse.Namespace) -> int:
         return _run_baseline(cfg)
     from wsl.train.loop import train
 
-    train(cfg, cfg.output, resume=args.resume)
+    m = train(cfg, cfg.output, resume=args.resume)
+    if m.get("world_size", 1) == 1 or int(__import__("os").environ.get("RANK", "0")) == 0:
+        print(f"{cfg.model.name}: val tau {_f(m['val'].get('tau'))}, test tau {_f(m['test'].get('tau'))}, "
+              f"test r2 {_f(m['test'].get('r2'))}, {m['wall_time_s']:.0f}s -> {cfg.output}")
     return 0
+
+
+def _f(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
 
 
 def _run_baseline(cfg: Any) -> int:

@@ -85,7 +85,12 @@ class Trainer:
         cfg, dc = self.cfg, self.cfg.data
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        self.zoo = load_zoo(local_path(dc.zoo, repo_type="dataset"), verify=dc.verify)
+        if self.info.enabled and not self.info.is_main:
+            D.barrier(self.info)  # rank 0 resolves (downloads) hf:// zoos first
+        path = local_path(dc.zoo, repo_type="dataset")
+        if self.info.enabled and self.info.is_main:
+            D.barrier(self.info)
+        self.zoo = load_zoo(path, verify=dc.verify)
         self.entry = resolve_model(cfg.model.name)
         kind = self.entry.input_kind
         names = {"train": dc.train_split, "val": dc.val_split, "test": dc.test_split}
@@ -273,11 +278,12 @@ class Trainer:
         without the final evaluation (to test ``--resume``).
         """
         cfg = self.cfg
+        self._mark = time.perf_counter()
         self._prepare()
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
         st: dict[str, Any] = {"epoch": 0, "best_tau": -math.inf, "best_epoch": -1, "bad": 0, "history": [],
-                              "train_time": 0.0, "models": 0}
+                              "train_time": 0.0, "wall_time": 0.0, "models": 0}
         if self.resume:
             st = self._load("last")
             self.log(f"resumed from {self.out / 'checkpoints' / 'last'} after epoch {st['epoch']}")
@@ -307,6 +313,9 @@ class Trainer:
                 self._save("best", st)
             self._save("last", st)
             D.barrier(self.info)
+            now = time.perf_counter()
+            st["wall_time"] += now - self._mark
+            self._mark = now
             done += 1
             if stop_after is not None and done >= stop_after:
                 return {"stopped_after": done, **st}
@@ -323,7 +332,8 @@ class Trainer:
         cfg = self.cfg
         metrics = to_json({
             "val": res["val"], "test": res["test"], "best_epoch": st["best_epoch"], "epochs_run": st["epoch"],
-            "stopped_early": st["epoch"] < cfg.train.epochs, "wall_time_s": st["train_time"],
+            "stopped_early": st["epoch"] < cfg.train.epochs,
+            "wall_time_s": st["wall_time"] + time.perf_counter() - self._mark, "train_time_s": st["train_time"],
             "models_per_s": st["models"] / max(st["train_time"], 1e-9), "num_parameters": self.num_parameters,
             "model": cfg.model.name, "input_kind": self.entry.input_kind, "target": cfg.data.target,
             "n_train": len(self.data["train"]), "world_size": self.info.world_size, "device": str(self.device),
