@@ -1,0 +1,420 @@
+"""Vectorized training: ``k`` models of one architecture trained as one network.
+
+:class:`VecNet` interprets a ``"wsl.arch/1"`` sequential description (builtins
+such as ``small_cnn``/``mlp`` are expanded to their layers). The parameters of
+``k`` models are the rows of one flat ``(k, P)`` matrix in ``state_dict``
+order, so an optimizer step is a few fused ops (:mod:`wsl.zoo.optim`) and
+:meth:`VecNet.unflatten` yields stacked ``state_dict`` tensors directly.
+Activations use one of two layouts:
+
+* ``conv`` -- ``(B, k*C, *spatial)``, model ``i`` owning channels
+  ``[i*C, (i+1)*C)``: a convolution is one grouped convolution
+  (``groups = k * groups``); pooling is channel-wise anyway;
+* ``flat`` -- ``(k, B, F)``: a linear layer is one ``baddbmm``.
+
+Per model: activation function (mixed with ``torch.where`` when a chunk holds
+several), dropout rate, sample weights (a partial last batch). Batch norm
+takes statistics over each model's valid samples only and leaves the running
+statistics of frozen (diverged) models alone.
+
+:func:`train_chunk` runs the lockstep loop. Epoch ``e`` of a model is one
+pass over a fresh permutation of *its own* training subset in
+``ceil(n_m / batch)`` batches (the last one partial, its loss averaged over
+its real samples). All models start together; a model with ``s_m`` steps per
+epoch is active for its first ``epochs * s_m`` global steps. Rows are sorted
+by step count, so at any step the active models are a prefix of the rows and
+finished ones cost nothing; checkpoints are copied when a model completes one
+of the checkpoint epochs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wsl.errors import ConfigError, WslError
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "silu": F.silu,
+    "gelu": F.gelu, "identity": lambda x: x, "leaky_relu": F.leaky_relu,
+}
+"""Activation layer types the vectorized network runs (plus ``sine``)."""
+
+Act = tuple[torch.Tensor, str]  # (tensor, layout) with layout "conv" or "flat"
+
+
+@dataclass
+class Ctx:
+    """Per-forward state: how many models run, and how."""
+
+    k: int
+    training: bool
+    acts: list[str] | None = None  # per-model activation override
+    dropout: torch.Tensor | None = None  # (k,) per-model dropout rates (override)
+    weights: torch.Tensor | None = None  # (k, B) sample weights; None = all samples count
+    frozen: torch.Tensor | None = None  # (k,) bool: leave these models' running stats alone
+    generator: torch.Generator | None = None
+    cache: dict[Any, Any] = field(default_factory=dict)
+
+    def column(self, name: str, make: Callable[[], torch.Tensor], channels: int, layout: str,
+               ndim: int) -> torch.Tensor:
+        """The per-model column ``make()`` ``(k,)`` broadcast to a layout (cached as ``name``)."""
+        key = (name, channels, layout, ndim)
+        if key not in self.cache:
+            col = make()
+            self.cache[key] = col.repeat_interleave(channels).reshape(1, -1, *([1] * (ndim - 2))) \
+                if layout == "conv" else col.reshape(-1, *([1] * (ndim - 1)))
+        return self.cache[key]
+
+
+@dataclass
+class Entry:
+    """One ``state_dict`` tensor: shape, role, place in the flat parameter row."""
+
+    shape: tuple[int, ...]
+    role: str  # weight | bias | norm_weight | norm_bias | buffer
+    fan_in: int = 1
+    offset: int = 0
+
+    @property
+    def numel(self) -> int:
+        """Elements of one model's tensor."""
+        return math.prod(self.shape)
+
+
+def expand_description(desc: dict[str, Any]) -> dict[str, Any]:
+    """The sequential form of ``desc`` (builtins like ``small_cnn`` are expanded)."""
+    from wsl.archs.describe import build, describe, validate
+
+    canonical = validate(desc)
+    if canonical["kind"] == "sequential":
+        return canonical
+    try:
+        return describe(build(canonical), expand=True)
+    except WslError as err:
+        raise ConfigError(f"the vectorized trainer cannot run builtin '{canonical['name']}': {err}") from None
+
+
+def _roles(module: nn.Module) -> dict[str, Entry]:
+    """Role of every state_dict entry, or ConfigError for layers the trainer cannot run."""
+    out: dict[str, Entry] = {}
+    for name, m in module.named_modules():
+        pre = f"{name}." if name else ""
+        own = dict(m.named_parameters(recurse=False)) | dict(m.named_buffers(recurse=False))
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            out[pre + "weight"] = Entry(tuple(m.weight.shape), "weight", math.prod(m.weight.shape[1:]))
+            if m.bias is not None:
+                out[pre + "bias"] = Entry(tuple(m.bias.shape), "bias")
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            if not m.track_running_stats:
+                raise ConfigError(f"architecture layer {name}: batch norm without running statistics is not "
+                                  "supported by the vectorized trainer")
+            for key, t in own.items():
+                role = {"weight": "norm_weight", "bias": "norm_bias"}.get(key, "buffer")
+                out[pre + key] = Entry(tuple(t.shape), role)
+        elif own:
+            raise ConfigError(f"architecture layer {name} ({type(m).__name__}) is not supported by the "
+                              "vectorized trainer")
+    return out
+
+
+class VecNet:
+    """``k`` models of one sequential architecture, evaluated functionally."""
+
+    def __init__(self, desc: dict[str, Any]) -> None:
+        from wsl.archs.describe import build
+
+        self.description = expand_description(desc)
+        with torch.device("meta"):
+            module = build(self.description)
+        self.input_shape = tuple(self.description["input_shape"])
+        sd = module.state_dict()
+        roles = _roles(module)
+        self.entries = {k: roles[k] for k in sd}
+        self.dtypes = {k: v.dtype for k, v in sd.items()}
+        offset = 0
+        for e in self.entries.values():
+            if e.role != "buffer":
+                e.offset, offset = offset, offset + e.numel
+        self.num_params = offset
+        self._check(self.description["layers"], "layers")
+
+    def _check(self, layers: list[dict[str, Any]], where: str) -> None:
+        supported = {"conv1d", "conv2d", "linear", "batchnorm1d", "batchnorm2d", "dropout", "global_avg_pool",
+                     "flatten", "maxpool2d", "avgpool2d", "residual", "sine", *ACTIVATIONS}
+        for i, spec in enumerate(layers):
+            if spec["type"] not in supported:
+                raise ConfigError(f"architecture {where}[{i}]: layer type '{spec['type']}' is not supported by "
+                                  f"the vectorized trainer; supported: {', '.join(sorted(supported))}")
+            if spec["type"] == "residual":
+                self._check(spec["body"], f"{where}[{i}].body")
+                self._check(spec["shortcut"] or [], f"{where}[{i}].shortcut")
+
+    def param(self, p: torch.Tensor, key: str) -> torch.Tensor:
+        """Tensor ``key`` of every row of ``p``: ``(k, *shape)``."""
+        e = self.entries[key]
+        return p[:, e.offset:e.offset + e.numel].reshape(p.shape[0], *e.shape)
+
+    def _layers(self, layers: list[dict[str, Any]], pre: str, p: torch.Tensor, bufs: dict[str, torch.Tensor],
+                x: Act, ctx: Ctx) -> Act:
+        for i, spec in enumerate(layers):
+            x = self._layer(spec, f"{pre}{i}.", p, bufs, x, ctx)
+        return x
+
+    def _layer(self, spec: dict[str, Any], pre: str, p: torch.Tensor, bufs: dict[str, torch.Tensor],
+               x: Act, ctx: Ctx) -> Act:
+        t, (h, layout), k = spec["type"], x, ctx.k
+        bias = self.param(p, pre + "bias") if pre + "bias" in self.entries else None
+        if t in ("conv1d", "conv2d"):
+            _need(layout == "conv", pre, t)
+            w = self.param(p, pre + "weight")
+            conv = F.conv1d if t == "conv1d" else F.conv2d
+            return conv(h, w.reshape(-1, *w.shape[2:]), None if bias is None else bias.reshape(-1), spec["stride"],
+                        spec["padding"], spec["dilation"], k * spec["groups"]), "conv"
+        if t == "linear":
+            _need(layout == "flat" and h.dim() == 3, pre, t)
+            w = self.param(p, pre + "weight").transpose(1, 2)
+            return (torch.bmm(h, w) if bias is None else torch.baddbmm(bias.unsqueeze(1), h, w)), "flat"
+        if t in ("batchnorm1d", "batchnorm2d"):
+            return self._batchnorm(spec, pre, p, bufs, x, ctx)
+        if t in ACTIVATIONS or t == "sine":
+            return _activation(spec, x, ctx), layout
+        if t == "dropout":
+            return _dropout(float(spec["p"]), x, ctx), layout
+        if t in ("global_avg_pool", "flatten"):
+            if layout == "flat":
+                return x
+            h = h.flatten(2).mean(-1) if t == "global_avg_pool" else h
+            return h.reshape(h.shape[0], k, -1).transpose(0, 1), "flat"
+        if t in ("maxpool2d", "avgpool2d"):
+            _need(layout == "conv", pre, t)
+            pool = F.max_pool2d if t == "maxpool2d" else F.avg_pool2d
+            return pool(h, spec["kernel_size"], spec["stride"], spec.get("padding", 0)), "conv"
+        out, out_layout = self._layers(spec["body"], pre + "body.", p, bufs, x, ctx)  # residual
+        skip = x if spec["shortcut"] is None else self._layers(spec["shortcut"], pre + "shortcut.", p, bufs, x, ctx)
+        _need(out_layout == skip[1], pre, t)
+        return out + skip[0], out_layout
+
+    def _batchnorm(self, spec: dict[str, Any], pre: str, p: torch.Tensor, bufs: dict[str, torch.Tensor],
+                   x: Act, ctx: Ctx) -> Act:
+        (h, layout), k = x, ctx.k
+        hv = h.reshape(h.shape[0], k, -1, math.prod(h.shape[2:])) if layout == "conv" \
+            else h.transpose(0, 1).unsqueeze(-1)  # (B, k, C, S)
+        c = hv.shape[2]
+        eps, momentum = spec.get("eps", 1e-5), spec.get("momentum", 0.1)
+        mean_buf, var_buf = bufs[pre + "running_mean"][:k], bufs[pre + "running_var"][:k]
+        if ctx.training:
+            w = torch.ones(k, h.shape[0] if layout == "conv" else h.shape[1], device=h.device) \
+                if ctx.weights is None else ctx.weights
+            w4 = w.t().reshape(-1, k, 1, 1).to(h.dtype)
+            count = w.sum(1).reshape(k, 1).to(h.dtype) * hv.shape[3]
+            mean = (hv * w4).sum((0, 3)) / count  # (k, C)
+            centred = hv - mean.reshape(1, k, c, 1)
+            var = (centred.square() * w4).sum((0, 3)) / count
+            normed = centred * torch.rsqrt(var + eps).reshape(1, k, c, 1)
+            with torch.no_grad():
+                keep = ctx.frozen.reshape(k, 1) if ctx.frozen is not None else torch.zeros(
+                    k, 1, dtype=torch.bool, device=h.device)
+                unbiased = var * count / (count - 1).clamp(min=1)
+                for buf, stat in ((mean_buf, mean), (var_buf, unbiased)):
+                    buf.copy_(torch.where(keep, buf, buf * (1 - momentum) + stat * momentum))
+                bufs[pre + "num_batches_tracked"][:k] += (~keep.reshape(k)).long()
+        else:
+            normed = (hv - mean_buf.reshape(1, k, c, 1)) * torch.rsqrt(var_buf + eps).reshape(1, k, c, 1)
+        if pre + "weight" in self.entries:
+            normed = normed * self.param(p, pre + "weight").reshape(1, k, c, 1) \
+                + self.param(p, pre + "bias").reshape(1, k, c, 1)
+        if layout == "conv":
+            return normed.reshape(h.shape), "conv"
+        return normed.squeeze(-1).transpose(0, 1), "flat"
+
+    def forward(self, p: torch.Tensor, bufs: dict[str, torch.Tensor], x: torch.Tensor, ctx: Ctx) -> torch.Tensor:
+        """Outputs ``(k, B, out)`` of ``k`` models (rows of ``p``) on per-model inputs ``(k, B, *input_shape)``."""
+        if len(self.input_shape) >= 2:
+            xa: Act = (x.transpose(0, 1).reshape(x.shape[1], -1, *self.input_shape[1:]), "conv")
+        else:
+            xa = (x, "flat")
+        out, layout = self._layers(self.description["layers"], "", p, bufs, xa, ctx)
+        if layout != "flat" or out.dim() != 3:
+            raise ConfigError("vectorized trainer: the architecture must end in a linear layer on features")
+        return out
+
+    def new_buffers(self, n: int, device: torch.device | str) -> dict[str, torch.Tensor]:
+        """Fresh buffers (running mean 0, running var 1, counters 0) for ``n`` models."""
+        return {key: torch.full((n, *e.shape), 1.0 if key.endswith("running_var") else 0.0,
+                                dtype=self.dtypes[key], device=device)
+                for key, e in self.entries.items() if e.role == "buffer"}
+
+    def unflatten(self, p: torch.Tensor, bufs: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Stacked ``state_dict`` ``{key: (n, *shape)}`` from flat rows ``(n, P)`` and buffers."""
+        fresh = self.new_buffers(p.shape[0], p.device)
+        return {key: (bufs or fresh).get(key, fresh[key]).clone() if e.role == "buffer"
+                else self.param(p, key).contiguous().clone() for key, e in self.entries.items()}
+
+    def flatten(self, stacked: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Inverse of :meth:`unflatten` for the parameters: ``(n, P)``."""
+        return torch.cat([stacked[key].reshape(stacked[key].shape[0], -1)
+                          for key, e in self.entries.items() if e.role != "buffer"], dim=1)
+
+
+def _need(ok: bool, where: str, t: str) -> None:
+    if not ok:
+        raise ConfigError(f"architecture layer {where.rstrip('.')} ({t}): input layout not supported by the "
+                          "vectorized trainer (conv layers need (C, *spatial) inputs, linear layers features)")
+
+
+def _activation(spec: dict[str, Any], x: Act, ctx: Ctx) -> torch.Tensor:
+    (h, layout), own = x, spec["type"]
+    if own == "sine":
+        return torch.sin(float(spec.get("w0", 30.0)) * h)
+    names = ctx.acts if ctx.acts is not None and own != "identity" else [own]
+    kinds = sorted(set(names))
+    out = ACTIVATIONS[kinds[0]](h)
+    for name in kinds[1:]:
+        mask = ctx.column(f"act-{name}", lambda: torch.tensor([a == name for a in names], device=h.device),
+                          h.shape[1] // ctx.k if layout == "conv" else 1, layout, h.dim())
+        out = torch.where(mask, ACTIVATIONS[name](h), out)
+    return out
+
+
+def _dropout(p_layer: float, x: Act, ctx: Ctx) -> torch.Tensor:
+    h, layout = x
+    if not ctx.training:
+        return h
+    name = "dropout" if ctx.dropout is not None else f"dropout-{p_layer}"
+    rates = ctx.dropout if ctx.dropout is not None else torch.full((ctx.k,), p_layer, device=h.device)
+    if name not in ctx.cache:
+        if bool((rates >= 1).any()) or bool((rates < 0).any()):
+            raise ConfigError(f"dropout rates must be in [0, 1), got {rates.tolist()}")
+        ctx.cache[name] = bool((rates > 0).any())
+    if not ctx.cache[name]:
+        return h
+    channels = h.shape[1] // ctx.k if layout == "conv" else 1
+    thresh = ctx.column(name, lambda: rates.to(h.dtype), channels, layout, h.dim())
+    scale = ctx.column(name + "-scale", lambda: 1.0 / (1.0 - rates.to(h.dtype)), channels, layout, h.dim())
+    noise = torch.rand(h.shape, generator=ctx.generator, device=h.device, dtype=h.dtype)
+    return h * ((noise >= thresh) * scale)
+
+
+# ---------------------------------------------------------------- training
+@dataclass
+class ModelRun:
+    """One model of a chunk: its own training configuration."""
+
+    optimizer: str
+    lr: float
+    weight_decay: float
+    dropout: float
+    activation: str | None  # None: the description's own activations
+    train_indices: torch.Tensor  # (n_m,) indices into the data set's train split
+    init: torch.Tensor  # (P,) flat initial parameters
+    data_seed: int  # seeds this model's per-epoch shuffles
+
+
+@dataclass
+class ChunkResult:
+    """Checkpoints of a trained chunk, in the order of the ``runs`` given."""
+
+    epochs: list[int]
+    params: torch.Tensor  # (n, E, P) flat parameters at each checkpoint epoch
+    buffers: dict[str, torch.Tensor]  # key -> (n, E, *shape)
+    diverged_epoch: list[int | None]  # first epoch whose update was not finite (model frozen), or None
+    steps_per_epoch: list[int]
+
+
+def train_chunk(net: VecNet, runs: Sequence[ModelRun], x_train: torch.Tensor, y_train: torch.Tensor, *,
+                batch_size: int, epochs: int, checkpoints: Sequence[int], seed: int,
+                device: torch.device | str = "cpu", progress: Callable[[float], None] | None = None
+                ) -> ChunkResult:
+    """Train ``runs`` (models of ``net``'s architecture) together; snapshot at ``checkpoints`` epochs.
+
+    Models are reordered internally so that the ones with the most steps come
+    first; at global step ``t`` only the first ``k(t)`` rows (those still
+    training) run, so a model with a small subset costs only its own steps.
+    Dropout noise comes from one generator seeded with ``seed``. A model whose
+    update becomes non-finite is frozen at its last finite parameters.
+    """
+    from wsl.zoo.data import epoch_batches
+    from wsl.zoo.optim import VecOptimizer
+
+    n = len(runs)
+    ckpts = sorted(set(int(c) for c in checkpoints))
+    sched_all, steps_all = epoch_batches([r.train_indices for r in runs], [r.data_seed for r in runs],
+                                         batch_size, epochs)
+    total = [epochs * s for s in steps_all]
+    order = sorted(range(n), key=lambda m: (-total[m], m))
+    runs = [runs[m] for m in order]
+    sched = sched_all[order].to(device)
+    steps = [steps_all[m] for m in order]
+    t_max = max(total)
+    active = [sum(1 for m in order if total[m] > t) for t in range(t_max)]
+    partial = [any(len(runs[i].train_indices) % batch_size and t % steps[i] == steps[i] - 1
+                   for i in range(active[t])) for t in range(t_max)]
+    events: dict[int, list[tuple[int, int]]] = {}
+    for i, s in enumerate(steps):
+        for ci, e in enumerate(ckpts):
+            if e > 0:
+                events.setdefault(e * s - 1, []).append((i, ci))
+    x_train, y_train = x_train.to(device), y_train.to(device)
+    params = torch.stack([r.init for r in runs]).to(device=device, dtype=torch.float32)
+    bufs = net.new_buffers(n, device)
+    snap_p = torch.zeros(n, len(ckpts), net.num_params, device=device)
+    snap_b = {k: torch.zeros(n, len(ckpts), *v.shape[1:], dtype=v.dtype, device=device) for k, v in bufs.items()}
+
+    def snapshot(rows: list[int], cols: list[int]) -> None:
+        snap_p[rows, cols] = params[rows]
+        for key, b in bufs.items():
+            snap_b[key][rows, cols] = b[rows]
+
+    if 0 in ckpts:
+        snapshot(list(range(n)), [ckpts.index(0)] * n)
+    opt = VecOptimizer([r.optimizer for r in runs], [r.lr for r in runs], [r.weight_decay for r in runs],
+                       net.num_params, device=device)
+    frozen = torch.zeros(n, dtype=torch.bool, device=device)
+    diverged: list[int | None] = [None] * n
+    dropout = torch.tensor([r.dropout for r in runs], device=device, dtype=torch.float32)
+    gen = torch.Generator(device=device).manual_seed(int(seed))
+    acts = [r.activation for r in runs]
+    override = None if all(a is None for a in acts) else [a or "identity" for a in acts]
+    ctxs: dict[int, Ctx] = {}
+    work, done, reported = sum(active), 0, 0
+    for t in range(t_max):
+        k = active[t]
+        if k not in ctxs:
+            ctxs[k] = Ctx(k, True, override[:k] if override else None, dropout[:k], generator=gen)
+        ctx = ctxs[k]
+        idx = sched[:k, t]
+        valid = idx >= 0
+        ctx.weights = valid.to(torch.float32) if partial[t] else None
+        ctx.frozen = frozen[:k]
+        safe = idx.clamp(min=0)
+        p = params[:k].detach().requires_grad_(True)
+        logits = net.forward(p, bufs, x_train[safe], ctx)
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y_train[safe].reshape(-1),
+                             reduction="none").view(k, -1)
+        per_model = ce.mean(1) if ctx.weights is None else (ce * ctx.weights).sum(1) / ctx.weights.sum(1)
+        (grad,) = torch.autograd.grad(per_model.sum(), p)
+        finite = opt.step(params, grad, k, update_mask=~frozen[:k])
+        if not bool(finite.all()):
+            for i in (~finite & ~frozen[:k]).nonzero().flatten().tolist():
+                diverged[i] = t // steps[i] + 1
+            frozen[:k] |= ~finite
+        if t in events:
+            rows, cols = zip(*events[t])
+            snapshot(list(rows), list(cols))
+        done += k
+        if progress is not None and (done - reported) * 50 >= work or t == t_max - 1:
+            if progress is not None:
+                progress((done - reported) / work)
+            reported = done
+    inverse = [0] * n
+    for slot, m in enumerate(order):
+        inverse[m] = slot
+    return ChunkResult(ckpts, snap_p[inverse].cpu(), {k: v[inverse].cpu() for k, v in snap_b.items()},
+                       [diverged[inverse[m]] for m in range(n)], steps_all)
