@@ -8,7 +8,7 @@ A config has six sections and an output directory::
     schedule: {name: cosine|constant, warmup_epochs, min_lr_ratio}
     augment:  {permute, noise}
     train:    {epochs, batch_size, eval_batch_size, seed, device: auto|cpu|cuda|cuda:N, amp, amp_dtype: bf16|fp16,
-               patience, loss: mse|l1|huber, drop_last, progress, threads}
+               patience, loss: mse|l1|huber, drop_last, progress, threads, find_unused_parameters}
     output:   run directory (default ``runs/<config file stem>``)
 
 Every section and key is optional except ``data.zoo`` and ``model.name``.
@@ -109,6 +109,7 @@ class TrainConfig:
     drop_last: bool = False
     progress: bool = True
     threads: int | None = None  #: torch.set_num_threads (per process)
+    find_unused_parameters: bool = True  #: DDP only; false is faster when every parameter is used every step
 
 
 @dataclass

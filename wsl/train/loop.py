@@ -133,7 +133,7 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp = DDP(self.model, device_ids=ids)
+            self.ddp = DDP(self.model, device_ids=ids, find_unused_parameters=cfg.train.find_unused_parameters)
         oc = cfg.optim
         params = [p for p in self.model.parameters() if p.requires_grad]
         if oc.name == "sgd":
