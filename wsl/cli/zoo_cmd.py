@@ -13,7 +13,8 @@ import numpy as np
 from wsl.cli.common import local_path, print_json
 from wsl.errors import ZooFormatError
 
-OPTIONAL_SUBCOMMANDS = (("wsl.zoo.generate", "register_generate"), ("wsl.zoo.readers", "register_convert"))
+OPTIONAL_SUBCOMMANDS = (("wsl.zoo.generate", "register_generate"), ("wsl.zoo.readers", "register_convert"),
+                        ("wsl.hub.push", "register_push"))  # wsl.hub hook: `wsl zoo push`
 
 
 def register(sub: Any) -> None:

@@ -300,7 +300,12 @@ def load_zoo(path: str | os.PathLike[str], verify: str = "lazy") -> Zoo:
     root = Path(p)
     if not root.is_dir():
         raise ZooFormatError(f"{root}: not a zoo directory ({'no such path' if not root.exists() else 'not a directory'})")
-    zoo = Zoo(ZooStore(root, verify))
+    if "snapshots" in root.parts:  # wsl.hub hook: a zoo in the Hugging Face cache downloads shards on first read
+        from wsl.hub.resolve import zoo_store
+
+        zoo = Zoo(zoo_store(root, verify))
+    else:
+        zoo = Zoo(ZooStore(root, verify))
     if verify == "eager":
         zoo.verify()
     return zoo
