@@ -310,3 +310,18 @@ def test_baseline_through_wsl_train(tiny_zoo: Path, tmp_path: Path, capsys: pyte
     assert (tmp_path / "b" / "test_scatter.png").is_file()
     assert main(["train", str(cfg), "optim.lrr=1"]) == 2
     assert "did you mean 'optim.lr'" in capsys.readouterr().err
+
+
+def test_permutation_augmentation_is_a_no_op_for_invariant_models(tiny_zoo: Path, tmp_path: Path) -> None:
+    from wsl.train.config import load_config
+    from wsl.train.loop import Trainer
+
+    runs = {}
+    for permute in (False, True):
+        cfg = load_config(raw=base_cfg(tiny_zoo, ref("block_moments"), augment={"permute": permute},
+                                       train={"epochs": 2}))
+        runs[permute] = Trainer(cfg, tmp_path / str(permute)).fit()
+    a, b = _weights(tmp_path / "False"), _weights(tmp_path / "True")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    assert runs[True]["history"][0]["loss"] == pytest.approx(runs[False]["history"][0]["loss"], rel=1e-5)

@@ -80,7 +80,7 @@ class Trainer:
         from wsl import load_zoo
         from wsl.cli.common import local_path
         from wsl.tasks.generalization import prepare_split, select_rows
-        from wsl.train.registry import InputInfo, build_model, resolve_model
+        from wsl.train.registry import InputInfo, build_model, check_params, resolve_model
 
         cfg, dc = self.cfg, self.cfg.data
         if cfg.train.threads:
@@ -92,6 +92,7 @@ class Trainer:
             D.barrier(self.info)
         self.zoo = load_zoo(path, verify=dc.verify)
         self.entry = resolve_model(cfg.model.name)
+        check_params(self.entry, cfg.model.params)  # fail before the (slow) data preparation
         kind = self.entry.input_kind
         names = {"train": dc.train_split, "val": dc.val_split, "test": dc.test_split}
         layout = dc.stats_layout
