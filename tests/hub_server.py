@@ -172,15 +172,6 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
 
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_HEAD(self) -> None:
-        self._serve("HEAD")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
     # ------------------------------------------------------------------ plumbing
     def _send(self, method: str, r: _Reply) -> None:
         body = r.body
@@ -197,8 +188,8 @@ class _Handler(BaseHTTPRequestHandler):
         if method != "HEAD":
             self.wfile.write(data)
 
-    def _serve(self, method: str) -> None:
-        raw = urlsplit(self.path)
+    def _serve(self) -> None:
+        method, raw = self.command, urlsplit(self.path)
         with self.hub.lock:
             self.hub.requests.append((method, unquote(raw.path)))
         length = int(self.headers.get("Content-Length") or 0)
@@ -208,6 +199,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Reply(404, f"no route for {method} {raw.path}")
         except _Reply as r:
             self._send(method, r)
+
+    do_GET = do_HEAD = do_POST = _serve
 
     def _authed(self) -> str | None:
         auth = self.headers.get("Authorization", "")

@@ -28,11 +28,11 @@ from typing import Any
 
 from wsl.hub.uri import (
     HubAccessError, HubConnectionError, HubFileNotFoundError, HubOfflineError, HubRef, HubRepoNotFoundError,
-    HubRevisionNotFoundError, HubURIError, is_hub_uri, parse_uri,
+    HubRevisionNotFoundError, HubURIError, hub_error, is_hub_uri, parse_uri,
 )
 
 # Imported eagerly: the function ``resolve`` must shadow the submodule of the same name.
-from wsl.hub.resolve import HubZooStore, ZooFetcher, hub_error, resolve, zoo_store  # noqa: E402
+from wsl.hub.resolve import HubZooStore, ZooFetcher, resolve, zoo_store  # noqa: E402
 
 _LAZY = {
     "push_predictor": "wsl.hub.push", "push_zoo": "wsl.hub.push", "HubPredictor": "wsl.hub.push",

@@ -110,7 +110,7 @@ def predictor_card(config: Mapping[str, Any], repo_id: str | None = None, *, lic
     if zoo_card:
         recipe = ("\nRecipe of the training zoo (`zoo.json` field `recipe`; dataset "
                   f"`{(zoo_card.get('dataset') or {}).get('name', 'n/a')}`):\n\n" + _yaml_block(zoo_card.get("recipe")))
-    zoo_line = f"[`{ds}`]({'https://huggingface.co/datasets/' + ds})" if ds else f"`{zoo_ref}`"
+    zoo_line = f"[`{ds}`](/datasets/{ds})" if ds else f"`{zoo_ref}`"
     uri = f"hf://{repo_id}" if repo_id else "hf://ORG/NAME"
     n_params = metrics.get("num_parameters")
     body = f"""# {name}
@@ -180,13 +180,13 @@ def zoo_card(zoo: Any, repo_id: str | None = None, *, license: str | None = None
     mrows = "\n".join(f"| {k} | {m['count']:,} | " + " | ".join(_fmt(m.get(q), ".4g") for q in
                                                                ("min", "q25", "median", "q75", "max", "mean")) + " |"
                       for k, m in info["metrics"].items() if m.get("count"))
-    size_mb = info["disk_bytes"] / 1e6
+    size = info["disk_bytes"]
+    size_text = f"{size / 1e6:,.1f} MB" if size >= 1e5 else f"{size / 1e3:,.1f} kB"
+    description = f"{card['description']}\n\n" if card.get("description") else ""
     body = f"""# {card['name']} (version {card['version']})
 
-{card.get('description') or ''}
-
-A model zoo in the native `wsl` format `{card['format']}`: {info['num_rows']:,} checkpoints
-(rows) of {info['num_models']:,} trained networks in {info['num_shards']:,} safetensors shards ({size_mb:,.1f} MB),
+{description}A model zoo in the native `wsl` format `{card['format']}`: {info['num_rows']:,} checkpoints
+(rows) of {info['num_models']:,} trained networks in {info['num_shards']:,} safetensors shard(s) ({size_text}),
 dataset `{dataset.get('name', 'n/a')}`.
 
 ## Splits (by model: all checkpoints of a network share its split)

@@ -52,7 +52,7 @@ class PushReport:
 
 
 def _hf_api(ref: HubRef) -> Any:
-    from wsl.hub.resolve import _hf, endpoint, is_offline
+    from wsl.hub.uri import _hf, endpoint, is_offline
 
     hf = _hf()
     if is_offline():
@@ -64,7 +64,7 @@ def _hf_api(ref: HubRef) -> Any:
 
 
 def _prepare(api: Any, ref: HubRef, private: bool) -> None:
-    from wsl.hub.resolve import hub_error
+    from wsl.hub.uri import hub_error
 
     try:
         api.create_repo(ref.repo_id, repo_type=ref.repo_type, private=private, exist_ok=True)
@@ -77,7 +77,7 @@ def _prepare(api: Any, ref: HubRef, private: bool) -> None:
 def _commit(api: Any, ref: HubRef, batches: Sequence[Sequence[tuple[str, Any]]], message: str,
             report: PushReport) -> PushReport:
     """One ``create_commit`` per batch of ``(path in repo, local path or bytes)``."""
-    from wsl.hub.resolve import _hf, hub_error
+    from wsl.hub.uri import _hf, hub_error
 
     hf = _hf()
     batches = [b for b in batches if b]
@@ -231,12 +231,13 @@ class HubPredictor:
         return f"HubPredictor({self.predictor!r})"
 
 
-def add_push_args(p: Any, what: str) -> None:
+def add_push_args(p: Any, what: str, license_default: str = "apache-2.0") -> None:
     """Options shared by ``wsl push`` and ``wsl zoo push``."""
     p.add_argument("--private", action="store_true", help="create the repository as private (if it does not exist)")
     p.add_argument("--revision", metavar="BRANCH", help="branch to push to (created from main if missing)")
     p.add_argument("--message", metavar="TEXT", help="commit message")
-    p.add_argument("--license", metavar="ID", help=f"license id written in the {what} card (default apache-2.0)")
+    p.add_argument("--license", metavar="ID", help=f"license id written in the {what} card (default "
+                   f"{license_default})")
 
 
 def register_push(zsub: Any) -> None:
@@ -246,7 +247,7 @@ def register_push(zsub: Any) -> None:
                         "generated dataset card, in commits of at most --files-per-commit files.")
     p.add_argument("path", help="zoo directory")
     p.add_argument("repo", metavar="hf://datasets/ORG/NAME", help="destination dataset repository")
-    add_push_args(p, "dataset")
+    add_push_args(p, "dataset", "the zoo card's extra.license or dataset.license, else apache-2.0")
     p.add_argument("--files-per-commit", type=int, default=MAX_FILES_PER_COMMIT, metavar="N",
                    help=f"shards per commit (default {MAX_FILES_PER_COMMIT})")
     p.add_argument("--no-verify", action="store_true", help="skip checksumming the shards before uploading")

@@ -32,16 +32,15 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from wsl.errors import HubError
 from wsl.hub.uri import (
-    HubAccessError, HubConnectionError, HubFileNotFoundError, HubOfflineError, HubRef, HubRepoNotFoundError,
-    HubRevisionNotFoundError, HubURIError, is_commit, parse_uri,
+    HubConnectionError, HubFileNotFoundError, HubOfflineError, HubRef, _hf, _one_line, _transport_errors, cache_dir,
+    endpoint, hub_error, is_commit, is_offline, parse_uri,
 )
 from wsl.zoo.store import ZooStore
 
-__all__ = ["HubZooStore", "ZooFetcher", "cache_dir", "endpoint", "hub_error", "is_offline", "resolve", "zoo_store"]
+__all__ = ["HubZooStore", "ZooFetcher", "resolve", "zoo_store"]
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".index.json")
 _CHECKPOINT_EXTRAS = ("README.md", "space.json")
@@ -49,102 +48,6 @@ _WEIGHTS = (("model.safetensors",), ("model.safetensors.index.json",), ("pytorch
             ("pytorch_model.bin.index.json",))
 _ZOO_FILES = ("zoo.json", "metadata.jsonl", "README.md")
 _CACHE_REPO = re.compile(r"^(model|dataset)s--([^/]+?)--([^/]+)$")
-
-
-def _hf() -> Any:
-    try:
-        import huggingface_hub
-        import huggingface_hub.constants  # noqa: F401  (read at call time below)
-    except ImportError as exc:  # pragma: no cover - a core dependency
-        raise HubError(f"hf:// URIs need huggingface_hub ({exc}); pip install huggingface_hub") from exc
-    return huggingface_hub
-
-
-def endpoint() -> str:
-    """The Hub endpoint in use (``HF_ENDPOINT``, default https://huggingface.co)."""
-    return str(_hf().constants.ENDPOINT).rstrip("/")
-
-
-def cache_dir() -> Path:
-    """The Hugging Face hub cache (``HF_HUB_CACHE``)."""
-    return Path(_hf().constants.HF_HUB_CACHE).expanduser()
-
-
-def is_offline() -> bool:
-    """Whether ``HF_HUB_OFFLINE`` is on (as read by huggingface_hub, or set in the environment since)."""
-    env = os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
-    return bool(_hf().constants.HF_HUB_OFFLINE) or env
-
-
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    out: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    for mod, names in (("httpx2", ("TransportError", "TimeoutException")), ("httpx", ("TransportError",)),
-                       ("requests", ("ConnectionError", "Timeout"))):
-        try:
-            m = __import__(mod)
-        except ImportError:
-            continue
-        out += [getattr(m, n) for n in names if isinstance(getattr(m, n, None), type)]
-    return tuple(out)
-
-
-def _web_url(ref: HubRef) -> str:
-    return f"{endpoint()}/{'datasets/' if ref.repo_type == 'dataset' else ''}{ref.repo_id}"
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] + ("..." if len(text) > 300 else "")
-
-
-def hub_error(exc: BaseException, ref: HubRef | str, expect: str | None = None) -> HubError:
-    """Translate a ``huggingface_hub`` / transport exception about ``ref`` into a one-line typed HubError."""
-    if isinstance(exc, HubError):
-        return exc
-    errors = _hf().errors
-    uri = str(ref)
-    where = ref if isinstance(ref, HubRef) else None
-    repo = where.repo_uri if where else uri
-    login = "set HF_TOKEN or run `hf auth login`"
-    if isinstance(exc, errors.GatedRepoError):
-        url = _web_url(where) if where else repo
-        return HubAccessError(f"{uri}: {repo} is a gated repository: accept its conditions at {url} and {login}")
-    if isinstance(exc, errors.RepositoryNotFoundError):
-        hint = ""
-        if where and expect and expect != where.repo_type and where.repo_type == "model":
-            hint = f"; {expect} repositories are named hf://{expect}s/{where.repo_id}"
-        return HubRepoNotFoundError(f"{uri}: repository {repo} not found on {endpoint()} "
-                                    f"(if it is private, {login}){hint}")
-    if isinstance(exc, getattr(errors, "DisabledRepoError", ())):
-        return HubAccessError(f"{uri}: repository {repo} is disabled on {endpoint()}")
-    if isinstance(exc, errors.RevisionNotFoundError):
-        rev = where.revision if where else None
-        return HubRevisionNotFoundError(f"{uri}: revision {rev or 'main'!r} not found in {repo}")
-    local = getattr(errors, "LocalEntryNotFoundError", ())
-    if isinstance(exc, errors.EntryNotFoundError) and not isinstance(exc, local):
-        path = where.path if where else "?"
-        rev = (where.revision if where else None) or "main"
-        return HubFileNotFoundError(f"{uri}: no file {path!r} in {repo} at revision {rev}")
-    if isinstance(exc, (local, errors.OfflineModeIsEnabled)) or is_offline():
-        if is_offline():
-            return HubOfflineError(f"{uri}: not in the local Hugging Face cache ({cache_dir()}) and HF_HUB_OFFLINE=1 "
-                                   "forbids downloading it; fetch it once online (or unset HF_HUB_OFFLINE)")
-        return HubConnectionError(f"{uri}: cannot reach the Hub at {endpoint()} and it is not in the local cache "
-                                  f"({cache_dir()})")
-    if isinstance(exc, errors.HfHubHTTPError) and getattr(exc, "response", None) is not None:
-        status = exc.response.status_code
-        if status in (401, 403):
-            return HubAccessError(f"{uri}: access denied by {endpoint()} (HTTP {status}); {login} with a token "
-                                  f"allowed to use {repo}")
-        return HubError(f"{uri}: the Hub at {endpoint()} answered HTTP {status}: {_one_line(exc)}")
-    if isinstance(exc, _transport_errors()):
-        return HubConnectionError(f"{uri}: cannot reach the Hub at {endpoint()} ({type(exc).__name__}: "
-                                  f"{_one_line(exc)})")
-    if isinstance(exc, getattr(errors, "HFValidationError", ())):
-        return HubURIError(f"{uri}: {_one_line(exc)}")
-    if isinstance(exc, OSError):
-        return HubError(f"{uri}: cannot write to the Hugging Face cache {cache_dir()}: {_one_line(exc)}")
-    return HubError(f"{uri}: {type(exc).__name__}: {_one_line(exc)}")
 
 
 # ------------------------------------------------------------------------------------------- listing
