@@ -86,7 +86,7 @@ def evaluate(net: Any, params: torch.Tensor, bufs: dict[str, torch.Tensor], acts
         ctx = Ctx(b - a, False, acts[a:b] if acts else None)
         for s in range(0, x.shape[0], samples_per_pass):
             xs, ys = x[s:s + samples_per_pass], y[s:s + samples_per_pass]
-            logits = net.forward(p, bf, xs.unsqueeze(0).expand(b - a, *xs.shape), ctx)
+            logits = net.forward(p, bf, xs, ctx, shared=True)
             ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ys.repeat(b - a), reduction="none")
             losses[a:b, s:s + len(ys)] = ce.view(b - a, -1).cpu()
             correct[a:b, s:s + len(ys)] = (logits.argmax(-1) == ys).cpu()
@@ -119,7 +119,8 @@ class _Plan:
         if r.architecture["type"] == "wild":
             key = f"block{index // int(r.architecture.get('models_per_arch', 20))}"
             return _Model(index, hp, model_seeds(r.generation.get("seed", 0), index), key, key)
-        return _Model(index, hp, model_seeds(r.generation.get("seed", 0), index), hp["activation"], "all")
+        act = hp["activation"]  # one vectorized network per activation: no per-model mixing needed
+        return _Model(index, hp, model_seeds(r.generation.get("seed", 0), index), act, act)
 
     def desc(self, m: _Model) -> dict[str, Any]:
         if m.arch_key not in self.descs:
@@ -283,8 +284,9 @@ def register_generate(zsub: Any) -> None:
     g.add_argument("--seed", type=int, help="recipe seed (default: the recipe's)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     g.add_argument("--models-per-chunk", type=int, help="models trained together and committed at once")
-    g.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's default; 1 is often "
-                   "faster for these small networks, and much faster on a busy machine)")
+    g.add_argument("--threads", type=int, help="CPU threads for torch (default 1: these networks are too small "
+                   "for intra-op threads to pay off, and extra threads stall badly on a busy machine; to use "
+                   "more cores, run --shard i/n parts in parallel and merge them)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.add_argument("--json", action="store_true", help="print the summary as JSON")
     g.set_defaults(func=run_generate)
@@ -298,10 +300,9 @@ def run_generate(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{name.replace('_', '-')}: expected a positive int, got {v}")
     if args.seed is not None and args.seed < 0:
         raise ConfigError(f"--seed: expected an int >= 0, got {args.seed}")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads: expected a positive int, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads: expected a positive int, got {args.threads}")
+    torch.set_num_threads(args.threads or 1)
     s = generate(args.recipe, args.output, num_models=args.num_models, epochs=args.epochs, shard=args.shard,
                  seed=args.seed, device=args.device, models_per_chunk=args.models_per_chunk, progress=not args.quiet)
     if args.json:

@@ -115,7 +115,7 @@ class VecOptimizer:
             bc2_sqrt = torch.where(adam, (1.0 - self.beta2 ** t).sqrt(), torch.ones_like(t)).to(p.dtype)
             denom = (v.sqrt() / bc2_sqrt).add_(self.e[:k])
             update = (m * step_size).div_(denom)
-        finite = torch.isfinite(update).all(1)
+        finite = torch.isfinite(update.sum(1))  # a non-finite entry (or an overflow) makes the sum non-finite
         keep = finite if update_mask is None else finite & update_mask
         update = torch.where(keep.reshape(k, 1), update, torch.zeros((), dtype=p.dtype, device=p.device))
         p.sub_(update)

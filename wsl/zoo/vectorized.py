@@ -171,15 +171,25 @@ class VecNet:
                x: Act, ctx: Ctx) -> Act:
         t, (h, layout), k = spec["type"], x, ctx.k
         bias = self.param(p, pre + "bias") if pre + "bias" in self.entries else None
+        if layout == "shared" and (t not in ("conv1d", "conv2d", "linear") or t != "linear" and spec["groups"] != 1):
+            x = _materialize(h, k, len(self.input_shape))
+            h, layout = x
         if t in ("conv1d", "conv2d"):
-            _need(layout == "conv", pre, t)
+            _need(layout in ("conv", "shared"), pre, t)
             w = self.param(p, pre + "weight")
+            b = None if bias is None else bias.reshape(-1)
+            if t == "conv2d" and layout == "conv" and w.shape[2] == 1 and not isinstance(spec["padding"], str):
+                return _conv_unfold(h, w, b, spec, k), "conv"
             conv = F.conv1d if t == "conv1d" else F.conv2d
-            return conv(h, w.reshape(-1, *w.shape[2:]), None if bias is None else bias.reshape(-1), spec["stride"],
-                        spec["padding"], spec["dilation"], k * spec["groups"]), "conv"
+            groups = spec["groups"] * (1 if layout == "shared" else k)  # shared input: one dense conv
+            return conv(h, w.reshape(-1, *w.shape[2:]), b, spec["stride"], spec["padding"], spec["dilation"],
+                        groups), "conv"
         if t == "linear":
-            _need(layout == "flat" and h.dim() == 3, pre, t)
+            _need(layout in ("flat", "shared") and h.dim() in (2, 3), pre, t)
             w = self.param(p, pre + "weight").transpose(1, 2)
+            if layout == "shared":  # (N, F) @ (k, F, O)
+                out = torch.matmul(h, w)
+                return (out if bias is None else out + bias.unsqueeze(1)), "flat"
             return (torch.bmm(h, w) if bias is None else torch.baddbmm(bias.unsqueeze(1), h, w)), "flat"
         if t in ("batchnorm1d", "batchnorm2d"):
             return self._batchnorm(spec, pre, p, bufs, x, ctx)
@@ -234,10 +244,14 @@ class VecNet:
             return normed.reshape(h.shape), "conv"
         return normed.squeeze(-1).transpose(0, 1), "flat"
 
-    def forward(self, p: torch.Tensor, bufs: dict[str, torch.Tensor], x: torch.Tensor, ctx: Ctx) -> torch.Tensor:
-        """Outputs ``(k, B, out)`` of ``k`` models (rows of ``p``) on per-model inputs ``(k, B, *input_shape)``."""
-        if len(self.input_shape) >= 2:
-            xa: Act = (x.transpose(0, 1).reshape(x.shape[1], -1, *self.input_shape[1:]), "conv")
+    def forward(self, p: torch.Tensor, bufs: dict[str, torch.Tensor], x: torch.Tensor, ctx: Ctx,
+                shared: bool = False) -> torch.Tensor:
+        """Outputs ``(k, B, out)`` of ``k`` models (rows of ``p``) on inputs ``(k, B, *input_shape)``,
+        or on one batch ``(B, *input_shape)`` fed to every model if ``shared``."""
+        if shared:
+            xa: Act = (x, "shared")
+        elif len(self.input_shape) >= 2:
+            xa = (x.transpose(0, 1).reshape(x.shape[1], -1, *self.input_shape[1:]), "conv")
         else:
             xa = (x, "flat")
         out, layout = self._layers(self.description["layers"], "", p, bufs, xa, ctx)
@@ -261,6 +275,35 @@ class VecNet:
         """Inverse of :meth:`unflatten` for the parameters: ``(n, P)``."""
         return torch.cat([stacked[key].reshape(stacked[key].shape[0], -1)
                           for key, e in self.entries.items() if e.role != "buffer"], dim=1)
+
+
+def _materialize(h: torch.Tensor, k: int, input_rank: int) -> Act:
+    """A shared input ``(B, *shape)`` copied for ``k`` models, in the conv or flat layout."""
+    if input_rank >= 2:
+        return h.repeat(1, k, *([1] * (h.dim() - 2))), "conv"
+    return h.unsqueeze(0).expand(k, *h.shape), "flat"
+
+
+def _conv_unfold(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, spec: dict[str, Any],
+                 k: int) -> torch.Tensor:
+    """A 2-d convolution with one input channel per model as unfold + batched matmul.
+
+    (Grouped convolutions with a single input channel per group are slow on
+    CPU; this is the first layer of grayscale-image networks.)
+    """
+    bsz, (o, _, kh, kw) = h.shape[0], w.shape[1:]
+    cols = F.unfold(h, (kh, kw), dilation=spec["dilation"], padding=spec["padding"], stride=spec["stride"])
+    length = cols.shape[-1]
+    cols = cols.view(bsz, k, kh * kw, length).permute(1, 0, 3, 2).reshape(k, bsz * length, kh * kw)
+    wm = w.reshape(k, o, kh * kw).transpose(1, 2)
+    y = torch.bmm(cols, wm) if b is None else torch.baddbmm(b.view(k, 1, o), cols, wm)
+    size = [(h.shape[2 + i] + 2 * pd - dl * (ks - 1) - 1) // st + 1 for i, (ks, st, pd, dl) in enumerate(zip(
+        (kh, kw), *(_pair(spec[n]) for n in ("stride", "padding", "dilation"))))]
+    return y.view(k, bsz, *size, o).permute(1, 0, 4, 2, 3).reshape(bsz, k * o, *size)
+
+
+def _pair(v: int | list[int]) -> list[int]:
+    return [v, v] if isinstance(v, int) else list(v)
 
 
 def _need(ok: bool, where: str, t: str) -> None:
