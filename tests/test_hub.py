@@ -117,8 +117,10 @@ def test_resolve_downloads_only_what_is_needed(hub: FakeHub, monkeypatch: pytest
                                  **shards, "model-3.safetensors": b"unlisted", "pytorch_model.bin": b"old"})
     got = sorted(p.name for p in resolve("hf://org/sharded").iterdir())
     assert got == ["config.json", "model-1.safetensors", "model-2.safetensors", "model.safetensors.index.json"]
-    hub.add_repo("org/bin", {"config.json": "{}", "pytorch_model.bin": b"w", "flax_model.msgpack": b"f"})
+    hub.add_repo("org/bin", {"config.json": "{}", "pytorch_model.bin": b"w", "flax_model.msgpack": b"f",
+                             **{f"raw/{i}.txt": str(i) for i in range(10)}, "zoo/zoo.json": "{}"})
     assert sorted(p.name for p in resolve("hf://org/bin").iterdir()) == ["config.json", "pytorch_model.bin"]
+    assert len(list(resolve("hf://org/bin/raw").iterdir())) == 10  # a plain folder: everything in it
     n = len(hub.requests)
     go_offline(monkeypatch)  # everything above is now served from the cache, without a request
     assert resolve("hf://org/bert") == path and resolve("hf://org/sharded@main").is_dir()

@@ -47,6 +47,7 @@ _CHECKPOINT_EXTRAS = ("README.md", "space.json")
 _WEIGHTS = (("model.safetensors",), ("model.safetensors.index.json",), ("pytorch_model.bin",),
             ("pytorch_model.bin.index.json",))
 _ZOO_FILES = ("zoo.json", "metadata.jsonl", "README.md")
+_FEW_FILES = 8  #: up to this many files are fetched one by one, more with snapshot_download
 _CACHE_REPO = re.compile(r"^(model|dataset)s--([^/]+?)--([^/]+)$")
 
 
@@ -199,17 +200,17 @@ def _fetch(ref: HubRef, listing: _Listing, files: list[str], expect: str | None)
             raise HubOfflineError(f"{ref}: {what} not in the local Hugging Face cache ({cache_dir()}) and "
                                   "HF_HUB_OFFLINE=1 forbids downloading")
         raise HubConnectionError(f"{ref}: cannot reach the Hub at {endpoint()} and {what} is not cached")
-    hf = _hf()
+    hf, current = _hf(), None
     try:
-        if len(missing) == 1:
-            hf.hf_hub_download(ref.repo_id, missing[0], repo_type=ref.repo_type, revision=listing.commit,
-                               endpoint=endpoint())
-        else:
+        if len(missing) <= _FEW_FILES:  # a HEAD + GET each; cheaper than listing a large repository's tree
+            for current in missing:
+                hf.hf_hub_download(ref.repo_id, current, repo_type=ref.repo_type, revision=listing.commit,
+                                   endpoint=endpoint())
+        else:  # parallel downloads
             hf.snapshot_download(ref.repo_id, repo_type=ref.repo_type, revision=listing.commit, endpoint=endpoint(),
                                  allow_patterns=[glob.escape(f) for f in missing])
     except Exception as exc:
-        target = ref.with_(path=missing[0]) if len(missing) == 1 else ref
-        raise hub_error(exc, target, expect) from exc
+        raise hub_error(exc, ref.with_(path=current) if current else ref, expect) from exc
     still = [f for f in missing if not (snapshot / f).is_file()]
     if still:
         raise HubFileNotFoundError(f"{ref}: {still[0]!r} was listed by the Hub but not downloaded")
