@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsl.archs import build, small_cnn
+from wsl.archs import small_cnn
 from wsl.zoo.data import epoch_batches, load_dataset
-from wsl.zoo.generate import _Plan, evaluate
+from wsl.zoo.generate import _Plan
 from wsl.zoo.recipes import init_rows, load_recipe
-from wsl.zoo.vectorized import ModelRun, VecNet, train_chunk
+from wsl.zoo.vectorized import ModelRun, VecNet, evaluate, train_chunk
 
 RECIPE = Path(__file__).resolve().parents[1] / "zoos" / "digits-cnn-gs.yaml"
 TORCH_OPT = {"sgd": (torch.optim.SGD, {"momentum": 0.9}), "adam": (torch.optim.Adam, {}),

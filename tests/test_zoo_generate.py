@@ -127,7 +127,9 @@ def test_vectorized_training_equals_per_model_training(arch: str) -> None:
 def _generate(recipe: str, out: Path, *args: str) -> None:
     from wsl.cli import main
 
-    assert main(["zoo", "generate", str(ZOOS / recipe), "-o", str(out), "--quiet", "--device", "cpu", *args]) == 0
+    workers = [] if "--workers" in args else ["--workers", "1"]
+    assert main(["zoo", "generate", str(ZOOS / recipe), "-o", str(out), "--quiet", "--device", "cpu", *workers,
+                 *args]) == 0
 
 
 def _content(root: Path) -> tuple[list[dict], dict[str, dict[str, torch.Tensor]]]:
@@ -195,7 +197,7 @@ def test_recipe_generates_a_loadable_zoo(tmp_path: Path, recipe: str, args: list
 def test_generation_is_deterministic_and_shards_merge_to_the_full_zoo(tmp_path: Path) -> None:
     common = ["--num-models", "6", "--epochs", "1", "--models-per-chunk", "2"]
     _generate("digits-cnn-gs.yaml", tmp_path / "full", *common)
-    _generate("digits-cnn-gs.yaml", tmp_path / "again", *common)
+    _generate("digits-cnn-gs.yaml", tmp_path / "again", *common, "--workers", "2")  # chunks in 2 processes
     _assert_same(tmp_path / "full", tmp_path / "again")
     _generate("digits-cnn-gs.yaml", tmp_path / "s0", *common, "--shard", "0/2")
     _generate("digits-cnn-gs.yaml", tmp_path / "s1", *common, "--shard", "1/2")
@@ -209,8 +211,8 @@ def test_generation_is_deterministic_and_shards_merge_to_the_full_zoo(tmp_path: 
 
 
 def test_kill_and_resume_gives_the_uninterrupted_zoo(tmp_path: Path) -> None:
-    args = ["--num-models", "12", "--epochs", "2", "--models-per-chunk", "2", "--threads", "1", "--quiet",
-            "--device", "cpu"]
+    args = ["--num-models", "12", "--epochs", "2", "--models-per-chunk", "2", "--threads", "1", "--workers", "1",
+            "--quiet", "--device", "cpu"]
     cmd = [sys.executable, "-m", "wsl", "zoo", "generate", str(ZOOS / "digits-cnn-gs.yaml"), "-o",
            str(tmp_path / "killed"), *args]
     env = dict(os.environ, PYTHONPATH=str(ROOT))

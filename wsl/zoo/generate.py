@@ -23,21 +23,25 @@ hit a non-finite update and was frozen at its last finite weights).
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
+import itertools
 import json
 import math
+import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from wsl.errors import ConfigError, WslError, ZooFormatError
 from wsl.zoo.recipes import Recipe, load_recipe, model_seeds, sample_architecture, sample_hparams
 
-__all__ = ["evaluate", "generate", "register_generate", "resolve_device"]
+__all__ = ["generate", "register_generate", "resolve_device"]
 
 Append = tuple[dict[str, Any], dict[str, torch.Tensor], list[dict[str, Any]]]  # (arch, stacked, rows)
 
@@ -66,31 +70,6 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     if not 0 <= i < n:
         raise ConfigError(f"--shard {text!r}: need 0 <= i < n")
     return i, n
-
-
-@torch.no_grad()
-def evaluate(net: Any, params: torch.Tensor, bufs: dict[str, torch.Tensor], acts: list[str] | None,
-             x: torch.Tensor, y: torch.Tensor, *, device: torch.device | str = "cpu",
-             models_per_pass: int = 512, samples_per_pass: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample losses and correctness ``(V, N)`` of the ``V`` models in ``params`` (eval mode)."""
-    from wsl.zoo.vectorized import Ctx
-
-    v_all = params.shape[0]
-    losses = torch.empty(v_all, x.shape[0])
-    correct = torch.empty(v_all, x.shape[0], dtype=torch.bool)
-    x, y = x.to(device), y.to(device)
-    for a in range(0, v_all, models_per_pass):
-        b = min(v_all, a + models_per_pass)
-        p = params[a:b].to(device)
-        bf = {k: v[a:b].to(device) for k, v in bufs.items()}
-        ctx = Ctx(b - a, False, acts[a:b] if acts else None)
-        for s in range(0, x.shape[0], samples_per_pass):
-            xs, ys = x[s:s + samples_per_pass], y[s:s + samples_per_pass]
-            logits = net.forward(p, bf, xs, ctx, shared=True)
-            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ys.repeat(b - a), reduction="none")
-            losses[a:b, s:s + len(ys)] = ce.view(b - a, -1).cpu()
-            correct[a:b, s:s + len(ys)] = (logits.argmax(-1) == ys).cpu()
-    return losses, correct
 
 
 def _num(v: float) -> float | None:
@@ -138,7 +117,7 @@ class _Plan:
 def _classification_chunk(plan: _Plan, indices: list[int], chunk: int, device: torch.device,
                           progress: Any) -> list[Append]:
     from wsl.zoo.recipes import init_rows
-    from wsl.zoo.vectorized import ModelRun, VecNet, train_chunk
+    from wsl.zoo.vectorized import ModelRun, VecNet, evaluate, train_chunk
 
     recipe, data = plan.recipe, plan.data
     tr, seed = recipe.training, int(recipe.generation.get("seed", 0))
@@ -199,10 +178,97 @@ def _classification_chunk(plan: _Plan, indices: list[int], chunk: int, device: t
     return out
 
 
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(queue: Any, threads: int) -> None:
+    """Worker process setup: progress channel and torch threads."""
+    torch.set_num_threads(threads)
+    _WORKER["queue"] = queue
+
+
+def _setup(r: Recipe) -> tuple[Any, "_Plan | None"]:
+    """The data (and, for classification, the per-model plan) of a recipe."""
+    if r.task == "siren":
+        from wsl.zoo import siren
+
+        return siren.ImageData.from_recipe(r), None
+    from wsl.zoo.data import load_dataset
+
+    data = load_dataset(r.dataset["name"])
+    return data, _Plan(r, data)
+
+
+def _train(r: Recipe, data: Any, plan: "_Plan | None", c: int, idx: list[int], device: torch.device,
+           splits: dict[str, Any], progress: Any) -> list[Append]:
+    if plan is None:
+        from wsl.zoo import siren
+
+        return siren.fit_chunk(r, data, idx, c, device, splits, progress)
+    return _classification_chunk(plan, idx, c, device, progress)
+
+
+def _worker_chunk(r: Recipe, c: int, idx: list[int], device: torch.device, splits: dict[str, Any]) -> list[Append]:
+    """Train chunk ``c`` in a worker process (data and plan cached per recipe)."""
+    key = json.dumps(r.raw, sort_keys=True)
+    if _WORKER.get("key") != key:
+        _WORKER.update(key=key, setup=_setup(r))
+    data, plan = _WORKER["setup"]
+    return _train(r, data, plan, c, idx, device, splits, _WORKER["queue"].put)
+
+
+def _results(todo: list[tuple[int, list[int], list[str]]], r: Recipe, data: Any, plan: "_Plan | None",
+             device: torch.device, splits: dict[str, Any], workers: int, bar: Any) -> Iterator[list[Append]]:
+    """Trained chunks of ``todo``, in order; with ``workers > 1`` computed ahead in worker processes."""
+    if workers <= 1 or len(todo) <= 1:
+        for c, idx, _ in todo:
+            yield _train(r, data, plan, c, idx, device, splits, bar.update)
+        return
+    import multiprocessing
+    import queue as queue_mod
+    from concurrent.futures import ProcessPoolExecutor, TimeoutError as FutureTimeout
+
+    ctx = multiprocessing.get_context("spawn")
+    channel = ctx.Queue()
+
+    def drain() -> None:
+        with contextlib.suppress(queue_mod.Empty):
+            while True:
+                bar.update(channel.get_nowait())
+
+    workers = min(workers, len(todo))
+    ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(channel, torch.get_num_threads()))
+    try:
+        ahead = iter(todo)
+        pending = collections.deque(ex.submit(_worker_chunk, r, c, idx, device, splits)
+                                    for c, idx, _ in itertools.islice(ahead, workers + 1))
+        while pending:
+            fut = pending.popleft()
+            while True:
+                try:
+                    result = fut.result(timeout=0.25)
+                    break
+                except FutureTimeout:
+                    drain()
+            drain()
+            nxt = next(ahead, None)
+            if nxt is not None:
+                pending.append(ex.submit(_worker_chunk, r, nxt[0], nxt[1], device, splits))
+            yield result
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
 def generate(recipe: str | Path | Recipe, out: str | Path, *, num_models: int | None = None,
              epochs: int | None = None, shard: str | tuple[int, int] | None = None, seed: int | None = None,
-             device: str = "auto", models_per_chunk: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Generate (or resume) the zoo of ``recipe`` at ``out``; returns a summary dict."""
+             device: str = "auto", models_per_chunk: int | None = None, progress: bool = True,
+             workers: int = 1) -> dict[str, Any]:
+    """Generate (or resume) the zoo of ``recipe`` at ``out``; returns a summary dict.
+
+    ``workers > 1`` trains chunks in that many worker processes (spawned, each
+    with this process's torch thread count); the results are identical.
+    """
     from tqdm.auto import tqdm
 
     from wsl.zoo.writer import ZooWriter
@@ -211,18 +277,12 @@ def generate(recipe: str | Path | Recipe, out: str | Path, *, num_models: int | 
     r = r.with_overrides(num_models=num_models, epochs=epochs, seed=seed, models_per_chunk=models_per_chunk)
     shard_i, shard_n = shard if isinstance(shard, tuple) else parse_shard(shard)
     dev = resolve_device(device)
-    if r.task == "siren":
-        from wsl.zoo import siren
-
-        data: Any = siren.ImageData.from_recipe(r)
+    data, plan = _setup(r)
+    if plan is None:
         total = data.num_images if r.generation.get("num_models") is None else min(
             int(r.generation["num_models"]), data.num_images)
     else:
-        from wsl.zoo.data import load_dataset
-
-        data = load_dataset(r.dataset["name"])
         total = int(r.generation["num_models"])
-        plan = _Plan(r, data)
     per_chunk = int(r.generation.get("models_per_chunk", 128))
     n_chunks = math.ceil(total / per_chunk)
     mine = list(range(n_chunks * shard_i // shard_n, n_chunks * (shard_i + 1) // shard_n))
@@ -233,42 +293,39 @@ def generate(recipe: str | Path | Recipe, out: str | Path, *, num_models: int | 
     t0 = time.perf_counter()
     done_models = 0
     finals: list[float] = []
+    metric = "psnr" if r.task == "siren" else "test_accuracy"
     with writer:
         if writer.card["extra"].get("generator", {}).get("shard") != gen_info["shard"]:
             raise ZooFormatError(f"{out}: this zoo was generated with --shard "
                                  f"{writer.card['extra'].get('generator', {}).get('shard')}, not "
                                  f"{shard_i}/{shard_n}; use another output directory")
         completed = writer.completed_chunks()
-        chunk_models = {c: list(range(c * per_chunk, min(total, (c + 1) * per_chunk))) for c in mine}
-        n_mine = sum(len(v) for v in chunk_models.values())
-        with tqdm(total=n_mine, unit="model", desc=f"generate {r.name}", disable=not progress,
-                  smoothing=0.1, bar_format="{l_bar}{bar}| {n:.0f}/{total} [{elapsed}<{remaining}, {rate_fmt}]") as bar:
-            for c in mine:
-                idx = chunk_models[c]
-                n_appends = 1 if r.task == "siren" else len(plan.arch_keys(idx))
-                tokens = [f"{c:05d}.{j}" for j in range(n_appends)]
-                if all(t in completed for t in tokens):
-                    bar.update(len(idx))
-                    continue
-                start = bar.n
-                if r.task == "siren":
-                    appends = siren.fit_chunk(r, data, idx, c, dev, writer.card["splits"], bar.update)
-                else:
-                    appends = _classification_chunk(plan, idx, c, dev, bar.update)
+        todo = []
+        for c in mine:
+            idx = list(range(c * per_chunk, min(total, (c + 1) * per_chunk)))
+            tokens = [f"{c:05d}.{j}" for j in range(1 if plan is None else len(plan.arch_keys(idx)))]
+            if not all(t in completed for t in tokens):
+                todo.append((c, idx, tokens))
+        n_mine = sum(min(total, (c + 1) * per_chunk) - c * per_chunk for c in mine)
+        with tqdm(total=n_mine, initial=n_mine - sum(len(t[1]) for t in todo), unit="model", smoothing=0.2,
+                  desc=f"generate {r.name}", disable=not progress,
+                  bar_format="{l_bar}{bar}| {n:.0f}/{total} [{elapsed}<{remaining}, {rate_fmt}]") as bar:
+            for (c, idx, tokens), appends in zip(todo, _results(todo, r, data, plan, dev, writer.card["splits"],
+                                                                 workers, bar)):
                 for token, (desc, stacked, rows) in zip(tokens, appends):
                     if token not in completed:
                         writer.append(writer.add_architecture(desc), stacked, rows, chunk=token)
                     last = max(row["epoch"] or 0 for row in rows)
-                    finals += [row["test_accuracy"] for row in rows
-                               if (row["epoch"] or 0) == last and row.get("test_accuracy") is not None]
-                bar.update(start + len(idx) - bar.n)
+                    finals += [row[metric] for row in rows if (row["epoch"] or 0) == last and row.get(metric) is not None]
                 done_models += len(idx)
+            bar.n = n_mine
+            bar.refresh()
         num_rows, num_models_total = writer.num_rows, writer.card["num_models"]
     elapsed = time.perf_counter() - t0
     q = np.quantile(finals, [0, 0.25, 0.5, 0.75, 1]).tolist() if finals else []
     return {"output": str(out), "rows": num_rows, "models": num_models_total, "trained_models": done_models,
             "seconds": elapsed, "models_per_second": done_models / elapsed if elapsed > 0 else None,
-            "final_test_accuracy_quantiles": q}
+            "final_metric": metric, "final_quantiles": q}
 
 
 def register_generate(zsub: Any) -> None:
@@ -287,6 +344,8 @@ def register_generate(zsub: Any) -> None:
     g.add_argument("--threads", type=int, help="CPU threads for torch (default 1: these networks are too small "
                    "for intra-op threads to pay off, and extra threads stall badly on a busy machine; to use "
                    "more cores, run --shard i/n parts in parallel and merge them)")
+    g.add_argument("--workers", type=int, help="worker processes training chunks in parallel (default: one per "
+                   "CPU core, at most one per pending chunk; 1 = train in this process)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.add_argument("--json", action="store_true", help="print the summary as JSON")
     g.set_defaults(func=run_generate)
@@ -294,7 +353,7 @@ def register_generate(zsub: Any) -> None:
 
 def run_generate(args: argparse.Namespace) -> int:
     """Handler of ``wsl zoo generate``."""
-    for name in ("num_models", "epochs", "models_per_chunk"):
+    for name in ("num_models", "epochs", "models_per_chunk", "workers"):
         v = getattr(args, name)
         if v is not None and v < 1:
             raise ConfigError(f"--{name.replace('_', '-')}: expected a positive int, got {v}")
@@ -303,15 +362,19 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads: expected a positive int, got {args.threads}")
     torch.set_num_threads(args.threads or 1)
+    workers = args.workers
+    if workers is None:  # CPU: one process per core; GPU: the device is shared anyway
+        workers = (os.cpu_count() or 1) if resolve_device(args.device).type == "cpu" else 1
     s = generate(args.recipe, args.output, num_models=args.num_models, epochs=args.epochs, shard=args.shard,
-                 seed=args.seed, device=args.device, models_per_chunk=args.models_per_chunk, progress=not args.quiet)
+                 seed=args.seed, device=args.device, models_per_chunk=args.models_per_chunk, progress=not args.quiet,
+                 workers=workers)
     if args.json:
         print(json.dumps(s))
         return 0
     rate = f", {s['models_per_second']:.1f} models/s" if s["trained_models"] else ""
     print(f"wrote {s['output']}: {s['rows']:,} rows, {s['models']:,} models; trained {s['trained_models']:,} "
           f"in {s['seconds']:.1f}s{rate}")
-    if s["final_test_accuracy_quantiles"]:
-        print("final test accuracy (min/q25/median/q75/max): "
-              + " / ".join(f"{v:.3f}" for v in s["final_test_accuracy_quantiles"]))
+    if s["final_quantiles"]:
+        print(f"final {s['final_metric'].replace('_', ' ')} of the trained models (min/q25/median/q75/max): "
+              + " / ".join(f"{v:.3f}" for v in s["final_quantiles"]))
     return 0

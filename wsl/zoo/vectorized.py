@@ -17,20 +17,14 @@ several), dropout rate, sample weights (a partial last batch). Batch norm
 takes statistics over each model's valid samples only and leaves the running
 statistics of frozen (diverged) models alone.
 
-:func:`train_chunk` runs the lockstep loop. Epoch ``e`` of a model is one
-pass over a fresh permutation of *its own* training subset in
-``ceil(n_m / batch)`` batches (the last one partial, its loss averaged over
-its real samples). All models start together; a model with ``s_m`` steps per
-epoch is active for its first ``epochs * s_m`` global steps. Rows are sorted
-by step count, so at any step the active models are a prefix of the rows and
-finished ones cost nothing; checkpoints are copied when a model completes one
-of the checkpoint epochs.
+The lockstep training loop that drives it is
+:func:`wsl.zoo.optim.train_chunk` (re-exported here).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -277,6 +271,29 @@ class VecNet:
                           for key, e in self.entries.items() if e.role != "buffer"], dim=1)
 
 
+@torch.no_grad()
+def evaluate(net: VecNet, params: torch.Tensor, bufs: dict[str, torch.Tensor], acts: list[str] | None,
+             x: torch.Tensor, y: torch.Tensor, *, device: torch.device | str = "cpu",
+             models_per_pass: int = 512, samples_per_pass: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample losses and correctness ``(V, N)`` of the ``V`` models in ``params`` (eval mode)."""
+    v_all = params.shape[0]
+    losses = torch.empty(v_all, x.shape[0])
+    correct = torch.empty(v_all, x.shape[0], dtype=torch.bool)
+    x, y = x.to(device), y.to(device)
+    for a in range(0, v_all, models_per_pass):
+        b = min(v_all, a + models_per_pass)
+        p = params[a:b].to(device)
+        bf = {k: v[a:b].to(device) for k, v in bufs.items()}
+        ctx = Ctx(b - a, False, acts[a:b] if acts else None)
+        for s in range(0, x.shape[0], samples_per_pass):
+            xs, ys = x[s:s + samples_per_pass], y[s:s + samples_per_pass]
+            logits = net.forward(p, bf, xs, ctx, shared=True)
+            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ys.repeat(b - a), reduction="none")
+            losses[a:b, s:s + len(ys)] = ce.view(b - a, -1).cpu()
+            correct[a:b, s:s + len(ys)] = (logits.argmax(-1) == ys).cpu()
+    return losses, correct
+
+
 def _materialize(h: torch.Tensor, k: int, input_rank: int) -> Act:
     """A shared input ``(B, *shape)`` copied for ``k`` models, in the conv or flat layout."""
     if input_rank >= 2:
@@ -345,119 +362,7 @@ def _dropout(p_layer: float, x: Act, ctx: Ctx) -> torch.Tensor:
     return h * ((noise >= thresh) * scale)
 
 
-# ---------------------------------------------------------------- training
-@dataclass
-class ModelRun:
-    """One model of a chunk: its own training configuration."""
+from wsl.zoo.optim import ChunkResult, ModelRun, train_chunk  # noqa: E402  (the trainer, re-exported)
 
-    optimizer: str
-    lr: float
-    weight_decay: float
-    dropout: float
-    activation: str | None  # None: the description's own activations
-    train_indices: torch.Tensor  # (n_m,) indices into the data set's train split
-    init: torch.Tensor  # (P,) flat initial parameters
-    data_seed: int  # seeds this model's per-epoch shuffles
-
-
-@dataclass
-class ChunkResult:
-    """Checkpoints of a trained chunk, in the order of the ``runs`` given."""
-
-    epochs: list[int]
-    params: torch.Tensor  # (n, E, P) flat parameters at each checkpoint epoch
-    buffers: dict[str, torch.Tensor]  # key -> (n, E, *shape)
-    diverged_epoch: list[int | None]  # first epoch whose update was not finite (model frozen), or None
-    steps_per_epoch: list[int]
-
-
-def train_chunk(net: VecNet, runs: Sequence[ModelRun], x_train: torch.Tensor, y_train: torch.Tensor, *,
-                batch_size: int, epochs: int, checkpoints: Sequence[int], seed: int,
-                device: torch.device | str = "cpu", progress: Callable[[float], None] | None = None
-                ) -> ChunkResult:
-    """Train ``runs`` (models of ``net``'s architecture) together; snapshot at ``checkpoints`` epochs.
-
-    Models are reordered internally so that the ones with the most steps come
-    first; at global step ``t`` only the first ``k(t)`` rows (those still
-    training) run, so a model with a small subset costs only its own steps.
-    Dropout noise comes from one generator seeded with ``seed``. A model whose
-    update becomes non-finite is frozen at its last finite parameters.
-    """
-    from wsl.zoo.data import epoch_batches
-    from wsl.zoo.optim import VecOptimizer
-
-    n = len(runs)
-    ckpts = sorted(set(int(c) for c in checkpoints))
-    sched_all, steps_all = epoch_batches([r.train_indices for r in runs], [r.data_seed for r in runs],
-                                         batch_size, epochs)
-    total = [epochs * s for s in steps_all]
-    order = sorted(range(n), key=lambda m: (-total[m], m))
-    runs = [runs[m] for m in order]
-    sched = sched_all[order].to(device)
-    steps = [steps_all[m] for m in order]
-    t_max = max(total)
-    active = [sum(1 for m in order if total[m] > t) for t in range(t_max)]
-    partial = [any(len(runs[i].train_indices) % batch_size and t % steps[i] == steps[i] - 1
-                   for i in range(active[t])) for t in range(t_max)]
-    events: dict[int, list[tuple[int, int]]] = {}
-    for i, s in enumerate(steps):
-        for ci, e in enumerate(ckpts):
-            if e > 0:
-                events.setdefault(e * s - 1, []).append((i, ci))
-    x_train, y_train = x_train.to(device), y_train.to(device)
-    params = torch.stack([r.init for r in runs]).to(device=device, dtype=torch.float32)
-    bufs = net.new_buffers(n, device)
-    snap_p = torch.zeros(n, len(ckpts), net.num_params, device=device)
-    snap_b = {k: torch.zeros(n, len(ckpts), *v.shape[1:], dtype=v.dtype, device=device) for k, v in bufs.items()}
-
-    def snapshot(rows: list[int], cols: list[int]) -> None:
-        snap_p[rows, cols] = params[rows]
-        for key, b in bufs.items():
-            snap_b[key][rows, cols] = b[rows]
-
-    if 0 in ckpts:
-        snapshot(list(range(n)), [ckpts.index(0)] * n)
-    opt = VecOptimizer([r.optimizer for r in runs], [r.lr for r in runs], [r.weight_decay for r in runs],
-                       net.num_params, device=device)
-    frozen = torch.zeros(n, dtype=torch.bool, device=device)
-    diverged: list[int | None] = [None] * n
-    dropout = torch.tensor([r.dropout for r in runs], device=device, dtype=torch.float32)
-    gen = torch.Generator(device=device).manual_seed(int(seed))
-    acts = [r.activation for r in runs]
-    override = None if all(a is None for a in acts) else [a or "identity" for a in acts]
-    ctxs: dict[int, Ctx] = {}
-    work, done, reported = sum(active), 0, 0
-    for t in range(t_max):
-        k = active[t]
-        if k not in ctxs:
-            ctxs[k] = Ctx(k, True, override[:k] if override else None, dropout[:k], generator=gen)
-        ctx = ctxs[k]
-        idx = sched[:k, t]
-        valid = idx >= 0
-        ctx.weights = valid.to(torch.float32) if partial[t] else None
-        ctx.frozen = frozen[:k]
-        safe = idx.clamp(min=0)
-        p = params[:k].detach().requires_grad_(True)
-        logits = net.forward(p, bufs, x_train[safe], ctx)
-        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y_train[safe].reshape(-1),
-                             reduction="none").view(k, -1)
-        per_model = ce.mean(1) if ctx.weights is None else (ce * ctx.weights).sum(1) / ctx.weights.sum(1)
-        (grad,) = torch.autograd.grad(per_model.sum(), p)
-        finite = opt.step(params, grad, k, update_mask=~frozen[:k])
-        if not bool(finite.all()):
-            for i in (~finite & ~frozen[:k]).nonzero().flatten().tolist():
-                diverged[i] = t // steps[i] + 1
-            frozen[:k] |= ~finite
-        if t in events:
-            rows, cols = zip(*events[t])
-            snapshot(list(rows), list(cols))
-        done += k
-        if progress is not None and (done - reported) * 50 >= work or t == t_max - 1:
-            if progress is not None:
-                progress((done - reported) / work)
-            reported = done
-    inverse = [0] * n
-    for slot, m in enumerate(order):
-        inverse[m] = slot
-    return ChunkResult(ckpts, snap_p[inverse].cpu(), {k: v[inverse].cpu() for k, v in snap_b.items()},
-                       [diverged[inverse[m]] for m in range(n)], steps_all)
+__all__ = ["ACTIVATIONS", "ChunkResult", "Ctx", "ModelRun", "VecNet", "evaluate", "expand_description",
+           "train_chunk"]
