@@ -85,25 +85,18 @@ def register_model(name: str, input_kind: str, factory: Callable[..., nn.Module]
     return entry
 
 
-def _dense(cls_name: str) -> tuple[Callable[..., nn.Module], Callable[[], Any]]:
+def _lazy(module: str, cls_name: str) -> tuple[Callable[..., nn.Module], Callable[[], Any]]:
+    """Factory and signature target of a built-in model class, imported on first use."""
+
     def target() -> Any:
-        return getattr(importlib.import_module("wsl.nn.dense_models"), cls_name)
+        return getattr(importlib.import_module(module), cls_name)
 
     def factory(info: InputInfo, **params: Any) -> nn.Module:
-        return target()(info.space, **params)  # type: ignore[no-any-return]
-
-    return factory, target
-
-
-def _graph(cls_name: str) -> tuple[Callable[..., nn.Module], Callable[[], Any]]:
-    def target() -> Any:
-        return getattr(importlib.import_module("wsl.nn.graph_models"), cls_name)
-
-    def factory(info: InputInfo, **params: Any) -> nn.Module:
-        cls = target()
+        if info.kind == "features":
+            return target()(info.space, **params)  # type: ignore[no-any-return]
         if info.edge_dim is not None and "max_edge_width" not in params and int(info.edge_dim) > 64:
-            params["max_edge_width"] = int(info.edge_dim)  # the models' default is 64
-        return cls(**params)  # type: ignore[no-any-return]
+            params["max_edge_width"] = int(info.edge_dim)  # the graph models' default is 64
+        return target()(**params)  # type: ignore[no-any-return]
 
     return factory, target
 
@@ -111,10 +104,10 @@ def _graph(cls_name: str) -> tuple[Callable[..., nn.Module], Callable[[], Any]]:
 for _n, _c, _d in (("np", "NPNet", "NP equivariant network (DWSNets/NFN-NP) + invariant pooling"),
                    ("hnp", "HNPNet", "HNP equivariant network (hidden-neuron permutations only)"),
                    ("nft", "NFTNet", "neural functional transformer")):
-    register_model(_n, "features", *_dense(_c), description=_d)
+    register_model(_n, "features", *_lazy("wsl.nn.dense_models", _c), description=_d)
 for _n, _c, _d in (("nggnn", "NGGNN", "neural-graph GNN (PNA + edge updates)"),
                    ("ngt", "NGT", "neural-graph relational transformer")):
-    register_model(_n, "graph", *_graph(_c), description=_d)
+    register_model(_n, "graph", *_lazy("wsl.nn.graph_models", _c), description=_d)
 
 
 def resolve_model(name: str) -> ModelEntry:
@@ -220,8 +213,7 @@ class Predictor:
 
     @property
     def device(self) -> torch.device:
-        p = next(self.model.parameters(), None)
-        return p.device if p is not None else torch.device("cpu")
+        return next((p.device for p in self.model.parameters()), torch.device("cpu"))
 
     def to(self, device: torch.device | str) -> "Predictor":
         self.model.to(device)
@@ -317,9 +309,9 @@ def load_predictor(directory: str | Path, device: torch.device | str | None = No
         raise PredictionError(f"{cfg_path}: cannot read: {exc}") from exc
     if not isinstance(cfg, dict) or cfg.get("format") != PREDICTOR_FORMAT:
         raise PredictionError(f"{cfg_path}: field 'format' must be {PREDICTOR_FORMAT!r}")
-    for key in ("model", "input", "target"):
-        if not isinstance(cfg.get(key), dict):
-            raise PredictionError(f"{cfg_path}: field {key!r} missing or not an object")
+    bad = [key for key in ("model", "input", "target") if not isinstance(cfg.get(key), dict)]
+    if bad:
+        raise PredictionError(f"{cfg_path}: field {bad[0]!r} missing or not an object")
     std = cfg["target"].get("std")
     if not isinstance(std, (int, float)) or not math.isfinite(std) or std <= 0:
         raise PredictionError(f"{cfg_path}: field 'target.std' must be a positive number, got {std!r}")
@@ -370,7 +362,6 @@ def predictor_readme(cfg: Mapping[str, Any]) -> str:
 
     def fmt(v: Any) -> str:
         return "n/a" if v is None else f"{v:.3f}"
-
     m, tr, acc = cfg["metrics"], cfg["training"], cfg["input"]["accepts"]
     archs = ", ".join(f"`{a}` ({v['signature']}, {v['num_parameters']:,} params)"
                       for a, v in tr.get("architectures", {}).items())
