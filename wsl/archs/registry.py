@@ -78,6 +78,10 @@ def from_hf_config(config: dict[str, Any], base_model_only: bool = False) -> nn.
         raise ArchitectureError(f"from_hf_config: expected a config dict, got {type(config).__name__}")
     model_type = config.get("model_type")
     if model_type not in _HF:
+        from wsl.hub.transformers_compat import build_hf_model, transformers_available
+
+        if transformers_available():  # other model types: transformers builds them (no weights downloaded)
+            return build_hf_model(config, prefer_local=False)
         raise ArchitectureError(
             f"from_hf_config: model_type {model_type!r} has no local implementation (local: "
             f"{', '.join(_HF)}); install the 'transformers' extra to load it"

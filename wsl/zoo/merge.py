@@ -131,7 +131,7 @@ def merge_zoos(out: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[s
             rel = shard_file(aid, k_new)
             dst = tmp / rel
             if aid == entry["arch"] and len(kept) == entry["num_rows"]:
-                _place(z.root / entry["file"], dst, link)
+                _place(z._store.shard_path(k), dst, link)
                 new_entry = dict(entry, file=rel)
             else:
                 dst.parent.mkdir(parents=True, exist_ok=True)

@@ -283,6 +283,13 @@ class Zoo:
             self._store.check_shard(k, verify="eager")
 
 
+def _in_hub_cache(root: Path) -> bool:
+    """True for ``.../datasets--ORG--NAME/snapshots/<sha>/...`` (a Hugging Face cache snapshot)."""
+    parts = root.resolve().parts
+    return any(p == "snapshots" and i > 0 and parts[i - 1].startswith(("datasets--", "models--"))
+               and i + 1 < len(parts) for i, p in enumerate(parts))
+
+
 def load_zoo(path: str | os.PathLike[str], verify: str = "lazy") -> Zoo:
     """Open a zoo directory (or ``hf://`` dataset) without reading any tensor.
 
@@ -300,7 +307,7 @@ def load_zoo(path: str | os.PathLike[str], verify: str = "lazy") -> Zoo:
     root = Path(p)
     if not root.is_dir():
         raise ZooFormatError(f"{root}: not a zoo directory ({'no such path' if not root.exists() else 'not a directory'})")
-    if "snapshots" in root.parts:  # wsl.hub hook: a zoo in the Hugging Face cache downloads shards on first read
+    if _in_hub_cache(root):  # wsl.hub hook: a zoo in the Hugging Face cache downloads shards on first read
         from wsl.hub.resolve import zoo_store
 
         zoo = Zoo(zoo_store(root, verify))
