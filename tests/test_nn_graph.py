@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 import torch
@@ -15,6 +15,15 @@ from wsl.nn import NGGNN, NGT, EquivariantHead, GraphEncodingError, InvariantHea
 from wsl.nn.graph_models import GraphMetaModel
 from wsl.nn.ng_t import RelationalAttention
 from wsl.space import WeightSpace, random_permutation
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny graphs: one intra-op thread avoids thread wake-up costs on a busy machine (and is deterministic)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 # ----------------------------------------------------------------------------- small networks
@@ -256,7 +265,7 @@ def test_identity_head_reproduces_the_input_exactly(kind: str) -> None:
     spaces = [family(n)[0] for n in names]
     batch = collate(graphs)
     cls = NGGNN if kind == "gnn" else NGT
-    model = cls(hidden=16, num_layers=1, task="equivariant", head_hidden=16, residual_head=True)
+    model = cls(hidden=16, num_layers=1, task="equivariant", head_hidden=16, residual_head=True, edge_out_width=9)
     with torch.no_grad():
         sds = model.to_state_dicts(batch, spaces, cast=True)
     for i, (sd, name) in enumerate(zip(sds, names)):
@@ -281,16 +290,18 @@ def test_relational_attention_matches_a_dense_reference() -> None:
     with torch.no_grad():
         for p in att.parameters():
             p.normal_()
+    # add a parallel edge and two reversed ones: pairs with several edges sum their edge terms
+    ei = torch.cat([g.edge_index, g.edge_index[:, :1], g.edge_index[:, 3:5].flip(0)], dim=1)
     n = torch.randn(g.num_nodes, 8, dtype=torch.float64)
-    f = torch.randn(g.edge_index.shape[1], 8, dtype=torch.float64)
-    got = att(n, f, g.edge_index, torch.zeros(g.num_nodes, dtype=torch.long), 1)
+    f = torch.randn(ei.shape[1], 8, dtype=torch.float64)
+    got = att(n, f, ei, torch.zeros(g.num_nodes, dtype=torch.long), 1)
     # reference: explicit dense pair tensors
     v, hh, dk = g.num_nodes, 2, 4
     q, k, val = att.qkv(n).view(v, 3, hh, dk).unbind(1)
     rk, rb, rv = (torch.zeros(v, v, *s, dtype=torch.float64) for s in ((hh, dk), (hh,), (hh, dk)))
     has = torch.zeros(v, v, dtype=torch.bool)
     pk, pb, pv = att.rel_k(f).view(-1, 2, hh, dk), att.rel_b(f).view(-1, 2, hh), att.rel_v(f).view(-1, 2, hh, dk)
-    for j, (s, d) in enumerate(g.edge_index.t().tolist()):
+    for j, (s, d) in enumerate(ei.t().tolist()):
         for side, (i, o) in enumerate(((d, s), (s, d))):
             rk[i, o] += pk[j, side]
             rb[i, o] += pb[j, side]

@@ -41,17 +41,20 @@ class GraphMetaModel(nn.Module):
         hidden: width of node and edge states.
         out_dim: outputs per graph (invariant task).
         task: ``"invariant"`` or ``"equivariant"``.
-        max_edge_width: widest ``edge_attr`` accepted (also the equivariant head's edge output width).
+        max_edge_width: widest ``edge_attr`` accepted (default edge output width of the equivariant head).
         max_depth, max_pos: embedding table sizes of the node encoder.
         head_hidden, head_layers: the head MLPs.
         pooling, node_kinds: invariant head pooling (see :class:`InvariantHead`).
         residual_head: equivariant head adds the input parameters (predicts an update; starts as identity).
+        edge_out_width: width of the equivariant edge outputs (default ``max_edge_width``; must be at
+            least the widest decoded architecture's ``K``, e.g. 9 for 3x3 CNNs).
     """
 
     def __init__(self, layers: Sequence[nn.Module], hidden: int, out_dim: int = 1, task: str = "invariant",
                  max_edge_width: int = 64, max_depth: int = 64, max_pos: int = 1024, head_hidden: int = 128,
                  head_layers: int = 2, pooling: Sequence[str] = ("mean", "max"),
-                 node_kinds: Sequence[str | int] | None = None, residual_head: bool = False) -> None:
+                 node_kinds: Sequence[str | int] | None = None, residual_head: bool = False,
+                 edge_out_width: int | None = None) -> None:
         super().__init__()
         if task not in TASKS:
             raise HeadError(f"{type(self).__name__}: task must be one of {TASKS}, got {task!r}")
@@ -64,7 +67,8 @@ class GraphMetaModel(nn.Module):
         if task == "invariant":
             self.head = InvariantHead(hidden, out_dim, head_hidden, head_layers, pooling, node_kinds)
         else:
-            self.head = EquivariantHead(hidden, hidden, max_edge_width, hidden=head_hidden, num_layers=head_layers,
+            width = max_edge_width if edge_out_width is None else edge_out_width
+            self.head = EquivariantHead(hidden, hidden, width, hidden=head_hidden, num_layers=head_layers,
                                         residual=residual_head, zero_init=residual_head)
 
     def _layer(self, layer: nn.Module, h: torch.Tensor, e: torch.Tensor, data: Any, batch: torch.Tensor,
@@ -85,7 +89,7 @@ class GraphMetaModel(nn.Module):
         return self.node_norm(h), self.edge_norm(e)
 
     def forward(self, data: Any) -> Any:
-        """Invariant: ``(G, out_dim)``. Equivariant: ``(x' (V, S), edge_attr' (E, max_edge_width))``."""
+        """Invariant: ``(G, out_dim)``. Equivariant: ``(x' (V, S), edge_attr' (E, edge_out_width))``."""
         h, e = self.embed(data)
         if self.task == "invariant":
             batch, g = graph_index(data)

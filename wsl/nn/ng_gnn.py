@@ -14,7 +14,6 @@ mixes graphs of a batch.
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any, Sequence
 
@@ -186,7 +185,3 @@ class NGGNNLayer(nn.Module):
             e = self.edges(h, e, f, edge_index)
         return h, e
 
-
-def default_avg_log_degree(mean_degree: float) -> float:
-    """PNA's ``delta`` for graphs whose nodes have ``mean_degree`` incoming messages on average."""
-    return math.log(mean_degree + 1)
