@@ -11,9 +11,10 @@ from wsl.graph.build import build, build_one
 from wsl.graph.data import ParameterGraph, collate, extras_list, to_graphs
 from wsl.graph.decode import decode, decode_edges
 from wsl.graph.features import WeightSpaceFeatures
+from wsl.graph.io import load_graph, save_graph
 from wsl.graph.layout import EDGE_KINDS, NODE_KINDS, GraphLayout
 
 __all__ = [
     "EDGE_KINDS", "NODE_KINDS", "GraphLayout", "ParameterGraph", "WeightSpaceFeatures", "build", "build_one",
-    "collate", "decode", "decode_edges", "extras_list", "to_graphs",
+    "collate", "decode", "decode_edges", "extras_list", "load_graph", "save_graph", "to_graphs",
 ]
