@@ -17,8 +17,10 @@ Inputs, built ONCE per split (:func:`prepare_split`) and sliced per batch:
 Augmentation (training batches only, :func:`augment_stacked`) acts in weight
 space: a uniformly random element of each network's permutation group
 (``permute``) and Gaussian noise with std ``noise`` times the std of each
-tensor of each model (``noise``). Augmented batches are rebuilt from the
-augmented weights; un-augmented batches slice the prebuilt inputs.
+tensor of each model (``noise``). Dense features are permuted/noised directly
+(:func:`augment_features`); augmented graph and statistics batches are
+rebuilt from augmented weights (:func:`augment_stacked`); un-augmented
+batches slice the prebuilt inputs.
 """
 
 from __future__ import annotations
