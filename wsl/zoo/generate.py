@@ -11,6 +11,9 @@ one architecture family share a vectorized network) and written with one
 :meth:`ZooWriter.append` per architecture, each tagged ``chunk="CCCCC.j"``.
 On a rerun of the same command, chunks whose appends are all committed are
 skipped, so a killed run resumes where it stopped and ends with the same zoo.
+``--workers N`` trains chunks in N spawned processes (one torch thread each by
+default) while this process appends their results in chunk order; the zoo is
+the same for any N.
 
 Rows: ``model_id`` ``m<index>``, one row per checkpoint epoch, ``seed`` = the
 model's init seed, ``hparams`` = sampled hyperparameters plus ``batch_size``,
@@ -182,9 +185,19 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(queue: Any, threads: int) -> None:
-    """Worker process setup: progress channel and torch threads."""
+    """Worker process setup: progress channel, torch threads, exit when the parent dies (e.g. kill -9)."""
+    import threading
+
     torch.set_num_threads(threads)
     _WORKER["queue"] = queue
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _setup(r: Recipe) -> tuple[Any, "_Plan | None"]:

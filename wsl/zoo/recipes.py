@@ -18,11 +18,12 @@ and a training schedule (see ``zoos/*.yaml``)::
 Everything about model ``i`` -- hyperparameters, seeds, and (for ``wild``) its
 architecture -- is a function of ``(generation.seed, i)`` only (numpy
 ``SeedSequence([seed, i])``), so shards of the model indices can be generated
-independently. Architecture types: ``small_cnn`` and ``mlp`` (fixed shape,
-per-model ``activation`` hparam), ``wild`` (see :mod:`wsl.zoo.wild`-style
-sampling in :func:`sample_architecture`: one architecture per block of
-``models_per_arch`` consecutive models, activation part of the architecture)
-and ``siren`` (task ``siren``).
+independently (dropout noise is drawn per chunk of models, so chunks must
+match too). Architecture types: ``small_cnn`` and ``mlp`` (fixed shape,
+per-model ``activation`` hparam), ``wild`` (see :func:`sample_architecture`:
+one architecture per block of ``models_per_arch`` consecutive models, the
+activation being part of the architecture) and ``siren`` (task ``siren``, see
+:mod:`wsl.zoo.siren`). Initialisation: :func:`init_rows`.
 """
 
 from __future__ import annotations
