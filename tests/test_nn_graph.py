@@ -11,8 +11,10 @@ from torch import nn
 
 from wsl.errors import WslError
 from wsl.graph import GraphLayout, build, build_one, collate
-from wsl.nn import NGGNN, NGT, EquivariantHead, GraphEncodingError, InvariantHead, pna_aggregate
-from wsl.nn.graph_models import GraphMetaModel
+from wsl.nn.graph_encoding import GraphEncodingError
+from wsl.nn.graph_models import NGGNN, NGT, GraphMetaModel
+from wsl.nn.heads import EquivariantHead, InvariantHead
+from wsl.nn.ng_gnn import pna_aggregate
 from wsl.nn.ng_t import RelationalAttention
 from wsl.space import WeightSpace, random_permutation
 
@@ -53,6 +55,21 @@ class ResCNN(nn.Module):
         return self.fc(self.b2(self.b1(self.stem(x))).mean((2, 3)))
 
 
+class MHANet(nn.Module):
+    """Linear -> LayerNorm -> multi-head self-attention (nested head groups) -> residual -> Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.ln = nn.Linear(4, 8), nn.LayerNorm(8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.inp(x)
+        y = self.ln(x)
+        return self.out(x + self.attn(y, y, y, need_weights=False)[0]).mean(1)
+
+
 FAMILIES: dict[str, Callable[[], tuple[nn.Module, torch.Tensor]]] = {
     "mlp": lambda: (nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 6), nn.Tanh(), nn.Linear(6, 3)),
                     torch.randn(2, 5)),
@@ -60,6 +77,7 @@ FAMILIES: dict[str, Callable[[], tuple[nn.Module, torch.Tensor]]] = {
                                   nn.Conv2d(4, 3, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
                                   nn.Linear(3 * 2 * 2, 3)), torch.randn(2, 1, 8, 8)),
     "rescnn": lambda: (ResCNN(), torch.randn(2, 3, 8, 8)),
+    "mha": lambda: (MHANet(), torch.randn(2, 5, 4)),
 }
 NAMES = list(FAMILIES)
 
@@ -164,14 +182,14 @@ def test_equivariant_outputs_follow_the_node_mapping(kind: str, name: str) -> No
         (x0, e0), (x1, e1) = model(g0), model(g1)
         (h0, _), (h1, _) = model.embed(g0), model.embed(g1)
     assert x0.shape == (g0.num_nodes, 6) and e0.shape == (g0.edge_index.shape[1], 64)
-    torch.testing.assert_close(x1, x0[m], atol=1e-6, rtol=0)
-    torch.testing.assert_close(h1, h0[m], atol=1e-6, rtol=0)
+    torch.testing.assert_close(x1, x0[m], atol=1e-9, rtol=0)
+    torch.testing.assert_close(h1, h0[m], atol=1e-9, rtol=0)
     o0, o1 = edge_order(g0, None), edge_order(g1, m)
-    torch.testing.assert_close(e1[o1], e0[o0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(e1[o1], e0[o0], atol=1e-9, rtol=0)
     assert (x0 - x0[m]).abs().max() > 1e-3  # the permutation is not trivial on the outputs
 
 
-# ----------------------------------------------------------------------------- (3) batch independence, (4) mixed batches
+# ----------------------------------------------------------------------------- (3) batch independence, (4) mixed
 def _mixed_graphs(dtype: torch.dtype = torch.float64) -> list[Any]:
     out = []
     for i, name in enumerate(["rescnn", "mlp", "cnn", "mlp"]):
@@ -234,7 +252,8 @@ def test_mixed_architecture_batches_train(kind: str) -> None:
         space = family("cnn")[0]
         stacked = space.stack([random_sd("cnn", s) for s in range(3)])
         res = model(build(space, stacked))
-        assert (res if task == "invariant" else res[0]).shape[0] == (3 if task == "invariant" else 3 * GraphLayout.of(space).num_nodes)
+        rows = 3 if task == "invariant" else 3 * GraphLayout.of(space).num_nodes
+        assert (res if task == "invariant" else res[0]).shape[0] == rows
 
 
 # ----------------------------------------------------------------------------- (5) equivariant head round trip
