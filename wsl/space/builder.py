@@ -95,6 +95,7 @@ class SpecBuilder:
     param_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     buffer_names: set[str] = field(default_factory=set)
     tied: list[tuple[str, str]] = field(default_factory=list)
+    activations: set[str] = field(default_factory=set)
 
     # ----------------------------------------------------------------- groups
     def new_group(self, size: int, kind: str, name: str, fixed: bool = False) -> int:

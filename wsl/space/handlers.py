@@ -329,7 +329,12 @@ def _claim_buffers(b: SpecBuilder, path: str, mod: nn.Module) -> None:
         b.extras.append(f"{path}.{name}")
 
 
+_STRUCTURAL = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity)
+
+
 def h_passthrough(b: SpecBuilder, path: str, mod: nn.Module, xs: list[Any], out: Any) -> Any:
+    if not isinstance(mod, _STRUCTURAL):
+        b.activations.add(type(mod).__name__.lower())
     x = xs[0]
     if isinstance(mod, (nn.Softmax, nn.LogSoftmax)) or not isinstance(x, Val):
         return x.with_(shape=tuple(out.shape)) if isinstance(x, Val) else None

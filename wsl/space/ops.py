@@ -29,6 +29,9 @@ UNARY = {
     "bfloat16", "to", "type", "type_as", "clone", "detach", "cpu", "cuda", "sign", "reciprocal",
     "tanhshrink", "softsign", "logsigmoid", "normalize", "masked_fill", "requires_grad", "pos",
 }
+ACTIVATIONS = {"relu", "relu6", "gelu", "tanh", "sigmoid", "silu", "leaky_relu", "elu", "selu", "celu",
+               "softplus", "mish", "hardswish", "hardsigmoid", "hardtanh", "sin", "cos", "exp", "log", "abs",
+               "sqrt", "square", "erf", "tanhshrink", "softsign", "logsigmoid"}
 BINARY = {"add", "sub", "mul", "truediv", "div", "rsub", "radd", "rmul", "rtruediv", "pow", "maximum",
           "minimum", "floordiv", "iadd", "isub", "imul", "itruediv"}
 POOLS = {"adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d",
@@ -59,6 +62,8 @@ def handle(b: SpecBuilder, path: str, target: Any, args: tuple, kwargs: dict, va
         return _const(out, vals)
     x = vargs[0] if vargs else None
     if name in UNARY or (name == "expand"):
+        if name in ACTIVATIONS:
+            b.activations.add(name)
         return _unary(path, name, x, out)
     if name in BINARY:
         return _binary(b, path, name, vargs[0], vargs[1] if len(vargs) > 1 else vkwargs.get("other"), out)

@@ -224,8 +224,15 @@ class WeightSpaceSpec:
         )
 
     def signature(self) -> str:
-        """A short content hash: equal specs share graph layouts and caches."""
-        blob = json.dumps(self.to_json_dict(), sort_keys=True, separators=(",", ":"))
+        """A short hash of the weight-space structure (tensors, groups, sites, edges).
+
+        ``meta`` (example input shapes, activations seen, ...) is left out: two
+        networks that differ only in parameter-free elementwise layers (relu
+        vs tanh) share a signature, graph layout and dense meta-model.
+        """
+        d = self.to_json_dict()
+        d.pop("meta", None)
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

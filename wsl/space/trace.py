@@ -164,7 +164,8 @@ def trace_spec(module: nn.Module, example_input: Any = None) -> WeightSpaceSpec:
     order, aliases, unused = _resolve_entries(b, module, state)
     meta = {"input_shapes": tuple(tuple(t.shape[1:]) for t in inputs if isinstance(t, torch.Tensor)),
             "input_dtypes": tuple(str(t.dtype).replace("torch.", "") for t in inputs if isinstance(t, torch.Tensor)),
-            "unused": tuple(unused), "tied": tuple(b.tied), "module": type(module).__name__}
+            "unused": tuple(unused), "tied": tuple(b.tied), "module": type(module).__name__,
+            "activations": tuple(sorted(b.activations))}
     return b.finish(order, aliases, meta)
 
 
