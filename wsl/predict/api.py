@@ -1,0 +1,184 @@
+"""``wsl.predict``: the predicted test accuracy of a network, from its weights alone."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from wsl.errors import PredictionError, WslError
+from wsl.predict.family import check_family
+from wsl.predict.shipped import resolve_predictor_ref, shipped
+from wsl.space import WeightSpace
+from wsl.train.registry import Predictor, load_predictor
+
+Source = nn.Module | Mapping[str, torch.Tensor] | str | os.PathLike[str]
+
+
+@dataclass
+class Prediction:
+    """One network's predicted generalization (``to_json`` gives the CLI/HTTP form)."""
+
+    source: str
+    predicted_test_accuracy: float
+    predictor: str
+    interval: tuple[float, float] | None = None
+    interval_level: float | None = None
+    architecture: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    target: str = "test_accuracy"
+    raw_prediction: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["interval"] = list(self.interval) if self.interval else None
+        return d
+
+
+_CACHE: dict[str, Predictor] = {}
+
+
+def get_predictor(ref: str | Path | Predictor) -> Predictor:
+    """A loaded predictor for a directory, ``hf://`` URI or shipped name (cached)."""
+    if isinstance(ref, Predictor):
+        return ref
+    key = resolve_predictor_ref(str(ref))
+    if key not in _CACHE:
+        p = load_predictor(key)
+        p.name = (p.config.get("shipped") or {}).get("name") or Path(key).name  # type: ignore[attr-defined]
+        _CACHE[key] = p
+    return _CACHE[key]
+
+
+def _name(p: Predictor) -> str:
+    return str(getattr(p, "name", None) or p.config.get("model", {}).get("name"))
+
+
+def _space_for_state_dict(sd: Mapping[str, torch.Tensor]) -> WeightSpace | None:
+    """The training space of a shipped dense predictor whose tensors match ``sd`` exactly."""
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    for _, path, _ in shipped():
+        p = get_predictor(path)
+        if p.space is not None and p.space.shapes == shapes:
+            return p.space  # type: ignore[no-any-return]
+    return None
+
+
+def load_source(source: Source, arch: Any = None, *, example_input: Any = None, allow_code: bool = True
+                ) -> tuple[str, dict[str, torch.Tensor], WeightSpace]:
+    """``(label, state_dict, space)`` for a module, a state_dict or a checkpoint path/URI."""
+    from wsl.io import check_finite, load_model, resolve_arch
+
+    if isinstance(source, nn.Module):
+        label, module, sd = type(source).__name__, source, dict(source.state_dict())
+    elif isinstance(source, Mapping):
+        label, sd = "<state_dict>", dict(source)
+        if arch is None:
+            space = _space_for_state_dict(sd)
+            if space is None:
+                raise PredictionError("a bare state_dict needs an architecture (arch=...) unless it matches "
+                                      "a shipped predictor's architecture")
+            module = None
+        else:
+            module = resolve_arch(arch, allow_code=allow_code)
+    elif isinstance(source, (str, os.PathLike)):
+        from wsl.cli.common import local_path
+
+        label = str(source)
+        module, sd = load_model(local_path(label), arch, allow_code=allow_code)
+    else:
+        raise PredictionError(f"cannot predict from a {type(source).__name__}; pass a module, state_dict or path")
+    bad = check_finite(sd)
+    if bad:
+        raise PredictionError(f"{label}: non-finite weights (NaN/Inf) in {', '.join(bad[:5])}"
+                              + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""))
+    if module is not None:
+        space = WeightSpace.from_module(module, example_input)
+    space.check(sd, where=label)
+    return label, sd, space
+
+
+def choose_predictor(space: WeightSpace, predictor: Any = None) -> tuple[Predictor, list[str]]:
+    """The predictor to use and its warnings; raises PredictionError with every reason if none fits."""
+    if predictor is not None:
+        p = get_predictor(predictor)
+        errors, warnings = _fit(p, space)
+        if errors:
+            raise PredictionError(f"predictor {_name(p)!r} cannot read this network: {'; '.join(errors)}")
+        return p, warnings
+    reasons = []
+    candidates = shipped()
+    if not candidates:
+        raise PredictionError("no predictor given and no shipped predictor found (set WSL_MODELS_DIR or pass "
+                              "--predictor DIR)")
+    for name, path, _ in candidates:
+        p = get_predictor(path)
+        errors, warnings = _fit(p, space)
+        if not errors:
+            return p, warnings
+        reasons.append(f"{name}: {'; '.join(errors)}")
+    raise PredictionError("no shipped predictor covers this architecture -- " + " | ".join(reasons))
+
+
+def _fit(p: Predictor, space: WeightSpace) -> tuple[list[str], list[str]]:
+    if not p.accepts(space):
+        return [f"it reads only its training architecture ({p.config['training'].get('zoo_name')})"], []
+    return check_family(space, p.config.get("family"))
+
+
+def _architecture(space: WeightSpace) -> dict[str, Any]:
+    nodes, edges = space.graph_size()
+    return {"num_parameters": space.num_parameters, "num_tensors": len(space.tensors), "num_nodes": nodes,
+            "num_edges": edges, "signature": space.signature,
+            "activations": list(space.meta("activations", ()))}
+
+
+def _finish(label: str, p: Predictor, space: WeightSpace, raw: float, warnings: list[str]) -> Prediction:
+    if not math.isfinite(raw):
+        raise PredictionError(f"{label}: the predictor produced a non-finite value")
+    cal = p.config.get("calibration") or {}
+    value = float(np.clip(raw, 0.0, 1.0)) if p.target.endswith("accuracy") else float(raw)
+    interval = None
+    if "abs_residual" in cal:
+        r = float(cal["abs_residual"])
+        lo, hi = raw - r, raw + r
+        if p.target.endswith("accuracy"):
+            lo, hi = max(0.0, lo), min(1.0, hi)
+        interval = (float(lo), float(hi))
+    return Prediction(source=label, predicted_test_accuracy=value, predictor=_name(p), interval=interval,
+                      interval_level=cal.get("level"), architecture=_architecture(space), warnings=list(warnings),
+                      target=p.target, raw_prediction=float(raw))
+
+
+def predict(source: Source, predictor: Any = None, *, arch: Any = None, example_input: Any = None,
+            allow_code: bool = True) -> Prediction:
+    """Predict the test accuracy of one network from its weights.
+
+    ``source`` is an ``nn.Module``, a state_dict (with ``arch``, or matching a
+    shipped predictor's architecture) or a checkpoint path / ``hf://`` URI.
+    ``predictor`` is a predictor directory, ``hf://`` URI, shipped name or
+    loaded predictor; by default the first shipped predictor that covers the
+    architecture is used. Raises :class:`~wsl.errors.PredictionError` when no
+    number can honestly be given (unsupported family, non-finite weights).
+    """
+    label, sd, space = load_source(source, arch, example_input=example_input, allow_code=allow_code)
+    p, warnings = choose_predictor(space, predictor)
+    raw = float(p.predict(space, {k: v.unsqueeze(0) for k, v in sd.items()})[0])
+    return _finish(label, p, space, raw, warnings)
+
+
+def predict_many(sources: Sequence[Source], predictor: Any = None, **kw: Any) -> list[Prediction | WslError]:
+    """:func:`predict` for several sources; a failure is returned in place, not raised."""
+    out: list[Prediction | WslError] = []
+    for s in sources:
+        try:
+            out.append(predict(s, predictor, **kw))
+        except WslError as e:
+            out.append(e)
+    return out

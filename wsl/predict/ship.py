@@ -1,0 +1,122 @@
+"""Turn a trained predictor into a shipped one: calibration, family, card.
+
+Usage::
+
+    python -m wsl.predict.ship runs/gs_hnp/predictor --zoo /work/zoos/digits-cnn-gs \\
+        --name digits-cnn-gs --priority 0 -o models/digits-cnn-gs --command "wsl train ..."
+
+Calibration: the absolute residual ``r`` at quantile ``level`` on the
+*validation* split (never test) gives the interval ``prediction ± r``; the
+interval's coverage on the test split is measured and written to the card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsl.io import atomic_open
+
+
+def _rows(zoo: Any, split: str) -> Any:
+    return zoo.latest().split(split)
+
+
+def calibrate(predictor: Any, zoo: Any, level: float = 0.9) -> dict[str, Any]:
+    val, test = _rows(zoo, "val"), _rows(zoo, "test")
+    pv, tv = predictor.predict_zoo(val), val.column(predictor.target).astype(float)
+    pt, tt = predictor.predict_zoo(test), test.column(predictor.target).astype(float)
+    r = float(np.quantile(np.abs(pv - tv), level))
+    coverage = float(np.mean(np.abs(pt - tt) <= r))
+    return {"level": level, "abs_residual": r, "split": "val", "test_coverage": coverage,
+            "n_val": int(len(val)), "n_test": int(len(test))}
+
+
+def _card(cfg: dict[str, Any], name: str, command: str) -> str:
+    m = cfg.get("metrics", {})
+    t = cfg.get("training", {})
+    cal = cfg.get("calibration", {})
+    fam = cfg.get("family", {})
+    acc = cfg["input"]["accepts"]
+    accepts = ("any architecture wsl can trace, within the family below" if acc["type"] == "any"
+               else f"exactly the training architecture (WeightSpace signatures {', '.join(acc['signatures'])})")
+
+    def fmt(split: str, k: str) -> str:
+        v = (m.get(split) or {}).get(k)
+        return "n/a" if v is None else f"{v:.3f}"
+
+    return f"""---
+license: apache-2.0
+tags: [weight-space-learning, wsl, generalization-prediction]
+library_name: wsl
+---
+# {name}: predicts a network's test accuracy from its weights
+
+- **Meta-model:** `{cfg['model']['name']}` ({cfg['model'].get('params', {})}), input kind `{cfg['input']['kind']}`.
+- **Training zoo:** `{t.get('zoo_name')}` ({t.get('zoo')}); target `{cfg['target']['name']}`; trained on the zoo's
+  `train` split, early-stopped on `val`, reported on `test` (last checkpoint of each model).
+- **Test metrics:** Kendall τ {fmt('test', 'tau')}, R² {fmt('test', 'r2')}, MAE {fmt('test', 'mae')}
+  (val: τ {fmt('val', 'tau')}, R² {fmt('val', 'r2')}).
+- **Interval:** prediction ± {cal.get('abs_residual', float('nan')):.3f} — the {cal.get('level', 0.9):.0%} quantile of
+  absolute validation residuals; it covered {cal.get('test_coverage', float('nan')):.1%} of the test models.
+- **Intended inputs:** {accepts}.
+  Training family: input sizes {fam.get('input_sizes')}, outputs {fam.get('output_sizes')}, activations
+  {fam.get('activations')}, layer kinds {fam.get('edge_kinds')}, kernel sizes {fam.get('kernel_sizes')},
+  depth ≤ {fam.get('max_depth')}, width ≤ {fam.get('max_width')}, parameters {fam.get('num_parameters')}.
+
+## Limits
+Predictions are only meaningful for networks trained on the same data set (8×8 sklearn digits) with training
+set-ups like the zoo's. Inputs whose input/output sizes differ are refused; other departures from the training
+family (new activations, layer kinds, depth, width, kernel sizes) produce out-of-distribution warnings.
+The interval is empirical, not a guarantee.
+
+## Reproduce
+```
+{command}
+```
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("predictor")
+    ap.add_argument("--zoo", required=True)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--priority", type=int, default=100)
+    ap.add_argument("--level", type=float, default=0.9)
+    ap.add_argument("--command", default="", help="the commands that reproduce this predictor (for the card)")
+    ap.add_argument("-o", "--output", required=True)
+    a = ap.parse_args(argv)
+    from wsl.predict.family import describe_family
+    from wsl.train.registry import load_predictor
+    from wsl.zoo import load_zoo
+
+    zoo = load_zoo(a.zoo)
+    p = load_predictor(a.predictor)
+    cfg = json.loads((Path(a.predictor) / "config.json").read_text())
+    cfg["calibration"] = calibrate(p, zoo, a.level)
+    archs = zoo.column("arch")
+    cfg["family"] = describe_family(zoo[int(np.flatnonzero(archs == aid)[0])].space for aid in dict.fromkeys(archs))
+    cfg["shipped"] = {"name": a.name, "priority": a.priority}
+    out = Path(a.output)
+    if out.resolve() != Path(a.predictor).resolve():
+        out.mkdir(parents=True, exist_ok=True)
+        for f in ("model.safetensors", "space.json"):
+            if (Path(a.predictor) / f).exists():
+                shutil.copyfile(Path(a.predictor) / f, out / f)
+    with atomic_open(out / "config.json", "w", encoding="utf-8") as fh:
+        json.dump(cfg, fh, indent=1)
+    with atomic_open(out / "README.md", "w", encoding="utf-8") as fh:
+        fh.write(_card(cfg, a.name, a.command))
+    print(f"shipped {a.name} -> {out}: calibration {cfg['calibration']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
