@@ -142,6 +142,17 @@ def _content(root: Path) -> tuple[list[dict], dict[str, dict[str, torch.Tensor]]
     return rows, sds
 
 
+def _shard_bytes(root: Path) -> list[tuple[dict, bytes]]:
+    """Each shard's parsed header and raw tensor bytes. (The header's key order is not compared:
+    safetensors writes ``__metadata__`` from a hash map whose order varies between processes.)"""
+    out = []
+    for shard in json.loads((root / "zoo.json").read_text())["shards"]:
+        blob = (root / shard["file"]).read_bytes()
+        n = int.from_bytes(blob[:8], "little")
+        out.append((json.loads(blob[8:8 + n]), blob[8 + n:]))
+    return out
+
+
 def _assert_same(a: Path, b: Path) -> None:
     rows_a, sd_a = _content(a)
     rows_b, sd_b = _content(b)
@@ -196,6 +207,7 @@ def test_generation_is_deterministic_and_shards_merge_to_the_full_zoo(tmp_path: 
     _generate("digits-cnn-gs.yaml", tmp_path / "full", *common)
     _generate("digits-cnn-gs.yaml", tmp_path / "again", *common, "--workers", "2")  # chunks in 2 processes
     _assert_same(tmp_path / "full", tmp_path / "again")
+    assert _shard_bytes(tmp_path / "full") == _shard_bytes(tmp_path / "again")  # bit-identical tensor data
     _generate("digits-cnn-gs.yaml", tmp_path / "s0", *common, "--shard", "0/2")
     _generate("digits-cnn-gs.yaml", tmp_path / "s1", *common, "--shard", "1/2")
     ids0 = {r["model_id"] for r in _content(tmp_path / "s0")[0]}
