@@ -209,8 +209,10 @@ def test_roundtrip_single_and_stacked(name: str) -> None:
     assert batch.num_graphs == 3
     assert_exact(decode(batch, space), st)
     gathered = build(space, st, method="gather")  # the layout's gather map gives the same graphs
-    for key in ("x", "edge_attr", "extras", "edge_index"):
-        assert torch.equal(gathered[key], batch[key]), key
+    shared = [build(space, st, reuse_structure=True) for _ in range(2)]
+    assert shared[0].edge_index is shared[1].edge_index
+    for key in ("x", "edge_attr", "extras", "edge_index", "edge_mask", "node_kind"):
+        assert torch.equal(gathered[key], batch[key]) and torch.equal(shared[1][key], batch[key]), key
     # the batch splits into graphs equal to build_one's
     for i, gi in enumerate(to_graphs(batch)):
         ref = build_one(space, {k: v[i] for k, v in st.items()})
@@ -308,8 +310,7 @@ def test_isomorphic_under_permutation(name: str) -> None:
     perms = random_permutation(space, torch.Generator().manual_seed(7))
     assert perms, "family has permutable groups"
     sd_p = space.permute(sd, perms)
-    g0, g1 = build_one(space, sd), build_one(space, sd_p)
-    m = node_map(space, perms)
+    g0, g1, m = build_one(space, sd), build_one(space, sd_p), node_map(space, perms)
     assert torch.equal(torch.sort(m).values, torch.arange(g0.num_nodes))
     for key in ("x", "x_mask", "node_kind", "node_depth", "node_group", "node_pos"):
         assert torch.equal(g1[key], g0[key][m]), key
@@ -333,10 +334,9 @@ def test_mixed_architecture_collate() -> None:
     for n, g in zip(names, to_graphs(batch)):
         assert_exact(decode(g, family(n)[0]), random_sd(n, 8))
     assert graphs[0].edge_attr.shape[1] == widths["mlp"]  # inputs untouched
-    with pytest.raises(WslError):
-        decode(batch, family("mlp")[0])
-    with pytest.raises(WslError):
-        collate(graphs, edge_dim=3)
+    for bad_call in (lambda: decode(batch, family("mlp")[0]), lambda: collate(graphs, edge_dim=3)):
+        with pytest.raises(WslError):
+            bad_call()
     assert collate(graphs, edge_dim=30).edge_attr.shape[1] == 30
 
 

@@ -52,8 +52,8 @@ def _dtype_string(layout: GraphLayout, stacked: Mapping[str, torch.Tensor]) -> s
     return ",".join(str(stacked[n].dtype).replace("torch.", "") for n in layout.stored_names)
 
 
-def _assemble(space: WeightSpace, stacked: Mapping[str, torch.Tensor], method: str = "copy"
-              ) -> tuple[dict[str, torch.Tensor], int, str]:
+def _assemble(space: WeightSpace, stacked: Mapping[str, torch.Tensor], method: str = "copy",
+              reuse_structure: bool = False) -> tuple[dict[str, torch.Tensor], int, str]:
     """All graph tensors of ``N`` models, concatenated over graphs; returns (attrs, N, dtypes)."""
     if method not in ("copy", "gather"):
         raise GraphBuildError(f"wsl.graph.build: method must be 'copy' or 'gather', got {method!r}")
@@ -85,18 +85,39 @@ def _assemble(space: WeightSpace, stacked: Mapping[str, torch.Tensor], method: s
         ex.append(flat.index_select(1, idx["leftover"]).to(torch.float64))
     extras = torch.cat(ex, dim=1) if ex else torch.zeros(n, 0, dtype=torch.float64, device=dev)
 
-    offs = torch.arange(n, device=dev) * v
-    edge_index = (idx["edge_index"].unsqueeze(1) + offs.view(1, n, 1)).reshape(2, n * e)
-    attrs = {
-        "x": x, "x_mask": idx["x_mask"].repeat(n, 1),
-        "edge_index": edge_index, "edge_attr": edge_attr, "edge_mask": idx["edge_mask"].repeat(n, 1),
+    attrs = {"x": x, "edge_attr": edge_attr, "extras": extras.reshape(-1)}
+    attrs.update(_structure(lay, n, dev, reuse_structure))
+    return attrs, n, _dtype_string(lay, stacked)
+
+
+_MAX_SHARED = 4
+
+
+def _structure(lay: GraphLayout, n: int, dev: torch.device, reuse: bool) -> dict[str, torch.Tensor]:
+    """The weight-independent attributes of ``n`` graphs (edge_index, masks, kinds, ...).
+
+    With ``reuse`` they are cached on the layout per ``(device, n)`` (at most
+    a few sizes) and shared by every batch built with ``reuse_structure=True``.
+    """
+    key = (str(dev), n)
+    if reuse and key in lay._structure_cache:
+        return dict(lay._structure_cache[key])
+    idx = lay.on(dev)
+    offs = torch.arange(n, device=dev) * lay.num_nodes
+    out = {
+        "x_mask": idx["x_mask"].repeat(n, 1),
+        "edge_index": (idx["edge_index"].unsqueeze(1) + offs.view(1, n, 1)).reshape(2, n * lay.num_edges),
+        "edge_mask": idx["edge_mask"].repeat(n, 1),
         "edge_kind": idx["edge_kind"].repeat(n), "edge_conn": idx["edge_conn"].repeat(n),
         "node_kind": idx["node_kind"].repeat(n), "node_depth": idx["node_depth"].repeat(n),
         "node_group": idx["node_group"].repeat(n), "node_pos": idx["node_pos"].repeat(n),
-        "extras": extras.reshape(-1),
         "num_extras": torch.full((n,), lay.num_extras, dtype=torch.long, device=dev),
     }
-    return attrs, n, _dtype_string(lay, stacked)
+    if reuse:
+        while len(lay._structure_cache) >= _MAX_SHARED:
+            lay._structure_cache.pop(next(iter(lay._structure_cache)))
+        lay._structure_cache[key] = out
+    return dict(out)
 
 
 def _copy_blocks(lay: GraphLayout, stacked: Mapping[str, torch.Tensor], n: int, fdt: torch.dtype,
@@ -128,7 +149,8 @@ def _extra_to_f64(name: str, t: torch.Tensor, n: int) -> torch.Tensor:
     return t.reshape(n, -1).to(torch.float64)
 
 
-def build(space: WeightSpace, stacked: Mapping[str, torch.Tensor], *, method: str = "copy") -> Batch:
+def build(space: WeightSpace, stacked: Mapping[str, torch.Tensor], *, method: str = "copy",
+          reuse_structure: bool = False) -> Batch:
     """``N`` models of one architecture (tensors ``(N, *shape)``) -> one PyG ``Batch`` of N graphs.
 
     The batch behaves like ``Batch.from_data_list`` of :class:`ParameterGraph`
@@ -138,8 +160,14 @@ def build(space: WeightSpace, stacked: Mapping[str, torch.Tensor], *, method: st
     ``method="gather"`` concatenates the flat parameter vectors and applies the
     layout's gather map in one ``index_select``. Both give identical graphs;
     "copy" avoids materialising the flat vectors and is ~2x faster on CPU.
+
+    ``reuse_structure=True`` shares the weight-independent tensors
+    (``edge_index``, masks, kind/depth/group/position attributes) between all
+    batches of the same size built that way, instead of allocating them anew
+    (they are most of the batch's memory). Treat them as read-only then:
+    an in-place edit would show up in every such batch.
     """
-    attrs, n, dts = _assemble(space, stacked, method)
+    attrs, n, dts = _assemble(space, stacked, method, reuse_structure)
     lay = GraphLayout.of(space)
     return make_batch(attrs, {"arch": [lay.signature] * n, "dtypes": [dts] * n}, n, lay.num_nodes)
 

@@ -141,6 +141,7 @@ class GraphLayout:
     copy_steps: tuple[CopyStep, ...] = ()
     identity_ranges: tuple[tuple[int, int], ...] = ()
     _device_cache: dict[Any, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
+    _structure_cache: dict[Any, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
 
     @property
     def stored_names(self) -> tuple[str, ...]:
