@@ -4,8 +4,8 @@
 from wsl.nn.dense_models import HNPNet, NFTNet, NPNet, mlp_head
 from wsl.nn.hnp import HNPLinear
 from wsl.nn.nft import BlockLinear, NFTLayer
-from wsl.nn.np import EquivariantLinear, FeatureActivation, IOEmbedding, MetaModelError, NPLinear, resolve_space
-from wsl.nn.pooling import HNPPool, InvariantPool, NPPool
+from wsl.nn.np import EquivariantLinear, IOEmbedding, NPLinear
+from wsl.nn.pooling import FeatureActivation, HNPPool, InvariantPool, MetaModelError, NPPool, resolve_space
 
 __all__ = [
     "BlockLinear", "EquivariantLinear", "FeatureActivation", "HNPLinear", "HNPNet", "HNPPool", "IOEmbedding",

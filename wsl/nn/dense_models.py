@@ -26,8 +26,8 @@ from torch import nn
 from wsl.graph.features import WeightSpaceFeatures
 from wsl.nn.hnp import HNPLinear
 from wsl.nn.nft import BlockLinear, NFTLayer
-from wsl.nn.np import IOEmbedding, MetaModelError, NPLinear, activation_fn, resolve_space
-from wsl.nn.pooling import HNPPool, NPPool
+from wsl.nn.np import IOEmbedding, NPLinear
+from wsl.nn.pooling import HNPPool, MetaModelError, NPPool, activation_fn, resolve_space
 from wsl.space.weightspace import WeightSpace
 
 __all__ = ["NPNet", "HNPNet", "NFTNet", "mlp_head"]

@@ -32,7 +32,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from wsl.nn.np import EquivariantLinear, truly_fixed
+from wsl.nn.np import EquivariantLinear
+from wsl.nn.pooling import truly_fixed
 from wsl.space.weightspace import WeightSpace
 
 __all__ = ["HNPLinear"]

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from wsl.graph.features import WeightSpaceFeatures, feature_blocks
-from wsl.nn.np import MetaModelError, check_features, resolve_space, truly_fixed
+from wsl.nn.pooling import MetaModelError, check_features, resolve_space, truly_fixed
 from wsl.space.weightspace import WeightSpace
 
 __all__ = ["NFTLayer", "BlockLinear"]

@@ -39,12 +39,12 @@ a residual stream mapped onto itself) matches those axes in their stored
 order; the extra transposed and diagonal terms are omitted, which keeps
 equivariance (the basis is merely not complete for such blocks).
 
-Implementation: the term plan (keys, views, channel offsets) is computed once
-per space; a forward pass computes each block's pooled views once, one
-``linear`` per key, and accumulates broadcast terms in place. The full-size
-identity term of a multi-axis block and the block's pooling share one custom
-autograd function whose backward writes the input gradient once (no
-full-size temporaries for the pooling gradients).
+Implementation: the term plan (keys, views, channel offsets) is built once per
+space; a forward pass pools each block once, runs one channel mix per key and
+adds broadcast terms in place. A multi-axis block's identity term and pooling
+share one autograd function whose backward writes the input gradient once; on
+CPU (float32) its channel mix runs as a oneDNN channels-last 1x1 convolution,
+much faster than BLAS ``mm`` for these shapes.
 """
 
 from __future__ import annotations
@@ -59,94 +59,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from wsl.errors import WslError
 from wsl.graph.features import WeightSpaceFeatures, feature_blocks
+from wsl.nn.pooling import FeatureActivation, MetaModelError, activation_fn, check_features, resolve_space
 from wsl.space.weightspace import WeightSpace
 
 Key = tuple[str, tuple[int, ...]]
 
-__all__ = ["MetaModelError", "NPLinear", "IOEmbedding", "FeatureActivation", "resolve_space", "EquivariantLinear"]
-
-
-class MetaModelError(WslError):
-    """A meta-model got inputs that do not fit it (architecture, channels, type)."""
-
-
-# ----------------------------------------------------------------- helpers
-def structure(space: WeightSpace) -> tuple[Any, ...]:
-    """What a dense layer depends on: blocks (keys, groups, shapes) and groups."""
-    got = space._cache.get("nn_structure")
-    if got is None:
-        blocks = tuple((k, b.unit_groups, b.unit_shape, b.feature_size) for k, b in feature_blocks(space))
-        groups = tuple((g.size, g.fixed, g.parent) for g in space.groups)
-        got = (blocks, groups)
-        space._cache["nn_structure"] = got
-    return got  # type: ignore[no-any-return]
-
-
-def resolve_space(space: WeightSpace | Sequence[WeightSpace]) -> WeightSpace:
-    """One space, or the first of several that must share one :func:`structure`."""
-    if isinstance(space, WeightSpace):
-        return space
-    spaces = list(space) if isinstance(space, (list, tuple)) else []
-    if not spaces or not all(isinstance(s, WeightSpace) for s in spaces):
-        raise MetaModelError(f"expected a WeightSpace or a non-empty list of them, got {type(space).__name__}")
-    ref = structure(spaces[0])
-    for i, s in enumerate(spaces[1:], 1):
-        if structure(s) != ref:
-            raise MetaModelError(f"spaces[{i}] ({s.signature}) does not share the structure of spaces[0] "
-                                 f"({spaces[0].signature}): dense meta-models need one architecture")
-    return spaces[0]
-
-
-def truly_fixed(space: WeightSpace, gid: int) -> bool:
-    """A fixed group that no permutation moves (not nested in a permutable parent)."""
-    g = space.groups[gid]
-    return g.fixed and (g.parent is None or truly_fixed(space, g.parent))
-
-
-def check_features(x: Any, space: WeightSpace, channels: int, where: str) -> WeightSpaceFeatures:
-    """Raise :class:`MetaModelError` unless ``x`` fits ``space`` with ``channels`` channels."""
-    if not isinstance(x, WeightSpaceFeatures):
-        raise MetaModelError(f"{where}: expected WeightSpaceFeatures, got {type(x).__name__}")
-    if x.space is not space and structure(x.space) != structure(space):
-        raise MetaModelError(f"{where}: features of architecture {x.space.signature} do not fit the layer's "
-                             f"architecture {space.signature}")
-    for key, b in feature_blocks(space):
-        t = x.blocks[key]
-        want = (b.feature_size * channels, *b.unit_shape)
-        if tuple(t.shape[1:]) != want:
-            raise MetaModelError(f"{where}: block {key[0]}{list(key[1])} has shape {tuple(t.shape)}, expected "
-                                 f"(N, {', '.join(map(str, want))}) ({channels} channel(s) x {b.feature_size})")
-    return x
-
-
-_ACTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "relu": torch.relu, "gelu": F.gelu, "tanh": torch.tanh, "silu": F.silu, "identity": lambda t: t,
-}
-
-
-def activation_fn(name: str | None, inplace: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Elementwise nonlinearity by name (``relu``, ``gelu``, ``tanh``, ``silu``, ``identity``/None)."""
-    if name is None:
-        return _ACTS["identity"]
-    if name not in _ACTS:
-        raise MetaModelError(f"unknown activation {name!r}; valid: {', '.join(sorted(_ACTS))}")
-    if inplace and name == "relu":
-        return torch.relu_
-    return _ACTS[name]
-
-
-class FeatureActivation(nn.Module):
-    """Apply an elementwise nonlinearity to every block (permutation-equivariant)."""
-
-    def __init__(self, name: str = "relu") -> None:
-        super().__init__()
-        self.name = name
-        self.fn = activation_fn(name)
-
-    def forward(self, x: WeightSpaceFeatures) -> WeightSpaceFeatures:
-        return x.map(self.fn)
+__all__ = ["EquivariantLinear", "FeatureActivation", "IOEmbedding", "MetaModelError", "NPLinear", "resolve_space"]
 
 
 # ------------------------------------------------------------- the plan
@@ -179,10 +98,7 @@ class ReducedBlock:
         if self.folded:
             t = t.reshape(*t.shape[:-1], *(self.unit_shape[a] for a in self.folded), -1)
         src = list(self.kept) + list(self.folded)
-        inv = [0] * len(src)
-        for pos, a in enumerate(src):
-            inv[a] = pos
-        return t.permute(0, len(src) + 1, *[1 + p for p in inv])
+        return t.permute(0, len(src) + 1, *[1 + src.index(a) for a in range(len(src))])
 
 
 @dataclass
@@ -232,17 +148,13 @@ def build_terms(blocks: Sequence[ReducedBlock], c_in: int, c_out: int) -> list[T
 
 
 def _onednn(x: torch.Tensor) -> bool:
-    """Use oneDNN 1x1 convolutions for the big channel mixes (CPU float32/bfloat16).
-
-    On CPUs oneDNN's channels-last kernels are markedly faster than BLAS ``mm``
-    for these ``(models * units, C) x (C, C')`` products; elsewhere ``mm`` is used.
-    """
+    """Run the big channel mixes as oneDNN 1x1 convolutions (CPU float32/bfloat16); else ``mm``."""
     return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
 
 
 def _as_nchw(t: torch.Tensor) -> torch.Tensor:
-    """``(N, *units, C)`` contiguous -> ``(N, C, prod(units), 1)`` channels-last view."""
+    """``(N, *units, C)`` contiguous -> ``(N, C, prod(units), 1)`` channels-last view (and back)."""
     return t.reshape(t.shape[0], -1, 1, t.shape[-1]).permute(0, 3, 1, 2)
 
 

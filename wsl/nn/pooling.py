@@ -13,21 +13,114 @@
 Both map :class:`~wsl.graph.WeightSpaceFeatures` ``(N, F_b * c, *units)`` to
 ``(N, out_features)``; the per-block order is :func:`wsl.graph.features.feature_blocks`
 order, and within a block the flattening is channel-major.
+
+This module also holds the utilities every dense meta-model shares: the
+structure check for features (:func:`check_features`), spaces given as lists
+(:func:`resolve_space`), which groups are really fixed (:func:`truly_fixed`),
+elementwise nonlinearities and :class:`MetaModelError`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from wsl.errors import WslError
 from wsl.graph.features import WeightSpaceFeatures, feature_blocks
-from wsl.nn.np import check_features, resolve_space, truly_fixed
 from wsl.space.weightspace import WeightSpace
 
-__all__ = ["NPPool", "HNPPool", "InvariantPool"]
+__all__ = [
+    "NPPool", "HNPPool", "InvariantPool", "MetaModelError", "FeatureActivation", "activation_fn", "check_features",
+    "resolve_space", "structure", "truly_fixed",
+]
+
+
+class MetaModelError(WslError):
+    """A meta-model got inputs that do not fit it (architecture, channels, type)."""
+
+
+# ----------------------------------------------------------------- helpers
+def structure(space: WeightSpace) -> tuple[Any, ...]:
+    """What a dense layer depends on: blocks (keys, groups, shapes) and groups."""
+    got = space._cache.get("nn_structure")
+    if got is None:
+        blocks = tuple((k, b.unit_groups, b.unit_shape, b.feature_size) for k, b in feature_blocks(space))
+        groups = tuple((g.size, g.fixed, g.parent) for g in space.groups)
+        got = (blocks, groups)
+        space._cache["nn_structure"] = got
+    return got  # type: ignore[no-any-return]
+
+
+def resolve_space(space: WeightSpace | Sequence[WeightSpace]) -> WeightSpace:
+    """One space, or the first of several that must share one :func:`structure`."""
+    if isinstance(space, WeightSpace):
+        return space
+    spaces = list(space) if isinstance(space, (list, tuple)) else []
+    if not spaces or not all(isinstance(s, WeightSpace) for s in spaces):
+        raise MetaModelError(f"expected a WeightSpace or a non-empty list of them, got {type(space).__name__}")
+    ref = structure(spaces[0])
+    for i, s in enumerate(spaces[1:], 1):
+        if structure(s) != ref:
+            raise MetaModelError(f"spaces[{i}] ({s.signature}) does not share the structure of spaces[0] "
+                                 f"({spaces[0].signature}): dense meta-models need one architecture")
+    return spaces[0]
+
+
+def truly_fixed(space: WeightSpace, gid: int) -> bool:
+    """A fixed group that no permutation moves (not nested in a permutable parent)."""
+    g = space.groups[gid]
+    return g.fixed and (g.parent is None or truly_fixed(space, g.parent))
+
+
+def check_features(x: Any, space: WeightSpace, channels: int, where: str) -> WeightSpaceFeatures:
+    """Raise :class:`MetaModelError` unless ``x`` fits ``space`` with ``channels`` channels."""
+    if not isinstance(x, WeightSpaceFeatures):
+        raise MetaModelError(f"{where}: expected WeightSpaceFeatures, got {type(x).__name__}")
+    if x.space is not space and structure(x.space) != structure(space):
+        raise MetaModelError(f"{where}: features of architecture {x.space.signature} do not fit the layer's "
+                             f"architecture {space.signature}")
+    for key, b in feature_blocks(space):
+        t = x.blocks[key]
+        want = (b.feature_size * channels, *b.unit_shape)
+        if tuple(t.shape[1:]) != want:
+            raise MetaModelError(f"{where}: block {key[0]}{list(key[1])} has shape {tuple(t.shape)}, expected "
+                                 f"(N, {', '.join(map(str, want))}) ({channels} channel(s) x {b.feature_size})")
+    return x
+
+
+_ACTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": torch.relu, "gelu": F.gelu, "tanh": torch.tanh, "silu": F.silu, "identity": lambda t: t,
+}
+
+
+def activation_fn(name: str | None, inplace: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Elementwise nonlinearity by name (``relu``, ``gelu``, ``tanh``, ``silu``, ``identity``/None)."""
+    if name is None:
+        return _ACTS["identity"]
+    if name not in _ACTS:
+        raise MetaModelError(f"unknown activation {name!r}; valid: {', '.join(sorted(_ACTS))}")
+    if inplace and name == "relu":
+        return torch.relu_
+    return _ACTS[name]
+
+
+class FeatureActivation(nn.Module):
+    """Apply an elementwise nonlinearity to every block (permutation-equivariant)."""
+
+    def __init__(self, name: str = "relu") -> None:
+        super().__init__()
+        self.name = name
+        self.fn = activation_fn(name)
+
+    def forward(self, x: WeightSpaceFeatures) -> WeightSpaceFeatures:
+        return x.map(self.fn)
+
+
+# ------------------------------------------------------------------ pooling
 
 
 class InvariantPool(nn.Module):
