@@ -18,7 +18,9 @@ vectorized mode). Also reports the achieved FLOP/s of the vectorized trainer
 samples processed / time -- against the machine's fp32 matmul FLOP/s (a
 square ``torch.mm``). Times are best-of-``--repeat``.
 
-Usage: ``python benchmarks/zoo_generate.py [--num-models 128] [--epochs 2] [--threads 1]``
+Usage: ``python benchmarks/zoo_generate.py [--num-models 256] [--epochs 2] [--threads 1]``
+(``--threads 1`` is what ``wsl zoo generate`` uses per process; the one-at-a-time
+loop gets the same thread count.)
 """
 
 from __future__ import annotations
@@ -75,9 +77,9 @@ def matmul_flops(n: int = 2048, reps: int = 5) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--num-models", type=int, default=128)
+    ap.add_argument("--num-models", type=int, default=256)
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--models-per-chunk", type=int, default=128)
+    ap.add_argument("--models-per-chunk", type=int, default=256, help="as in the recipe")
     ap.add_argument("--single-models", type=int, default=None,
                     help="models for the one-at-a-time mode (default: all)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")

@@ -155,22 +155,29 @@ class VecNet:
         e = self.entries[key]
         return p[:, e.offset:e.offset + e.numel].reshape(p.shape[0], *e.shape)
 
-    def _layers(self, layers: list[dict[str, Any]], pre: str, p: torch.Tensor, bufs: dict[str, torch.Tensor],
+    def split(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every parameter of the rows of ``p`` as ``(k, *shape)`` views (one ``split``, so the
+        backward pass is one concatenation rather than a zero-filled copy per tensor)."""
+        keys = [key for key, e in self.entries.items() if e.role != "buffer"]
+        parts = p.split([self.entries[key].numel for key in keys], dim=1)
+        return {key: t.reshape(p.shape[0], *self.entries[key].shape) for key, t in zip(keys, parts)}
+
+    def _layers(self, layers: list[dict[str, Any]], pre: str, p: dict[str, torch.Tensor], bufs: dict[str, torch.Tensor],
                 x: Act, ctx: Ctx) -> Act:
         for i, spec in enumerate(layers):
             x = self._layer(spec, f"{pre}{i}.", p, bufs, x, ctx)
         return x
 
-    def _layer(self, spec: dict[str, Any], pre: str, p: torch.Tensor, bufs: dict[str, torch.Tensor],
+    def _layer(self, spec: dict[str, Any], pre: str, p: dict[str, torch.Tensor], bufs: dict[str, torch.Tensor],
                x: Act, ctx: Ctx) -> Act:
         t, (h, layout), k = spec["type"], x, ctx.k
-        bias = self.param(p, pre + "bias") if pre + "bias" in self.entries else None
+        bias = p.get(pre + "bias")
         if layout == "shared" and (t not in ("conv1d", "conv2d", "linear") or t != "linear" and spec["groups"] != 1):
             x = _materialize(h, k, len(self.input_shape))
             h, layout = x
         if t in ("conv1d", "conv2d"):
             _need(layout in ("conv", "shared"), pre, t)
-            w = self.param(p, pre + "weight")
+            w = p[pre + "weight"]
             b = None if bias is None else bias.reshape(-1)
             if t == "conv2d" and layout == "conv" and w.shape[2] == 1 and not isinstance(spec["padding"], str):
                 return _conv_unfold(h, w, b, spec, k), "conv"
@@ -180,7 +187,7 @@ class VecNet:
                         groups), "conv"
         if t == "linear":
             _need(layout in ("flat", "shared") and h.dim() in (2, 3), pre, t)
-            w = self.param(p, pre + "weight").transpose(1, 2)
+            w = p[pre + "weight"].transpose(1, 2)
             if layout == "shared":  # (N, F) @ (k, F, O)
                 out = torch.matmul(h, w)
                 return (out if bias is None else out + bias.unsqueeze(1)), "flat"
@@ -205,7 +212,7 @@ class VecNet:
         _need(out_layout == skip[1], pre, t)
         return out + skip[0], out_layout
 
-    def _batchnorm(self, spec: dict[str, Any], pre: str, p: torch.Tensor, bufs: dict[str, torch.Tensor],
+    def _batchnorm(self, spec: dict[str, Any], pre: str, p: dict[str, torch.Tensor], bufs: dict[str, torch.Tensor],
                    x: Act, ctx: Ctx) -> Act:
         (h, layout), k = x, ctx.k
         hv = h.reshape(h.shape[0], k, -1, math.prod(h.shape[2:])) if layout == "conv" \
@@ -232,8 +239,7 @@ class VecNet:
         else:
             normed = (hv - mean_buf.reshape(1, k, c, 1)) * torch.rsqrt(var_buf + eps).reshape(1, k, c, 1)
         if pre + "weight" in self.entries:
-            normed = normed * self.param(p, pre + "weight").reshape(1, k, c, 1) \
-                + self.param(p, pre + "bias").reshape(1, k, c, 1)
+            normed = normed * p[pre + "weight"].reshape(1, k, c, 1) + p[pre + "bias"].reshape(1, k, c, 1)
         if layout == "conv":
             return normed.reshape(h.shape), "conv"
         return normed.squeeze(-1).transpose(0, 1), "flat"
@@ -248,7 +254,7 @@ class VecNet:
             xa = (x.transpose(0, 1).reshape(x.shape[1], -1, *self.input_shape[1:]), "conv")
         else:
             xa = (x, "flat")
-        out, layout = self._layers(self.description["layers"], "", p, bufs, xa, ctx)
+        out, layout = self._layers(self.description["layers"], "", self.split(p), bufs, xa, ctx)
         if layout != "flat" or out.dim() != 3:
             raise ConfigError("vectorized trainer: the architecture must end in a linear layer on features")
         return out
@@ -356,10 +362,17 @@ def _dropout(p_layer: float, x: Act, ctx: Ctx) -> torch.Tensor:
     if not ctx.cache[name]:
         return h
     channels = h.shape[1] // ctx.k if layout == "conv" else 1
-    thresh = ctx.column(name, lambda: rates.to(h.dtype), channels, layout, h.dim())
-    scale = ctx.column(name + "-scale", lambda: 1.0 / (1.0 - rates.to(h.dtype)), channels, layout, h.dim())
-    noise = torch.rand(h.shape, generator=ctx.generator, device=h.device, dtype=h.dtype)
-    return h * ((noise >= thresh) * scale)
+    # Random 16-bit words, four per int64 draw (3x cheaper than torch.rand): an element is kept if its
+    # word is >= round(p * 65536) - 32768, i.e. the rate is p rounded to a multiple of 1/65536.
+    def level() -> torch.Tensor:
+        return (rates.double() * 65536).round()
+
+    thresh = ctx.column(name, lambda: (level() - 32768).to(torch.int32), channels, layout, h.dim())
+    scale = ctx.column(name + "-scale", lambda: (65536 / (65536 - level())).to(h.dtype), channels, layout, h.dim())
+    n = h.numel()
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=h.device).random_(
+        -2**63, 2**63 - 1, generator=ctx.generator).view(torch.int16)[:n].view(h.shape)
+    return h * ((words >= thresh) * scale)
 
 
 from wsl.zoo.optim import ChunkResult, ModelRun, train_chunk  # noqa: E402  (the trainer, re-exported)
