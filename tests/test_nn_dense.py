@@ -8,11 +8,13 @@ are invariant, negative controls show that the checks can fail.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch import nn
 
-from wsl.archs import Residual, mlp, small_cnn
+from wsl.archs import GPT2Config, GPT2Model, Residual, example_input, mlp, small_cnn
 from wsl.graph import WeightSpaceFeatures
 from wsl.graph.features import feature_blocks
 from wsl.nn import (
@@ -45,8 +47,19 @@ ARCHS = {
     "rescnn": (_res_cnn, (1, 8, 8)),
     "tied": (_tied_mlp, (4,)),
     "groupnorm": (lambda: small_cnn(channels=(16, 8), norm="group"), (1, 8, 8)),
+    # fused transposed q/k/v blocks, heads (nested groups), token and position embeddings
+    "gpt2": (lambda: GPT2Model(GPT2Config(n_embd=8, n_head=2, n_layer=1, vocab_size=7, n_positions=4)), None),
 }
 MAIN = ["mlp", "cnn", "rescnn"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny tensors: one intra-op thread avoids OpenMP wake-up costs on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +67,8 @@ def spaces() -> dict[str, WeightSpace]:
     out = {}
     for name, (make, shape) in ARCHS.items():
         torch.manual_seed(0)
-        out[name] = WeightSpace.from_module(make(), torch.randn(2, *shape))
+        module = make()
+        out[name] = WeightSpace.from_module(module, example_input(module) if shape is None else torch.randn(2, *shape))
     return out
 
 

@@ -72,7 +72,7 @@ class BlockLinear(nn.Module):
     def forward(self, x: WeightSpaceFeatures) -> WeightSpaceFeatures:
         x = check_features(x, self.space, self.in_channels, "BlockLinear")
         blocks = {k: channel_linear(x.blocks[k].movedim(1, -1), m).movedim(-1, 1) for k, m in zip(self.keys, self.maps)}
-        return WeightSpaceFeatures(self.space, blocks, x.extras)
+        return WeightSpaceFeatures(x.space, blocks, x.extras)
 
 
 class NFTLayer(nn.Module):
@@ -155,7 +155,7 @@ class NFTLayer(nn.Module):
                 y.add_(u)
             h = nn.functional.gelu(channel_linear(self.ln[i](y), self.fc1[i]))
             out[k] = (channel_linear(h, self.fc2[i]) + y).movedim(-1, 1)
-        return WeightSpaceFeatures(self.space, out, x.extras)
+        return WeightSpaceFeatures(x.space, out, x.extras)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, token_dim={self.token_dim}, heads={self.heads}, groups={len(self.views)}"

@@ -304,7 +304,7 @@ class EquivariantLinear(nn.Module):
         out_blocks = {}
         for i, rb in enumerate(self.blocks):
             out_blocks[rb.key] = rb.to_external(self._assemble(i, rb, ys))
-        return WeightSpaceFeatures(self.space, out_blocks, x.extras)
+        return WeightSpaceFeatures(x.space, out_blocks, x.extras)
 
     def _contribution(self, i: int, subset: tuple[int, ...], ys: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
         """Term output for view ``(i, subset)``, in block axis order, broadcastable to the block."""
@@ -396,4 +396,4 @@ class IOEmbedding(nn.Module):
             shape = [1] * t.dim()
             shape[1], shape[2 + a] = self.tables[name].shape
             blocks[key] = t + self.tables[name].view(shape)
-        return WeightSpaceFeatures(self.space, blocks, x.extras)
+        return WeightSpaceFeatures(x.space, blocks, x.extras)
