@@ -138,8 +138,8 @@ def _classification_chunk(plan: _Plan, indices: list[int], chunk: int, device: t
             perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(m.seeds[1]))
             subsets.append(perm[:size].sort().values)
         inits = init_rows(net, [(m.hp["w_init"], m.hp["init_std"]) for m in members], [m.seeds[0] for m in members])
-        runs = [ModelRun(m.hp["optimizer"], m.hp["lr"], m.hp["weight_decay"], m.hp["dropout"],
-                         m.hp.get("activation"), s, inits[j], m.seeds[2]) for j, (m, s) in enumerate(zip(members, subsets))]
+        runs = [ModelRun(m.hp["optimizer"], m.hp["lr"], m.hp["weight_decay"], m.hp["dropout"], m.hp.get("activation"),
+                         s, inits[j], m.seeds[2]) for j, (m, s) in enumerate(zip(members, subsets))]
         noise_seed = int(np.random.SeedSequence([seed, chunk, 3, gj]).generate_state(1, np.uint32)[0])
         res = train_chunk(net, runs, data.x_train, data.y_train, batch_size=tr["batch_size"], epochs=tr["epochs"],
                           checkpoints=tr.get("checkpoints", [tr["epochs"]]), seed=noise_seed, device=device,
@@ -329,7 +329,8 @@ def generate(recipe: str | Path | Recipe, out: str | Path, *, num_models: int | 
                     if token not in completed:
                         writer.append(writer.add_architecture(desc), stacked, rows, chunk=token)
                     last = max(row["epoch"] or 0 for row in rows)
-                    finals += [row[metric] for row in rows if (row["epoch"] or 0) == last and row.get(metric) is not None]
+                    finals += [row[metric] for row in rows
+                               if (row["epoch"] or 0) == last and row.get(metric) is not None]
                 done_models += len(idx)
             bar.n = n_mine
             bar.refresh()

@@ -180,7 +180,8 @@ def parse_recipe(raw: Any, source: str = "<recipe>") -> Recipe:
     _keys(top["dataset"], f"{where}: dataset", {"name", "resolution"}, {"name"})
     arch = _keys(top["architecture"], f"{where}: architecture", {
         "type", "channels", "kernel_size", "stride", "norm", "hidden", "w0", "models_per_arch", "cnn_fraction",
-        "conv_layers", "widths", "kernels", "strides", "first_stride", "batchnorm", "residual", "activations", "mlp_layers",
+        "conv_layers", "widths", "kernels", "strides", "first_stride", "batchnorm", "residual", "activations",
+        "mlp_layers",
         "mlp_widths"}, {"type"})
     if arch["type"] not in ARCH_TYPES:
         raise _err(f"{where}: architecture.type", f"expected one of {', '.join(ARCH_TYPES)}, got {arch['type']!r}")

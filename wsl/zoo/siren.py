@@ -143,8 +143,11 @@ def fit(net: Any, init: torch.Tensor, coords: torch.Tensor, targets: torch.Tenso
     return snaps, mses
 
 
+Append = tuple[dict[str, Any], dict[str, torch.Tensor], list[dict[str, Any]]]  # (arch, stacked, rows)
+
+
 def fit_chunk(recipe: Recipe, data: ImageData, images: list[int], chunk: int, device: torch.device,
-              splits: dict[str, Any], progress: Callable[[float], None]) -> list[tuple[dict[str, Any], dict[str, torch.Tensor], list[dict[str, Any]]]]:
+              splits: dict[str, Any], progress: Callable[[float], None]) -> list[Append]:
     """Fit all fits of ``images``; returns one ``(arch, stacked, rows)`` append."""
     from wsl.zoo.format import assign_split
     from wsl.zoo.vectorized import VecNet
