@@ -1,0 +1,381 @@
+"""Checks on uploaded checkpoints, and the prediction job the service's workers run.
+
+Before a worker sees an upload, :func:`prevalidate` (in the server process)
+checks what can be checked cheaply and without trusting the file:
+
+* empty files; an unknown format (415);
+* ``.safetensors``: the 8-byte header length against a small cap (a gigantic
+  header is refused before it is read), then the whole header with
+  :func:`wsl.io.read_safetensors_header` (JSON, dtypes, shapes, offsets that
+  must tile the data buffer exactly: a header that lies is refused);
+* torch ``.pt``/``.bin`` zips: every member must be *stored* (``torch.save``
+  never compresses, so a deflated member can only be a decompression bomb),
+  the central directory and local headers must agree, sizes must fit the file,
+  and a ``data.pkl`` must be present. Legacy (pre-zip) pickles pass on to the
+  worker, whose ``torch.load(weights_only=True)`` refuses anything but tensors.
+
+In the worker, :func:`handle_job` builds the architecture on the ``meta``
+device first (:func:`arch_precheck`: names and shapes against the
+safetensors header, or the parameter count against the upload size) so a
+mismatching or huge architecture costs no memory, then runs exactly the
+pipeline of :func:`wsl.predict.predict` (so the CLI and the service give the
+same numbers) and turns every failure into ``{"status", "code", "message"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wsl.errors import (
+    ArchitectureError, CheckpointError, HubError, PredictionError, StateDictMismatchError, TraceError,
+    UnsafeCheckpointError, UnsupportedLayerError, WslError,
+)
+from wsl.serve.limits import ServeError
+
+log = logging.getLogger("wsl.serve")
+
+SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+MAX_HEADER_BYTES = 8 * 1024 * 1024
+MAX_ZIP_MEMBERS = 65536
+
+
+# ------------------------------------------------------------------------------------ pre-validation
+def sniff(path: Path) -> str | None:
+    """``"safetensors"``, ``"zip"`` (torch.save), ``"pickle"`` (legacy torch.save) or None."""
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "pickle"
+    if len(head) == 9 and head[8:9] == b"{":
+        return "safetensors"
+    return None
+
+
+def prevalidate(path: Path, filename: str, *, max_header_bytes: int = MAX_HEADER_BYTES) -> str:
+    """Cheap structural checks of an upload; returns its format or raises :class:`ServeError`."""
+    size = path.stat().st_size
+    if size == 0:
+        raise ServeError(422, "empty_file", f"{filename}: the file is empty")
+    suffix = Path(filename).suffix.lower()
+    kind = sniff(path)
+    if suffix == ".safetensors" or (suffix not in SUFFIXES and kind == "safetensors"):
+        _check_safetensors(path, filename, size, max_header_bytes)
+        return "safetensors"
+    if suffix in SUFFIXES:
+        if kind == "zip":
+            check_zip(path, filename, size)
+            return "zip"
+        if kind == "pickle":
+            return "pickle"
+        raise ServeError(422, "invalid_checkpoint", f"{filename}: not a torch.save file (neither a zip archive "
+                         "nor a pickle)")
+    if kind in ("zip", "pickle"):
+        if kind == "zip":
+            check_zip(path, filename, size)
+        return kind
+    raise ServeError(415, "unsupported_media_type", f"{filename}: unsupported file type; upload .safetensors, or "
+                     ".pt/.pth/.bin/.ckpt written by torch.save")
+
+
+def _check_safetensors(path: Path, filename: str, size: int, max_header_bytes: int) -> None:
+    from wsl.io import read_safetensors_header
+
+    if size < 8:
+        raise ServeError(422, "invalid_safetensors", f"{filename}: {size} bytes is too short for a safetensors file")
+    with open(path, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+    if n > max_header_bytes:
+        raise ServeError(422, "header_too_large", f"{filename}: the safetensors header claims {n:,} bytes; at "
+                         f"most {max_header_bytes:,} are accepted")
+    try:
+        header = read_safetensors_header(path, max_header_bytes)
+    except CheckpointError as exc:
+        raise ServeError(422, "invalid_safetensors", scrub(str(exc), {str(path): filename})) from None
+    meta = header.metadata.get("wsl_arch")
+    if meta is not None and not meta.lstrip().startswith("{"):
+        raise ServeError(422, "invalid_architecture", f"{filename}: __metadata__['wsl_arch'] must be a JSON "
+                         "architecture description")
+
+
+def check_zip(path: Path, filename: str, size: int) -> None:
+    """Refuse zips torch.save would not write: compressed/encrypted members, lying sizes, no data.pkl."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except Exception as exc:  # zipfile raises many types on garbage
+        raise ServeError(422, "invalid_checkpoint", f"{filename}: broken zip archive ({type(exc).__name__}: "
+                         f"{str(exc)[:200]})") from None
+    if len(infos) > MAX_ZIP_MEMBERS:
+        raise ServeError(422, "invalid_checkpoint", f"{filename}: {len(infos):,} zip members (at most "
+                         f"{MAX_ZIP_MEMBERS:,})")
+    total = 0
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise ServeError(422, "compressed_archive", f"{filename}: zip member {info.filename!r} is compressed "
+                             f"({info.file_size:,} bytes unpacked from {info.compress_size:,}); torch.save writes "
+                             "stored members only, so compressed ones are refused (decompression bomb guard)")
+        if info.flag_bits & 0x1 or info.file_size != info.compress_size:
+            raise ServeError(422, "invalid_checkpoint", f"{filename}: zip member {info.filename!r} is encrypted or "
+                             "its sizes disagree")
+        total += info.file_size
+    if total > size:
+        raise ServeError(422, "invalid_checkpoint", f"{filename}: zip members claim {total:,} bytes in a "
+                         f"{size:,}-byte file")
+    with open(path, "rb") as fh:
+        for info in infos:
+            fh.seek(info.header_offset)
+            local = fh.read(30)
+            if len(local) < 30 or local[:4] != b"PK\x03\x04" or int.from_bytes(local[8:10], "little") != 0:
+                raise ServeError(422, "compressed_archive", f"{filename}: zip member {info.filename!r}: the local "
+                                 "header is missing or says the member is compressed")
+    if not any(i.filename == "data.pkl" or i.filename.endswith("/data.pkl") for i in infos):
+        raise ServeError(422, "invalid_checkpoint", f"{filename}: a zip without data.pkl is not a torch.save file")
+
+
+def scrub(message: str, replace: dict[str, str]) -> str:
+    """``message`` with server paths (temp files, caches) replaced by what the client sent."""
+    for old, new in sorted(replace.items(), key=lambda kv: -len(kv[0])):
+        if old:
+            message = message.replace(old, new)
+    return message
+
+
+# ----------------------------------------------------------------------------------- worker: errors
+_HUB = {"HubURIError": (422, "invalid_hub_uri"), "HubRepoNotFoundError": (404, "hub_not_found"),
+        "HubRevisionNotFoundError": (404, "hub_not_found"), "HubFileNotFoundError": (404, "hub_not_found"),
+        "HubAccessError": (403, "hub_forbidden"), "HubOfflineError": (503, "hub_unavailable"),
+        "HubConnectionError": (502, "hub_unreachable")}
+
+
+def classify(exc: WslError) -> tuple[int, str]:
+    """HTTP status and error code for a library error raised on a client's input."""
+    if isinstance(exc, ServeError):
+        return exc.status, exc.code
+    if isinstance(exc, HubError):
+        for cls in type(exc).__mro__:
+            if cls.__name__ in _HUB:
+                return _HUB[cls.__name__]
+        return 422, "hub_error"
+    for cls, code in ((UnsafeCheckpointError, "unsafe_pickle"), (StateDictMismatchError, "state_dict_mismatch"),
+                      (CheckpointError, "invalid_checkpoint"), (UnsupportedLayerError, "unsupported_layer"),
+                      (TraceError, "untraceable_architecture"), (ArchitectureError, "invalid_architecture")):
+        if isinstance(exc, cls):
+            return 422, code
+    if isinstance(exc, PredictionError):
+        return 422, "non_finite_weights" if "non-finite weights" in str(exc) else "cannot_predict"
+    return 422, "invalid_input"
+
+
+# ------------------------------------------------------------------------------------ worker: state
+@dataclass
+class WorkerState:
+    """What a worker holds: the predictor directories by name (tried in this order)."""
+
+    predictors: dict[str, str] = field(default_factory=dict)
+    max_bytes: int = 200 * 1024 * 1024
+
+
+def init_worker(predictors: list[tuple[str, str]], max_bytes: int) -> WorkerState:
+    """Load the predictors once per worker process, then warm up the lazy imports."""
+    import torch
+
+    from wsl.predict import get_predictor
+
+    torch.set_num_threads(1)
+    state = WorkerState(dict(predictors), max_bytes)
+    for _, directory in predictors:
+        p = get_predictor(directory)
+        try:  # one dummy forward pass so the first real request does not pay for imports
+            space = p.space
+            if space is None:
+                from wsl.archs import mlp
+                from wsl.space import WeightSpace
+
+                space = WeightSpace.from_module(mlp([4, 4, 2]))
+            p.predict(space, {k: torch.zeros((1, *t.shape)) for k, t in space.tensors.items()})
+        except Exception as exc:  # warm-up only
+            log.debug("warm-up of %s failed: %s", directory, exc)
+    return state
+
+
+def _meta_module(desc: Any) -> Any:
+    import torch
+
+    from wsl.io import resolve_arch
+
+    try:
+        with torch.device("meta"):
+            return resolve_arch(desc, allow_code=False)
+    except ArchitectureError as exc:
+        cause = exc.__cause__
+        if cause is None or isinstance(cause, (WslError, TypeError, ValueError, KeyError)):
+            raise  # the description itself is wrong: same error as on a real device
+        return None  # the architecture cannot be built on 'meta'; the real load will tell
+    except WslError:
+        raise
+    except Exception:
+        return None
+
+
+def arch_precheck(path: Path, kind: str, arch: str | None, where: str) -> None:
+    """Compare the architecture (built on 'meta', no memory) with the upload before loading anything."""
+    from wsl.io import check_state_dict, read_safetensors_header
+
+    header = read_safetensors_header(path, MAX_HEADER_BYTES) if kind == "safetensors" else None
+    desc: str | None = arch
+    if desc is None and header is not None:
+        desc = header.metadata.get("wsl_arch")
+    if desc is None:
+        return
+    module = _meta_module(desc)
+    if module is None:
+        return
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    hf = isinstance(getattr(module, "base_model_prefix", None), str)
+    if header is not None and not hf:
+        got = {k: v[1] for k, v in header.tensors.items()}
+        if got and all(k.startswith("module.") for k in got):  # the loader strips a DDP prefix too
+            got = {k[len("module."):]: v for k, v in got.items()}
+        check_state_dict(expected, got, where=where)
+        return
+    numel = sum(math.prod(s) for s in expected.values())
+    size = path.stat().st_size
+    if numel > size:
+        raise ServeError(422, "state_dict_mismatch", f"{where}: the architecture has {numel:,} parameter values "
+                         f"but the upload is only {size:,} bytes, so it cannot hold them")
+
+
+# -------------------------------------------------------------------------------------- worker: job
+def _resolve_hub(uri: str, state: WorkerState) -> tuple[Path, str]:
+    from wsl.hub import resolve
+
+    path = Path(resolve(uri, repo_type="model"))
+    files = [path] if path.is_file() else [f for f in path.iterdir() if f.is_file()]
+    total = sum(f.stat().st_size for f in files)
+    if total > state.max_bytes:
+        raise ServeError(413, "upload_too_large", f"{uri}: {total:,} bytes of weights; the limit is "
+                         f"{state.max_bytes:,}")
+    weights = [f for f in files if f.suffix.lower() in SUFFIXES]
+    if not weights:
+        raise ServeError(422, "invalid_checkpoint", f"{uri}: no weights file (.safetensors/.bin/.pt) found")
+    kind = "directory"
+    for f in weights:
+        k = prevalidate(f, f"{uri} ({f.name})")
+        if path.is_file():
+            kind = k
+    return path, kind
+
+
+def _predict(state: WorkerState, job: dict[str, Any], stage: list[str], replace: dict[str, str]) -> dict[str, Any]:
+    from wsl.predict.api import _finish, choose_predictor, load_source
+
+    if job["kind"] == "hub":
+        where = job["uri"]
+        path, kind = _resolve_hub(where, state)
+        replace[str(path)] = where  # error messages name the URI, not the server's cache
+    else:
+        where, path, kind = job["filename"], Path(job["path"]), job["format"]
+    arch = job.get("arch") or None
+    if kind != "directory":
+        arch_precheck(path, kind, arch, where)
+    label, sd, space = load_source(str(path), arch, allow_code=False)
+    names = [job["predictor"]] if job.get("predictor") else list(state.predictors)
+    reasons = []
+    for name in names:
+        try:
+            p, warnings = choose_predictor(space, state.predictors[name])
+        except PredictionError as exc:
+            if len(names) == 1:
+                raise
+            reasons.append(f"{name}: {exc}")
+            continue
+        stage[0] = "predict"
+        raw = float(p.predict(space, {k: v.unsqueeze(0) for k, v in sd.items()})[0])
+        out = _finish(label, p, space, raw, warnings).to_json()
+        out["source"] = where
+        out["predictor"] = name
+        return out
+    raise PredictionError("no loaded predictor covers this architecture -- " + " | ".join(reasons))
+
+
+def handle_job(state: WorkerState, job: dict[str, Any]) -> dict[str, Any]:
+    """Run one prediction job; always returns ``{"ok": True, "prediction"}`` or an error dict."""
+    where = job.get("filename") or job.get("uri") or "<upload>"
+    replace = {str(job["path"]): where, str(Path(job["path"]).parent): "<upload dir>"} if job.get("path") else {}
+    stage = ["load"]
+    try:
+        return {"ok": True, "prediction": _predict(state, job, stage, replace)}
+    except WslError as exc:
+        status, code = classify(exc)
+        message = exc.message if isinstance(exc, ServeError) else str(exc)
+    except RecursionError:
+        status, code, message = 422, "too_deep", f"{where}: the input is nested too deeply to be processed"
+    except MemoryError:
+        status, code, message = 413, "memory_limit", f"{where}: the input needs more memory than a request may use"
+    except Exception as exc:
+        if "can't allocate memory" in str(exc) or "DefaultCPUAllocator" in str(exc):
+            status, code, message = 413, "memory_limit", f"{where}: the input needs more memory than allowed"
+        elif stage[0] == "load":  # the input broke a library in a way it does not report cleanly
+            log.exception("unexpected error while loading %s", where)
+            status, code = 422, "unprocessable"
+            message = f"{where}: the input could not be processed ({type(exc).__name__}: {str(exc)[:300]})"
+        else:
+            raise
+    return {"ok": False, "status": status, "code": code, "message": scrub(message, replace)[:2000]}
+
+
+def predictor_card(name: str, directory: str) -> dict[str, Any]:
+    """The public description of a loaded predictor: training zoo, metrics, calibration, family, histogram."""
+    cfg = json.loads((Path(directory) / "config.json").read_text(encoding="utf-8"))
+    tr = cfg.get("training") or {}
+    card: dict[str, Any] = {
+        "name": name, "model": (cfg.get("model") or {}).get("name"), "target": (cfg.get("target") or {}).get("name"),
+        "input_kind": (cfg.get("input") or {}).get("kind"), "accepts": (cfg.get("input") or {}).get("accepts"),
+        "training": {k: tr.get(k) for k in ("zoo_name", "zoo", "num_train", "checkpoints", "architectures")
+                     if k in tr},
+        "metrics": {k: v for k, v in (cfg.get("metrics") or {}).items() if k in ("val", "test")},
+        "calibration": cfg.get("calibration"), "family": cfg.get("family"),
+    }
+    hist = zoo_histogram(cfg)
+    if hist:
+        card["histogram"] = hist
+    readme = Path(directory) / "README.md"
+    if readme.is_file():
+        card["card"] = readme.read_text(encoding="utf-8", errors="replace")[:20000]
+    return card
+
+
+def zoo_histogram(cfg: dict[str, Any], bins: int = 20) -> dict[str, Any] | None:
+    """The training zoo's target distribution: stored in the config, else computed from a local zoo."""
+    import numpy as np
+
+    stored = cfg.get("target_histogram") or (cfg.get("training") or {}).get("target_histogram")
+    if isinstance(stored, dict) and "edges" in stored and "counts" in stored:
+        return stored
+    zoo_ref = (cfg.get("training") or {}).get("zoo")
+    target = (cfg.get("target") or {}).get("name", "test_accuracy")
+    if not isinstance(zoo_ref, str) or zoo_ref.startswith("hf://") or not Path(zoo_ref).is_dir():
+        return None
+    try:
+        from wsl.zoo import load_zoo
+
+        values = np.asarray(load_zoo(zoo_ref).latest().column(target), dtype=float)
+    except (WslError, OSError, KeyError, ValueError) as exc:
+        log.warning("no accuracy histogram for %s: %s", zoo_ref, exc)
+        return None
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return None
+    lo, hi = (0.0, 1.0) if target.endswith("accuracy") else (float(values.min()), float(values.max()) or 1.0)
+    counts, edges = np.histogram(values, bins=bins, range=(lo, hi))
+    return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts], "n": int(len(values)),
+            "median": float(np.median(values)), "target": target, "source": f"zoo {Path(zoo_ref).name} (latest "
+            "checkpoint of every model)"}
