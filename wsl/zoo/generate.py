@@ -339,7 +339,7 @@ def generate(recipe: str | Path | Recipe, out: str | Path, *, num_models: int | 
     q = np.quantile(finals, [0, 0.25, 0.5, 0.75, 1]).tolist() if finals else []
     return {"output": str(out), "rows": num_rows, "models": num_models_total, "trained_models": done_models,
             "seconds": elapsed, "models_per_second": done_models / elapsed if elapsed > 0 else None,
-            "final_metric": metric, "final_quantiles": q}
+            "unit": "images" if plan is None else "models", "final_metric": metric, "final_quantiles": q}
 
 
 def register_generate(zsub: Any) -> None:
@@ -385,9 +385,9 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(s))
         return 0
-    rate = f", {s['models_per_second']:.1f} models/s" if s["trained_models"] else ""
+    rate = f", {s['models_per_second']:.1f} {s['unit']}/s" if s["trained_models"] else ""
     print(f"wrote {s['output']}: {s['rows']:,} rows, {s['models']:,} models; trained {s['trained_models']:,} "
-          f"in {s['seconds']:.1f}s{rate}")
+          f"{s['unit']} in {s['seconds']:.1f}s{rate}")
     if s["final_quantiles"]:
         print(f"final {s['final_metric'].replace('_', ' ')} of the trained models (min/q25/median/q75/max): "
               + " / ".join(f"{v:.3f}" for v in s["final_quantiles"]))

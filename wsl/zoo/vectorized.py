@@ -10,12 +10,17 @@ Activations use one of two layouts:
 * ``conv`` -- ``(B, k*C, *spatial)``, model ``i`` owning channels
   ``[i*C, (i+1)*C)``: a convolution is one grouped convolution
   (``groups = k * groups``); pooling is channel-wise anyway;
-* ``flat`` -- ``(k, B, F)``: a linear layer is one ``baddbmm``.
+* ``flat`` -- ``(k, B, F)``: a linear layer is one ``baddbmm``;
+* ``shared`` -- one input batch ``(B, *shape)`` fed to every model
+  (evaluation): the first conv/linear layer is one dense op over all models.
 
-Per model: activation function (mixed with ``torch.where`` when a chunk holds
-several), dropout rate, sample weights (a partial last batch). Batch norm
-takes statistics over each model's valid samples only and leaves the running
-statistics of frozen (diverged) models alone.
+A convolution with one input channel per model (the first layer on grayscale
+images) runs as unfold + ``bmm``, much faster on CPU than such a grouped
+convolution. Per model: activation function (mixed with ``torch.where`` when
+a chunk holds several), dropout rate (drawn from 16-bit random words, so the
+rate is rounded to a multiple of 1/65536), sample weights (a partial last
+batch). Batch norm takes statistics over each model's valid samples only and
+leaves the running statistics of frozen (diverged) models alone.
 
 The lockstep training loop that drives it is
 :func:`wsl.zoo.optim.train_chunk` (re-exported here).
@@ -40,7 +45,7 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 """Activation layer types the vectorized network runs (plus ``sine``)."""
 
-Act = tuple[torch.Tensor, str]  # (tensor, layout) with layout "conv" or "flat"
+Act = tuple[torch.Tensor, str]  # (tensor, layout) with layout "conv", "flat" or "shared"
 
 
 @dataclass
@@ -162,8 +167,8 @@ class VecNet:
         parts = p.split([self.entries[key].numel for key in keys], dim=1)
         return {key: t.reshape(p.shape[0], *self.entries[key].shape) for key, t in zip(keys, parts)}
 
-    def _layers(self, layers: list[dict[str, Any]], pre: str, p: dict[str, torch.Tensor], bufs: dict[str, torch.Tensor],
-                x: Act, ctx: Ctx) -> Act:
+    def _layers(self, layers: list[dict[str, Any]], pre: str, p: dict[str, torch.Tensor],
+                bufs: dict[str, torch.Tensor], x: Act, ctx: Ctx) -> Act:
         for i, spec in enumerate(layers):
             x = self._layer(spec, f"{pre}{i}.", p, bufs, x, ctx)
         return x
