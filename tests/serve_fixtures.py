@@ -154,9 +154,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Server:
+    url: str
+    pid: int
+
+
 @contextlib.contextmanager
-def running_server(env: ServeEnv, *args: str, timeout: float = 120.0) -> Iterator[str]:
-    """``wsl serve`` in a subprocess (models from ``env``); yields its base URL, stops it afterwards."""
+def running_server(env: ServeEnv, *args: str, timeout: float = 120.0) -> Iterator[Server]:
+    """``wsl serve`` in a subprocess (models from ``env``); yields its URL and pid, stops it afterwards."""
     port = free_port()
     cmd = [sys.executable, "-m", "wsl", "serve", "--port", str(port), "--log-level", "warning", *args]
     environ = {**os.environ, "WSL_MODELS_DIR": str(env.models), "HF_HUB_OFFLINE": "1"}
@@ -178,7 +184,7 @@ def running_server(env: ServeEnv, *args: str, timeout: float = 120.0) -> Iterato
             if time.monotonic() > deadline:
                 raise RuntimeError(f"wsl serve did not come up within {timeout:.0f} s")
             time.sleep(0.2)
-        yield url
+        yield Server(url, proc.pid)
     finally:
         proc.terminate()
         try:

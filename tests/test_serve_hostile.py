@@ -1,8 +1,10 @@
 """Hostile input to the prediction service: every bad upload gets a 4xx JSON error with a reason, never a 500.
 
-One app (one worker process) serves the whole module; each test checks the
+One app (one worker process) serves most of the module; each test checks the
 status, the error ``code`` and that the message names the problem, and the
 last test checks that no upload was left behind in the service's temp dir.
+A second app with tight limits checks the resource bounds: wall-clock time,
+CPU time, memory, a crashing worker, and a full queue (503 + Retry-After).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import json
 import os
 import pickle
 import struct
+import threading
+import time
 import zipfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -48,6 +52,10 @@ def raw_st(header: dict[str, Any], data: bytes, length: int | None = None) -> by
     """A safetensors file from a hand-written header (which may lie)."""
     h = json.dumps(header).encode()
     return struct.pack("<Q", len(h) if length is None else length) + h + data
+
+
+def upload(client: Any, path: Path, **fields: str) -> Any:
+    return client.post("/v1/predict", files={"file": (path.name, path.read_bytes())}, data=fields)
 
 
 def post(client: TestClient, name: str, data: bytes, **fields: str) -> Any:
@@ -361,6 +369,65 @@ def test_bad_requests(client: TestClient, serve_env: ServeEnv) -> None:  # noqa:
     expect(client.get("/v1/nothing"), 404, "not_found")
     expect(client.get("/v1/predict"), 405, "method_not_allowed")
     expect(client.get("/v1/examples/..%2F..%2Fetc%2Fpasswd"), 404, "not_found")
+
+
+# ---------------------------------------------------------------------------------- resource bounds
+@pytest.fixture(scope="module")
+def limited(serve_env: ServeEnv) -> Iterator[TestClient]:  # noqa: F811
+    """One worker, no queue, short limits, and a handler that can sleep, spin, allocate or crash on request."""
+    from wsl.serve import create_app
+
+    app = create_app([str(serve_env.predictor)], 5, workers=1, max_queue=0, time_limit_s=3, cpu_limit_s=1,
+                     memory_mb=512, handler="serve_fixtures:slow_handler")
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+def _wait_workers(c: TestClient, n: int = 1, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while c.get("/healthz").json()["workers"] < n:
+        assert time.monotonic() < deadline, "the worker was not replaced"
+        time.sleep(0.2)
+
+
+def test_time_cpu_memory_limits_and_recovery(limited: TestClient, serve_env: ServeEnv) -> None:  # noqa: F811
+    path = serve_env.example_files[0]
+    ok = upload(limited, path)
+    assert ok.status_code == 200
+    r = upload(limited, path, arch="sleep:30")
+    assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+    _wait_workers(limited)
+    r = upload(limited, path, arch="spin")
+    assert r.status_code == 504 and r.json()["error"]["code"] == "cpu_limit", r.text
+    _wait_workers(limited)
+    r = upload(limited, path, arch="alloc")
+    assert r.status_code == 413 and r.json()["error"]["code"] == "memory_limit", r.text
+    r = upload(limited, path, arch="crash")
+    assert r.status_code == 422 and r.json()["error"]["code"] == "worker_crashed", r.text
+    _wait_workers(limited)
+    again = upload(limited, path)
+    assert again.status_code == 200 and again.json() == ok.json()
+    assert limited.get("/healthz").json()["restarts"] == 3
+    assert list(limited.app.state.tmp_dir.iterdir()) == []
+
+
+def test_full_queue_answers_503_with_retry_after(limited: TestClient, serve_env: ServeEnv) -> None:  # noqa: F811
+    path = serve_env.example_files[0]
+    _wait_workers(limited)
+    slow: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: slow.update(r=upload(limited, path, arch="sleep:1.5")))
+    t.start()
+    deadline = time.monotonic() + 30
+    while limited.get("/healthz").json()["in_flight"] < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    busy = upload(limited, path)
+    t.join()
+    assert busy.status_code == 503 and busy.json()["error"]["code"] == "busy"
+    assert int(busy.headers["retry-after"]) >= 1
+    assert slow["r"].status_code == 200
+    assert upload(limited, path).status_code == 200
+    assert list(limited.app.state.tmp_dir.iterdir()) == []
 
 
 def test_temp_dir_is_empty_afterwards(client: TestClient, serve_env: ServeEnv) -> None:  # noqa: F811

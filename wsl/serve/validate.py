@@ -131,8 +131,10 @@ def check_zip(path: Path, filename: str, size: int) -> None:
                          f"{size:,}-byte file")
     with open(path, "rb") as fh:
         for info in infos:
-            fh.seek(info.header_offset)
-            local = fh.read(30)
+            local = b""
+            if 0 <= info.header_offset <= size - 30:
+                fh.seek(info.header_offset)
+                local = fh.read(30)
             if len(local) < 30 or local[:4] != b"PK\x03\x04" or int.from_bytes(local[8:10], "little") != 0:
                 raise ServeError(422, "compressed_archive", f"{filename}: zip member {info.filename!r}: the local "
                                  "header is missing or says the member is compressed")
