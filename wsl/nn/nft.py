@@ -38,20 +38,10 @@ import torch
 from torch import nn
 
 from wsl.graph.features import WeightSpaceFeatures, feature_blocks
-from wsl.nn.np import _as_nchw, _from_nchw, _onednn
-from wsl.nn.pooling import MetaModelError, check_features, resolve_space, truly_fixed
+from wsl.nn.pooling import MetaModelError, channel_linear, check_features, resolve_space, truly_fixed
 from wsl.space.weightspace import WeightSpace
 
-__all__ = ["NFTLayer", "BlockLinear", "channel_linear"]
-
-
-def channel_linear(x: torch.Tensor, lin: nn.Linear) -> torch.Tensor:
-    """``lin`` over the last dim of ``(N, ..., C)``; a oneDNN 1x1 convolution on CPU (faster for these shapes)."""
-    if x.dim() < 3 or not _onednn(x):
-        return lin(x)
-    x = x.contiguous()
-    y = nn.functional.conv2d(_as_nchw(x), lin.weight[:, :, None, None], lin.bias)
-    return _from_nchw(y, (*x.shape[:-1], lin.out_features))
+__all__ = ["NFTLayer", "BlockLinear"]
 
 
 class BlockLinear(nn.Module):
@@ -71,7 +61,8 @@ class BlockLinear(nn.Module):
 
     def forward(self, x: WeightSpaceFeatures) -> WeightSpaceFeatures:
         x = check_features(x, self.space, self.in_channels, "BlockLinear")
-        blocks = {k: channel_linear(x.blocks[k].movedim(1, -1), m).movedim(-1, 1) for k, m in zip(self.keys, self.maps)}
+        blocks = {k: channel_linear(x.blocks[k].movedim(1, -1), m.weight, m.bias).movedim(-1, 1)
+                  for k, m in zip(self.keys, self.maps)}
         return WeightSpaceFeatures(x.space, blocks, x.extras)
 
 
@@ -153,8 +144,8 @@ class NFTLayer(nn.Module):
             y = xs[i] + upd[i][0]
             for u in upd[i][1:]:
                 y.add_(u)
-            h = nn.functional.gelu(channel_linear(self.ln[i](y), self.fc1[i]))
-            out[k] = (channel_linear(h, self.fc2[i]) + y).movedim(-1, 1)
+            h = nn.functional.gelu(channel_linear(self.ln[i](y), self.fc1[i].weight, self.fc1[i].bias))
+            out[k] = (channel_linear(h, self.fc2[i].weight, self.fc2[i].bias) + y).movedim(-1, 1)
         return WeightSpaceFeatures(x.space, out, x.extras)
 
     def extra_repr(self) -> str:

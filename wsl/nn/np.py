@@ -60,7 +60,10 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from wsl.graph.features import WeightSpaceFeatures, feature_blocks
-from wsl.nn.pooling import FeatureActivation, MetaModelError, activation_fn, check_features, resolve_space
+from wsl.nn.pooling import (
+    FeatureActivation, MetaModelError, _as_nchw, _from_nchw, _onednn, activation_fn, channel_linear, check_features,
+    resolve_space,
+)
 from wsl.space.weightspace import WeightSpace
 
 Key = tuple[str, tuple[int, ...]]
@@ -145,21 +148,6 @@ def build_terms(blocks: Sequence[ReducedBlock], c_in: int, c_out: int) -> list[T
         term.in_off.append(ci)
         term.out_off.append(co)
     return sorted(terms.values(), key=lambda t: (len(t.groups), t.groups))
-
-
-def _onednn(x: torch.Tensor) -> bool:
-    """Run the big channel mixes as oneDNN 1x1 convolutions (CPU float32/bfloat16); else ``mm``."""
-    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
-            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
-
-
-def _as_nchw(t: torch.Tensor) -> torch.Tensor:
-    """``(N, *units, C)`` contiguous -> ``(N, C, prod(units), 1)`` channels-last view (and back)."""
-    return t.reshape(t.shape[0], -1, 1, t.shape[-1]).permute(0, 3, 1, 2)
-
-
-def _from_nchw(t: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    return t.permute(0, 2, 3, 1).reshape(*shape)
 
 
 def _unview(t: torch.Tensor) -> torch.Tensor:
@@ -297,7 +285,7 @@ class EquivariantLinear(nn.Module):
                 v = views[(i, subset)]
                 parts.append(v if order == tuple(range(len(order))) else v.permute(0, *[1 + o for o in order], -1))
             p = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
-            y = F.linear(p, self.weights[ti], self.bias if ti == 0 else None)
+            y = channel_linear(p, self.weights[ti], self.bias if ti == 0 else None)
             # one split (a single backward node) rather than a slice per view
             ys.append(y.split(list(map(int.__sub__, t.out_off[1:], t.out_off[:-1])), dim=-1) if len(t.views) > 1
                       else (y,))
@@ -334,8 +322,8 @@ class EquivariantLinear(nn.Module):
                 c = self._contribution(i, s, ys) if c is None else c + self._contribution(i, s, ys)
                 sup = tuple(sorted(s + (next(a for a in range(k) if a not in s),)))
                 acc[sup] = c if sup not in acc else acc[sup] + c
-        owned = len(self.terms[self._where[(i, full)][0]].views) == 1
         out = self._contribution(i, full, ys)
+        owned = len(self.terms[self._where[(i, full)][0]].views) == 1 and out._base is None
         for s in itertools.combinations(range(k), k - 1):
             c = self._contribution(i, s, ys) if s not in acc else acc[s] + self._contribution(i, s, ys)
             if owned:

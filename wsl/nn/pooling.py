@@ -17,7 +17,9 @@ order, and within a block the flattening is channel-major.
 This module also holds the utilities every dense meta-model shares: the
 structure check for features (:func:`check_features`), spaces given as lists
 (:func:`resolve_space`), which groups are really fixed (:func:`truly_fixed`),
-elementwise nonlinearities and :class:`MetaModelError`.
+elementwise nonlinearities, :func:`channel_linear` (per-entry channel mixing,
+run as a oneDNN channels-last 1x1 convolution on CPU: about twice as fast as
+BLAS ``mm`` for these tall-skinny shapes where measured) and :class:`MetaModelError`.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ from wsl.graph.features import WeightSpaceFeatures, feature_blocks
 from wsl.space.weightspace import WeightSpace
 
 __all__ = [
-    "NPPool", "HNPPool", "InvariantPool", "MetaModelError", "FeatureActivation", "activation_fn", "check_features",
-    "resolve_space", "structure", "truly_fixed",
+    "NPPool", "HNPPool", "InvariantPool", "MetaModelError", "FeatureActivation", "activation_fn", "channel_linear",
+    "check_features", "resolve_space", "structure", "truly_fixed",
 ]
 
 
@@ -92,8 +94,12 @@ def check_features(x: Any, space: WeightSpace, channels: int, where: str) -> Wei
     return x
 
 
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
 _ACTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "relu": torch.relu, "gelu": F.gelu, "tanh": torch.tanh, "silu": F.silu, "identity": lambda t: t,
+    "relu": torch.relu, "gelu": F.gelu, "tanh": torch.tanh, "silu": F.silu, "identity": _identity,
 }
 
 
@@ -120,9 +126,30 @@ class FeatureActivation(nn.Module):
         return x.map(self.fn)
 
 
+def _onednn(x: torch.Tensor) -> bool:
+    """Run the big channel mixes as oneDNN 1x1 convolutions (CPU float32/bfloat16); else ``mm``."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+
+
+def _as_nchw(t: torch.Tensor) -> torch.Tensor:
+    """``(N, *units, C)`` contiguous -> ``(N, C, prod(units), 1)`` channels-last view (and back)."""
+    return t.reshape(t.shape[0], -1, 1, t.shape[-1]).permute(0, 3, 1, 2)
+
+
+def _from_nchw(t: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    return t.permute(0, 2, 3, 1).reshape(*shape)
+
+
+def channel_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ W^T + b`` over the last dim of ``(N, *units, C)``; a oneDNN 1x1 convolution on CPU when ``x`` has units."""
+    if x.dim() < 3 or not _onednn(x):
+        return F.linear(x, weight, bias)
+    y = F.conv2d(_as_nchw(x.contiguous()), weight[:, :, None, None], bias)
+    return _from_nchw(y, (*x.shape[:-1], weight.shape[0]))
+
+
 # ------------------------------------------------------------------ pooling
-
-
 class InvariantPool(nn.Module):
     """Mean over the axes whose group ``pooled(space, gid)`` accepts; the rest are flattened."""
 
