@@ -165,8 +165,8 @@ def test_pools_are_invariant(spaces: dict[str, WeightSpace], arch: str) -> None:
         z = pool(x)
         assert z.shape == (2, pool.out_features)
         assert (pool(x.permute(p)) - z).abs().max() < TOL
-    fixed = sum(b.feature_size * 3 for _, b in feature_blocks(space))
-    assert NPPool(space, 3).out_features == fixed < HNPPool(space, 3).out_features
+    np_width = sum(b.feature_size * 3 for _, b in feature_blocks(space))
+    assert NPPool(space, 3).out_features == np_width < HNPPool(space, 3).out_features
 
 
 def test_negative_control_non_equivariant_layer_fails(spaces: dict[str, WeightSpace]) -> None:
@@ -313,3 +313,5 @@ def test_float32_onednn_path_matches_blas_path(spaces: dict[str, WeightSpace]) -
     assert torch.allclose(got[0][0], got[1][0], atol=1e-5)
     for a, b in zip(got[0][1], got[1][1]):
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():  # float32 invariance on the oneDNN path
+        assert (net(x.permute(perms(space, 4))) - got[0][0]).abs().max() < TOL
