@@ -379,5 +379,6 @@ def zoo_histogram(cfg: dict[str, Any], bins: int = 20) -> dict[str, Any] | None:
     lo, hi = (0.0, 1.0) if target.endswith("accuracy") else (float(values.min()), float(values.max()) or 1.0)
     counts, edges = np.histogram(values, bins=bins, range=(lo, hi))
     return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts], "n": int(len(values)),
-            "median": float(np.median(values)), "target": target, "source": f"zoo {Path(zoo_ref).name} (latest "
-            "checkpoint of every model)"}
+            "median": float(np.median(values)), "target": target,
+            "zoo": (cfg.get("training") or {}).get("zoo_name") or Path(zoo_ref).name,
+            "source": "latest checkpoint of every model"}

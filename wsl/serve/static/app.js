@@ -192,11 +192,12 @@
       root.append(svg("text", { x: x(v), y: H - B + 18, class: "tick" }, h.target && !h.target.endsWith("accuracy") ? v.toFixed(2) : pct(v, 0)));
     }
     root.append(svg("text", { x: 4, y: T + 10, class: "tick start" }, String(maxCount)));
+    root.append(svg("text", { x: 4, y: T + 24, class: "tick start" }, "models"));
     root.append(svg("line", { x1: x(value), x2: x(value), y1: T - 4, y2: H - B, class: "marker" }));
     root.append(svg("text", { x: x(value), y: H - 4, class: "tick marker-label" }, "this model"));
     $("histogram").replaceChildren(root);
-    $("histogram-caption").textContent = `Training zoo (${h.n} models, ${h.source || "latest checkpoints"}): ` +
-      `the prediction is above about ${pct(share, 0)} of them. Shaded: the interval.`;
+    $("histogram-caption").textContent = `Training zoo ${h.zoo || ""}: ${h.n} models (${h.source || "latest checkpoints"}). ` +
+      `The prediction is above about ${pct(share, 0)} of them. Shaded: the interval.`;
     fig.hidden = false;
   }
 
