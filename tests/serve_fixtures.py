@@ -126,24 +126,22 @@ def serve_env(tmp_path_factory: pytest.TempPathFactory) -> ServeEnv:
 
 # --------------------------------------------------------------------------------------- test handlers
 def slow_handler(state: Any, job: dict[str, Any]) -> dict[str, Any]:
-    """A worker handler for limit tests: ``arch`` "sleep:S" sleeps, "spin" burns CPU, else the real job."""
+    """A worker handler for limit tests, keyed on the upload's file name: ``sleep-S.*`` sleeps S seconds,
+    ``spin.*`` burns CPU, ``alloc.*`` allocates 8 GB, ``crash.*`` kills the worker; then the real job."""
     from wsl.serve.validate import handle_job
 
-    arch = job.get("arch") or ""
-    if arch.startswith("sleep:"):
-        time.sleep(float(arch.split(":", 1)[1]))
-    elif arch == "spin":
+    name = str(job.get("filename", ""))
+    if name.startswith("sleep-"):
+        time.sleep(float(name[len("sleep-"):].rsplit(".", 1)[0]))
+    elif name.startswith("spin."):
         x = 0
         while True:  # ended by RLIMIT_CPU (SIGXCPU) or the wall-clock limit
             x += 1
-    elif arch == "alloc":
+    elif name.startswith("alloc."):
         blob = bytearray(8 * 1024 ** 3)  # far beyond the worker's address-space budget
         return {"ok": True, "prediction": {"len": len(blob)}}
-    elif arch == "crash":
+    elif name.startswith("crash."):
         os._exit(1)
-    else:
-        return handle_job(state, job)
-    job = {**job, "arch": None}
     return handle_job(state, job)
 
 

@@ -147,7 +147,8 @@ def test_load_short(serve_env: ServeEnv, server: Server) -> None:  # noqa: F811
     assert report.peak_rss_mb > 0 and len(report.hwm_mb) >= 2  # the server and its worker
 
 
-def test_predict_from_a_hub_repo(serve_env: ServeEnv, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:  # noqa: F811
+def test_predict_from_a_hub_repo(serve_env: ServeEnv, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+                                 tmp_path: Path) -> None:
     """A loopback fake Hub: the worker resolves hf:// like the CLI does, errors keep their meaning."""
     from hub_server import FakeHub
 

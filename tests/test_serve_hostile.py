@@ -125,7 +125,7 @@ def test_gigantic_header(client: TestClient) -> None:
     with tempfile.TemporaryDirectory() as d:  # a header that is really there, over a (small) cap
         p = Path(d) / "h.safetensors"
         p.write_bytes(raw_st({"__metadata__": {"pad": "x" * 5000}}, b""))
-        from wsl.serve.limits import ServeError
+        from wsl.serve import ServeError
 
         with pytest.raises(ServeError) as e:
             prevalidate(p, "h.safetensors", max_header_bytes=1000)
@@ -279,7 +279,8 @@ def _torch_bytes(sd: dict[str, torch.Tensor]) -> bytes:
     return buf.getvalue()
 
 
-def test_wrong_tensors_for_the_predictors_own_architecture(client: TestClient, serve_env: ServeEnv) -> None:  # noqa: F811
+def test_wrong_tensors_for_the_predictors_own_architecture(client: TestClient,
+                                                          serve_env: ServeEnv) -> None:  # noqa: F811
     from safetensors.torch import load
 
     sd = load(example(serve_env))
@@ -321,7 +322,8 @@ def test_unsupported_layers_and_code_references(client: TestClient, serve_env: S
            "invalid_architecture", "lstm")
     good = example(serve_env)
     for ref in ("os:system", "wsl.archs:mlp([64, 10])", "/tmp/evil.py:make", "resnet18(num_classes=__import__('os'))",
-                "not a reference!", "{not json", "nonexistent_arch"):
+                "not a reference!", "{not json", "nonexistent_arch", "/etc/hostname.json", "../arch.json",
+                "resnet(layers=[1, 1, 1, 1], width=100000000)"):
         expect(post(client, "m.safetensors", good, arch=ref), 422, "invalid_architecture")
     expect(post(client, "m.safetensors", st_bytes(sd, {"wsl_arch": "resnet18"})), 422, "invalid_architecture", "JSON")
 
@@ -392,17 +394,18 @@ def _wait_workers(c: TestClient, n: int = 1, timeout: float = 120) -> None:
 
 def test_time_cpu_memory_limits_and_recovery(limited: TestClient, serve_env: ServeEnv) -> None:  # noqa: F811
     path = serve_env.example_files[0]
+    data = path.read_bytes()
     ok = upload(limited, path)
     assert ok.status_code == 200
-    r = upload(limited, path, arch="sleep:30")
+    r = post(limited, "sleep-30.safetensors", data)
     assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
     _wait_workers(limited)
-    r = upload(limited, path, arch="spin")
+    r = post(limited, "spin.safetensors", data)
     assert r.status_code == 504 and r.json()["error"]["code"] == "cpu_limit", r.text
     _wait_workers(limited)
-    r = upload(limited, path, arch="alloc")
+    r = post(limited, "alloc.safetensors", data)
     assert r.status_code == 413 and r.json()["error"]["code"] == "memory_limit", r.text
-    r = upload(limited, path, arch="crash")
+    r = post(limited, "crash.safetensors", data)
     assert r.status_code == 422 and r.json()["error"]["code"] == "worker_crashed", r.text
     _wait_workers(limited)
     again = upload(limited, path)
@@ -413,9 +416,10 @@ def test_time_cpu_memory_limits_and_recovery(limited: TestClient, serve_env: Ser
 
 def test_full_queue_answers_503_with_retry_after(limited: TestClient, serve_env: ServeEnv) -> None:  # noqa: F811
     path = serve_env.example_files[0]
+    data = path.read_bytes()
     _wait_workers(limited)
     slow: dict[str, Any] = {}
-    t = threading.Thread(target=lambda: slow.update(r=upload(limited, path, arch="sleep:1.5")))
+    t = threading.Thread(target=lambda: slow.update(r=post(limited, "sleep-1.5.safetensors", data)))
     t.start()
     deadline = time.monotonic() + 30
     while limited.get("/healthz").json()["in_flight"] < 1:

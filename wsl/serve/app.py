@@ -23,6 +23,7 @@ worker processes with time, CPU and memory limits.
 import html
 import json
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -31,10 +32,12 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Sequence
 
 from wsl.errors import ConfigError, WslError
-from wsl.serve.limits import Admission, ServeError, WorkerPool, read_multipart, read_small_body
-from wsl.serve.validate import predictor_card, prevalidate
+from wsl.serve import ServeError
+from wsl.serve.limits import Admission, WorkerPool, read_multipart, read_small_body
+from wsl.serve.validate import prevalidate
 
 log = logging.getLogger("wsl.serve")
+_REGISTERED = re.compile(r"^[A-Za-z_]\w*\s*(\(.*\))?$", re.DOTALL)  # a registered name, maybe with literal args
 STATIC = Path(__file__).resolve().parent / "static"
 _CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
         "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
@@ -202,6 +205,10 @@ def create_app(predictors: Sequence[str] | None = None, max_upload_mb: float = 2
         for key, val in (("predictor", pred), ("arch", arch)):
             if val is not None and not isinstance(val, str):
                 raise ServeError(422, "invalid_field", f"field {key!r} must be a string")
+        if arch is not None and not (arch.lstrip().startswith("{") or _REGISTERED.match(arch.strip())):
+            raise ServeError(422, "invalid_architecture", f"architecture {arch[:100]!r}: the service accepts only a "
+                             "JSON description ('{...}') or a registered name like 'small_cnn(channels=[16, 16])'; "
+                             "never file paths or code references")
         if pred is not None and pred not in names:
             raise ServeError(404, "unknown_predictor", f"no predictor named {pred[:100]!r}; loaded: {', '.join(names)}")
         return pred, arch
@@ -293,6 +300,56 @@ def create_app(predictors: Sequence[str] | None = None, max_upload_mb: float = 2
         return HTMLResponse(render_docs(app.openapi()))
 
     return app
+
+
+def predictor_card(name: str, directory: str) -> dict[str, Any]:
+    """The public description of a loaded predictor: training zoo, metrics, calibration, family, histogram."""
+    cfg = json.loads((Path(directory) / "config.json").read_text(encoding="utf-8"))
+    tr = cfg.get("training") or {}
+    card: dict[str, Any] = {
+        "name": name, "model": (cfg.get("model") or {}).get("name"), "target": (cfg.get("target") or {}).get("name"),
+        "input_kind": (cfg.get("input") or {}).get("kind"), "accepts": (cfg.get("input") or {}).get("accepts"),
+        "training": {k: tr.get(k) for k in ("zoo_name", "zoo", "num_train", "checkpoints", "architectures")
+                     if k in tr},
+        "metrics": {k: v for k, v in (cfg.get("metrics") or {}).items() if k in ("val", "test")},
+        "calibration": cfg.get("calibration"), "family": cfg.get("family"),
+    }
+    hist = zoo_histogram(cfg)
+    if hist:
+        card["histogram"] = hist
+    readme = Path(directory) / "README.md"
+    if readme.is_file():
+        card["card"] = readme.read_text(encoding="utf-8", errors="replace")[:20000]
+    return card
+
+
+def zoo_histogram(cfg: dict[str, Any], bins: int = 20) -> dict[str, Any] | None:
+    """The training zoo's target distribution: stored in the config, else computed from a local zoo."""
+    import numpy as np
+
+    stored = cfg.get("target_histogram") or (cfg.get("training") or {}).get("target_histogram")
+    if isinstance(stored, dict) and "edges" in stored and "counts" in stored:
+        return stored
+    zoo_ref = (cfg.get("training") or {}).get("zoo")
+    target = (cfg.get("target") or {}).get("name", "test_accuracy")
+    if not isinstance(zoo_ref, str) or zoo_ref.startswith("hf://") or not Path(zoo_ref).is_dir():
+        return None
+    try:
+        from wsl.zoo import load_zoo
+
+        values = np.asarray(load_zoo(zoo_ref).latest().column(target), dtype=float)
+    except (WslError, OSError, KeyError, ValueError) as exc:
+        log.warning("no accuracy histogram for %s: %s", zoo_ref, exc)
+        return None
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return None
+    lo, hi = (0.0, 1.0) if target.endswith("accuracy") else (float(values.min()), float(values.max()) or 1.0)
+    counts, edges = np.histogram(values, bins=bins, range=(lo, hi))
+    return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts], "n": int(len(values)),
+            "median": float(np.median(values)), "target": target,
+            "zoo": (cfg.get("training") or {}).get("zoo_name") or Path(zoo_ref).name,
+            "source": "latest checkpoint of every model"}
 
 
 def render_docs(spec: dict[str, Any]) -> str:

@@ -10,8 +10,9 @@
 * :class:`WorkerPool` runs predictions in a fixed number of *processes*.
   Each worker caps its address space (``RLIMIT_AS``) and, per job, its CPU
   time (``RLIMIT_CPU``: ``SIGXCPU`` past the budget ends the job, and the
-  worker is replaced); the parent enforces a wall-clock limit per job by
-  killing the worker and starting a fresh one (``504``).
+  worker is replaced; :func:`wsl.serve.validate.worker_entry` is the worker
+  side); the parent enforces a wall-clock limit per job by killing the worker
+  and starting a fresh one (``504``).
 
 Why processes and not threads: a thread that runs away (a pathological
 architecture, a decompression or allocation storm inside a C library) can
@@ -25,12 +26,9 @@ handed over as file paths, so no tensor data crosses the pipe.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import math
 import os
-import resource
-import signal
 import tempfile
 import threading
 import time
@@ -40,17 +38,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from wsl.errors import WslError
+from wsl.serve import ServeError
 
 log = logging.getLogger("wsl.serve")
-
-
-class ServeError(WslError):
-    """A request the service answers with an HTTP error: ``status``, machine ``code``, human ``message``."""
-
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-        self.headers = dict(headers or {})
 
 
 # ------------------------------------------------------------------------------------------ uploads
@@ -61,7 +51,6 @@ class Upload:
     path: Path | None = None
     filename: str = ""
     size: int = 0
-    content_type: str = ""
     fields: dict[str, str] = field(default_factory=dict)
 
 
@@ -86,37 +75,31 @@ class _FormSink:
     def __init__(self, fh: Any, file_field: str, max_file: int, max_field: int, max_parts: int) -> None:
         self.fh, self.file_field = fh, file_field
         self.max_file, self.max_field, self.max_parts = max_file, max_field, max_parts
-        self.up = Upload()
-        self.parts = 0
-        self.ended = False
+        self.up, self.parts, self.ended, self.have_file = Upload(), 0, False, False
         self._headers: dict[str, str] = {}
-        self._hname = bytearray()
-        self._hval = bytearray()
+        self._hname, self._hval, self._buf = bytearray(), bytearray(), bytearray()
         self._target: str | None = None  # "file", a field name, or None
-        self._buf = bytearray()
-        self._have_file = False
 
     def callbacks(self) -> dict[str, Callable[..., None]]:
-        return {"on_part_begin": self.part_begin, "on_header_field": self.header_field,
-                "on_header_value": self.header_value, "on_header_end": self.header_end,
-                "on_headers_finished": self.headers_done, "on_part_data": self.data,
-                "on_part_end": self.part_end, "on_end": self.end}
+        def field_(data: bytes, start: int, end: int) -> None:
+            self._hname += data[start:end]
+
+        def value(data: bytes, start: int, end: int) -> None:
+            self._hval += data[start:end]
+
+        def header_end() -> None:
+            self._headers[self._hname.decode("latin-1").strip().lower()] = self._hval.decode("latin-1").strip()
+            self._hname, self._hval = bytearray(), bytearray()
+
+        return {"on_part_begin": self.part_begin, "on_header_field": field_, "on_header_value": value,
+                "on_header_end": header_end, "on_headers_finished": self.headers_done, "on_part_data": self.data,
+                "on_part_end": self.part_end, "on_end": lambda: setattr(self, "ended", True)}
 
     def part_begin(self) -> None:
         self.parts += 1
         if self.parts > self.max_parts:
             raise ServeError(422, "too_many_parts", f"the form has more than {self.max_parts} parts")
         self._headers, self._target, self._buf = {}, None, bytearray()
-
-    def header_field(self, data: bytes, start: int, end: int) -> None:
-        self._hname += data[start:end]
-
-    def header_value(self, data: bytes, start: int, end: int) -> None:
-        self._hval += data[start:end]
-
-    def header_end(self) -> None:
-        self._headers[self._hname.decode("latin-1").strip().lower()] = self._hval.decode("latin-1").strip()
-        self._hname, self._hval = bytearray(), bytearray()
 
     def headers_done(self) -> None:
         from python_multipart.multipart import parse_options_header
@@ -129,28 +112,26 @@ class _FormSink:
             if name != self.file_field:
                 raise ServeError(422, "unexpected_file", f"file part {name!r}: upload the checkpoint as the "
                                  f"form field {self.file_field!r}")
-            if self._have_file:
+            if self.have_file:
                 raise ServeError(422, "too_many_files", "upload exactly one checkpoint per request")
-            self._have_file, self._target = True, "file"
+            self.have_file, self._target = True, "file"
             self.up.filename = opts[b"filename"].decode("utf-8", "replace")
-            self.up.content_type = self._headers.get("content-type", "")
+        elif name == self.file_field:
+            raise ServeError(422, "missing_file", f"form field {name!r} must be a file upload (no filename)")
+        elif name in self.up.fields:
+            raise ServeError(422, "duplicate_field", f"form field {name!r} appears twice")
         else:
-            if name == self.file_field:
-                raise ServeError(422, "missing_file", f"form field {name!r} must be a file upload (no filename)")
-            if name in self.up.fields:
-                raise ServeError(422, "duplicate_field", f"form field {name!r} appears twice")
             self._target = name
 
     def data(self, data: bytes, start: int, end: int) -> None:
-        n = end - start
         if self._target == "file":
-            self.up.size += n
+            self.up.size += end - start
             if self.up.size > self.max_file:
                 raise ServeError(413, "upload_too_large",
                                  f"the upload exceeds the limit of {self.max_file:,} bytes; aborted while streaming")
             self.fh.write(data[start:end])
         elif self._target is not None:
-            if len(self._buf) + n > self.max_field:
+            if len(self._buf) + end - start > self.max_field:
                 raise ServeError(413, "field_too_large",
                                  f"form field {self._target!r} exceeds {self.max_field:,} bytes")
             self._buf += data[start:end]
@@ -162,9 +143,6 @@ class _FormSink:
             except UnicodeDecodeError:
                 raise ServeError(400, "bad_field", f"form field {self._target!r} is not UTF-8 text") from None
         self._target = None
-
-    def end(self) -> None:
-        self.ended = True
 
 
 async def read_multipart(request: Any, tmp_dir: Path, max_bytes: int, *, file_field: str = "file",
@@ -203,7 +181,7 @@ async def read_multipart(request: Any, tmp_dir: Path, max_bytes: int, *, file_fi
             parser.finalize()
         if not sink.ended:
             raise ServeError(400, "bad_multipart", "the multipart body is truncated (no closing boundary)")
-        if not sink._have_file:
+        if not sink.have_file:
             raise ServeError(422, "missing_file", f"no file: upload the checkpoint as form field {file_field!r}")
         sink.up.path = path
         return sink.up
@@ -251,86 +229,6 @@ class Admission:
 
 
 # ------------------------------------------------------------------------------------------ workers
-class CpuLimitExceeded(BaseException):
-    """Raised inside a worker by SIGXCPU (BaseException: library ``except Exception`` must not eat it)."""
-
-
-def _load(ref: str) -> Callable[..., Any]:
-    mod, _, attr = ref.partition(":")
-    return getattr(importlib.import_module(mod), attr)  # type: ignore[no-any-return]
-
-
-def _vm_bytes() -> int:
-    with open("/proc/self/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _on_xcpu(signum: int, frame: Any) -> None:
-    raise CpuLimitExceeded()
-
-
-def worker_entry() -> None:
-    """Entry point of a worker process (``python -c``): the inherited socket's fd is ``argv[1]``."""
-    import sys
-    from multiprocessing.connection import Connection
-
-    conn = Connection(int(sys.argv[1]))
-    try:
-        cfg = conn.recv()
-    except (EOFError, OSError):
-        return
-    sys.path[:] = cfg["sys_path"]
-    _worker_main(conn, cfg["init"], cfg["init_args"], cfg["handler"], cfg["cpu_s"], cfg["memory_mb"])
-
-
-def _worker_main(conn: Any, init: str, init_args: tuple[Any, ...], handler: str, cpu_s: float,
-                 memory_mb: int) -> None:
-    """Body of one worker process: init, cap memory, then answer jobs until the pipe closes."""
-    try:
-        state = _load(init)(*init_args)
-        run = _load(handler)
-        if memory_mb > 0:  # the budget is on top of what the runtime and predictors already map
-            cap = _vm_bytes() + memory_mb * 1024 * 1024
-            resource.setrlimit(resource.RLIMIT_AS, (cap, resource.getrlimit(resource.RLIMIT_AS)[1]))
-        signal.signal(signal.SIGXCPU, _on_xcpu)
-        conn.send(("ready", os.getpid()))
-    except BaseException as exc:  # report and exit: the parent refuses to start
-        conn.send(("init_failed", f"{type(exc).__name__}: {exc}"))
-        return
-    hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
-    while True:
-        try:
-            job = conn.recv()
-        except (EOFError, OSError, KeyboardInterrupt):
-            return
-        ru = resource.getrusage(resource.RUSAGE_SELF)
-        retire = False
-        try:
-            if cpu_s > 0:
-                soft = int(math.ceil(ru.ru_utime + ru.ru_stime + cpu_s))
-                resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard),
-                                                         hard))
-            msg: tuple[str, Any] = ("ok", run(state, job))
-        except CpuLimitExceeded:
-            msg, retire = ("cpu_limit", None), True
-        except MemoryError:
-            msg = ("memory_limit", None)
-        except BaseException as exc:  # a bug in the handler: report it, keep serving
-            msg = ("error", f"{type(exc).__name__}: {exc}")
-        finally:
-            if cpu_s > 0:
-                resource.setrlimit(resource.RLIMIT_CPU, (hard, hard))
-        try:
-            conn.send(msg)
-        except (OSError, ValueError):
-            return
-        if retire:  # interrupted at an arbitrary point: do not trust this process again
-            return
-
-
 class WorkerDied(Exception):
     """The worker process exited while running a job."""
 
@@ -345,7 +243,7 @@ class _Worker:
         from multiprocessing.connection import Connection
 
         ours, theirs = socket.socketpair()
-        code = "from wsl.serve.limits import worker_entry; worker_entry()"
+        code = "from wsl.serve.validate import worker_entry; worker_entry()"
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         try:
             self.proc = subprocess.Popen([sys.executable, "-c", code, str(theirs.fileno())],

@@ -24,19 +24,19 @@ same numbers) and turns every failure into ``{"status", "code", "message"}``.
 
 from __future__ import annotations
 
-import json
+import importlib
 import logging
 import math
+import os
+import resource
+import signal
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from wsl.errors import (
-    ArchitectureError, CheckpointError, HubError, PredictionError, StateDictMismatchError, TraceError,
-    UnsafeCheckpointError, UnsupportedLayerError, WslError,
-)
-from wsl.serve.limits import ServeError
+from wsl.errors import ArchitectureError, CheckpointError, PredictionError, WslError
+from wsl.serve import ServeError, classify
 
 log = logging.getLogger("wsl.serve")
 
@@ -150,30 +150,85 @@ def scrub(message: str, replace: dict[str, str]) -> str:
     return message
 
 
-# ----------------------------------------------------------------------------------- worker: errors
-_HUB = {"HubURIError": (422, "invalid_hub_uri"), "HubRepoNotFoundError": (404, "hub_not_found"),
-        "HubRevisionNotFoundError": (404, "hub_not_found"), "HubFileNotFoundError": (404, "hub_not_found"),
-        "HubAccessError": (403, "hub_forbidden"), "HubOfflineError": (503, "hub_unavailable"),
-        "HubConnectionError": (502, "hub_unreachable")}
+# ---------------------------------------------------------------------------------- worker: process
+class CpuLimitExceeded(BaseException):
+    """Raised inside a worker by SIGXCPU (BaseException: library ``except Exception`` must not eat it)."""
 
 
-def classify(exc: WslError) -> tuple[int, str]:
-    """HTTP status and error code for a library error raised on a client's input."""
-    if isinstance(exc, ServeError):
-        return exc.status, exc.code
-    if isinstance(exc, HubError):
-        for cls in type(exc).__mro__:
-            if cls.__name__ in _HUB:
-                return _HUB[cls.__name__]
-        return 422, "hub_error"
-    for cls, code in ((UnsafeCheckpointError, "unsafe_pickle"), (StateDictMismatchError, "state_dict_mismatch"),
-                      (CheckpointError, "invalid_checkpoint"), (UnsupportedLayerError, "unsupported_layer"),
-                      (TraceError, "untraceable_architecture"), (ArchitectureError, "invalid_architecture")):
-        if isinstance(exc, cls):
-            return 422, code
-    if isinstance(exc, PredictionError):
-        return 422, "non_finite_weights" if "non-finite weights" in str(exc) else "cannot_predict"
-    return 422, "invalid_input"
+def _load(ref: str) -> Callable[..., Any]:
+    mod, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(mod), attr)  # type: ignore[no-any-return]
+
+
+def _vm_bytes() -> int:
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _on_xcpu(signum: int, frame: Any) -> None:
+    raise CpuLimitExceeded()
+
+
+def worker_entry() -> None:
+    """Entry point of a worker process (``python -c``): the inherited socket's fd is ``argv[1]``."""
+    import sys
+    from multiprocessing.connection import Connection
+
+    conn = Connection(int(sys.argv[1]))
+    try:
+        cfg = conn.recv()
+    except (EOFError, OSError):
+        return
+    sys.path[:] = cfg["sys_path"]
+    _worker_main(conn, cfg["init"], cfg["init_args"], cfg["handler"], cfg["cpu_s"], cfg["memory_mb"])
+
+
+def _worker_main(conn: Any, init: str, init_args: tuple[Any, ...], handler: str, cpu_s: float,
+                 memory_mb: int) -> None:
+    """Body of one worker process: init, cap memory, then answer jobs until the pipe closes."""
+    try:
+        state = _load(init)(*init_args)
+        run = _load(handler)
+        if memory_mb > 0:  # the budget is on top of what the runtime and predictors already map
+            cap = _vm_bytes() + memory_mb * 1024 * 1024
+            resource.setrlimit(resource.RLIMIT_AS, (cap, resource.getrlimit(resource.RLIMIT_AS)[1]))
+        signal.signal(signal.SIGXCPU, _on_xcpu)
+        conn.send(("ready", os.getpid()))
+    except BaseException as exc:  # report and exit: the parent refuses to start
+        conn.send(("init_failed", f"{type(exc).__name__}: {exc}"))
+        return
+    hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError, KeyboardInterrupt):
+            return
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        retire = False
+        try:
+            if cpu_s > 0:
+                soft = int(math.ceil(ru.ru_utime + ru.ru_stime + cpu_s))
+                resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard),
+                                                         hard))
+            msg: tuple[str, Any] = ("ok", run(state, job))
+        except CpuLimitExceeded:
+            msg, retire = ("cpu_limit", None), True
+        except MemoryError:
+            msg = ("memory_limit", None)
+        except BaseException as exc:  # a bug in the handler: report it, keep serving
+            msg = ("error", f"{type(exc).__name__}: {exc}")
+        finally:
+            if cpu_s > 0:
+                resource.setrlimit(resource.RLIMIT_CPU, (hard, hard))
+        try:
+            conn.send(msg)
+        except (OSError, ValueError):
+            return
+        if retire:  # interrupted at an arbitrary point: do not trust this process again
+            return
 
 
 # ------------------------------------------------------------------------------------ worker: state
@@ -332,53 +387,3 @@ def handle_job(state: WorkerState, job: dict[str, Any]) -> dict[str, Any]:
         else:
             raise
     return {"ok": False, "status": status, "code": code, "message": scrub(message, replace)[:2000]}
-
-
-def predictor_card(name: str, directory: str) -> dict[str, Any]:
-    """The public description of a loaded predictor: training zoo, metrics, calibration, family, histogram."""
-    cfg = json.loads((Path(directory) / "config.json").read_text(encoding="utf-8"))
-    tr = cfg.get("training") or {}
-    card: dict[str, Any] = {
-        "name": name, "model": (cfg.get("model") or {}).get("name"), "target": (cfg.get("target") or {}).get("name"),
-        "input_kind": (cfg.get("input") or {}).get("kind"), "accepts": (cfg.get("input") or {}).get("accepts"),
-        "training": {k: tr.get(k) for k in ("zoo_name", "zoo", "num_train", "checkpoints", "architectures")
-                     if k in tr},
-        "metrics": {k: v for k, v in (cfg.get("metrics") or {}).items() if k in ("val", "test")},
-        "calibration": cfg.get("calibration"), "family": cfg.get("family"),
-    }
-    hist = zoo_histogram(cfg)
-    if hist:
-        card["histogram"] = hist
-    readme = Path(directory) / "README.md"
-    if readme.is_file():
-        card["card"] = readme.read_text(encoding="utf-8", errors="replace")[:20000]
-    return card
-
-
-def zoo_histogram(cfg: dict[str, Any], bins: int = 20) -> dict[str, Any] | None:
-    """The training zoo's target distribution: stored in the config, else computed from a local zoo."""
-    import numpy as np
-
-    stored = cfg.get("target_histogram") or (cfg.get("training") or {}).get("target_histogram")
-    if isinstance(stored, dict) and "edges" in stored and "counts" in stored:
-        return stored
-    zoo_ref = (cfg.get("training") or {}).get("zoo")
-    target = (cfg.get("target") or {}).get("name", "test_accuracy")
-    if not isinstance(zoo_ref, str) or zoo_ref.startswith("hf://") or not Path(zoo_ref).is_dir():
-        return None
-    try:
-        from wsl.zoo import load_zoo
-
-        values = np.asarray(load_zoo(zoo_ref).latest().column(target), dtype=float)
-    except (WslError, OSError, KeyError, ValueError) as exc:
-        log.warning("no accuracy histogram for %s: %s", zoo_ref, exc)
-        return None
-    values = values[np.isfinite(values)]
-    if not len(values):
-        return None
-    lo, hi = (0.0, 1.0) if target.endswith("accuracy") else (float(values.min()), float(values.max()) or 1.0)
-    counts, edges = np.histogram(values, bins=bins, range=(lo, hi))
-    return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts], "n": int(len(values)),
-            "median": float(np.median(values)), "target": target,
-            "zoo": (cfg.get("training") or {}).get("zoo_name") or Path(zoo_ref).name,
-            "source": "latest checkpoint of every model"}
