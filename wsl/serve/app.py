@@ -309,11 +309,13 @@ def predictor_card(name: str, directory: str) -> dict[str, Any]:
     card: dict[str, Any] = {
         "name": name, "model": (cfg.get("model") or {}).get("name"), "target": (cfg.get("target") or {}).get("name"),
         "input_kind": (cfg.get("input") or {}).get("kind"), "accepts": (cfg.get("input") or {}).get("accepts"),
-        "training": {k: tr.get(k) for k in ("zoo_name", "zoo", "num_train", "checkpoints", "architectures")
-                     if k in tr},
+        "training": {k: tr.get(k) for k in ("zoo_name", "num_train", "checkpoints", "architectures") if k in tr},
         "metrics": {k: v for k, v in (cfg.get("metrics") or {}).items() if k in ("val", "test")},
         "calibration": cfg.get("calibration"), "family": cfg.get("family"),
     }
+    zoo = str(tr.get("zoo") or "")
+    if zoo:  # a Hub URI as is; a local zoo by its name only (no server paths in public answers)
+        card["training"]["zoo"] = zoo if zoo.startswith("hf://") else Path(zoo).name
     hist = zoo_histogram(cfg)
     if hist:
         card["histogram"] = hist
