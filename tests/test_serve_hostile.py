@@ -221,6 +221,25 @@ def test_oversized_upload_is_aborted_while_streaming(client: TestClient) -> None
     assert sent[0] < (LIMIT_MB + 4) * 1024 * 1024  # read up to the cap plus the form allowance, then stopped
 
 
+def test_slow_upload_times_out_and_leaves_nothing(tmp_path: Path) -> None:
+    """A client that stops sending mid-upload gets 408 once the upload time is up; its temp file is gone."""
+    from wsl.serve import ServeError
+    from wsl.serve.limits import read_multipart
+
+    class Stalled:
+        headers = {"content-type": "multipart/form-data; boundary=b"}
+
+        async def stream(self) -> Any:
+            yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.pt"\r\n\r\nPK'
+            await asyncio.sleep(3600)
+            yield b""
+
+    with pytest.raises(ServeError) as e:
+        asyncio.run(read_multipart(Stalled(), tmp_path, 1000, timeout_s=0.2))
+    assert e.value.status == 408 and e.value.code == "upload_timeout"
+    assert list(tmp_path.iterdir()) == []
+
+
 # ------------------------------------------------------------------------------- architectures
 _BERT = {"vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
          "intermediate_size": 32, "max_position_embeddings": 16}

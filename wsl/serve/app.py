@@ -116,13 +116,15 @@ def _examples(directory: Path | None) -> dict[str, dict[str, Any]]:
 
 def create_app(predictors: Sequence[str] | None = None, max_upload_mb: float = 200, *, workers: int = 1,
                max_queue: int = 16, time_limit_s: float = 60.0, cpu_limit_s: float = 60.0, memory_mb: int = 4096,
-               queue_timeout_s: float | None = 120.0, tmp_dir: str | Path | None = None,
+               queue_timeout_s: float | None = 120.0, upload_timeout_s: float = 300.0,
+               tmp_dir: str | Path | None = None,
                examples_dir: str | Path | None = None, handler: str = "wsl.serve.validate:handle_job") -> Any:
     """The FastAPI app. ``predictors``: directories, ``hf://`` URIs or shipped names (default: all shipped).
 
     ``workers`` prediction processes; at most ``workers + max_queue`` requests
     in flight. Per job: ``time_limit_s`` wall clock, ``cpu_limit_s`` CPU time,
-    ``memory_mb`` address space on top of a worker's baseline. ``handler`` is
+    ``memory_mb`` address space on top of a worker's baseline; an upload may
+    take ``upload_timeout_s``. ``handler`` is
     the ``module:function`` a worker runs per job (a seam for tests).
     """
     try:
@@ -220,7 +222,7 @@ def create_app(predictors: Sequence[str] | None = None, max_upload_mb: float = 2
         upload = None
         t0 = time.perf_counter()
         try:
-            upload = await read_multipart(request, tmp, max_bytes)
+            upload = await read_multipart(request, tmp, max_bytes, timeout_s=upload_timeout_s)
             pred, arch = options(upload.fields, {"predictor", "arch"})
             filename = Path(upload.filename.replace("\\", "/")).name[:200] or "upload"
             assert upload.path is not None

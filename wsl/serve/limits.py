@@ -1,31 +1,24 @@
 """Resource bounds of the prediction service: upload size, concurrency, time, CPU and memory.
 
-* :func:`read_multipart` streams a ``multipart/form-data`` request body into
-  a temporary file with a running byte count and aborts with ``413`` as soon
-  as the count passes the cap (an announced ``Content-Length`` over the cap is
-  refused before a byte is read). Nothing is buffered in memory beyond one
-  network chunk and the small text fields.
-* :class:`Admission` bounds the requests in flight (running + queued); when
-  it is full a request gets ``503`` with a ``Retry-After`` estimate at once.
-* :class:`WorkerPool` runs predictions in a fixed number of *processes*.
-  Each worker caps its address space (``RLIMIT_AS``) and, per job, its CPU
-  time (``RLIMIT_CPU``: ``SIGXCPU`` past the budget ends the job, and the
-  worker is replaced; :func:`wsl.serve.validate.worker_entry` is the worker
-  side); the parent enforces a wall-clock limit per job by killing the worker
-  and starting a fresh one (``504``).
+* :func:`read_multipart` streams the upload into a temp file with a running byte count and aborts with
+  ``413`` past the cap (an announced ``Content-Length`` over it is refused before a byte is read); only
+  one network chunk and the small text fields are ever in memory. A too slow upload gets ``408``.
+* :class:`Admission` bounds the requests in flight (running + queued): past it, ``503`` + ``Retry-After``.
+* :class:`WorkerPool` runs predictions in worker *processes* (:func:`wsl.serve.validate.worker_entry`):
+  each caps its address space (``RLIMIT_AS``) and, per job, its CPU time (``RLIMIT_CPU``; ``SIGXCPU``
+  ends the job and the worker is replaced); the parent kills a worker past the wall-clock limit (``504``).
 
-Why processes and not threads: a thread that runs away (a pathological
-architecture, a decompression or allocation storm inside a C library) can
-neither be interrupted nor memory-capped, and it keeps burning a core after
-its request timed out. A process can be capped by the kernel and killed. The
-price is memory (each worker holds its own torch runtime and predictors,
-a few hundred MB) and a few seconds to start a replacement; uploads are
-handed over as file paths, so no tensor data crosses the pipe.
+Why processes, not threads: a runaway thread (a pathological architecture, an allocation storm in a C
+library) can neither be interrupted nor memory-capped and keeps burning a core after its request timed
+out; a process is capped by the kernel and can be killed. The price: each worker holds its own torch
+runtime and predictors (~350 MB), and a replacement takes seconds to start. Uploads are handed over as
+file paths, never as tensors.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -35,7 +28,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 from wsl.errors import WslError
 from wsl.serve import ServeError
@@ -59,12 +52,9 @@ def check_content_length(headers: Any, limit: int) -> None:
     raw = headers.get("content-length")
     if raw is None:
         return
-    try:
-        n = int(raw)
-    except ValueError:
-        raise ServeError(400, "bad_request", f"Content-Length {raw[:40]!r} is not an integer") from None
-    if n < 0:
-        raise ServeError(400, "bad_request", "negative Content-Length")
+    if not raw.strip().isdigit():
+        raise ServeError(400, "bad_request", f"Content-Length {raw[:40]!r} is not a non-negative integer")
+    n = int(raw)
     if n > limit:
         raise ServeError(413, "upload_too_large", f"the request body is {n:,} bytes; the limit is {limit:,} bytes")
 
@@ -145,13 +135,25 @@ class _FormSink:
         self._target = None
 
 
+async def _timed(request: Any, seconds: float) -> AsyncIterator[bytes]:
+    """The body's chunks; 408 once the whole body took more than ``seconds`` (a slow client holds a slot)."""
+    end, it = time.monotonic() + seconds, request.stream().__aiter__()
+    while True:
+        try:
+            yield await asyncio.wait_for(it.__anext__(), max(0.0, end - time.monotonic()))
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise ServeError(408, "upload_timeout", f"the upload took longer than {seconds:g} s") from None
+
+
 async def read_multipart(request: Any, tmp_dir: Path, max_bytes: int, *, file_field: str = "file",
-                         max_field_bytes: int = 256 * 1024, max_parts: int = 8) -> Upload:
+                         max_field_bytes: int = 256 * 1024, max_parts: int = 8, timeout_s: float = 300) -> Upload:
     """Stream a ``multipart/form-data`` body: the file part to a temp file in ``tmp_dir``, capped.
 
     Raises :class:`ServeError` (415 not multipart, 413 over the cap, 400 a
-    malformed or truncated body, 422 no file part). On any failure the temp
-    file is already deleted; on success the caller owns ``Upload.path``.
+    malformed or truncated body, 408 too slow, 422 no file part). On failure
+    the temp file is already deleted; on success the caller owns ``Upload.path``.
     """
     from python_multipart.exceptions import FormParserError
     from python_multipart.multipart import MultipartParser, parse_options_header
@@ -172,7 +174,7 @@ async def read_multipart(request: Any, tmp_dir: Path, max_bytes: int, *, file_fi
             sink = _FormSink(fh, file_field, max_bytes, max_field_bytes, max_parts)
             parser = MultipartParser(boundary, sink.callbacks())
             total = 0
-            async for chunk in request.stream():
+            async for chunk in _timed(request, timeout_s):
                 total += len(chunk)
                 if total > max_bytes + overhead:
                     raise ServeError(413, "upload_too_large", f"the request body exceeds {max_bytes + overhead:,} "
@@ -195,11 +197,11 @@ async def read_multipart(request: Any, tmp_dir: Path, max_bytes: int, *, file_fi
         raise
 
 
-async def read_small_body(request: Any, limit: int) -> bytes:
+async def read_small_body(request: Any, limit: int, timeout_s: float = 60) -> bytes:
     """The whole request body, refused with 413 past ``limit`` bytes (JSON endpoints)."""
     check_content_length(request.headers, limit)
     buf = bytearray()
-    async for chunk in request.stream():
+    async for chunk in _timed(request, timeout_s):
         buf += chunk
         if len(buf) > limit:
             raise ServeError(413, "body_too_large", f"the request body exceeds {limit:,} bytes")
@@ -236,7 +238,7 @@ class WorkerDied(Exception):
 class _Worker:
     """One worker process, started with ``python -c`` (no re-import of the parent's ``__main__``)."""
 
-    def __init__(self, args: tuple[Any, ...]) -> None:
+    def __init__(self, cfg: dict[str, Any]) -> None:
         import socket
         import subprocess
         import sys
@@ -251,9 +253,7 @@ class _Worker:
         finally:
             theirs.close()
         self.conn = Connection(ours.detach())
-        init, init_args, handler, cpu_s, memory_mb = args
-        self.conn.send({"sys_path": list(sys.path), "init": init, "init_args": init_args, "handler": handler,
-                        "cpu_s": cpu_s, "memory_mb": memory_mb})
+        self.conn.send({**cfg, "sys_path": list(sys.path)})
 
     def wait_ready(self, timeout: float) -> None:
         if not self.conn.poll(timeout):
@@ -282,10 +282,8 @@ class _Worker:
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-        try:
+        with contextlib.suppress(Exception):  # a zombie we cannot reap now; the OS will
             self.proc.wait(10)
-        except Exception:  # a zombie we cannot reap now; the OS will
-            pass
         self.conn.close()
 
 
@@ -297,22 +295,22 @@ class WorkerPool:
                  start_timeout_s: float = 180.0) -> None:
         self.size = max(1, int(size))
         self.time_limit_s, self.start_timeout_s = float(time_limit_s), float(start_timeout_s)
-        self._args = (init, tuple(init_args), handler, float(cpu_limit_s), int(memory_mb))
+        self._cfg = {"init": init, "init_args": tuple(init_args), "handler": handler, "cpu_s": float(cpu_limit_s),
+                     "memory_mb": int(memory_mb)}
         self._idle: asyncio.Queue[_Worker] | None = None
         self._all: set[_Worker] = set()
         self._lock = threading.Lock()
         self._calls = ThreadPoolExecutor(max_workers=self.size, thread_name_prefix="wsl-serve-call")
-        self.busy = 0
-        self.restarts = 0
+        self.busy = self.restarts = 0
+        self.closed = False
 
     def _spawn(self) -> _Worker:
-        w = _Worker(self._args)
-        try:
-            w.wait_ready(self.start_timeout_s)
-        except BaseException:
-            w.kill()
-            raise
+        w = _Worker(self._cfg)
+        w.wait_ready(self.start_timeout_s)  # kills the process itself if it fails
         with self._lock:
+            if self.closed:
+                w.kill()
+                raise WslError("the worker pool is closed")
             self._all.add(w)
         return w
 
@@ -322,10 +320,10 @@ class WorkerPool:
         self._idle = asyncio.Queue()
         workers = await asyncio.gather(*(loop.run_in_executor(None, self._spawn) for _ in range(self.size)),
                                        return_exceptions=True)
-        failed = [w for w in workers if isinstance(w, BaseException)]
         for w in workers:
             if isinstance(w, _Worker):
                 self._idle.put_nowait(w)
+        failed = [w for w in workers if isinstance(w, BaseException)]
         if failed:
             self.close()
             raise failed[0]
@@ -341,7 +339,7 @@ class WorkerPool:
             self._all.discard(old)
         await loop.run_in_executor(None, old.kill)
         self.restarts += 1
-        for attempt in range(3):
+        for attempt in range(3 if not self.closed else 0):
             try:
                 new = await loop.run_in_executor(None, self._spawn)
             except Exception as exc:  # keep serving with fewer workers; say so in the log and /healthz
@@ -375,7 +373,7 @@ class WorkerPool:
         if tag == "ok":
             return out
         if tag == "cpu_limit":
-            raise ServeError(504, "cpu_limit", f"the prediction used more than {self._args[3]:g} s of CPU time "
+            raise ServeError(504, "cpu_limit", f"the prediction used more than {self._cfg['cpu_s']:g} s of CPU time "
                              "and was stopped")
         if tag == "memory_limit":
             raise ServeError(413, "memory_limit", "the input needs more memory than a request may use")
@@ -393,6 +391,7 @@ class WorkerPool:
 
     def close(self) -> None:
         with self._lock:
+            self.closed = True
             workers, self._all = list(self._all), set()
         for w in workers:
             w.kill()
