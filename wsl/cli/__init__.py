@@ -58,7 +58,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # `key=value` overrides may also follow options (wsl train CFG --output D a.b=1)
+            if isinstance(getattr(args, "overrides", None), list) and all("=" in e and not e.startswith("-")
+                                                                          for e in extra):
+                args.overrides.extend(extra)
+            else:
+                parser.parse_args(argv)  # reports the unrecognized arguments and exits
         if not getattr(args, "func", None):
             parser.print_help()
             return EXIT_USER_ERROR if args.command is None and argv else 0
