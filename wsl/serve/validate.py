@@ -386,4 +386,6 @@ def handle_job(state: WorkerState, job: dict[str, Any]) -> dict[str, Any]:
             message = f"{where}: the input could not be processed ({type(exc).__name__}: {str(exc)[:300]})"
         else:
             raise
+    if "--arch" in message:  # the library speaks CLI; say where the option lives here
+        message += " (in this service: the 'arch' form field or JSON key)"
     return {"ok": False, "status": status, "code": code, "message": scrub(message, replace)[:2000]}
