@@ -1,0 +1,124 @@
+"""Reproduce the README's generalization-prediction table.
+
+For each zoo, method and seed this runs ``wsl train configs/generalization/<zoo>_<method>.yaml
+train.seed=<seed>`` (a subprocess per run, resumable: finished runs are reused), then prints
+Kendall tau and R^2 on the zoos' *test* splits as mean ± std over seeds, with wall time.
+
+    python benchmarks/generalization_table.py                     # everything, 3 seeds
+    python benchmarks/generalization_table.py --zoos gs --methods statnn_gbt,hnp --seeds 0
+    python benchmarks/generalization_table.py --parallel 2        # two 1-thread runs at a time
+
+Zoos (generate them first, a few minutes each):
+
+    wsl zoo generate zoos/digits-cnn-gs.yaml   -o /work/zoos/digits-cnn-gs
+    wsl zoo generate zoos/digits-cnn-wild.yaml -o /work/zoos/digits-cnn-wild
+
+Dense meta-models (NP, HNP, NFT) need one architecture, so they run on digits-cnn-gs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = {
+    "gs": ["hparams_gbt", "statnn_linear", "statnn_gbt", "np", "hnp", "nft", "nggnn", "ngt"],
+    "wild": ["hparams_gbt", "statnn_linear", "statnn_gbt", "nggnn", "ngt"],
+}
+LABELS = {"hparams_gbt": "Hyperparameters only (GBT)", "statnn_linear": "StatNN (linear)",
+          "statnn_gbt": "StatNN (gradient boosting)", "np": "NP (NFN)", "hnp": "HNP (NFN)", "nft": "NFT",
+          "nggnn": "NG-GNN", "ngt": "NG-T"}
+ZOO_NAMES = {"gs": "digits-cnn-gs", "wild": "digits-cnn-wild"}
+
+
+def run_one(zoo: str, method: str, seed: int, runs: Path, extra: list[str]) -> dict:
+    out = runs / f"{zoo}_{method}_s{seed}"
+    metrics = out / "metrics.json"
+    if not metrics.is_file():
+        cfg = REPO / "configs" / "generalization" / f"{zoo}_{method}.yaml"
+        cmd = [sys.executable, "-m", "wsl", "train", str(cfg), f"train.seed={seed}", "train.progress=false",
+               "--output", str(out), *extra]
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        t0 = time.time()
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        (runs / "logs").mkdir(parents=True, exist_ok=True)
+        (runs / "logs" / f"{out.name}.log").write_text(res.stdout + res.stderr)
+        if res.returncode != 0 or not metrics.is_file():
+            print(f"  FAILED {out.name} (rc {res.returncode}); see {runs / 'logs' / (out.name + '.log')}",
+                  flush=True)
+            return {}
+        print(f"  done {out.name} in {time.time() - t0:.0f}s", flush=True)
+    m = json.loads(metrics.read_text())
+    return {"tau": m["test"]["tau"], "r2": m["test"]["r2"], "mae": m["test"]["mae"], "val_tau": m["val"]["tau"],
+            "n_test": m["test"]["n"], "wall": m.get("wall_time_s", float("nan"))}
+
+
+def fmt(xs: list[float], digits: int = 3) -> str:
+    a = np.asarray([x for x in xs if x is not None], dtype=float)
+    if a.size == 0:
+        return "n/a"
+    if a.size == 1:
+        return f"{a[0]:.{digits}f}"
+    return f"{a.mean():.{digits}f} ± {a.std(ddof=1):.{digits}f}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--zoos", default="gs,wild")
+    ap.add_argument("--methods", default=None, help="comma list (default: all for each zoo)")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--runs-dir", default=str(REPO / "runs" / "table"))
+    ap.add_argument("--parallel", type=int, default=1, help="runs at a time (each uses 1 thread)")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "generalization_table"))
+    ap.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
+    a = ap.parse_args()
+    runs = Path(a.runs_dir)
+    runs.mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in a.seeds.split(",")]
+    jobs = []
+    for zoo in a.zoos.split(","):
+        methods = METHODS[zoo] if a.methods is None else [m for m in a.methods.split(",") if m in METHODS[zoo]]
+        jobs += [(zoo, m, s) for m in methods for s in seeds]
+    print(f"{len(jobs)} runs -> {runs}", flush=True)
+    with ThreadPoolExecutor(max(1, a.parallel)) as pool:
+        results = list(pool.map(lambda j: run_one(*j, runs, a.overrides), jobs))
+    table: dict = {}
+    for (zoo, m, s), r in zip(jobs, results):
+        table.setdefault(zoo, {}).setdefault(m, []).append(dict(r, seed=s))
+    lines = ["| zoo | method | test Kendall τ | test R² | test MAE | wall time / run |", "|---|---|---|---|---|---|"]
+    for zoo, rows in table.items():
+        best = None
+        for m, rs in rows.items():
+            ok = [r for r in rs if r]
+            lines.append(f"| {ZOO_NAMES[zoo]} | {LABELS.get(m, m)} | {fmt([r['tau'] for r in ok])} | "
+                         f"{fmt([r['r2'] for r in ok])} | {fmt([r['mae'] for r in ok])} | "
+                         f"{np.mean([r['wall'] for r in ok]) if ok else float('nan'):.0f} s |")
+            if ok and m not in ("hparams_gbt", "statnn_linear", "statnn_gbt"):
+                mean = float(np.mean([r["tau"] for r in ok]))
+                best = max(best or (-1.0, ""), (mean, m))
+        gbt = [r["tau"] for r in rows.get("statnn_gbt", []) if r]
+        if best and gbt:
+            print(f"{ZOO_NAMES[zoo]}: best learned {LABELS[best[1]]} tau {best[0]:.3f} vs StatNN-GBT "
+                  f"{np.mean(gbt):.3f} (difference {best[0] - np.mean(gbt):+.3f})")
+    n_test = {zoo: next((r["n_test"] for rs in rows.values() for r in rs if r), 0) for zoo, rows in table.items()}
+    text = "\n".join(lines)
+    print(text)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(text + "\n\n" + ", ".join(f"{ZOO_NAMES[z]}: {n} test models"
+                                                                 for z, n in n_test.items()) + f"; seeds {seeds}.\n")
+    out.with_suffix(".json").write_text(json.dumps({"seeds": seeds, "results": table, "n_test": n_test}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
