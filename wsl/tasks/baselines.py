@@ -211,7 +211,7 @@ def _regressor(kind: str, seed: int, n_train: int) -> Any:
 
 def fit_baseline(name: str, zoo: Any, seed: int = 0, *, target: str = "test_accuracy", checkpoints: str = "last",
                  layout: str = "auto", splits: tuple[str, str, str] = ("train", "val", "test"),
-                 return_predictions: bool = False) -> dict[str, Any]:
+                 return_predictions: bool = False, train_checkpoints: str = "same") -> dict[str, Any]:
     """Fit baseline ``name`` (one of :data:`BASELINES`) on a zoo's train split.
 
     ``zoo`` is a :class:`~wsl.zoo.Zoo` or a path. Returns ``{"name", "val":
@@ -228,7 +228,8 @@ def fit_baseline(name: str, zoo: Any, seed: int = 0, *, target: str = "test_accu
 
         zoo = wsl.load_zoo(zoo)
     t0 = time.perf_counter()
-    views = {s: select_rows(zoo, s, checkpoints, target) for s in splits}
+    views = {s: select_rows(zoo, s, train_checkpoints if s == splits[0] and train_checkpoints != "same"
+                            else checkpoints, target) for s in splits}
     if name.startswith("statnn"):
         sigs = {sg for v in views.values() if len(v) for sg in signatures(v).values()}
         lay = layout if layout != "auto" else ("per_tensor" if len(sigs) == 1 else "buckets")

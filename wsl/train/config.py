@@ -2,7 +2,7 @@
 
 A config has six sections and an output directory::
 
-    data:     {zoo, target, checkpoints, train_split, val_split, test_split, arch, max_train, stats_layout, verify}
+    data:     {zoo, target, checkpoints, train_checkpoints, train_split, val_split, test_split, arch, max_train, stats_layout, verify}
     model:    {name, <any constructor argument of that model, e.g. hidden, layers>}
     optim:    {name: adamw|adam|sgd, lr, weight_decay, momentum, betas, grad_clip}
     schedule: {name: cosine|constant, warmup_epochs, min_lr_ratio}
@@ -37,6 +37,7 @@ __all__ = ["AugmentConfig", "Config", "DataConfig", "ModelConfig", "OptimConfig"
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.checkpoints": ("last", "all"),
+    "data.train_checkpoints": ("same", "last", "all"),
     "data.stats_layout": ("auto", "per_tensor", "buckets"),
     "data.verify": ("lazy", "eager", "none"),
     "optim.name": ("adamw", "adam", "sgd"),
@@ -53,6 +54,9 @@ class DataConfig:
     zoo: str = ""
     target: str = "test_accuracy"  #: "test_accuracy", "gap" (train - test accuracy) or any numeric row field
     checkpoints: str = "last"  #: "last" (final epoch per model) or "all"
+    #: checkpoints of the *training* models: "same" as ``checkpoints``, or "all" (every recorded epoch of a
+    #: training model is a training example; val/test keep ``checkpoints``; splits are per model, so no leak)
+    train_checkpoints: str = "same"
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "test"

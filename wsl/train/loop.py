@@ -104,7 +104,9 @@ class Trainer:
             layout = "per_tensor" if len(sigs) == 1 else "buckets"
         self.stats_layout = layout
         t0 = time.perf_counter()
-        self.data = {role: prepare_split(self.zoo, role, s, kind, target=dc.target, checkpoints=dc.checkpoints,
+        ckpt = {role: (dc.train_checkpoints if role == "train" and dc.train_checkpoints != "same" else dc.checkpoints)
+                for role in names}
+        self.data = {role: prepare_split(self.zoo, role, s, kind, target=dc.target, checkpoints=ckpt[role],
                                          arch=dc.arch, max_rows=dc.max_train if role == "train" else None,
                                          seed=cfg.train.seed, stats_layout=layout, device=self.device)
                      for role, s in names.items()}
