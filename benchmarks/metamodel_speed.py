@@ -32,7 +32,10 @@ the RSS just before the first step (model, optimizer and data already
 built). PyTorch returns large CPU blocks to the OS, so this tracks live
 tensors (activations, gradients, Adam state is allocated in the first step).
 
-Usage: ``python benchmarks/metamodel_speed.py --channels 16 64 --rounds 2``
+On a busy shared machine pass ``--threads 1``: OpenMP threads spin-waiting
+for a descheduled peer make multi-threaded timings swing by several x.
+
+Usage: ``python benchmarks/metamodel_speed.py --channels 16 64 --rounds 3 --threads 1``
 """
 
 from __future__ import annotations
