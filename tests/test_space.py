@@ -336,3 +336,20 @@ def test_minilm_sized_bert_inspects_quickly() -> None:
     assert 22_500_000 < space.num_parameters < 22_900_000
     nodes, edges = space.graph_size()
     assert nodes > 30_000 and edges > space.num_parameters * 0.99
+
+
+@pytest.mark.parametrize("name", ["mlp", "residual_cnn", "groupnorm", "bert_layer", "multihead_attention"])
+def test_canonicalize_removes_the_permutation(name: str) -> None:
+    module, x = FAMILIES[name]
+    module = _randomize(copy.deepcopy(module)).double()
+    space = WeightSpace.from_module(module, None if x is None else (x.double() if x.is_floating_point() else x))
+    sd = module.state_dict()
+    canon = space.canonicalize(sd)
+    other = space.permute(sd, random_permutation(space, torch.Generator().manual_seed(9)))
+    again = space.canonicalize(other)
+    assert all(torch.equal(canon[k], again[k]) for k in sd)
+    m2 = copy.deepcopy(module)
+    m2.load_state_dict(canon)
+    x = example_input(module, batch=2) if x is None else x
+    x = x.double() if x.is_floating_point() else x
+    torch.testing.assert_close(_out(m2, x), _out(module, x), atol=1e-8, rtol=1e-8)

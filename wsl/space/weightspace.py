@@ -140,6 +140,61 @@ class WeightSpace:
         return {name: permute_tensor(t, self.tensors[name].axes, perms, batched) if name in self.tensors else t
                 for name, t in state_dict.items()}
 
+    def canonical_permutation(self, state_dict: StateDict) -> dict[int, torch.Tensor]:
+        """The permutation that sorts every permutable group's units by weight norm.
+
+        A unit's score is the sum of squares of every parameter it indexes
+        (all tensors, all axes). Units are ordered by decreasing score; nested
+        groups first order their blocks (by the summed scores of all groups
+        nested in the same parent), then the units inside each block.
+        ``canonicalize(permute(sd, p)) == canonicalize(sd)`` for any ``p`` when
+        scores are distinct -- a cheap way to remove the permutation symmetry.
+        """
+        from wsl.space.axes import to_canonical
+
+        scores: dict[int, torch.Tensor] = {}
+        for t in self.tensors.values():
+            if t.name not in state_dict or t.name in self.spec.extras:
+                continue
+            x = state_dict[t.name].detach().to(torch.float64).unsqueeze(0)
+            for block in t.blocks():
+                c = to_canonical(x, block)[0].pow(2)
+                for i, g in enumerate(block.unit_groups):
+                    dims = [d for d in range(c.dim()) if d != i]
+                    v = c.sum(dim=dims) if dims else c
+                    scores[g] = scores.get(g, 0) + v
+        for g in self.groups:  # parents (heads, norm groups) score blocks by their children
+            if g.parent is not None and g.id in scores:
+                nb = self.groups[g.parent].size
+                blk = scores[g.id].view(nb, -1).sum(1)
+                scores[g.parent] = scores.get(g.parent, 0) + blk
+        perms: dict[int, torch.Tensor] = {}
+
+        def perm(gid: int) -> torch.Tensor:
+            if gid in perms:
+                return perms[gid]
+            g = self.groups[gid]
+            sc = scores.get(gid, torch.zeros(g.size, dtype=torch.float64))
+            if g.parent is None:
+                p = torch.arange(g.size) if g.fixed else torch.argsort(-sc, stable=True)
+            else:
+                parent = perm(g.parent)
+                nb = self.groups[g.parent].size
+                inner = g.size // nb
+                by_block = sc.view(nb, inner)[parent]
+                ip = torch.arange(inner).expand(nb, inner) if g.fixed else torch.argsort(-by_block, dim=1, stable=True)
+                p = (parent.unsqueeze(1) * inner + ip).flatten()
+            perms[gid] = p
+            return p
+
+        for g in self.groups:
+            perm(g.id)
+        return {gid: p for gid, p in perms.items() if self.groups[gid].permutable}
+
+    def canonicalize(self, state_dict: StateDict) -> dict[str, torch.Tensor]:
+        """``state_dict`` with every permutable group sorted (see :meth:`canonical_permutation`)."""
+        return self.permute(state_dict, self.canonical_permutation(state_dict))
+
     # -------------------------------------------------------------- stacking
     def stack(self, state_dicts: Iterable[StateDict]) -> dict[str, torch.Tensor]:
         """N state_dicts -> one dict of tensors with a leading model dim."""

@@ -1,0 +1,81 @@
+"""The `wsl` command line: inspect, exit codes, one-line errors, --debug, python -m wsl."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from wsl.archs.registry import REGISTRY
+from wsl.cli import main
+from wsl.io import save_state_dict
+
+
+def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    rc = main(args)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_inspect_resnet18_safetensors_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    net = REGISTRY["resnet18"](num_classes=10)
+    save_state_dict(net.state_dict(), tmp_path / "r18.safetensors")
+    rc, out, _ = _run(["inspect", str(tmp_path / "r18.safetensors"), "--arch", "resnet18(num_classes=10)",
+                       "--input-shape", "3,32,32", "--json"], capsys)
+    assert rc == 0
+    d = json.loads(out)
+    assert d["num_parameters"] == 11_181_642
+    assert len(d["tensors"]) == len(net.state_dict())
+    first = d["tensors"][0]
+    assert first["name"] == "conv1.weight" and first["shape"] == [64, 3, 7, 7] and len(first["axes"]) == 4
+    assert d["graph"]["num_nodes"] > 0 and d["graph"]["num_edges"] > 11_000_000 // 49
+    assert any(g["fixed"] for g in d["groups"]) and any(not g["fixed"] for g in d["groups"])
+
+
+def test_inspect_bert_layer_by_reference(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    layer = REGISTRY["bert_layer"]()
+    save_state_dict(layer.state_dict(), tmp_path / "layer.safetensors")
+    rc, out, _ = _run(["inspect", str(tmp_path / "layer.safetensors"), "--arch", "bert_layer"], capsys)
+    assert rc == 0
+    assert "attention.self.query.weight" in out and "parameters:" in out and "graph:" in out
+    rc, out, _ = _run(["inspect", "--arch", "bert_layer", "--json"], capsys)
+    assert rc == 0 and {g["kind"] for g in json.loads(out)["groups"]} >= {"qk", "v", "head"}
+
+
+def test_user_errors_are_one_line_with_nonzero_exit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    net = REGISTRY["small_cnn"]()
+    sd = net.state_dict()
+    sd["0.weight"] = torch.zeros(8, 1, 3, 3)
+    save_state_dict(sd, tmp_path / "bad.safetensors")
+    for args, needle in (
+        (["inspect", str(tmp_path / "bad.safetensors"), "--arch", "small_cnn"], "0.weight"),
+        (["inspect", str(tmp_path / "missing.safetensors"), "--arch", "small_cnn"], "missing.safetensors"),
+        (["inspect", "--arch", "no_such_arch"], "no_such_arch"),
+        (["inspect"], "PATH"),
+        (["inspect", "--arch", "small_cnn", "--input-shape", "a,b"], "input-shape"),
+    ):
+        rc, out, err = _run(args, capsys)
+        assert rc == 2, args
+        assert err.startswith("wsl: error:") and needle in err and err.count("\n") == 1, err
+        assert "Traceback" not in err
+
+
+def test_debug_shows_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    from wsl.errors import WslError
+
+    with pytest.raises(WslError):
+        main(["--debug", "inspect", "--arch", "no_such_arch"])
+
+
+def test_python_dash_m_and_help() -> None:
+    res = subprocess.run([sys.executable, "-m", "wsl", "--help"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0
+    for cmd in ("inspect", "graph", "zoo", "train", "predict", "push", "serve", "demo"):
+        assert cmd in res.stdout
+    res = subprocess.run([sys.executable, "-m", "wsl", "inspect", "--arch", "nope"], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 2 and res.stderr.startswith("wsl: error:")
