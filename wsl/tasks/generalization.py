@@ -33,10 +33,27 @@ import torch
 
 from wsl.errors import ConfigError, WslError
 
-__all__ = ["INPUT_KINDS", "ArchGroup", "SplitData", "augment_features", "augment_stacked", "prepare_split", "select_rows",
-           "target_values"]
+__all__ = ["INPUT_KINDS", "TRANSFORMS", "ArchGroup", "SplitData", "augment_features", "augment_stacked",
+           "prepare_split", "select_rows", "target_values", "transform_weights"]
 
 INPUT_KINDS = ("features", "graph", "stats")
+TRANSFORMS = ("none", "signed_log")
+
+
+def transform_weights(stacked: dict[str, torch.Tensor], transform: str = "none",
+                      scale: float = 1e-3) -> dict[str, torch.Tensor]:
+    """An elementwise input transform of every floating tensor (so it commutes with permutations).
+
+    ``signed_log``: ``sign(w) * log1p(|w| / scale)`` -- weights of networks in a
+    zoo span orders of magnitude (initial scales 1e-3 .. 0.5); the transform
+    keeps their sign and order while making scale differences additive.
+    """
+    if transform == "none":
+        return stacked
+    if transform != "signed_log":
+        raise ConfigError(f"data.transform must be one of {', '.join(TRANSFORMS)}, got {transform!r}")
+    return {k: (torch.sign(v) * torch.log1p(v.abs() / scale) if v.is_floating_point() else v)
+            for k, v in stacked.items()}
 
 
 class TaskError(WslError):
@@ -279,7 +296,8 @@ def augment_features(feats: Any, augment: Any, generator: torch.Generator | None
 
 def prepare_split(zoo: Any, name: str, split: str, kind: str, *, target: str = "test_accuracy",
                   checkpoints: str = "last", arch: str | None = None, max_rows: int | None = None, seed: int = 0,
-                  stats_layout: str = "per_tensor", device: torch.device | str | None = None) -> SplitData:
+                  stats_layout: str = "per_tensor", device: torch.device | str | None = None,
+                  transform: str = "none") -> SplitData:
     """Select the rows of ``split`` and build the ``kind`` inputs once (see module docstring)."""
     if kind not in INPUT_KINDS:
         raise ConfigError(f"unknown input kind {kind!r}; valid: {', '.join(INPUT_KINDS)}")
@@ -301,7 +319,7 @@ def prepare_split(zoo: Any, name: str, split: str, kind: str, *, target: str = "
         pos = np.flatnonzero(sig == s)
         ids = list(dict.fromkeys(archs[pos].tolist()))
         space = spaces[ids[0]]
-        stacked = view.stacked(pos, device=device)
+        stacked = transform_weights(view.stacked(pos, device=device), transform)
         cache: Any = None
         if kind == "features":
             from wsl.graph import WeightSpaceFeatures

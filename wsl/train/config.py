@@ -38,6 +38,7 @@ __all__ = ["AugmentConfig", "Config", "DataConfig", "ModelConfig", "OptimConfig"
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.checkpoints": ("last", "all"),
     "data.train_checkpoints": ("same", "last", "all"),
+    "data.transform": ("none", "signed_log"),
     "data.stats_layout": ("auto", "per_tensor", "buckets"),
     "data.verify": ("lazy", "eager", "none"),
     "optim.name": ("adamw", "adam", "sgd"),
@@ -57,6 +58,8 @@ class DataConfig:
     #: checkpoints of the *training* models: "same" as ``checkpoints``, or "all" (every recorded epoch of a
     #: training model is a training example; val/test keep ``checkpoints``; splits are per model, so no leak)
     train_checkpoints: str = "same"
+    #: elementwise input transform of the weights for learned models ("signed_log": sign(w) log1p(|w|/1e-3))
+    transform: str = "none"
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "test"

@@ -108,7 +108,8 @@ class Trainer:
                 for role in names}
         self.data = {role: prepare_split(self.zoo, role, s, kind, target=dc.target, checkpoints=ckpt[role],
                                          arch=dc.arch, max_rows=dc.max_train if role == "train" else None,
-                                         seed=cfg.train.seed, stats_layout=layout, device=self.device)
+                                         seed=cfg.train.seed, stats_layout=layout, device=self.device,
+                                         transform=dc.transform if kind != "stats" else "none")
                      for role, s in names.items()}
         self.log(f"data: {', '.join(f'{r} {len(d)} rows' for r, d in self.data.items())} "
                  f"({kind} inputs, built in {time.perf_counter() - t0:.1f}s)")
@@ -367,6 +368,7 @@ class Trainer:
                                                             for g in tr.groups}}
         pcfg = predictor_config(self.cfg.model.name, self.cfg.model.params, self.input_info, self.cfg.data.target,
                                 self.y_mean, self.y_std, training, metrics)
+        pcfg["input"]["transform"] = self.cfg.data.transform if self.input_info.kind != "stats" else "none"
         space = self.input_info.space if self.input_info.kind in ("features", "stats") else None
         save_predictor(self.out / "predictor", model=self.model, config=pcfg, space=space,
                        readme=predictor_readme(pcfg))

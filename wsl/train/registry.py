@@ -232,6 +232,11 @@ class Predictor:
                                   f"(trained on {self.config['training'].get('zoo_name')!r})")
         dev = self.device
         stacked = {k: v.to(dev) for k, v in stacked.items()}
+        transform = self.config["input"].get("transform", "none")
+        if transform != "none":
+            from wsl.tasks.generalization import transform_weights
+
+            stacked = transform_weights(dict(stacked), transform)
         if self.kind == "features":
             from wsl.graph import WeightSpaceFeatures
 
