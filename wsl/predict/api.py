@@ -117,12 +117,16 @@ def choose_predictor(space: WeightSpace, predictor: Any = None) -> tuple[Predict
     if not candidates:
         raise PredictionError("no predictor given and no shipped predictor found (set WSL_MODELS_DIR or pass "
                               "--predictor DIR)")
-    for name, path, _ in candidates:
+    best: tuple[int, int, Predictor, list[str]] | None = None
+    for rank, (name, path, _) in enumerate(candidates):
         p = get_predictor(path)
         errors, warnings = _fit(p, space)
-        if not errors:
-            return p, warnings
-        reasons.append(f"{name}: {'; '.join(errors)}")
+        if errors:
+            reasons.append(f"{name}: {'; '.join(errors)}")
+        elif best is None or (len(warnings), rank) < best[:2]:
+            best = (len(warnings), rank, p, warnings)  # the closest training family wins, then priority
+    if best is not None:
+        return best[2], best[3]
     raise PredictionError("no shipped predictor covers this architecture -- " + " | ".join(reasons))
 
 
