@@ -104,10 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     archs = zoo.column("arch")
     cfg["family"] = describe_family(zoo[int(np.flatnonzero(archs == aid)[0])].space for aid in dict.fromkeys(archs))
     cfg["shipped"] = {"name": a.name, "priority": a.priority}
-    train_acc = zoo.latest().split("train").column(p.target).astype(float)
-    counts, edges = np.histogram(train_acc[np.isfinite(train_acc)], bins=20, range=(0.0, 1.0))
+    acc = zoo.latest().column(p.target).astype(float)  # the training zoo's distribution (last epochs)
+    counts, edges = np.histogram(acc[np.isfinite(acc)], bins=20, range=(0.0, 1.0))
     cfg["target_histogram"] = {"edges": edges.round(4).tolist(), "counts": counts.tolist(),
-                               "n": int(counts.sum()), "split": "train"}
+                               "n": int(counts.sum()), "split": "all"}
     out = Path(a.output)
     if out.resolve() != Path(a.predictor).resolve():
         out.mkdir(parents=True, exist_ok=True)
