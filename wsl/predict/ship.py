@@ -59,8 +59,10 @@ library_name: wsl
 # {name}: predicts a network's test accuracy from its weights
 
 - **Meta-model:** `{cfg['model']['name']}` ({cfg['model'].get('params', {})}), input kind `{cfg['input']['kind']}`.
-- **Training zoo:** `{t.get('zoo_name')}` ({t.get('zoo')}); target `{cfg['target']['name']}`; trained on the zoo's
-  `train` split, early-stopped on `val`, reported on `test` (last checkpoint of each model).
+- **Training zoo:** `{t.get('zoo_name')}` (recipe `zoos/{t.get('zoo_name')}.yaml`); target `{cfg['target']['name']}`;
+  trained on the zoo's `train` split ({'every recorded epoch of each training model' if t.get('train_checkpoints') == 'all'
+  else 'last checkpoint of each model'}; input transform `{cfg['input'].get('transform', 'none')}`), early-stopped on
+  `val`, reported on `test` (last checkpoint of each held-out model).
 - **Test metrics:** Kendall τ {fmt('test', 'tau')}, R² {fmt('test', 'r2')}, MAE {fmt('test', 'mae')}
   (val: τ {fmt('val', 'tau')}, R² {fmt('val', 'r2')}).
 - **Interval:** prediction ± {cal.get('abs_residual', float('nan')):.3f} — the {cal.get('level', 0.9):.0%} quantile of
@@ -100,6 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     zoo = load_zoo(a.zoo)
     p = load_predictor(a.predictor)
     cfg = json.loads((Path(a.predictor) / "config.json").read_text())
+    run_metrics = Path(a.predictor).parent / "metrics.json"
+    if run_metrics.is_file():  # how the run selected its training rows (for the card)
+        data = json.loads(run_metrics.read_text()).get("config", {}).get("data", {})
+        cfg["training"]["train_checkpoints"] = data.get("train_checkpoints", "same")
+    zoo_ref = str(cfg["training"].get("zoo") or "")
+    if not zoo_ref.startswith("hf://"):  # a path on the training machine is meaningless elsewhere
+        cfg["training"]["zoo"] = cfg["training"].get("zoo_name")
     cfg["calibration"] = calibrate(p, zoo, a.level)
     archs = zoo.column("arch")
     cfg["family"] = describe_family(zoo[int(np.flatnonzero(archs == aid)[0])].space for aid in dict.fromkeys(archs))
