@@ -134,6 +134,9 @@ MODELS = {
     "npnet": lambda s: NPNet(s, 2, (3, 4), head_hidden=(8,)),
     "hnpnet": lambda s: HNPNet(s, 2, (3, 4), head_hidden=(8,), activation="tanh"),
     "nftnet": lambda s: NFTNet(s, 2, channels=4, depth=2, heads=2, head_hidden=(8,)),
+    # invariant per-block statistics concatenated to the pooled embedding
+    "npnet_stats": lambda s: NPNet(s, 2, (3, 4), head_hidden=(8,), stats=True),
+    "hnpnet_stats": lambda s: HNPNet(s, 2, (3, 4), head_hidden=(8,), stats=True).eval(),
 }
 
 

@@ -14,6 +14,12 @@ converted with :meth:`WeightSpaceFeatures.from_state_dicts`; features are
 moved to the model's device and dtype. Construct from a
 :class:`~wsl.space.WeightSpace` or a list of spaces sharing one structure.
 ``encode(x)`` returns the pooled invariant embedding, ``forward(x)`` the head output.
+
+``stats=True`` (every net) also feeds the head the StatNN statistics of each
+input block -- mean, std and the 0/25/50/75/100 percentiles of its values
+(:func:`wsl.tasks.baselines.tensor_stats`), batch-normalized. A permutation of
+hidden units only reorders a block's values, so these statistics are
+invariant and the network stays invariant: ``z = [pool(body(x)), BN(stats(x))]``.
 """
 
 from __future__ import annotations
@@ -23,12 +29,13 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from wsl.graph.features import WeightSpaceFeatures
+from wsl.graph.features import WeightSpaceFeatures, feature_blocks
 from wsl.nn.hnp import HNPLinear
 from wsl.nn.nft import BlockLinear, NFTLayer
 from wsl.nn.np import IOEmbedding, NPLinear
 from wsl.nn.pooling import HNPPool, MetaModelError, NPPool, activation_fn, resolve_space
 from wsl.space.weightspace import WeightSpace
+from wsl.tasks.baselines import tensor_stats
 
 __all__ = ["NPNet", "HNPNet", "NFTNet", "mlp_head"]
 
@@ -76,9 +83,20 @@ class _DenseNet(nn.Module):
             x = x.to(device=ref.device, dtype=ref.dtype)
         return x
 
+    def _stats_width(self, enabled: bool) -> int:
+        """Set up the optional statistics input of the head; returns its width (0 when off)."""
+        n = 7 * len(feature_blocks(self.space)) if enabled else 0
+        self.stats_norm = nn.BatchNorm1d(n) if enabled else None
+        return n
+
     def encode(self, x: Any) -> torch.Tensor:
-        """Invariant embedding ``(N, pool.out_features)`` (before the head)."""
-        return self.pool(self.body(self._features(x)))  # type: ignore[no-any-return]
+        """Invariant embedding ``(N, pool.out_features [+ 7 * blocks])`` (before the head)."""
+        feats = self._features(x)
+        z = self.pool(self.body(feats))
+        if self.stats_norm is None:
+            return z  # type: ignore[no-any-return]
+        s = torch.cat([tensor_stats(b.flatten(1)) for b in feats.blocks.values()], dim=1).to(z.dtype)
+        return torch.cat([z, self.stats_norm(s)], dim=1)
 
     def forward(self, x: Any) -> torch.Tensor:
         """Head output ``(N, out_features)``."""
@@ -97,7 +115,7 @@ class NPNet(_DenseNet):
 
     ``NPNet(space, out_features=1, channels=(16, 16, 16), *, in_channels=1,
     head_hidden=(256,), activation="relu", io_embed=True, io_init_std=1.0,
-    head_dropout=0.0)``: one :class:`~wsl.nn.np.NPLinear` (+ ``activation``)
+    head_dropout=0.0, stats=False)``: one :class:`~wsl.nn.np.NPLinear` (+ ``activation``)
     per entry of ``channels``; :class:`~wsl.nn.np.IOEmbedding` on the input
     (disable with ``io_embed=False`` for a network also invariant to
     input/output permutations); :class:`~wsl.nn.pooling.NPPool`; MLP head.
@@ -105,7 +123,8 @@ class NPNet(_DenseNet):
 
     def __init__(self, space: SpaceArg, out_features: int = 1, channels: Sequence[int] | int = (16, 16, 16), *,
                  in_channels: int = 1, head_hidden: Sequence[int] = (256,), activation: str = "relu",
-                 io_embed: bool = True, io_init_std: float = 1.0, head_dropout: float = 0.0) -> None:
+                 io_embed: bool = True, io_init_std: float = 1.0, head_dropout: float = 0.0,
+                 stats: bool = False) -> None:
         super().__init__()
         self.space = resolve_space(space)
         self.in_channels = int(in_channels)
@@ -114,21 +133,22 @@ class NPNet(_DenseNet):
         layers += [NPLinear(self.space, a, b, activation=activation) for a, b in zip(ch[:-1], ch[1:])]
         self.body = nn.Sequential(*layers)
         self.pool = NPPool(self.space, ch[-1])
-        self.head = mlp_head(self.pool.out_features, head_hidden, out_features, activation, head_dropout)
+        self.head = mlp_head(self.pool.out_features + self._stats_width(stats), head_hidden, out_features,
+                             activation, head_dropout)
 
 
 class HNPNet(_DenseNet):
     """HNP invariant network (Zhou et al. 2023 "NFN-HNP").
 
     ``HNPNet(space, out_features=1, channels=(16, 16, 16), *, in_channels=1,
-    head_hidden=(256,), activation="relu", head_dropout=0.0)``: one
+    head_hidden=(256,), activation="relu", head_dropout=0.0, stats=False)``: one
     :class:`~wsl.nn.hnp.HNPLinear` (+ ``activation``) per entry of
     ``channels``, :class:`~wsl.nn.pooling.HNPPool`, MLP head.
     """
 
     def __init__(self, space: SpaceArg, out_features: int = 1, channels: Sequence[int] | int = (16, 16, 16), *,
                  in_channels: int = 1, head_hidden: Sequence[int] = (256,), activation: str = "relu",
-                 head_dropout: float = 0.0) -> None:
+                 head_dropout: float = 0.0, stats: bool = False) -> None:
         super().__init__()
         self.space = resolve_space(space)
         self.in_channels = int(in_channels)
@@ -136,7 +156,8 @@ class HNPNet(_DenseNet):
         self.body = nn.Sequential(*[HNPLinear(self.space, a, b, activation=activation)
                                     for a, b in zip(ch[:-1], ch[1:])])
         self.pool = HNPPool(self.space, ch[-1])
-        self.head = mlp_head(self.pool.out_features, head_hidden, out_features, activation, head_dropout)
+        self.head = mlp_head(self.pool.out_features + self._stats_width(stats), head_hidden, out_features,
+                             activation, head_dropout)
 
 
 class NFTNet(_DenseNet):
@@ -144,7 +165,7 @@ class NFTNet(_DenseNet):
 
     ``NFTNet(space, out_features=1, channels=16, depth=2, heads=4, *,
     in_channels=1, token_dim=None, mlp_ratio=2.0, head_hidden=(256,),
-    activation="relu", dropout=0.0, head_dropout=0.0)``: a per-block
+    activation="relu", dropout=0.0, head_dropout=0.0, stats=False)``: a per-block
     :class:`~wsl.nn.nft.BlockLinear` lifts ``in_channels`` to ``channels``,
     ``depth`` :class:`~wsl.nn.nft.NFTLayer` blocks follow, then
     :class:`~wsl.nn.pooling.HNPPool` and the MLP head (``activation`` is the
@@ -154,7 +175,7 @@ class NFTNet(_DenseNet):
     def __init__(self, space: SpaceArg, out_features: int = 1, channels: int = 16, depth: int = 2,
                  heads: int = 4, *, in_channels: int = 1, token_dim: int | None = None, mlp_ratio: float = 2.0,
                  head_hidden: Sequence[int] = (256,), activation: str = "relu", dropout: float = 0.0,
-                 head_dropout: float = 0.0) -> None:
+                 head_dropout: float = 0.0, stats: bool = False) -> None:
         super().__init__()
         self.space = resolve_space(space)
         self.in_channels = int(in_channels)
@@ -165,4 +186,5 @@ class NFTNet(_DenseNet):
         layers += [NFTLayer(self.space, c, heads, token_dim, mlp_ratio, dropout) for _ in range(depth)]
         self.body = nn.Sequential(*layers)
         self.pool = HNPPool(self.space, c)
-        self.head = mlp_head(self.pool.out_features, head_hidden, out_features, activation, head_dropout)
+        self.head = mlp_head(self.pool.out_features + self._stats_width(stats), head_hidden, out_features,
+                             activation, head_dropout)
