@@ -7,6 +7,7 @@ Kendall tau and R^2 on the zoos' *test* splits as mean ± std over seeds, with w
     python benchmarks/generalization_table.py                     # everything, 3 seeds
     python benchmarks/generalization_table.py --zoos gs --methods statnn_gbt,hnp --seeds 0
     python benchmarks/generalization_table.py --parallel 2        # two 1-thread runs at a time
+    python benchmarks/generalization_table.py --collect           # only tabulate the runs already finished
 
 Zoos (generate them first, a few minutes each):
 
@@ -40,9 +41,11 @@ LABELS = {"hparams_gbt": "Hyperparameters only (GBT)", "statnn_linear": "StatNN 
 ZOO_NAMES = {"gs": "digits-cnn-gs", "wild": "digits-cnn-wild"}
 
 
-def run_one(zoo: str, method: str, seed: int, runs: Path, extra: list[str]) -> dict:
+def run_one(zoo: str, method: str, seed: int, runs: Path, extra: list[str], collect: bool = False) -> dict:
     out = runs / f"{zoo}_{method}_s{seed}"
     metrics = out / "metrics.json"
+    if not metrics.is_file() and collect:
+        return {}
     if not metrics.is_file():
         cfg = REPO / "configs" / "generalization" / f"{zoo}_{method}.yaml"
         cmd = [sys.executable, "-m", "wsl", "train", str(cfg), f"train.seed={seed}", "train.progress=false",
@@ -79,6 +82,7 @@ def main() -> int:
     ap.add_argument("--runs-dir", default=str(REPO / "runs" / "table"))
     ap.add_argument("--parallel", type=int, default=1, help="runs at a time (each uses 1 thread)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "generalization_table"))
+    ap.add_argument("--collect", action="store_true", help="train nothing; tabulate the finished runs")
     ap.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
     a = ap.parse_args()
     runs = Path(a.runs_dir)
@@ -90,28 +94,32 @@ def main() -> int:
         jobs += [(zoo, m, s) for m in methods for s in seeds]
     print(f"{len(jobs)} runs -> {runs}", flush=True)
     with ThreadPoolExecutor(max(1, a.parallel)) as pool:
-        results = list(pool.map(lambda j: run_one(*j, runs, a.overrides), jobs))
+        results = list(pool.map(lambda j: run_one(*j, runs, a.overrides, a.collect), jobs))
     table: dict = {}
     for (zoo, m, s), r in zip(jobs, results):
         table.setdefault(zoo, {}).setdefault(m, []).append(dict(r, seed=s))
-    lines = ["| zoo | method | test Kendall τ | test R² | test MAE | wall time / run |", "|---|---|---|---|---|---|"]
+    lines = ["| zoo | method | seeds | test Kendall τ | test R² | test MAE | wall time / run |",
+             "|---|---|---|---|---|---|---|"]
     for zoo, rows in table.items():
         best = None
         for m, rs in rows.items():
-            ok = [r for r in rs if r]
-            lines.append(f"| {ZOO_NAMES[zoo]} | {LABELS.get(m, m)} | {fmt([r['tau'] for r in ok])} | "
+            ok = [r for r in rs if "tau" in r]
+            if not ok:
+                lines.append(f"| {ZOO_NAMES[zoo]} | {LABELS.get(m, m)} | 0 | not run | | | |")
+                continue
+            lines.append(f"| {ZOO_NAMES[zoo]} | {LABELS.get(m, m)} | {len(ok)} | {fmt([r['tau'] for r in ok])} | "
                          f"{fmt([r['r2'] for r in ok])} | {fmt([r['mae'] for r in ok])} | "
                          f"{np.mean([r['wall'] for r in ok]) if ok else float('nan'):.0f} s |")
             if ok and not m.startswith(("hparams", "statnn")):
                 mean = float(np.mean([r["tau"] for r in ok]))
                 best = max(best or (-1.0, ""), (mean, m))
-        gbts = [float(np.mean([r["tau"] for r in rows.get(k, []) if r])) for k in ("statnn_gbt", "statnn_gbt_all")
-                if any(rows.get(k, []))]
+        gbts = [float(np.mean([r["tau"] for r in rows.get(k, []) if "tau" in r]))
+                for k in ("statnn_gbt", "statnn_gbt_all") if any("tau" in r for r in rows.get(k, []))]
         if best and gbts:
             gbt = max(gbts)
             print(f"{ZOO_NAMES[zoo]}: best learned {LABELS[best[1]]} tau {best[0]:.3f} vs the better StatNN-GBT "
                   f"{gbt:.3f} (difference {best[0] - gbt:+.3f})")
-    n_test = {zoo: next((r["n_test"] for rs in rows.values() for r in rs if r), 0) for zoo, rows in table.items()}
+    n_test = {zoo: next((r["n_test"] for rs in rows.values() for r in rs if "tau" in r), 0) for zoo, rows in table.items()}
     text = "\n".join(lines)
     print(text)
     out = Path(a.out)
