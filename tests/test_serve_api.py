@@ -176,3 +176,35 @@ def test_predict_from_a_hub_repo(serve_env: ServeEnv, monkeypatch: pytest.Monkey
             assert str(tmp_path) not in empty.text  # server paths never leak
     finally:
         hub.stop()
+
+
+def test_service_worker_matches_predict_on_the_shipped_predictors() -> None:
+    """With several predictors loaded, a worker picks the same one as wsl.predict (closest training
+    family) and gives the same numbers, whatever this process's thread count."""
+    import torch
+
+    from wsl.predict import predict
+    from wsl.predict.shipped import models_dir, shipped
+    from wsl.serve.validate import WorkerState, handle_job, prevalidate
+
+    found = shipped()
+    if len(found) < 2 or models_dir() is None:
+        pytest.skip("needs the repository's shipped predictors (models/)")
+    state = WorkerState({name: str(path) for name, path, _ in found})
+    examples = sorted((models_dir() / "examples").glob("*.safetensors"))  # type: ignore[operator]
+    assert examples
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        used = set()
+        for path in examples:
+            want = predict(path).to_json()
+            job = {"kind": "file", "path": str(path), "filename": path.name,
+                   "format": prevalidate(path, path.name)}
+            got = handle_job(state, job)
+            assert got["ok"], got
+            assert {k: got["prediction"][k] for k in NUMBERS} == {k: want[k] for k in NUMBERS}, path.name
+            used.add(want["predictor"])
+        assert len(used) >= 2  # both shipped predictors were chosen for some example
+    finally:
+        torch.set_num_threads(threads)

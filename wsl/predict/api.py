@@ -6,7 +6,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -112,22 +112,35 @@ def choose_predictor(space: WeightSpace, predictor: Any = None) -> tuple[Predict
         if errors:
             raise PredictionError(f"predictor {_name(p)!r} cannot read this network: {'; '.join(errors)}")
         return p, warnings
-    reasons = []
-    candidates = shipped()
+    candidates = [(name, path) for name, path, _ in shipped()]
     if not candidates:
         raise PredictionError("no predictor given and no shipped predictor found (set WSL_MODELS_DIR or pass "
                               "--predictor DIR)")
-    best: tuple[int, int, Predictor, list[str]] | None = None
-    for rank, (name, path, _) in enumerate(candidates):
-        p = get_predictor(path)
+    _, p, warnings = closest_predictor(space, candidates, "shipped")
+    return p, warnings
+
+
+def closest_predictor(space: WeightSpace, candidates: Iterable[tuple[str, Any]],
+                      what: str = "loaded") -> tuple[str, Predictor, list[str]]:
+    """Among ``(name, predictor or reference)`` candidates, the one whose training family is closest.
+
+    Closest: fewest out-of-distribution warnings, ties broken by candidate order
+    (shipped priority). Used by :func:`choose_predictor` and ``wsl serve``, so
+    both pick the same predictor for the same network. Raises
+    PredictionError listing every candidate's reason if none can read it.
+    """
+    reasons = []
+    best: tuple[int, int, str, Predictor, list[str]] | None = None
+    for rank, (name, ref) in enumerate(candidates):
+        p = get_predictor(ref)
         errors, warnings = _fit(p, space)
         if errors:
             reasons.append(f"{name}: {'; '.join(errors)}")
         elif best is None or (len(warnings), rank) < best[:2]:
-            best = (len(warnings), rank, p, warnings)  # the closest training family wins, then priority
-    if best is not None:
-        return best[2], best[3]
-    raise PredictionError("no shipped predictor covers this architecture -- " + " | ".join(reasons))
+            best = (len(warnings), rank, name, p, warnings)
+    if best is None:
+        raise PredictionError(f"no {what} predictor covers this architecture -- " + " | ".join(reasons))
+    return best[2], best[3], best[4]
 
 
 def _fit(p: Predictor, space: WeightSpace) -> tuple[list[str], list[str]]:

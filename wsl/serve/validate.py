@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from wsl.errors import ArchitectureError, CheckpointError, PredictionError, WslError
+from wsl.errors import ArchitectureError, CheckpointError, WslError
 from wsl.serve import ServeError, classify
 
 log = logging.getLogger("wsl.serve")
@@ -332,7 +332,7 @@ def _resolve_hub(uri: str, state: WorkerState) -> tuple[Path, str]:
 
 
 def _predict(state: WorkerState, job: dict[str, Any], stage: list[str], replace: dict[str, str]) -> dict[str, Any]:
-    from wsl.predict.api import _finish, choose_predictor, load_source
+    from wsl.predict.api import _finish, choose_predictor, closest_predictor, load_source
 
     if job["kind"] == "hub":
         where = job["uri"]
@@ -344,23 +344,17 @@ def _predict(state: WorkerState, job: dict[str, Any], stage: list[str], replace:
     if kind != "directory":
         arch_precheck(path, kind, arch, where)
     label, sd, space = load_source(str(path), arch, allow_code=False)
-    names = [job["predictor"]] if job.get("predictor") else list(state.predictors)
-    reasons = []
-    for name in names:
-        try:
-            p, warnings = choose_predictor(space, state.predictors[name])
-        except PredictionError as exc:
-            if len(names) == 1:
-                raise
-            reasons.append(f"{name}: {exc}")
-            continue
-        stage[0] = "predict"
-        raw = float(p.predict(space, {k: v.unsqueeze(0) for k, v in sd.items()})[0])
-        out = _finish(label, p, space, raw, warnings).to_json()
-        out["source"] = where
-        out["predictor"] = name
-        return out
-    raise PredictionError("no loaded predictor covers this architecture -- " + " | ".join(reasons))
+    if job.get("predictor"):
+        name = job["predictor"]
+        p, warnings = choose_predictor(space, state.predictors[name])
+    else:  # the same rule as wsl.predict.predict: the closest training family, then order
+        name, p, warnings = closest_predictor(space, state.predictors.items())
+    stage[0] = "predict"
+    raw = float(p.predict(space, {k: v.unsqueeze(0) for k, v in sd.items()})[0])
+    out = _finish(label, p, space, raw, warnings).to_json()
+    out["source"] = where
+    out["predictor"] = name
+    return out
 
 
 def handle_job(state: WorkerState, job: dict[str, Any]) -> dict[str, Any]:

@@ -250,13 +250,24 @@ class Predictor:
         return statnn_features(space, stacked, self.config["input"]["stats_layout"]).to(torch.float32)
 
     @torch.no_grad()
-    def predict(self, space: Any, stacked: Mapping[str, torch.Tensor], batch_size: int = 256) -> np.ndarray:
-        """Predicted target (de-normalized) for ``N`` stacked state_dicts of one architecture."""
+    def predict(self, space: Any, stacked: Mapping[str, torch.Tensor], batch_size: int = 256,
+                threads: int | None = 1) -> np.ndarray:
+        """Predicted target (de-normalized) for ``N`` stacked state_dicts of one architecture.
+
+        ``threads`` (CPU; restored afterwards): float32 sums split over threads round differently, so the
+        default 1 gives bit-identical numbers in the CLI, Python and ``wsl serve``; ``None`` keeps the setting.
+        """
         n = int(next(iter(stacked.values())).shape[0])
         out = []
-        for lo in range(0, n, batch_size):
-            x = self.inputs(space, {k: v[lo:lo + batch_size] for k, v in stacked.items()})
-            out.append(self.model(x).reshape(-1).float().cpu())
+        before = torch.get_num_threads()
+        if threads is not None and self.device.type == "cpu":
+            torch.set_num_threads(int(threads))
+        try:
+            for lo in range(0, n, batch_size):
+                x = self.inputs(space, {k: v[lo:lo + batch_size] for k, v in stacked.items()})
+                out.append(self.model(x).reshape(-1).float().cpu())
+        finally:
+            torch.set_num_threads(before)
         y = torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
         return self.mean + self.std * y
 
