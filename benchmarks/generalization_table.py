@@ -44,9 +44,9 @@ ZOO_NAMES = {"gs": "digits-cnn-gs", "wild": "digits-cnn-wild"}
 def run_one(zoo: str, method: str, seed: int, runs: Path, extra: list[str], collect: bool = False) -> dict:
     out = runs / f"{zoo}_{method}_s{seed}"
     metrics = out / "metrics.json"
-    if not metrics.is_file() and collect:
-        return {}
     if not metrics.is_file():
+        if collect:
+            return {}
         cfg = REPO / "configs" / "generalization" / f"{zoo}_{method}.yaml"
         cmd = [sys.executable, "-m", "wsl", "train", str(cfg), f"train.seed={seed}", "train.progress=false",
                "--output", str(out), *extra]
@@ -109,8 +109,8 @@ def main() -> int:
                 continue
             lines.append(f"| {ZOO_NAMES[zoo]} | {LABELS.get(m, m)} | {len(ok)} | {fmt([r['tau'] for r in ok])} | "
                          f"{fmt([r['r2'] for r in ok])} | {fmt([r['mae'] for r in ok])} | "
-                         f"{np.mean([r['wall'] for r in ok]) if ok else float('nan'):.0f} s |")
-            if ok and not m.startswith(("hparams", "statnn")):
+                         f"{np.mean([r['wall'] for r in ok]):.0f} s |")
+            if not m.startswith(("hparams", "statnn")):
                 mean = float(np.mean([r["tau"] for r in ok]))
                 best = max(best or (-1.0, ""), (mean, m))
         gbts = [float(np.mean([r["tau"] for r in rows.get(k, []) if "tau" in r]))
