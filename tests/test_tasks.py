@@ -23,7 +23,8 @@ def _archs(mixed: bool) -> list[torch.nn.Module]:
     return out
 
 
-def make_tiny_zoo(root: Path, n_models: int = 40, mixed: bool = False, seed: int = 0) -> Path:
+def make_tiny_zoo(root: Path, n_models: int = 40, mixed: bool = False, seed: int = 0,
+                  dataset: dict[str, Any] | None = None) -> Path:
     """A synthetic zoo: random small CNNs (and MLPs if ``mixed``) with 2 checkpoints each.
 
     Weights are Gaussian with a per-model scale; ``test_accuracy`` is a smooth
@@ -35,7 +36,7 @@ def make_tiny_zoo(root: Path, n_models: int = 40, mixed: bool = False, seed: int
 
     g = torch.Generator().manual_seed(seed)
     archs = _archs(mixed)
-    with ZooWriter(root, name="tiny", dataset={"name": "synthetic"}, recipe={"kind": "random"}) as w:
+    with ZooWriter(root, name="tiny", dataset=dataset or {"name": "synthetic"}, recipe={"kind": "random"}) as w:
         ids = [w.add_architecture(m) for m in archs]
         for a, (aid, module) in enumerate(zip(ids, archs)):
             names = list(module.state_dict())

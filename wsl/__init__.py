@@ -14,7 +14,15 @@ from typing import Any
 
 from wsl.errors import WslError
 
-__all__ = ["WslError", "__version__", "load_zoo"]
+__all__ = ["WslError", "__version__", "load_zoo", "predict"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "predict":  # ``wsl.predict(net, predictor=None)``: the callable subpackage, imported on first use
+        import importlib
+
+        return importlib.import_module("wsl.predict")
+    raise AttributeError(f"module 'wsl' has no attribute {name!r}")
 
 
 def load_zoo(path: Any, verify: str = "lazy") -> Any:

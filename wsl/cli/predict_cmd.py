@@ -94,7 +94,7 @@ def _zoo(args: argparse.Namespace) -> int:
         space = zoo[int(pos[0])].space
         p, warnings = choose_predictor(space, args.predictor)
         names[aid] = getattr(p, "name", "")
-        preds[pos] = p.predict(space, zoo.stacked(pos))
+        preds[pos] = p.predict(space, zoo.stacked(pos), probes=p.zoo_probes(zoo[pos]))
         for w in warnings:
             print(f"warning ({aid}): {w}", file=sys.stderr)
     true = zoo.column("test_accuracy").astype(float)

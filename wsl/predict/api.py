@@ -73,6 +73,14 @@ def _space_for_state_dict(sd: Mapping[str, torch.Tensor]) -> WeightSpace | None:
 def load_source(source: Source, arch: Any = None, *, example_input: Any = None, allow_code: bool = True
                 ) -> tuple[str, dict[str, torch.Tensor], WeightSpace]:
     """``(label, state_dict, space)`` for a module, a state_dict or a checkpoint path/URI."""
+    label, sd, space, _ = load_network(source, arch, example_input=example_input, allow_code=allow_code)
+    return label, sd, space
+
+
+def load_network(source: Source, arch: Any = None, *, example_input: Any = None, allow_code: bool = True
+                 ) -> tuple[str, dict[str, torch.Tensor], WeightSpace, nn.Module | None]:
+    """:func:`load_source` plus the network as a module holding those weights (None for a bare state_dict
+    without ``arch``): predictors with probe features run it."""
     from wsl.io import check_finite, load_model, resolve_arch
 
     if isinstance(source, nn.Module):
@@ -87,6 +95,11 @@ def load_source(source: Source, arch: Any = None, *, example_input: Any = None, 
             module = None
         else:
             module = resolve_arch(arch, allow_code=allow_code)
+            try:
+                module.load_state_dict(sd, strict=True)
+            except Exception as exc:
+                raise PredictionError(f"{label}: the weights do not load into the given architecture: {exc}") from exc
+            module.eval()
     elif isinstance(source, (str, os.PathLike)):
         from wsl.cli.common import local_path
 
@@ -101,7 +114,25 @@ def load_source(source: Source, arch: Any = None, *, example_input: Any = None, 
     if module is not None:
         space = WeightSpace.from_module(module, example_input)
     space.check(sd, where=label)
-    return label, sd, space
+    return label, sd, space, module
+
+
+def predict_network(p: Predictor, space: WeightSpace, sd: Mapping[str, torch.Tensor],
+                    module: nn.Module | None) -> float:
+    """The raw prediction of ``p`` for one network (its probe features from ``module`` when ``p`` reads them)."""
+    probes = None
+    if p.probes is not None:
+        if module is None:
+            raise PredictionError(f"predictor {_name(p)!r} also reads the network's outputs on probe inputs, so it "
+                                  "needs the architecture, not a bare state_dict: pass the module, a checkpoint "
+                                  "with its architecture, or arch=...")
+        shape = p.probes.get("input_shape")
+        try:
+            probes = p.probe_features(module, shape)
+        except WslError as exc:
+            raise PredictionError(f"cannot run the network on the predictor's probe inputs of shape {shape} "
+                                  f"(its training family's input): {exc}") from exc
+    return float(p.predict(space, {k: v.unsqueeze(0) for k, v in sd.items()}, probes=probes)[0])
 
 
 def choose_predictor(space: WeightSpace, predictor: Any = None) -> tuple[Predictor, list[str]]:
@@ -184,9 +215,9 @@ def predict(source: Source, predictor: Any = None, *, arch: Any = None, example_
     architecture is used. Raises :class:`~wsl.errors.PredictionError` when no
     number can honestly be given (unsupported family, non-finite weights).
     """
-    label, sd, space = load_source(source, arch, example_input=example_input, allow_code=allow_code)
+    label, sd, space, module = load_network(source, arch, example_input=example_input, allow_code=allow_code)
     p, warnings = choose_predictor(space, predictor)
-    raw = float(p.predict(space, {k: v.unsqueeze(0) for k, v in sd.items()})[0])
+    raw = predict_network(p, space, sd, module)
     return _finish(label, p, space, raw, warnings)
 
 

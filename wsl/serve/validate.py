@@ -332,7 +332,7 @@ def _resolve_hub(uri: str, state: WorkerState) -> tuple[Path, str]:
 
 
 def _predict(state: WorkerState, job: dict[str, Any], stage: list[str], replace: dict[str, str]) -> dict[str, Any]:
-    from wsl.predict.api import _finish, choose_predictor, closest_predictor, load_source
+    from wsl.predict.api import _finish, choose_predictor, closest_predictor, load_network, predict_network
 
     if job["kind"] == "hub":
         where = job["uri"]
@@ -343,14 +343,14 @@ def _predict(state: WorkerState, job: dict[str, Any], stage: list[str], replace:
     arch = job.get("arch") or None
     if kind != "directory":
         arch_precheck(path, kind, arch, where)
-    label, sd, space = load_source(str(path), arch, allow_code=False)
+    label, sd, space, module = load_network(str(path), arch, allow_code=False)
     if job.get("predictor"):
         name = job["predictor"]
         p, warnings = choose_predictor(space, state.predictors[name])
     else:  # the same rule as wsl.predict.predict: the closest training family, then order
         name, p, warnings = closest_predictor(space, state.predictors.items())
     stage[0] = "predict"
-    raw = float(p.predict(space, {k: v.unsqueeze(0) for k, v in sd.items()})[0])
+    raw = predict_network(p, space, sd, module)
     out = _finish(label, p, space, raw, warnings).to_json()
     out["source"] = where
     out["predictor"] = name

@@ -112,6 +112,7 @@ class SplitData:
     stats: torch.Tensor | None = None  #: StatNN features for kind "stats"
     stats_layout: str = "per_tensor"
     info: dict[str, Any] = field(default_factory=dict)
+    probes: torch.Tensor | None = None  #: probe features (N, F) per row (:mod:`wsl.tasks.probes`), or None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -122,7 +123,19 @@ class SplitData:
 
         ``augment`` (an :class:`~wsl.train.config.AugmentConfig` or None) and
         ``generator`` (a CPU generator) control weight-space augmentation.
+        With probe features the input is a :class:`~wsl.nn.probed.Probed` pair
+        (probe features come from the un-augmented weights: a permutation does
+        not change them; weight noise is not propagated to them).
         """
+        x, order = self._inputs(idx, augment, generator)
+        if self.probes is None:
+            return x, order
+        from wsl.nn.probed import Probed
+
+        return Probed(x, self.probes[order.to(self.probes.device)]), order
+
+    def _inputs(self, idx: torch.Tensor, augment: Any = None,
+                generator: torch.Generator | None = None) -> tuple[Any, torch.Tensor]:
         idx = idx.to(torch.long).cpu()
         aug = augment is not None and (augment.permute or augment.noise > 0)
         if self.kind == "stats":
@@ -297,8 +310,12 @@ def augment_features(feats: Any, augment: Any, generator: torch.Generator | None
 def prepare_split(zoo: Any, name: str, split: str, kind: str, *, target: str = "test_accuracy",
                   checkpoints: str = "last", arch: str | None = None, max_rows: int | None = None, seed: int = 0,
                   stats_layout: str = "per_tensor", device: torch.device | str | None = None,
-                  transform: str = "none") -> SplitData:
-    """Select the rows of ``split`` and build the ``kind`` inputs once (see module docstring)."""
+                  transform: str = "none", probes: int = 0, probe_seed: int = 0) -> SplitData:
+    """Select the rows of ``split`` and build the ``kind`` inputs once (see module docstring).
+
+    ``probes > 0`` also computes the probe features of every row
+    (:func:`wsl.tasks.probes.probe_features`, from the raw weights).
+    """
     if kind not in INPUT_KINDS:
         raise ConfigError(f"unknown input kind {kind!r}; valid: {', '.join(INPUT_KINDS)}")
     view = select_rows(zoo, split, checkpoints, target, arch, max_rows, seed)
@@ -341,4 +358,9 @@ def prepare_split(zoo: Any, name: str, split: str, kind: str, *, target: str = "
             stats[g.pos.to(p.device)] = p
     info = {"num_rows": len(view), "num_models": len(view.model_ids()), "archs": [str(a) for a in first],
             "signatures": order}
-    return SplitData(name, kind, y, view.row_ids, groups, stats, stats_layout, info)
+    probe_feats = None
+    if probes > 0:
+        from wsl.tasks.probes import probe_features
+
+        probe_feats = probe_features(view, probes, probe_seed, device)
+    return SplitData(name, kind, y, view.row_ids, groups, stats, stats_layout, info, probe_feats)

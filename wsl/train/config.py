@@ -1,12 +1,13 @@
 """Experiment configuration for ``wsl train``: YAML files, dataclasses, ``key=value`` overrides.
 
-A config has six sections and an output directory::
+A config has seven sections and an output directory::
 
     data:     {zoo, target, checkpoints, train_checkpoints, train_split, val_split, test_split, arch, max_train, stats_layout, verify}
     model:    {name, <any constructor argument of that model, e.g. hidden, layers>}
     optim:    {name: adamw|adam|sgd, lr, weight_decay, momentum, betas, grad_clip}
     schedule: {name: cosine|constant, warmup_epochs, min_lr_ratio}
     augment:  {permute, noise}
+    probes:   {num (0 = off), seed, embed, hidden}  -- probe features fused into the head
     train:    {epochs, batch_size, eval_batch_size, seed, device: auto|cpu|cuda|cuda:N, amp, amp_dtype: bf16|fp16,
                patience, loss: mse|l1|huber, drop_last, progress, threads, find_unused_parameters}
     output:   run directory (default ``runs/<config file stem>``)
@@ -32,7 +33,8 @@ from typing import Any, Mapping, Sequence
 
 from wsl.errors import ConfigError
 
-__all__ = ["AugmentConfig", "Config", "DataConfig", "ModelConfig", "OptimConfig", "ScheduleConfig", "TrainConfig",
+__all__ = ["AugmentConfig", "Config", "DataConfig", "ModelConfig", "OptimConfig", "ProbeConfig", "ScheduleConfig",
+           "TrainConfig",
            "apply_overrides", "load_config"]
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -103,6 +105,16 @@ class AugmentConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """Probe features next to the meta-model's embedding (:mod:`wsl.tasks.probes`, :mod:`wsl.nn.probed`)."""
+
+    num: int = 0  #: number of synthetic probe inputs; 0 = off
+    seed: int = 0  #: seed of the probe inputs
+    embed: int = 64  #: output width of the meta-model and of the probe branch
+    hidden: int = 128  #: hidden width of the probe branch and of the fusion MLP
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 10
     batch_size: int = 64  #: global batch size (split across ranks under torchrun)
@@ -128,6 +140,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    probes: ProbeConfig = field(default_factory=ProbeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output: str | None = None
 
@@ -175,6 +188,10 @@ class Config:
         for key, v in nonneg.items():
             if not (v >= 0 and math.isfinite(v)):
                 raise ConfigError(f"{where}: {key} must be >= 0, got {v}")
+        for key in ("num", "embed", "hidden"):
+            v = getattr(self.probes, key)
+            if v < (0 if key == "num" else 1):
+                raise ConfigError(f"{where}: probes.{key} must be >= {0 if key == 'num' else 1}, got {v}")
         if self.data.max_train is not None and self.data.max_train < 1:
             raise ConfigError(f"{where}: data.max_train must be >= 1 or null, got {self.data.max_train}")
         splits = (self.data.train_split, self.data.val_split, self.data.test_split)
@@ -196,7 +213,7 @@ class Config:
 
 def _section_types() -> dict[str, type]:
     return {"data": DataConfig, "optim": OptimConfig, "schedule": ScheduleConfig, "augment": AugmentConfig,
-            "train": TrainConfig}
+            "probes": ProbeConfig, "train": TrainConfig}
 
 
 def _unknown(raw: Mapping[str, Any], valid: Sequence[str], where: str, prefix: str) -> None:

@@ -109,7 +109,8 @@ class Trainer:
         self.data = {role: prepare_split(self.zoo, role, s, kind, target=dc.target, checkpoints=ckpt[role],
                                          arch=dc.arch, max_rows=dc.max_train if role == "train" else None,
                                          seed=cfg.train.seed, stats_layout=layout, device=self.device,
-                                         transform=dc.transform if kind != "stats" else "none")
+                                         transform=dc.transform if kind != "stats" else "none",
+                                         probes=cfg.probes.num if kind != "stats" else 0, probe_seed=cfg.probes.seed)
                      for role, s in names.items()}
         self.log(f"data: {', '.join(f'{r} {len(d)} rows' for r, d in self.data.items())} "
                  f"({kind} inputs, built in {time.perf_counter() - t0:.1f}s)")
@@ -127,10 +128,22 @@ class Trainer:
         if kind == "graph":
             edge_dim = max(int(g.cache.per_model["edge_attr"].shape[-1]) for g in tr.groups)
         space = tr.groups[0].space if len(tr.groups) == 1 else None
+        pc = cfg.probes
+        probes = None
+        if tr.probes is not None:
+            from wsl.tasks.probes import arch_input_shape, canonical_shape
+
+            card = self.zoo.card
+            ids = list(dict.fromkeys(a for d in self.data.values() for a in d.info["archs"]))
+            shape = canonical_shape(card, [arch_input_shape(card, a, self.zoo._store.build(a)) for a in ids])
+            probes = {"num": pc.num, "seed": pc.seed, "embed": pc.embed, "hidden": pc.hidden,
+                      "num_features": int(tr.probes.shape[1]), "input_shape": shape}
         self.input_info = InputInfo(kind, space, int(tr.stats.shape[1]) if tr.stats is not None else None,
-                                    layout if kind == "stats" else None, edge_dim)
+                                    layout if kind == "stats" else None, edge_dim, probes)
         torch.manual_seed(cfg.train.seed)
         self.model = build_model(cfg.model.name, self.input_info, cfg.model.params).to(self.device)
+        if tr.probes is not None:
+            self.model.set_normalization(tr.probes)  # type: ignore[operator]
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
         self.ddp: nn.Module = self.model
         if self.info.enabled:

@@ -59,6 +59,8 @@ class InputInfo:
     num_features: int | None = None  #: stats kind
     stats_layout: str | None = None
     edge_dim: int | None = None  #: graph kind: widest edge_attr seen in training
+    #: probe fusion (:class:`~wsl.nn.probed.ProbeFusion`): {"num", "seed", "embed", "hidden", "num_features"}
+    probes: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,13 @@ def build_model(name: str, info: InputInfo, params: Mapping[str, Any]) -> nn.Mod
         raise ConfigError(f"model {name!r} consumes {entry.input_kind!r} inputs, got {info.kind!r}")
     check_params(entry, params)
     try:
+        if info.probes:
+            from wsl.nn.probed import ProbeFusion
+
+            pr = info.probes
+            inner = entry.factory(info, **{**dict(params), ("out_features" if info.kind == "features" else "out_dim"):
+                                           int(pr["embed"])})
+            return ProbeFusion(inner, int(pr["num_features"]), int(pr["embed"]), int(pr["hidden"]))
         return entry.factory(info, **dict(params))
     except ImportError as exc:
         raise ConfigError(f"model {name!r} is not available in this build: {exc}") from exc
@@ -224,8 +233,34 @@ class Predictor:
         acc = self.config["input"]["accepts"]
         return acc["type"] == "any" or space.signature in acc["signatures"]
 
-    def inputs(self, space: Any, stacked: Mapping[str, torch.Tensor]) -> Any:
-        """Model input for ``N`` stacked state_dicts of architecture ``space``."""
+    @property
+    def probes(self) -> dict[str, Any] | None:
+        """The probe settings (``num``, ``seed``, ...) when the model also reads probe features, else None."""
+        return self.config["input"].get("probes") or None
+
+    def probe_features(self, module: nn.Module, input_shape: Any) -> torch.Tensor:
+        """``(1, F)`` probe features of one network (``module`` must compute the weights being predicted)."""
+        from wsl.tasks.probes import module_probe_outputs, probe_summary
+
+        pr = self.probes
+        if pr is None:
+            raise PredictionError("this predictor reads no probe features")
+        return probe_summary(module_probe_outputs(module, input_shape, int(pr["num"]), int(pr["seed"])))
+
+    def zoo_probes(self, view: Any) -> torch.Tensor | None:
+        """Probe features of the rows of a zoo view (None when this predictor reads none)."""
+        if self.probes is None:
+            return None
+        from wsl.tasks.probes import probe_features
+
+        return probe_features(view, int(self.probes["num"]), int(self.probes["seed"]))
+
+    def inputs(self, space: Any, stacked: Mapping[str, torch.Tensor], probes: torch.Tensor | None = None) -> Any:
+        """Model input for ``N`` stacked state_dicts of architecture ``space`` (+ their probe features)."""
+        if self.probes is not None and probes is None:
+            raise PredictionError(f"predictor {self.path or ''} also reads the network's outputs on probe inputs: "
+                                  "it needs the architecture as a module (pass a module, or a checkpoint with "
+                                  "its architecture), not weights alone")
         if not self.accepts(space):
             raise PredictionError(f"predictor {self.path or ''} reads architectures "
                                   f"{self.config['input']['accepts'].get('signatures')}; got {space.signature} "
@@ -237,22 +272,30 @@ class Predictor:
             from wsl.tasks.generalization import transform_weights
 
             stacked = transform_weights(dict(stacked), transform)
-        if self.kind == "features":
-            from wsl.graph import WeightSpaceFeatures
+        if self.kind in ("features", "graph"):
+            if self.kind == "features":
+                from wsl.graph import WeightSpaceFeatures
 
-            return WeightSpaceFeatures.from_state_dicts(space, stacked)
-        if self.kind == "graph":
-            from wsl.graph import build
+                x: Any = WeightSpaceFeatures.from_state_dicts(space, stacked)
+            else:
+                from wsl.graph import build
 
-            return build(space, stacked)
+                x = build(space, stacked)
+            if self.probes is None:
+                return x
+            from wsl.nn.probed import Probed
+
+            return Probed(x, probes.to(dev))  # type: ignore[union-attr]
         from wsl.tasks.baselines import statnn_features
 
         return statnn_features(space, stacked, self.config["input"]["stats_layout"]).to(torch.float32)
 
     @torch.no_grad()
     def predict(self, space: Any, stacked: Mapping[str, torch.Tensor], batch_size: int = 256,
-                threads: int | None = 1) -> np.ndarray:
+                threads: int | None = 1, probes: torch.Tensor | None = None) -> np.ndarray:
         """Predicted target (de-normalized) for ``N`` stacked state_dicts of one architecture.
+
+        ``probes``: their ``(N, F)`` probe features, needed when :attr:`probes` is set.
 
         ``threads`` (CPU; restored afterwards): float32 sums split over threads round differently, so the
         default 1 gives bit-identical numbers in the CLI, Python and ``wsl serve``; ``None`` keeps the setting.
@@ -264,7 +307,8 @@ class Predictor:
             torch.set_num_threads(int(threads))
         try:
             for lo in range(0, n, batch_size):
-                x = self.inputs(space, {k: v[lo:lo + batch_size] for k, v in stacked.items()})
+                x = self.inputs(space, {k: v[lo:lo + batch_size] for k, v in stacked.items()},
+                                None if probes is None else probes[lo:lo + batch_size])
                 out.append(self.model(x).reshape(-1).float().cpu())
         finally:
             torch.set_num_threads(before)
@@ -281,7 +325,7 @@ class Predictor:
         out = np.zeros(len(zoo))
         for aid in dict.fromkeys(archs.tolist()):
             pos = np.flatnonzero(archs == aid)
-            out[pos] = self.predict(zoo[int(pos[0])].space, zoo.stacked(pos))
+            out[pos] = self.predict(zoo[int(pos[0])].space, zoo.stacked(pos), probes=self.zoo_probes(zoo[pos]))
         return out
 
     def __repr__(self) -> str:
@@ -338,7 +382,7 @@ def load_predictor(directory: str | Path, device: torch.device | str | None = No
         space = WeightSpace.from_json(json.loads((d / "space.json").read_text(encoding="utf-8")))
     inp = cfg["input"]
     info = InputInfo(kind=inp["kind"], space=space, num_features=inp.get("num_features"),
-                     stats_layout=inp.get("stats_layout"), edge_dim=inp.get("edge_dim"))
+                     stats_layout=inp.get("stats_layout"), edge_dim=inp.get("edge_dim"), probes=inp.get("probes"))
     try:
         model = build_model(cfg["model"]["name"], info, cfg["model"].get("params", {}))
     except ConfigError as exc:
@@ -367,7 +411,7 @@ def predictor_config(model_name: str, params: Mapping[str, Any], info: InputInfo
     return {"format": PREDICTOR_FORMAT, "wsl_version": __version__,
             "model": {"name": model_name, "params": dict(params)},
             "input": {"kind": info.kind, "accepts": accepts, "stats_layout": info.stats_layout,
-                      "num_features": info.num_features, "edge_dim": info.edge_dim},
+                      "num_features": info.num_features, "edge_dim": info.edge_dim, "probes": info.probes},
             "target": {"name": target, "mean": mean, "std": std},
             "training": dict(training),
             "metrics": {k: metrics.get(k) for k in ("val", "test", "best_epoch", "num_parameters")}}

@@ -1,0 +1,180 @@
+"""Probe features: what each network of a zoo outputs on a fixed set of synthetic inputs.
+
+A network's function is invariant to every neuron permutation of its weights,
+so its outputs on inputs chosen *independently of the weights* are invariant
+features. Neural-graph meta-models (Kofinas et al. 2024) use such "probe
+features"; here they feed the invariant head of a meta-model next to its
+pooled weight embedding (``model.probes`` in a training config).
+
+Probes are synthetic, never data: ``num`` inputs of the architecture's
+``input_shape`` with entries drawn uniformly from ``[-1, 1]`` (the range the
+bundled zoos normalize their inputs to) by a seeded generator, so every run,
+split and user-side prediction uses the same ones. No image, label or
+statistic of any dataset enters them.
+
+:func:`probe_outputs` runs every row of a zoo view on the probes, one
+``torch.func.vmap`` over the stacked weights of each architecture (eval mode:
+no dropout, BatchNorm uses its running statistics), and returns
+``(N, num, out)`` logits. :func:`probe_summary` turns logits into the
+``(N, num * out + 2)`` vector the head sees: log-softmax per probe, clipped,
+plus the log of the mean logit scale and the fraction of probes assigned to
+the most frequent class.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from wsl.errors import WslError
+
+__all__ = ["ProbeError", "arch_input_shape", "canonical_shape", "module_probe_outputs", "probe_features", "probe_inputs", "probe_outputs", "probe_summary"]
+
+
+class ProbeError(WslError):
+    """A network that cannot be run on probe inputs (no input shape, wrong output, non-finite outputs)."""
+
+
+def probe_inputs(shape: Sequence[int], num: int, seed: int = 0) -> torch.Tensor:
+    """``(num, *shape)`` float32 probes, uniform in ``[-1, 1]``, from a seeded CPU generator."""
+    if num < 1:
+        raise ProbeError(f"number of probes must be >= 1, got {num}")
+    if not shape or any(int(s) < 1 for s in shape):
+        raise ProbeError(f"probe input shape must be positive sizes, got {list(shape)}")
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.rand((num, *[int(s) for s in shape]), generator=g) * 2.0 - 1.0
+
+
+def _check_out(out: torch.Tensor, where: str) -> torch.Tensor:
+    if out.dim() != 3:
+        raise ProbeError(f"{where}: probe outputs must be (models, probes, classes), got shape {tuple(out.shape)}")
+    if not torch.isfinite(out).all():
+        bad = int((~torch.isfinite(out)).flatten(1).any(1).sum())
+        raise ProbeError(f"{where}: {bad} network(s) give non-finite outputs on the probes")
+    return out
+
+
+def _stacked_call(module: nn.Module, stacked: dict[str, torch.Tensor], probes: torch.Tensor,
+                  chunk: int) -> torch.Tensor:
+    from torch.func import functional_call, vmap
+
+    module.eval()
+    names = list(stacked)
+    n = int(stacked[names[0]].shape[0])
+
+    def one(*tensors: torch.Tensor) -> torch.Tensor:
+        return functional_call(module, dict(zip(names, tensors)), (probes,))
+
+    outs = []
+    with torch.no_grad():
+        for lo in range(0, n, chunk):
+            part = [stacked[k][lo:lo + chunk] for k in names]
+            outs.append(vmap(one)(*part).reshape(len(part[0]), probes.shape[0], -1))
+    return torch.cat(outs, 0)
+
+
+def arch_input_shape(card: dict[str, Any], aid: str, module: nn.Module | None = None) -> list[int]:
+    """The input shape of zoo architecture ``aid``: its description's, else the built module's
+    ``wsl_input_shape``, else the zoo dataset's."""
+    shape = (card["architectures"][aid]["arch"].get("input_shape") or getattr(module, "wsl_input_shape", None)
+             or (card.get("dataset") or {}).get("input_shape"))
+    if not shape:
+        raise ProbeError(f"zoo {card.get('name')!r}: architecture {aid}: neither its description nor the zoo's "
+                         "dataset gives an input_shape; probe features need one")
+    return [int(s) for s in shape]
+
+
+def canonical_shape(card: dict[str, Any], shapes: Sequence[Sequence[int]]) -> list[int]:
+    """The shape probes are drawn in: the zoo dataset's input shape, else the first architecture's.
+
+    Every architecture's input must have as many elements (an MLP on flattened
+    8x8 images reads the same probes as a CNN, reshaped).
+    """
+    ds = (card.get("dataset") or {}).get("input_shape")
+    canon = [int(s) for s in (ds or shapes[0])]
+    bad = [list(s) for s in shapes if int(np.prod(s)) != int(np.prod(canon))]
+    if bad:
+        raise ProbeError(f"zoo {card.get('name')!r}: probe features need inputs of {int(np.prod(canon))} elements "
+                         f"(shape {canon}); architectures take {bad}")
+    return canon
+
+
+def probe_outputs(view: Any, num: int = 32, seed: int = 0, device: torch.device | str | None = None,
+                  chunk: int = 256, shape: Sequence[int] | None = None) -> torch.Tensor:
+    """``(len(view), num, out)`` float32 logits of every row of a zoo view on :func:`probe_inputs`.
+
+    Probes are drawn in ``shape`` (default :func:`canonical_shape`) and
+    reshaped to each architecture's input. Rows are run per architecture (one
+    vectorized call per ``chunk`` rows); the result follows the view's row order.
+    """
+    archs = view.column("arch")
+    store = view._store
+    ids = list(dict.fromkeys(archs.tolist()))
+    modules = {aid: store.build(aid).to(device) for aid in ids}
+    shapes = {aid: arch_input_shape(store.card, aid, modules[aid]) for aid in ids}
+    canon = list(shape) if shape is not None else canonical_shape(store.card, list(shapes.values()))
+    base = probe_inputs(canon, num, seed)
+    out: torch.Tensor | None = None
+    for aid in ids:
+        pos = np.flatnonzero(archs == aid)
+        where = f"{view.root}: architecture {aid}"
+        if int(np.prod(shapes[aid])) != base[0].numel():
+            raise ProbeError(f"{where}: input shape {shapes[aid]} does not hold the probes' {list(canon)}")
+        stacked = {k: v.to(torch.float32) if v.is_floating_point() else v
+                   for k, v in view.stacked(pos, device=device).items()}
+        probes = base.reshape(num, *shapes[aid]).to(device)
+        part = _check_out(_stacked_call(modules[aid], stacked, probes, chunk).float(), where)
+        if out is None:
+            out = torch.empty(len(view), num, part.shape[2], device=part.device)
+        elif part.shape[2] != out.shape[2]:
+            raise ProbeError(f"{where}: {part.shape[2]} outputs, other architectures of the view have {out.shape[2]}")
+        out[torch.from_numpy(pos).to(part.device)] = part
+    assert out is not None
+    return out
+
+
+def probe_features(view: Any, num: int = 32, seed: int = 0, device: torch.device | str | None = None,
+                   shape: Sequence[int] | None = None) -> torch.Tensor:
+    """:func:`probe_summary` of :func:`probe_outputs`: the ``(N, num * out + 2)`` head input of a zoo view."""
+    return probe_summary(probe_outputs(view, num, seed, device, shape=shape))
+
+
+def module_probe_outputs(module: nn.Module, input_shape: Sequence[int], num: int = 32,
+                         seed: int = 0) -> torch.Tensor:
+    """``(1, num, out)`` logits of one module on the probes drawn in ``input_shape`` (user-side prediction).
+
+    The probes are reshaped to the module's ``wsl_input_shape`` when it has one
+    with as many elements (e.g. an MLP on flattened images).
+    """
+    ref = next(module.parameters(), None)
+    dev = ref.device if ref is not None else torch.device("cpu")
+    dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
+    own = getattr(module, "wsl_input_shape", None)
+    base = probe_inputs(input_shape, num, seed)
+    if own and int(np.prod(own)) == base[0].numel():
+        base = base.reshape(num, *[int(s) for s in own])
+    was = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            out = module(base.to(dev, dtype))
+    except Exception as exc:
+        raise ProbeError(f"{type(module).__name__}: cannot run on probe inputs of shape "
+                         f"{list(input_shape)}: {exc}") from exc
+    finally:
+        module.train(was)
+    return _check_out(out.float().reshape(1, num, -1), type(module).__name__)
+
+
+def probe_summary(logits: torch.Tensor, clip: float = 30.0) -> torch.Tensor:
+    """``(N, P, C)`` logits -> ``(N, P * C + 2)`` head features (see module docstring)."""
+    n, p, c = logits.shape
+    logp = torch.log_softmax(logits, -1).clamp(min=-clip)
+    scale = torch.log(logits.std(-1).mean(-1, keepdim=True) + 1e-6)
+    top = logits.argmax(-1)
+    counts = torch.zeros(n, c, device=logits.device).scatter_add_(1, top, torch.ones_like(top, dtype=torch.float32))
+    agree = counts.max(1, keepdim=True).values / p
+    return torch.cat([logp.reshape(n, -1), scale, agree], 1)
