@@ -15,6 +15,9 @@ Zoos (generate them first, a few minutes each):
     wsl zoo generate zoos/digits-cnn-wild.yaml -o /work/zoos/digits-cnn-wild
 
 Dense meta-models (NP, HNP, NFT) need one architecture, so they run on digits-cnn-gs only.
+``*_probes`` methods add probe features (the network's outputs on 32 seeded synthetic inputs,
+wsl.tasks.probes) to the meta-model's head; ``statnn_probes_gbt`` is gradient boosting on the
+same probe features plus StatNN, the matching non-learned control.
 """
 
 from __future__ import annotations
@@ -32,12 +35,15 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = {
-    "gs": ["hparams_gbt", "statnn_linear", "statnn_gbt", "statnn_gbt_all", "np", "hnp", "nft", "nggnn", "ngt"],
-    "wild": ["hparams_gbt", "statnn_linear", "statnn_gbt", "statnn_gbt_all", "nggnn", "ngt"],
+    "gs": ["hparams_gbt", "statnn_linear", "statnn_gbt", "statnn_gbt_all", "statnn_probes_gbt", "np", "hnp", "nft",
+           "nggnn", "ngt", "hnp_probes", "nggnn_probes"],
+    "wild": ["hparams_gbt", "statnn_linear", "statnn_gbt", "statnn_gbt_all", "statnn_probes_gbt", "nggnn", "ngt",
+             "nggnn_probes"],
 }
 LABELS = {"hparams_gbt": "Hyperparameters only (GBT)", "statnn_linear": "StatNN (linear)",
           "statnn_gbt": "StatNN (gradient boosting)", "statnn_gbt_all": "StatNN (gradient boosting, all epochs)", "np": "NP (NFN)", "hnp": "HNP (NFN)", "nft": "NFT",
-          "nggnn": "NG-GNN", "ngt": "NG-T"}
+          "nggnn": "NG-GNN", "ngt": "NG-T", "statnn_probes_gbt": "StatNN + probe features (gradient boosting)",
+          "hnp_probes": "HNP + probe features", "nggnn_probes": "NG-GNN + probe features"}
 ZOO_NAMES = {"gs": "digits-cnn-gs", "wild": "digits-cnn-wild"}
 
 
@@ -119,6 +125,10 @@ def main() -> int:
             gbt = max(gbts)
             print(f"{ZOO_NAMES[zoo]}: best learned {LABELS[best[1]]} tau {best[0]:.3f} vs the better StatNN-GBT "
                   f"{gbt:.3f} (difference {best[0] - gbt:+.3f})")
+            pr = [r["tau"] for r in rows.get("statnn_probes_gbt", []) if "tau" in r]
+            if pr:
+                print(f"{ZOO_NAMES[zoo]}: ... and vs gradient boosting on the same probe features + StatNN "
+                      f"{np.mean(pr):.3f} (difference {best[0] - float(np.mean(pr)):+.3f})")
     n_test = {zoo: next((r["n_test"] for rs in rows.values() for r in rs if "tau" in r), 0) for zoo, rows in table.items()}
     text = "\n".join(lines)
     print(text)

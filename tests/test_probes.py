@@ -96,6 +96,13 @@ def test_probe_inputs_are_seeded_and_in_range() -> None:
     assert not torch.equal(a, probe_inputs([1, 8, 8], 4, seed=4))
     with pytest.raises(ProbeError, match="probes"):
         probe_inputs([1, 8, 8], 0)
+    with pytest.raises(ProbeError, match="kind"):
+        probe_inputs([1, 8, 8], 4, kind="images")
+    u = probe_inputs([64], 9, kind="uniform")
+    assert u.shape == (9, 64) and not torch.equal(u, probe_inputs([64], 9))
+    m = probe_inputs([1, 8, 8], 9)  # mixed: noise, low-frequency noise, binary images
+    assert set(m[6:].unique().tolist()) == {-1.0, 1.0}
+    assert (m[3:6].diff(dim=-1).abs().mean() < m[:3].diff(dim=-1).abs().mean())
 
 
 def test_zoo_probe_outputs_match_module_calls(tmp_path: Path) -> None:

@@ -211,8 +211,12 @@ def _regressor(kind: str, seed: int, n_train: int) -> Any:
 
 def fit_baseline(name: str, zoo: Any, seed: int = 0, *, target: str = "test_accuracy", checkpoints: str = "last",
                  layout: str = "auto", splits: tuple[str, str, str] = ("train", "val", "test"),
-                 return_predictions: bool = False, train_checkpoints: str = "same") -> dict[str, Any]:
+                 return_predictions: bool = False, train_checkpoints: str = "same", probes: int = 0,
+                 probe_seed: int = 0, probe_kind: str = "mixed") -> dict[str, Any]:
     """Fit baseline ``name`` (one of :data:`BASELINES`) on a zoo's train split.
+
+    ``probes > 0`` appends the probe features of every row
+    (:func:`wsl.tasks.probes.probe_features`) to the baseline's features.
 
     ``zoo`` is a :class:`~wsl.zoo.Zoo` or a path. Returns ``{"name", "val":
     {tau, r2, mae, n}, "test": {...}, "n_train", "num_features",
@@ -238,6 +242,15 @@ def fit_baseline(name: str, zoo: Any, seed: int = 0, *, target: str = "test_accu
         lay = "hparams"
         enc = HParamEncoder().fit([r["hparams"] for r in views[splits[0]].rows])
         feats = {s: enc.transform([r["hparams"] for r in v.rows]) for s, v in views.items()}
+    if probes > 0:
+        from wsl.tasks.probes import arch_input_shape, canonical_shape, probe_features
+
+        card = zoo.card
+        ids = list(dict.fromkeys(a for v in views.values() for a in v.column("arch").tolist()))
+        shape = canonical_shape(card, [arch_input_shape(card, a, zoo._store.build(a)) for a in ids])
+        feats = {s: np.concatenate([f, probe_features(views[s], probes, probe_seed, shape=shape, kind=probe_kind).double().numpy()], 1)
+                 for s, f in feats.items()}
+        lay = f"{lay}+probes{probes}-{probe_kind}"
     ys = {s: target_values(v, target) for s, v in views.items()}
     reg = _regressor("linear" if name == "statnn_linear" else "gbt", seed, len(ys[splits[0]]))
     from threadpoolctl import threadpool_limits

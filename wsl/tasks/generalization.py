@@ -310,7 +310,8 @@ def augment_features(feats: Any, augment: Any, generator: torch.Generator | None
 def prepare_split(zoo: Any, name: str, split: str, kind: str, *, target: str = "test_accuracy",
                   checkpoints: str = "last", arch: str | None = None, max_rows: int | None = None, seed: int = 0,
                   stats_layout: str = "per_tensor", device: torch.device | str | None = None,
-                  transform: str = "none", probes: int = 0, probe_seed: int = 0) -> SplitData:
+                  transform: str = "none", probes: int = 0, probe_seed: int = 0,
+                  probe_kind: str = "mixed") -> SplitData:
     """Select the rows of ``split`` and build the ``kind`` inputs once (see module docstring).
 
     ``probes > 0`` also computes the probe features of every row
@@ -362,5 +363,5 @@ def prepare_split(zoo: Any, name: str, split: str, kind: str, *, target: str = "
     if probes > 0:
         from wsl.tasks.probes import probe_features
 
-        probe_feats = probe_features(view, probes, probe_seed, device)
+        probe_feats = probe_features(view, probes, probe_seed, device, kind=probe_kind)
     return SplitData(name, kind, y, view.row_ids, groups, stats, stats_layout, info, probe_feats)

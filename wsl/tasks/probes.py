@@ -7,10 +7,11 @@ features"; here they feed the invariant head of a meta-model next to its
 pooled weight embedding (``model.probes`` in a training config).
 
 Probes are synthetic, never data: ``num`` inputs of the architecture's
-``input_shape`` with entries drawn uniformly from ``[-1, 1]`` (the range the
-bundled zoos normalize their inputs to) by a seeded generator, so every run,
-split and user-side prediction uses the same ones. No image, label or
-statistic of any dataset enters them.
+``input_shape`` in ``[-1, 1]`` (the range the bundled zoos normalize their
+inputs to) -- uniform noise, low-frequency noise and binary images
+(:func:`probe_inputs`) -- from a seeded generator, so every run, split and
+user-side prediction uses the same ones. No image, label or statistic of any
+data set enters them.
 
 :func:`probe_outputs` runs every row of a zoo view on the probes, one
 ``torch.func.vmap`` over the stacked weights of each architecture (eval mode:
@@ -31,21 +32,52 @@ from torch import nn
 
 from wsl.errors import WslError
 
-__all__ = ["ProbeError", "arch_input_shape", "canonical_shape", "module_probe_outputs", "probe_features", "probe_inputs", "probe_outputs", "probe_summary"]
+__all__ = ["PROBE_KINDS", "ProbeError", "arch_input_shape", "canonical_shape", "module_probe_outputs", "probe_features", "probe_inputs", "probe_outputs", "probe_summary"]
 
 
 class ProbeError(WslError):
     """A network that cannot be run on probe inputs (no input shape, wrong output, non-finite outputs)."""
 
 
-def probe_inputs(shape: Sequence[int], num: int, seed: int = 0) -> torch.Tensor:
-    """``(num, *shape)`` float32 probes, uniform in ``[-1, 1]``, from a seeded CPU generator."""
+PROBE_KINDS = ("mixed", "uniform")
+
+
+def _smooth(n: int, shape: Sequence[int], g: torch.Generator) -> torch.Tensor:
+    """Uniform noise at half resolution, interpolated up (low-frequency patterns)."""
+    import torch.nn.functional as F
+
+    shape = [int(s) for s in shape]
+    chans, spatial = (shape[0], shape[1:]) if len(shape) >= 2 else (1, shape)
+    if not 1 <= len(spatial) <= 3:
+        return torch.rand((n, *shape), generator=g) * 2.0 - 1.0
+    low = torch.rand((n, chans, *[max(1, (d + 1) // 2) for d in spatial]), generator=g) * 2.0 - 1.0
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(spatial)]
+    return F.interpolate(low, size=tuple(spatial), mode=mode, align_corners=False).reshape(n, *shape)
+
+
+def probe_inputs(shape: Sequence[int], num: int, seed: int = 0, kind: str = "mixed") -> torch.Tensor:
+    """``(num, *shape)`` float32 synthetic probes in ``[-1, 1]`` from a seeded CPU generator.
+
+    ``kind="uniform"``: i.i.d. uniform entries. ``kind="mixed"`` (default): a
+    third uniform noise, a third low-frequency noise (half-resolution uniform
+    noise, interpolated up), the rest binary images (each entry +1 with
+    probability 0.3, else -1). No data set is involved in either.
+    """
     if num < 1:
         raise ProbeError(f"number of probes must be >= 1, got {num}")
     if not shape or any(int(s) < 1 for s in shape):
         raise ProbeError(f"probe input shape must be positive sizes, got {list(shape)}")
+    if kind not in PROBE_KINDS:
+        raise ProbeError(f"probe kind must be one of {', '.join(PROBE_KINDS)}, got {kind!r}")
+    shape = [int(s) for s in shape]
     g = torch.Generator().manual_seed(int(seed))
-    return torch.rand((num, *[int(s) for s in shape]), generator=g) * 2.0 - 1.0
+    if kind == "uniform":
+        return torch.rand((num, *shape), generator=g) * 2.0 - 1.0
+    k = num // 3
+    noise = torch.rand((k, *shape), generator=g) * 2.0 - 1.0
+    smooth = _smooth(k, shape, g)
+    binary = torch.where(torch.rand((num - 2 * k, *shape), generator=g) > 0.7, 1.0, -1.0)
+    return torch.cat([noise, smooth, binary])
 
 
 def _check_out(out: torch.Tensor, where: str) -> torch.Tensor:
@@ -103,7 +135,7 @@ def canonical_shape(card: dict[str, Any], shapes: Sequence[Sequence[int]]) -> li
 
 
 def probe_outputs(view: Any, num: int = 32, seed: int = 0, device: torch.device | str | None = None,
-                  chunk: int = 256, shape: Sequence[int] | None = None) -> torch.Tensor:
+                  chunk: int = 256, shape: Sequence[int] | None = None, kind: str = "mixed") -> torch.Tensor:
     """``(len(view), num, out)`` float32 logits of every row of a zoo view on :func:`probe_inputs`.
 
     Probes are drawn in ``shape`` (default :func:`canonical_shape`) and
@@ -116,7 +148,7 @@ def probe_outputs(view: Any, num: int = 32, seed: int = 0, device: torch.device 
     modules = {aid: store.build(aid).to(device) for aid in ids}
     shapes = {aid: arch_input_shape(store.card, aid, modules[aid]) for aid in ids}
     canon = list(shape) if shape is not None else canonical_shape(store.card, list(shapes.values()))
-    base = probe_inputs(canon, num, seed)
+    base = probe_inputs(canon, num, seed, kind)
     out: torch.Tensor | None = None
     for aid in ids:
         pos = np.flatnonzero(archs == aid)
@@ -137,13 +169,13 @@ def probe_outputs(view: Any, num: int = 32, seed: int = 0, device: torch.device 
 
 
 def probe_features(view: Any, num: int = 32, seed: int = 0, device: torch.device | str | None = None,
-                   shape: Sequence[int] | None = None) -> torch.Tensor:
+                   shape: Sequence[int] | None = None, kind: str = "mixed") -> torch.Tensor:
     """:func:`probe_summary` of :func:`probe_outputs`: the ``(N, num * out + 2)`` head input of a zoo view."""
-    return probe_summary(probe_outputs(view, num, seed, device, shape=shape))
+    return probe_summary(probe_outputs(view, num, seed, device, shape=shape, kind=kind))
 
 
 def module_probe_outputs(module: nn.Module, input_shape: Sequence[int], num: int = 32,
-                         seed: int = 0) -> torch.Tensor:
+                         seed: int = 0, kind: str = "mixed") -> torch.Tensor:
     """``(1, num, out)`` logits of one module on the probes drawn in ``input_shape`` (user-side prediction).
 
     The probes are reshaped to the module's ``wsl_input_shape`` when it has one
@@ -153,7 +185,7 @@ def module_probe_outputs(module: nn.Module, input_shape: Sequence[int], num: int
     dev = ref.device if ref is not None else torch.device("cpu")
     dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
     own = getattr(module, "wsl_input_shape", None)
-    base = probe_inputs(input_shape, num, seed)
+    base = probe_inputs(input_shape, num, seed, kind)
     if own and int(np.prod(own)) == base[0].numel():
         base = base.reshape(num, *[int(s) for s in own])
     was = module.training

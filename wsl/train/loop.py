@@ -110,7 +110,8 @@ class Trainer:
                                          arch=dc.arch, max_rows=dc.max_train if role == "train" else None,
                                          seed=cfg.train.seed, stats_layout=layout, device=self.device,
                                          transform=dc.transform if kind != "stats" else "none",
-                                         probes=cfg.probes.num if kind != "stats" else 0, probe_seed=cfg.probes.seed)
+                                         probes=cfg.probes.num if kind != "stats" else 0, probe_seed=cfg.probes.seed,
+                                         probe_kind=cfg.probes.kind)
                      for role, s in names.items()}
         self.log(f"data: {', '.join(f'{r} {len(d)} rows' for r, d in self.data.items())} "
                  f"({kind} inputs, built in {time.perf_counter() - t0:.1f}s)")
@@ -136,7 +137,7 @@ class Trainer:
             card = self.zoo.card
             ids = list(dict.fromkeys(a for d in self.data.values() for a in d.info["archs"]))
             shape = canonical_shape(card, [arch_input_shape(card, a, self.zoo._store.build(a)) for a in ids])
-            probes = {"num": pc.num, "seed": pc.seed, "embed": pc.embed, "hidden": pc.hidden,
+            probes = {"num": pc.num, "seed": pc.seed, "kind": pc.kind, "embed": pc.embed, "hidden": pc.hidden,
                       "num_features": int(tr.probes.shape[1]), "input_shape": shape}
         self.input_info = InputInfo(kind, space, int(tr.stats.shape[1]) if tr.stats is not None else None,
                                     layout if kind == "stats" else None, edge_dim, probes)

@@ -245,7 +245,8 @@ class Predictor:
         pr = self.probes
         if pr is None:
             raise PredictionError("this predictor reads no probe features")
-        return probe_summary(module_probe_outputs(module, input_shape, int(pr["num"]), int(pr["seed"])))
+        return probe_summary(module_probe_outputs(module, input_shape, int(pr["num"]), int(pr["seed"]),
+                                                  pr.get("kind", "uniform")))
 
     def zoo_probes(self, view: Any) -> torch.Tensor | None:
         """Probe features of the rows of a zoo view (None when this predictor reads none)."""
@@ -253,7 +254,9 @@ class Predictor:
             return None
         from wsl.tasks.probes import probe_features
 
-        return probe_features(view, int(self.probes["num"]), int(self.probes["seed"]))
+        pr = self.probes
+        return probe_features(view, int(pr["num"]), int(pr["seed"]), shape=pr.get("input_shape"),
+                              kind=pr.get("kind", "uniform"))
 
     def inputs(self, space: Any, stacked: Mapping[str, torch.Tensor], probes: torch.Tensor | None = None) -> Any:
         """Model input for ``N`` stacked state_dicts of architecture ``space`` (+ their probe features)."""
