@@ -165,3 +165,52 @@ def test_train_with_probes_then_predict(tmp_path: Path) -> None:
     assert got.raw_prediction == pytest.approx(float(pred[0]), abs=1e-5)
     with pytest.raises(PredictionError, match="probe inputs"):  # weights alone cannot be probed
         p.predict(m.space, {k: v.unsqueeze(0) for k, v in m.state_dict().items()})
+
+
+def test_learned_probe_model_is_invariant_and_differentiable() -> None:
+    from wsl.tasks.probes import ProbeNets
+
+    name = "cnn"
+    space, sd = _sd_and_space(name)
+    sd_p = space.permute(sd, random_permutation(space, torch.Generator().manual_seed(9)))
+    torch.manual_seed(2)
+    init = probe_inputs([1, 8, 8], 6, seed=1)
+    model = ProbeFusion(NGGNN(hidden=16, num_layers=2, out_dim=8, head_hidden=16), 6 * 3 + 2, embed=8, hidden=16,
+                        learn_inputs=init).double()
+    assert torch.allclose(model.probe_inputs().float(), init.clamp(-0.95, 0.95), atol=1e-5)
+    outs = []
+    for s in (sd, sd_p):
+        s = {k: v.double() if v.is_floating_point() else v for k, v in s.items()}
+        m, _ = _module(name, s)
+        outs.append(model(Probed(build_one(space, s), ProbeNets.of_module(m, [1, 8, 8])[0:1])))
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)
+    outs[0].sum().backward()
+    assert model.raw_probes is not None and model.raw_probes.grad is not None
+    assert float(model.raw_probes.grad.abs().sum()) > 0  # the loss reaches the probe inputs
+    with pytest.raises(WslError, match="ProbeBatch"):  # learned probes cannot use precomputed features
+        model(Probed(build_one(space, sd), torch.zeros(1, 20)))
+
+
+def test_train_with_learned_probes_then_predict(tmp_path: Path) -> None:
+    import wsl
+    from wsl.train.config import load_config
+    from wsl.train.loop import Trainer
+    from wsl.train.metrics import kendall_tau
+    from wsl.train.registry import load_predictor
+
+    zoo = make_tiny_zoo(tmp_path / "zoo", n_models=20, mixed=True,
+                        dataset={"name": "synthetic", "input_shape": [1, 8, 8]})
+    cfg = load_config(REPO / "configs" / "generalization" / "tiny.yaml",
+                      [f"data.zoo={zoo}", "data.max_train=null", "model.hidden=8", "train.epochs=2",
+                       "train.batch_size=8", "train.progress=false", "probes.num=6", "probes.learn=true",
+                       "probes.embed=8", "probes.hidden=16", "optim.lr=3e-2"])
+    metrics = Trainer(cfg, tmp_path / "run").fit()
+    p = load_predictor(tmp_path / "run" / "predictor")
+    assert p.probes is not None and p.probes["learn"]
+    init = probe_inputs([1, 8, 8], 6, seed=0).clamp(-0.95, 0.95)
+    assert not torch.allclose(p.model.probe_inputs(), init, atol=1e-4)  # the inputs were trained
+    test = wsl.load_zoo(zoo).latest().split("test")
+    pred = p.predict_zoo(test)  # mixed architectures: CNNs, a BatchNorm CNN and an MLP on flattened probes
+    assert abs(kendall_tau(pred, test.column("test_accuracy")) - metrics["test"]["tau"]) < 1e-6
+    for i in (0, len(test) - 1):
+        assert wsl.predict(test[i].module(), predictor=p).raw_prediction == pytest.approx(float(pred[i]), abs=1e-5)

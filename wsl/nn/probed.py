@@ -15,6 +15,13 @@ each network (``f`` by construction, ``p`` because a permuted network computes
 the same function), so ``y`` is invariant.
 
 The input is a :class:`Probed` pair; the wrapped model sees ``Probed.x``.
+
+**Learned probes** (``learn_inputs``, ``probes.learn`` in a config): the
+probe inputs become parameters ``tanh(r)`` (initialized at the given
+synthetic probes) and ``p`` is computed inside the forward pass by running
+the batch's networks on them (:class:`~wsl.tasks.probes.ProbeBatch`), so the
+loss trains the inputs too (Kahana et al. 2024, "probing"). ``Probed.probes``
+is then a :class:`~wsl.tasks.probes.ProbeBatch`, not a feature tensor.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ class Probed:
     """A meta-model input ``x`` and the probe features ``(N, F)`` of the same networks, in the same order."""
 
     x: Any
-    probes: torch.Tensor
+    probes: Any  #: (N, F) probe features, or a ProbeBatch of the networks (learned probes)
 
 
 class ProbeFusion(nn.Module):
@@ -50,7 +57,7 @@ class ProbeFusion(nn.Module):
     """
 
     def __init__(self, inner: nn.Module, num_features: int, embed: int = 64, hidden: int = 128,
-                 out_dim: int = 1) -> None:
+                 out_dim: int = 1, learn_inputs: torch.Tensor | None = None) -> None:
         super().__init__()
         if num_features < 1 or embed < 1 or hidden < 1:
             raise WslError(f"ProbeFusion: num_features, embed and hidden must be >= 1, got "
@@ -61,6 +68,32 @@ class ProbeFusion(nn.Module):
         self.register_buffer("sigma", torch.ones(num_features))
         self.probe_net = nn.Sequential(nn.Linear(num_features, hidden), nn.GELU(), nn.Linear(hidden, embed))
         self.fuse = nn.Sequential(nn.GELU(), nn.Linear(2 * embed, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+        self.raw_probes: nn.Parameter | None = None
+        if learn_inputs is not None:
+            self.raw_probes = nn.Parameter(torch.atanh(learn_inputs.detach().float().clamp(-0.95, 0.95)))
+
+    @property
+    def learned(self) -> bool:
+        return self.raw_probes is not None
+
+    def probe_inputs(self) -> torch.Tensor:
+        """The current (learned) probe inputs ``tanh(r)`` in ``[-1, 1]``."""
+        if self.raw_probes is None:
+            raise WslError("ProbeFusion: this model uses fixed probe features, it has no probe inputs")
+        return torch.tanh(self.raw_probes)
+
+    def features(self, p: Any) -> torch.Tensor:
+        """Probe features ``(N, F)``: given (fixed probes) or computed from a ProbeBatch (learned probes)."""
+        from wsl.tasks.probes import ProbeBatch, probe_summary
+
+        if isinstance(p, ProbeBatch):
+            if self.raw_probes is None:
+                raise WslError("ProbeFusion: got networks to probe, but this model reads fixed probe features")
+            return probe_summary(p(self.probe_inputs()))
+        if self.raw_probes is not None:
+            raise WslError("ProbeFusion: this model learns its probe inputs and needs the networks "
+                           "(a ProbeBatch), not precomputed probe features")
+        return p  # type: ignore[no-any-return]
 
     @torch.no_grad()
     def set_normalization(self, train_features: torch.Tensor) -> None:
@@ -76,7 +109,7 @@ class ProbeFusion(nn.Module):
         if not isinstance(inp, Probed):
             raise WslError(f"ProbeFusion: expected a Probed input (weights + probe features), got "
                            f"{type(inp).__name__}; this predictor needs probe features")
-        p = inp.probes.to(self.mu.device, self.mu.dtype)
+        p = self.features(inp.probes).to(self.mu.device, self.mu.dtype)
         if p.dim() != 2 or p.shape[1] != self.num_features:
             raise WslError(f"ProbeFusion: probe features must be (N, {self.num_features}), got {tuple(p.shape)}")
         z = self.inner(inp.x)

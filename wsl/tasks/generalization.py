@@ -112,7 +112,8 @@ class SplitData:
     stats: torch.Tensor | None = None  #: StatNN features for kind "stats"
     stats_layout: str = "per_tensor"
     info: dict[str, Any] = field(default_factory=dict)
-    probes: torch.Tensor | None = None  #: probe features (N, F) per row (:mod:`wsl.tasks.probes`), or None
+    #: probe features (N, F) per row (:mod:`wsl.tasks.probes`), the rows' ProbeNets (learned probes), or None
+    probes: Any = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -132,7 +133,8 @@ class SplitData:
             return x, order
         from wsl.nn.probed import Probed
 
-        return Probed(x, self.probes[order.to(self.probes.device)]), order
+        pr = self.probes
+        return Probed(x, pr[order.to(pr.device)] if isinstance(pr, torch.Tensor) else pr[order]), order
 
     def _inputs(self, idx: torch.Tensor, augment: Any = None,
                 generator: torch.Generator | None = None) -> tuple[Any, torch.Tensor]:
@@ -311,11 +313,13 @@ def prepare_split(zoo: Any, name: str, split: str, kind: str, *, target: str = "
                   checkpoints: str = "last", arch: str | None = None, max_rows: int | None = None, seed: int = 0,
                   stats_layout: str = "per_tensor", device: torch.device | str | None = None,
                   transform: str = "none", probes: int = 0, probe_seed: int = 0,
-                  probe_kind: str = "mixed") -> SplitData:
+                  probe_kind: str = "mixed", probe_learn: bool = False) -> SplitData:
     """Select the rows of ``split`` and build the ``kind`` inputs once (see module docstring).
 
     ``probes > 0`` also computes the probe features of every row
-    (:func:`wsl.tasks.probes.probe_features`, from the raw weights).
+    (:func:`wsl.tasks.probes.probe_features`, from the raw weights); with
+    ``probe_learn`` it keeps the networks instead (:class:`~wsl.tasks.probes.ProbeNets`),
+    for a model that learns its probe inputs.
     """
     if kind not in INPUT_KINDS:
         raise ConfigError(f"unknown input kind {kind!r}; valid: {', '.join(INPUT_KINDS)}")
@@ -359,8 +363,12 @@ def prepare_split(zoo: Any, name: str, split: str, kind: str, *, target: str = "
             stats[g.pos.to(p.device)] = p
     info = {"num_rows": len(view), "num_models": len(view.model_ids()), "archs": [str(a) for a in first],
             "signatures": order}
-    probe_feats = None
-    if probes > 0:
+    probe_feats: Any = None
+    if probes > 0 and probe_learn:
+        from wsl.tasks.probes import ProbeNets
+
+        probe_feats = ProbeNets.from_view(view, device)
+    elif probes > 0:
         from wsl.tasks.probes import probe_features
 
         probe_feats = probe_features(view, probes, probe_seed, device, kind=probe_kind)

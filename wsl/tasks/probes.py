@@ -32,7 +32,7 @@ from torch import nn
 
 from wsl.errors import WslError
 
-__all__ = ["PROBE_KINDS", "ProbeError", "arch_input_shape", "canonical_shape", "module_probe_outputs", "probe_features", "probe_inputs", "probe_outputs", "probe_summary"]
+__all__ = ["PROBE_KINDS", "ProbeBatch", "ProbeError", "ProbeNets", "arch_input_shape", "canonical_shape", "module_probe_outputs", "probe_features", "probe_inputs", "probe_outputs", "probe_summary"]
 
 
 class ProbeError(WslError):
@@ -106,6 +106,105 @@ def _stacked_call(module: nn.Module, stacked: dict[str, torch.Tensor], probes: t
             part = [stacked[k][lo:lo + chunk] for k in names]
             outs.append(vmap(one)(*part).reshape(len(part[0]), probes.shape[0], -1))
     return torch.cat(outs, 0)
+
+
+class ProbeBatch:
+    """Networks of one batch as functions: ``batch(probes)`` -> ``(B, P, out)`` logits, differentiable in ``probes``.
+
+    ``parts`` are ``(module, input_shape, stacked weights, positions in the batch)``
+    per architecture; ``probes`` (``(P, *canonical shape)``) are reshaped to each
+    architecture's input. Used by learned probes (:class:`~wsl.nn.probed.ProbeFusion`).
+    """
+
+    def __init__(self, parts: list[tuple[nn.Module, list[int], dict[str, torch.Tensor], torch.Tensor]],
+                 size: int) -> None:
+        self.parts, self.size = parts, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __call__(self, probes: torch.Tensor) -> torch.Tensor:
+        from torch.func import functional_call, vmap
+
+        outs, where = [], []
+        for module, shape, stacked, pos in self.parts:
+            ref = next((v for v in stacked.values() if v.is_floating_point()), probes)
+            x = probes.reshape(probes.shape[0], *shape).to(ref.device, ref.dtype)
+            names = list(stacked)
+
+            def one(*tensors: torch.Tensor, _m: nn.Module = module, _n: list[str] = names,
+                    _x: torch.Tensor = x) -> torch.Tensor:
+                return functional_call(_m, dict(zip(_n, tensors)), (_x,))
+
+            outs.append(vmap(one)(*[stacked[k] for k in names]).reshape(len(pos), probes.shape[0], -1)
+                        .to(probes.device, probes.dtype))
+            where.append(pos)
+        out = torch.cat(outs, 0)
+        return out[torch.argsort(torch.cat(where)).to(out.device)]
+
+
+class ProbeNets:
+    """Every network of a split (or one module) as a function, sliceable into :class:`ProbeBatch` es.
+
+    ``nets[idx]`` (positions: a long tensor or a slice) -> the batch of those
+    networks in that order. Weights are the raw (untransformed) float32 weights.
+    """
+
+    def __init__(self, groups: list[tuple[nn.Module, list[int], dict[str, torch.Tensor]]], group_of: torch.Tensor,
+                 local: torch.Tensor) -> None:
+        self.groups, self.group_of, self.local = groups, group_of, local
+
+    def __len__(self) -> int:
+        return int(self.group_of.numel())
+
+    @classmethod
+    def from_view(cls, view: Any, device: torch.device | str | None = None,
+                  shape: Sequence[int] | None = None) -> "ProbeNets":
+        archs = view.column("arch")
+        store = view._store
+        if shape is None:
+            ids = list(dict.fromkeys(archs.tolist()))
+            shape = canonical_shape(store.card, [arch_input_shape(store.card, a, store.build(a)) for a in ids])
+        groups: list[tuple[nn.Module, list[int], dict[str, torch.Tensor]]] = []
+        group_of = torch.empty(len(view), dtype=torch.long)
+        local = torch.empty(len(view), dtype=torch.long)
+        for aid in dict.fromkeys(archs.tolist()):
+            pos = torch.from_numpy(np.flatnonzero(archs == aid))
+            module = store.build(aid).to(device).eval()
+            for p in module.parameters():
+                p.requires_grad_(False)
+            own = arch_input_shape(store.card, aid, module)
+            if shape is not None and int(np.prod(own)) != int(np.prod(shape)):
+                raise ProbeError(f"{view.root}: architecture {aid}: input shape {own} does not hold probes of "
+                                 f"shape {list(shape)}")
+            stacked = {k: v.to(torch.float32) if v.is_floating_point() else v
+                       for k, v in view.stacked(pos.numpy(), device=device).items()}
+            group_of[pos], local[pos] = len(groups), torch.arange(len(pos))
+            groups.append((module, own, stacked))
+        return cls(groups, group_of, local)
+
+    @classmethod
+    def of_module(cls, module: nn.Module, input_shape: Sequence[int]) -> "ProbeNets":
+        """One network (its own weights), probes reshaped to its ``wsl_input_shape`` when that fits."""
+        own = getattr(module, "wsl_input_shape", None)
+        shape = [int(s) for s in (own if own and int(np.prod(own)) == int(np.prod(input_shape)) else input_shape)]
+        module = module.eval()
+        stacked = {k: v.detach().unsqueeze(0).float() if v.is_floating_point() else v.unsqueeze(0)
+                   for k, v in module.state_dict().items()}
+        return cls([(module, shape, stacked)], torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+
+    def __getitem__(self, idx: Any) -> ProbeBatch:
+        if isinstance(idx, slice):
+            idx = torch.arange(len(self))[idx]
+        idx = torch.as_tensor(idx, dtype=torch.long).cpu().reshape(-1)
+        gid, loc = self.group_of[idx], self.local[idx]
+        parts = []
+        for g in torch.unique(gid).tolist():
+            sel = torch.nonzero(gid == g).reshape(-1)
+            module, shape, stacked = self.groups[g]
+            li = loc[sel]
+            parts.append((module, shape, {k: v[li.to(v.device)] for k, v in stacked.items()}, sel))
+        return ProbeBatch(parts, int(idx.numel()))
 
 
 def arch_input_shape(card: dict[str, Any], aid: str, module: nn.Module | None = None) -> list[int]:

@@ -111,7 +111,7 @@ class Trainer:
                                          seed=cfg.train.seed, stats_layout=layout, device=self.device,
                                          transform=dc.transform if kind != "stats" else "none",
                                          probes=cfg.probes.num if kind != "stats" else 0, probe_seed=cfg.probes.seed,
-                                         probe_kind=cfg.probes.kind)
+                                         probe_kind=cfg.probes.kind, probe_learn=cfg.probes.learn)
                      for role, s in names.items()}
         self.log(f"data: {', '.join(f'{r} {len(d)} rows' for r, d in self.data.items())} "
                  f"({kind} inputs, built in {time.perf_counter() - t0:.1f}s)")
@@ -137,14 +137,26 @@ class Trainer:
             card = self.zoo.card
             ids = list(dict.fromkeys(a for d in self.data.values() for a in d.info["archs"]))
             shape = canonical_shape(card, [arch_input_shape(card, a, self.zoo._store.build(a)) for a in ids])
-            probes = {"num": pc.num, "seed": pc.seed, "kind": pc.kind, "embed": pc.embed, "hidden": pc.hidden,
-                      "num_features": int(tr.probes.shape[1]), "input_shape": shape}
+            width = tr.probes.shape[1] if isinstance(tr.probes, torch.Tensor) else None
+            if width is None:  # learned probes: the feature width of the initial probes
+                from wsl.tasks.probes import probe_inputs, probe_summary
+
+                with torch.no_grad():
+                    init = probe_inputs(shape, pc.num, pc.seed, pc.kind).to(self.device)
+                    width = probe_summary(tr.probes[torch.arange(1)](init)).shape[1]
+            probes = {"num": pc.num, "seed": pc.seed, "kind": pc.kind, "learn": pc.learn, "embed": pc.embed,
+                      "hidden": pc.hidden, "num_features": int(width), "input_shape": shape}
         self.input_info = InputInfo(kind, space, int(tr.stats.shape[1]) if tr.stats is not None else None,
                                     layout if kind == "stats" else None, edge_dim, probes)
         torch.manual_seed(cfg.train.seed)
         self.model = build_model(cfg.model.name, self.input_info, cfg.model.params).to(self.device)
         if tr.probes is not None:
-            self.model.set_normalization(tr.probes)  # type: ignore[operator]
+            feats = tr.probes
+            if not isinstance(feats, torch.Tensor):  # learned: normalize with the features of the initial probes
+                with torch.no_grad():
+                    feats = torch.cat([self.model.features(tr.probes[torch.arange(lo, min(lo + 512, len(tr)))])
+                                       for lo in range(0, len(tr), 512)])
+            self.model.set_normalization(feats)  # type: ignore[operator]
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
         self.ddp: nn.Module = self.model
         if self.info.enabled:

@@ -197,7 +197,12 @@ def build_model(name: str, info: InputInfo, params: Mapping[str, Any]) -> nn.Mod
             pr = info.probes
             inner = entry.factory(info, **{**dict(params), ("out_features" if info.kind == "features" else "out_dim"):
                                            int(pr["embed"])})
-            return ProbeFusion(inner, int(pr["num_features"]), int(pr["embed"]), int(pr["hidden"]))
+            init = None
+            if pr.get("learn"):
+                from wsl.tasks.probes import probe_inputs
+
+                init = probe_inputs(pr["input_shape"], int(pr["num"]), int(pr["seed"]), pr.get("kind", "uniform"))
+            return ProbeFusion(inner, int(pr["num_features"]), int(pr["embed"]), int(pr["hidden"]), learn_inputs=init)
         return entry.factory(info, **dict(params))
     except ImportError as exc:
         raise ConfigError(f"model {name!r} is not available in this build: {exc}") from exc
@@ -245,6 +250,10 @@ class Predictor:
         pr = self.probes
         if pr is None:
             raise PredictionError("this predictor reads no probe features")
+        if pr.get("learn"):
+            from wsl.tasks.probes import ProbeNets
+
+            return ProbeNets.of_module(module, input_shape)  # type: ignore[return-value]
         return probe_summary(module_probe_outputs(module, input_shape, int(pr["num"]), int(pr["seed"]),
                                                   pr.get("kind", "uniform")))
 
@@ -255,6 +264,10 @@ class Predictor:
         from wsl.tasks.probes import probe_features
 
         pr = self.probes
+        if pr.get("learn"):
+            from wsl.tasks.probes import ProbeNets
+
+            return ProbeNets.from_view(view, self.device, shape=pr.get("input_shape"))  # type: ignore[return-value]
         return probe_features(view, int(pr["num"]), int(pr["seed"]), shape=pr.get("input_shape"),
                               kind=pr.get("kind", "uniform"))
 
@@ -288,7 +301,7 @@ class Predictor:
                 return x
             from wsl.nn.probed import Probed
 
-            return Probed(x, probes.to(dev))  # type: ignore[union-attr]
+            return Probed(x, probes.to(dev) if isinstance(probes, torch.Tensor) else probes)
         from wsl.tasks.baselines import statnn_features
 
         return statnn_features(space, stacked, self.config["input"]["stats_layout"]).to(torch.float32)
