@@ -89,6 +89,9 @@ def main() -> int:
     ap.add_argument("--parallel", type=int, default=1, help="runs at a time (each uses 1 thread)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "generalization_table"))
     ap.add_argument("--collect", action="store_true", help="train nothing; tabulate the finished runs")
+    ap.add_argument("--previous", default=None,
+                    help="an earlier table's .json: its results fill in (marked †) the runs missing here, "
+                         "with --collect; only use it for the same zoos (check the deterministic baselines agree)")
     ap.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
     a = ap.parse_args()
     runs = Path(a.runs_dir)
@@ -101,6 +104,13 @@ def main() -> int:
     print(f"{len(jobs)} runs -> {runs}", flush=True)
     with ThreadPoolExecutor(max(1, a.parallel)) as pool:
         results = list(pool.map(lambda j: run_one(*j, runs, a.overrides, a.collect), jobs))
+    if a.previous:
+        old = json.loads(Path(a.previous).read_text())["results"]
+        for i, (zoo, m, s) in enumerate(jobs):
+            if not results[i]:
+                prev = next((r for r in old.get(zoo, {}).get(m, []) if r.get("seed") == s and "tau" in r), None)
+                if prev:
+                    results[i] = dict(prev, previous=True)
     table: dict = {}
     for (zoo, m, s), r in zip(jobs, results):
         table.setdefault(zoo, {}).setdefault(m, []).append(dict(r, seed=s))
@@ -113,7 +123,8 @@ def main() -> int:
             if not ok:
                 lines.append(f"| {ZOO_NAMES[zoo]} | {LABELS.get(m, m)} | 0 | not run | | | |")
                 continue
-            lines.append(f"| {ZOO_NAMES[zoo]} | {LABELS.get(m, m)} | {len(ok)} | {fmt([r['tau'] for r in ok])} | "
+            mark = " †" if any(r.get("previous") for r in ok) else ""
+            lines.append(f"| {ZOO_NAMES[zoo]} | {LABELS.get(m, m)}{mark} | {len(ok)} | {fmt([r['tau'] for r in ok])} | "
                          f"{fmt([r['r2'] for r in ok])} | {fmt([r['mae'] for r in ok])} | "
                          f"{np.mean([r['wall'] for r in ok]):.0f} s |")
             if not m.startswith(("hparams", "statnn")):
@@ -134,8 +145,11 @@ def main() -> int:
     print(text)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    note = (f"\n† from the earlier table {a.previous} (runs not repeated here)." if a.previous and
+            any(r.get("previous") for r in results) else "")
     out.with_suffix(".md").write_text(text + "\n\n" + ", ".join(f"{ZOO_NAMES[z]}: {n} test models"
-                                                                 for z, n in n_test.items()) + f"; seeds {seeds}.\n")
+                                                                 for z, n in n_test.items()) + f"; seeds {seeds}."
+                                      + note + "\n")
     out.with_suffix(".json").write_text(json.dumps({"seeds": seeds, "results": table, "n_test": n_test}, indent=1))
     return 0
 

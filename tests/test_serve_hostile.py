@@ -398,7 +398,7 @@ def limited(serve_env: ServeEnv) -> Iterator[TestClient]:  # noqa: F811
     """One worker, no queue, short limits, and a handler that can sleep, spin, allocate or crash on request."""
     from wsl.serve import create_app
 
-    app = create_app([str(serve_env.predictor)], 5, workers=1, max_queue=0, time_limit_s=3, cpu_limit_s=1,
+    app = create_app([str(serve_env.predictor)], 5, workers=1, max_queue=0, time_limit_s=6, cpu_limit_s=1,
                      memory_mb=512, handler="serve_fixtures:slow_handler")
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
