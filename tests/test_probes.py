@@ -214,3 +214,32 @@ def test_train_with_learned_probes_then_predict(tmp_path: Path) -> None:
     assert abs(kendall_tau(pred, test.column("test_accuracy")) - metrics["test"]["tau"]) < 1e-6
     for i in (0, len(test) - 1):
         assert wsl.predict(test[i].module(), predictor=p).raw_prediction == pytest.approx(float(pred[i]), abs=1e-5)
+
+
+def test_ship_half_precision_measures_the_stored_weights(tmp_path: Path) -> None:
+    import wsl
+    from wsl.io import load_safetensors
+    from wsl.predict import ship
+    from wsl.train.config import load_config
+    from wsl.train.loop import Trainer
+    from wsl.train.registry import load_predictor
+
+    zoo = make_tiny_zoo(tmp_path / "zoo", n_models=20, dataset={"name": "synthetic", "input_shape": [1, 8, 8]})
+    cfg = load_config(REPO / "configs" / "generalization" / "tiny.yaml",
+                      [f"data.zoo={zoo}", "data.max_train=null", "model.hidden=8", "train.epochs=1",
+                       "train.batch_size=8", "train.progress=false", "probes.num=4"])
+    Trainer(cfg, tmp_path / "run").fit()
+    ship.main([str(tmp_path / "run" / "predictor"), "--zoo", str(zoo), "--name", "half", "--half",
+               "-o", str(tmp_path / "half")])
+    sd = load_safetensors(tmp_path / "half" / "model.safetensors")
+    assert {v.dtype for v in sd.values() if v.is_floating_point()} == {torch.float16}
+    full, half = load_predictor(tmp_path / "run" / "predictor"), load_predictor(tmp_path / "half")
+    test = wsl.load_zoo(zoo).latest().split("test")
+    a, b = full.predict_zoo(test), half.predict_zoo(test)
+    assert abs(a - b).max() < 1e-2
+    shipped = json.loads((tmp_path / "half" / "config.json").read_text())
+    from wsl.train.metrics import regression_metrics
+
+    assert shipped["shipped"]["dtype"] == "float16"
+    assert shipped["metrics"]["test"]["mae"] == pytest.approx(
+        regression_metrics(b, test.column("test_accuracy").astype(float))["mae"], abs=1e-9)

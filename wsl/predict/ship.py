@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--priority", type=int, default=100)
     ap.add_argument("--level", type=float, default=0.9)
     ap.add_argument("--command", default="", help="the commands that reproduce this predictor (for the card)")
+    ap.add_argument("--half", action="store_true",
+                    help="store the weights as float16 (half the size); val/test metrics and calibration are then "
+                         "measured again with the stored weights")
     ap.add_argument("-o", "--output", required=True)
     a = ap.parse_args(argv)
     from wsl.predict.family import describe_family
@@ -109,20 +112,35 @@ def main(argv: list[str] | None = None) -> int:
     zoo_ref = str(cfg["training"].get("zoo") or "")
     if not zoo_ref.startswith("hf://"):  # a path on the training machine is meaningless elsewhere
         cfg["training"]["zoo"] = cfg["training"].get("zoo_name")
+    out = Path(a.output)
+    if out.resolve() != Path(a.predictor).resolve():
+        out.mkdir(parents=True, exist_ok=True)
+        if (Path(a.predictor) / "space.json").exists():
+            shutil.copyfile(Path(a.predictor) / "space.json", out / "space.json")
+        if a.half:
+            from wsl.io import atomic_save_safetensors, load_safetensors
+
+            sd = load_safetensors(Path(a.predictor) / "model.safetensors")
+            atomic_save_safetensors({k: v.half() if v.is_floating_point() else v for k, v in sd.items()},
+                                    out / "model.safetensors", metadata={"format": cfg.get("format", "")})
+            with atomic_open(out / "config.json", "w", encoding="utf-8") as fh:
+                json.dump(cfg, fh, indent=1)
+            p = load_predictor(out)  # everything below measures the stored (float16) weights
+            from wsl.train.metrics import regression_metrics
+
+            for split in ("val", "test"):
+                rows = _rows(zoo, split)
+                cfg["metrics"][split] = regression_metrics(p.predict_zoo(rows), rows.column(p.target).astype(float))
+        else:
+            shutil.copyfile(Path(a.predictor) / "model.safetensors", out / "model.safetensors")
     cfg["calibration"] = calibrate(p, zoo, a.level)
     archs = zoo.column("arch")
     cfg["family"] = describe_family(zoo[int(np.flatnonzero(archs == aid)[0])].space for aid in dict.fromkeys(archs))
-    cfg["shipped"] = {"name": a.name, "priority": a.priority}
+    cfg["shipped"] = {"name": a.name, "priority": a.priority, "dtype": "float16" if a.half else "float32"}
     acc = zoo.latest().column(p.target).astype(float)  # the training zoo's distribution (last epochs)
     counts, edges = np.histogram(acc[np.isfinite(acc)], bins=20, range=(0.0, 1.0))
     cfg["target_histogram"] = {"edges": edges.round(4).tolist(), "counts": counts.tolist(),
                                "n": int(counts.sum()), "split": "all"}
-    out = Path(a.output)
-    if out.resolve() != Path(a.predictor).resolve():
-        out.mkdir(parents=True, exist_ok=True)
-        for f in ("model.safetensors", "space.json"):
-            if (Path(a.predictor) / f).exists():
-                shutil.copyfile(Path(a.predictor) / f, out / f)
     with atomic_open(out / "config.json", "w", encoding="utf-8") as fh:
         json.dump(cfg, fh, indent=1)
     with atomic_open(out / "README.md", "w", encoding="utf-8") as fh:
