@@ -71,6 +71,25 @@ def run_one(zoo: str, method: str, seed: int, runs: Path, extra: list[str], coll
             "n_test": m["test"]["n"], "wall": m.get("wall_time_s", float("nan"))}
 
 
+def ensemble(zoo_key: str, method: str, seeds: list[int], runs: Path) -> dict | None:
+    """Test metrics of the mean prediction of the seeds' predictors (runs trained here only)."""
+    dirs = [runs / f"{zoo_key}_{method}_s{s}" for s in seeds]
+    dirs = [d for d in dirs if (d / "predictor" / "config.json").is_file() and (d / "metrics.json").is_file()]
+    if len(dirs) < 2:
+        return None
+    import wsl
+    from wsl.tasks.generalization import select_rows, target_values
+    from wsl.train.metrics import regression_metrics
+    from wsl.train.registry import load_predictor
+
+    data = json.loads((dirs[0] / "metrics.json").read_text())["config"]["data"]
+    zoo = wsl.load_zoo(data["zoo"])
+    test = select_rows(zoo, data["test_split"], data["checkpoints"], data["target"], data["arch"])
+    preds = np.mean([load_predictor(d / "predictor").predict_zoo(test) for d in dirs], axis=0)
+    m = regression_metrics(preds, target_values(test, data["target"]))
+    return {"tau": m["tau"], "r2": m["r2"], "mae": m["mae"], "n_models": len(dirs), "n_test": m["n"]}
+
+
 def fmt(xs: list[float], digits: int = 3) -> str:
     a = np.asarray([x for x in xs if x is not None], dtype=float)
     if a.size == 0:
@@ -92,6 +111,9 @@ def main() -> int:
     ap.add_argument("--previous", default=None,
                     help="an earlier table's .json: its results fill in (marked †) the runs missing here, "
                          "with --collect; only use it for the same zoos (check the deterministic baselines agree)")
+    ap.add_argument("--ensembles", action="store_true",
+                    help="also report, per learned method with >= 2 seeds run here, the test metrics of the mean "
+                         "of the seeds' predictions")
     ap.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
     a = ap.parse_args()
     runs = Path(a.runs_dir)
@@ -112,6 +134,7 @@ def main() -> int:
                 if prev:
                     results[i] = dict(prev, previous=True)
     table: dict = {}
+    ensembles: dict = {}
     for (zoo, m, s), r in zip(jobs, results):
         table.setdefault(zoo, {}).setdefault(m, []).append(dict(r, seed=s))
     lines = ["| zoo | method | seeds | test Kendall τ | test R² | test MAE | wall time / run |",
@@ -130,6 +153,11 @@ def main() -> int:
             if not m.startswith(("hparams", "statnn")):
                 mean = float(np.mean([r["tau"] for r in ok]))
                 best = max(best or (-1.0, ""), (mean, m))
+                ens = ensemble(zoo, m, seeds, runs) if a.ensembles else None
+                if ens:
+                    ensembles.setdefault(zoo, {})[m] = ens
+                    lines.append(f"| {ZOO_NAMES[zoo]} | {LABELS.get(m, m)}, mean of the {ens['n_models']} seeds' "
+                                 f"predictions | 1 | {ens['tau']:.3f} | {ens['r2']:.3f} | {ens['mae']:.3f} | — |")
         gbts = [float(np.mean([r["tau"] for r in rows.get(k, []) if "tau" in r]))
                 for k in ("statnn_gbt", "statnn_gbt_all") if any("tau" in r for r in rows.get(k, []))]
         if best and gbts:
@@ -150,7 +178,8 @@ def main() -> int:
     out.with_suffix(".md").write_text(text + "\n\n" + ", ".join(f"{ZOO_NAMES[z]}: {n} test models"
                                                                  for z, n in n_test.items()) + f"; seeds {seeds}."
                                       + note + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"seeds": seeds, "results": table, "n_test": n_test}, indent=1))
+    out.with_suffix(".json").write_text(json.dumps({"seeds": seeds, "results": table, "ensembles": ensembles,
+                                                 "n_test": n_test}, indent=1))
     return 0
 
 

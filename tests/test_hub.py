@@ -336,7 +336,8 @@ class _StatsHead(nn.Module):
 def _write_predictor(directory: Path) -> tuple[Any, dict[str, torch.Tensor]]:
     from wsl.space import WeightSpace
     from wsl.tasks.baselines import statnn_features
-    from wsl.train.registry import InputInfo, predictor_config, register_model, save_predictor
+    from wsl.train.predictor import predictor_config, save_predictor
+    from wsl.train.registry import InputInfo, register_model
 
     register_model("hubtest_stats", "stats", lambda info, **p: _StatsHead(info.num_features))
     torch.manual_seed(0)

@@ -385,7 +385,7 @@ class Trainer:
         return metrics
 
     def _write_predictor(self, metrics: dict[str, Any]) -> None:
-        from wsl.train.registry import predictor_config, predictor_readme, save_predictor
+        from wsl.train.predictor import predictor_config, predictor_readme, save_predictor
 
         tr = self.data["train"]
         training = {"zoo": self.cfg.data.zoo, "zoo_name": self.zoo.name, "checkpoints": self.cfg.data.checkpoints,
