@@ -116,7 +116,8 @@ def predictor_card(config: Mapping[str, Any], repo_id: str | None = None, *, lic
     body = f"""# {name}
 
 A `wsl` weight-space meta-model: it predicts **{tname}** of a trained
-neural network from its weights alone, without running it on data.
+neural network from its weights alone, without running it on data (probe predictors run it
+on fixed synthetic inputs only).
 
 ## Training zoo and recipe
 

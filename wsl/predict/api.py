@@ -209,7 +209,8 @@ def predict(source: Source, predictor: Any = None, *, arch: Any = None, example_
     """Predict the test accuracy of one network from its weights.
 
     ``source`` is an ``nn.Module``, a state_dict (with ``arch``, or matching a
-    shipped predictor's architecture) or a checkpoint path / ``hf://`` URI.
+    shipped predictor's architecture -- only for predictors without probe
+    features, which must run the network) or a checkpoint path / ``hf://`` URI.
     ``predictor`` is a predictor directory, ``hf://`` URI, shipped name or
     loaded predictor; by default the first shipped predictor that covers the
     architecture is used. Raises :class:`~wsl.errors.PredictionError` when no

@@ -20,7 +20,7 @@ def run() -> int:
     from wsl.predict import predict
 
     assert root is not None
-    print("wsl demo: predicting the test accuracy of held-out networks from their weights alone\n")
+    print("wsl demo: predicting the test accuracy of held-out networks from their weights alone (no data)\n")
     print(f"{'example':<34} {'zoo':<16} {'params':>7} {'predicted':>9} {'interval':>15} {'true':>6}  predictor")
     t0 = time.time()
     errs = []

@@ -47,6 +47,15 @@ def _card(cfg: dict[str, Any], name: str, command: str) -> str:
     accepts = ("any architecture wsl can trace, within the family below" if acc["type"] == "any"
                else f"exactly the training architecture (WeightSpace signatures {', '.join(acc['signatures'])})")
 
+    pr = cfg["input"].get("probes")
+    probes = "" if not pr else (
+        f"\n- **Probe features:** also reads the network's outputs on {pr['num']} synthetic probe inputs "
+        f"(kind `{pr.get('kind', 'uniform')}`, seed {pr['seed']}, shape {pr.get('input_shape')}"
+        f"{', learned during training' if pr.get('learn') else ''}; no data set images), fused with the "
+        "weight embedding. It therefore needs the network as a function: a checkpoint with its architecture, "
+        "or a module — a bare state_dict is refused.")
+    dtype = (cfg.get("shipped") or {}).get("dtype", "float32")
+
     def fmt(split: str, k: str) -> str:
         v = (m.get(split) or {}).get(k)
         return "n/a" if v is None else f"{v:.3f}"
@@ -58,7 +67,8 @@ library_name: wsl
 ---
 # {name}: predicts a network's test accuracy from its weights
 
-- **Meta-model:** `{cfg['model']['name']}` ({cfg['model'].get('params', {})}), input kind `{cfg['input']['kind']}`.
+- **Meta-model:** `{cfg['model']['name']}` ({cfg['model'].get('params', {})}), input kind `{cfg['input']['kind']}`;
+  weights stored as {dtype} (the metrics below were measured with the stored weights).{probes}
 - **Training zoo:** `{t.get('zoo_name')}` (recipe `zoos/{t.get('zoo_name')}.yaml`); target `{cfg['target']['name']}`;
   trained on the zoo's `train` split ({'every recorded epoch of each training model' if t.get('train_checkpoints') == 'all'
   else 'last checkpoint of each model'}; input transform `{cfg['input'].get('transform', 'none')}`), early-stopped on
