@@ -128,6 +128,10 @@ def test_non_finite_network_outputs_are_refused() -> None:
         module_probe_outputs(m, [1, 8, 8], 4)
     with pytest.raises(ProbeError, match="cannot run"):
         module_probe_outputs(nn.Linear(3, 2), [1, 8, 8], 4)
+    plain_mlp = nn.Sequential(nn.Linear(64, 5), nn.ReLU(), nn.Linear(5, 10))  # no wsl_input_shape: flattened probes
+    flat = module_probe_outputs(plain_mlp, [1, 8, 8], 4)
+    with torch.no_grad():
+        assert torch.allclose(flat[0], plain_mlp(probe_inputs([1, 8, 8], 4).reshape(4, 64)))
 
 
 def test_probe_fusion_refuses_plain_inputs() -> None:
@@ -243,3 +247,15 @@ def test_ship_half_precision_measures_the_stored_weights(tmp_path: Path) -> None
     assert shipped["shipped"]["dtype"] == "float16"
     assert shipped["metrics"]["test"]["mae"] == pytest.approx(
         regression_metrics(b, test.column("test_accuracy").astype(float))["mae"], abs=1e-9)
+
+
+def test_learned_probe_networks_check_the_input_shape() -> None:
+    from wsl.tasks.probes import ProbeNets
+
+    plain_mlp = nn.Sequential(nn.Linear(64, 5), nn.ReLU(), nn.Linear(5, 10))
+    nets = ProbeNets.of_module(plain_mlp, [1, 8, 8])  # falls back to flattened probes
+    x = probe_inputs([1, 8, 8], 3)
+    with torch.no_grad():
+        assert torch.allclose(nets[0:1](x)[0], plain_mlp(x.reshape(3, 64)))
+    with pytest.raises(ProbeError, match="cannot run"):
+        ProbeNets.of_module(nn.Linear(7, 2), [1, 8, 8])

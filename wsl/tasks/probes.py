@@ -185,10 +185,25 @@ class ProbeNets:
 
     @classmethod
     def of_module(cls, module: nn.Module, input_shape: Sequence[int]) -> "ProbeNets":
-        """One network (its own weights), probes reshaped to its ``wsl_input_shape`` when that fits."""
+        """One network (its own weights), probes reshaped to its ``wsl_input_shape`` when that fits
+        (else ``input_shape``, else flattened); raises :class:`ProbeError` if it runs on none of them."""
         own = getattr(module, "wsl_input_shape", None)
-        shape = [int(s) for s in (own if own and int(np.prod(own)) == int(np.prod(input_shape)) else input_shape)]
+        fits = own and int(np.prod(own)) == int(np.prod(input_shape))
+        shapes = [[int(s) for s in own]] if fits else [[int(s) for s in input_shape], [int(np.prod(input_shape))]]
+        ref = next(module.parameters(), None)
         module = module.eval()
+        shape, err = None, None
+        for cand in shapes:
+            try:
+                with torch.no_grad():
+                    module(torch.zeros(2, *cand, device=ref.device if ref is not None else None,
+                                       dtype=ref.dtype if ref is not None else torch.float32))
+                shape = cand
+                break
+            except Exception as exc:  # noqa: BLE001 -- any failure means "not this shape"
+                err = exc
+        if shape is None:
+            raise ProbeError(f"{type(module).__name__}: cannot run on probe inputs of shape {list(input_shape)}: {err}")
         stacked = {k: v.detach().unsqueeze(0).float() if v.is_floating_point() else v.unsqueeze(0)
                    for k, v in module.state_dict().items()}
         return cls([(module, shape, stacked)], torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
@@ -278,7 +293,8 @@ def module_probe_outputs(module: nn.Module, input_shape: Sequence[int], num: int
     """``(1, num, out)`` logits of one module on the probes drawn in ``input_shape`` (user-side prediction).
 
     The probes are reshaped to the module's ``wsl_input_shape`` when it has one
-    with as many elements (e.g. an MLP on flattened images).
+    with as many elements (e.g. an MLP on flattened images); a module without
+    one that fails on ``input_shape`` is tried once more on flattened probes.
     """
     ref = next(module.parameters(), None)
     dev = ref.device if ref is not None else torch.device("cpu")
@@ -287,14 +303,19 @@ def module_probe_outputs(module: nn.Module, input_shape: Sequence[int], num: int
     base = probe_inputs(input_shape, num, seed, kind)
     if own and int(np.prod(own)) == base[0].numel():
         base = base.reshape(num, *[int(s) for s in own])
+    tries = [base] + ([base.reshape(num, -1)] if not own and base.dim() > 2 else [])
     was = module.training
     module.eval()
     try:
-        with torch.no_grad():
-            out = module(base.to(dev, dtype))
-    except Exception as exc:
-        raise ProbeError(f"{type(module).__name__}: cannot run on probe inputs of shape "
-                         f"{list(input_shape)}: {exc}") from exc
+        for i, x in enumerate(tries):
+            try:
+                with torch.no_grad():
+                    out = module(x.to(dev, dtype))
+                break
+            except Exception as exc:
+                if i == len(tries) - 1:
+                    raise ProbeError(f"{type(module).__name__}: cannot run on probe inputs of shape "
+                                     f"{list(input_shape)}" + (" (nor flattened)" if i else "") + f": {exc}") from exc
     finally:
         module.train(was)
     return _check_out(out.float().reshape(1, num, -1), type(module).__name__)
