@@ -36,7 +36,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 METHODS = {
     "gs": ["hparams_gbt", "statnn_linear", "statnn_gbt", "statnn_gbt_all", "statnn_probes_gbt", "np", "hnp", "nft",
-           "nggnn", "ngt", "hnp_probes", "hnp_lprobes", "nggnn_probes"],
+           "nggnn", "ngt", "hnp_probes", "hnp_lprobes"],
     "wild": ["hparams_gbt", "statnn_linear", "statnn_gbt", "statnn_gbt_all", "statnn_probes_gbt", "nggnn", "ngt",
              "nggnn_probes", "nggnn_lprobes"],
 }
