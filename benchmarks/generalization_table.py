@@ -38,13 +38,13 @@ METHODS = {
     "gs": ["hparams_gbt", "statnn_linear", "statnn_gbt", "statnn_gbt_all", "statnn_probes_gbt", "np", "hnp", "nft",
            "nggnn", "ngt", "hnp_probes", "hnp_lprobes"],
     "wild": ["hparams_gbt", "statnn_linear", "statnn_gbt", "statnn_gbt_all", "statnn_probes_gbt", "nggnn", "ngt",
-             "nggnn_probes", "nggnn_lprobes"],
+             "nggnn_probes", "nggnn_probes128", "nggnn_lprobes"],
 }
 LABELS = {"hparams_gbt": "Hyperparameters only (GBT)", "statnn_linear": "StatNN (linear)",
           "statnn_gbt": "StatNN (gradient boosting)", "statnn_gbt_all": "StatNN (gradient boosting, all epochs)", "np": "NP (NFN)", "hnp": "HNP (NFN)", "nft": "NFT",
           "nggnn": "NG-GNN", "ngt": "NG-T", "statnn_probes_gbt": "StatNN + probe features (gradient boosting)",
           "hnp_probes": "HNP + probe features", "nggnn_probes": "NG-GNN + probe features",
-          "nggnn_lprobes": "NG-GNN + learned probe features", "hnp_lprobes": "HNP + learned probe features"}
+          "nggnn_lprobes": "NG-GNN + learned probe features", "nggnn_probes128": "NG-GNN + 128 probe features", "hnp_lprobes": "HNP + learned probe features"}
 ZOO_NAMES = {"gs": "digits-cnn-gs", "wild": "digits-cnn-wild"}
 
 
