@@ -72,10 +72,6 @@ class ProbeFusion(nn.Module):
         if learn_inputs is not None:
             self.raw_probes = nn.Parameter(torch.atanh(learn_inputs.detach().float().clamp(-0.95, 0.95)))
 
-    @property
-    def learned(self) -> bool:
-        return self.raw_probes is not None
-
     def probe_inputs(self) -> torch.Tensor:
         """The current (learned) probe inputs ``tanh(r)`` in ``[-1, 1]``."""
         if self.raw_probes is None:

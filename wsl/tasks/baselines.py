@@ -243,12 +243,12 @@ def fit_baseline(name: str, zoo: Any, seed: int = 0, *, target: str = "test_accu
         enc = HParamEncoder().fit([r["hparams"] for r in views[splits[0]].rows])
         feats = {s: enc.transform([r["hparams"] for r in v.rows]) for s, v in views.items()}
     if probes > 0:
-        from wsl.tasks.probes import arch_input_shape, canonical_shape, probe_features
+        from wsl.tasks.probes import probe_features, zoo_probe_shape
 
-        card = zoo.card
-        ids = list(dict.fromkeys(a for v in views.values() for a in v.column("arch").tolist()))
-        shape = canonical_shape(card, [arch_input_shape(card, a, zoo._store.build(a)) for a in ids])
-        feats = {s: np.concatenate([f, probe_features(views[s], probes, probe_seed, shape=shape, kind=probe_kind).double().numpy()], 1)
+        shape = zoo_probe_shape(zoo._store, list(dict.fromkeys(a for v in views.values()
+                                                                for a in v.column("arch").tolist())))
+        feats = {s: np.concatenate([f, probe_features(views[s], probes, probe_seed, shape=shape,
+                                                      kind=probe_kind).double().numpy()], 1)
                  for s, f in feats.items()}
         lay = f"{lay}+probes{probes}-{probe_kind}"
     ys = {s: target_values(v, target) for s, v in views.items()}

@@ -32,7 +32,9 @@ from torch import nn
 
 from wsl.errors import WslError
 
-__all__ = ["PROBE_KINDS", "ProbeBatch", "ProbeError", "ProbeNets", "arch_input_shape", "canonical_shape", "module_probe_outputs", "probe_features", "probe_inputs", "probe_outputs", "probe_summary"]
+__all__ = ["PROBE_KINDS", "ProbeBatch", "ProbeError", "ProbeNets", "arch_input_shape", "canonical_shape",
+           "module_probe_outputs", "probe_features", "probe_inputs", "probe_outputs", "probe_summary",
+           "zoo_probe_shape"]
 
 
 class ProbeError(WslError):
@@ -163,8 +165,7 @@ class ProbeNets:
         archs = view.column("arch")
         store = view._store
         if shape is None:
-            ids = list(dict.fromkeys(archs.tolist()))
-            shape = canonical_shape(store.card, [arch_input_shape(store.card, a, store.build(a)) for a in ids])
+            shape = zoo_probe_shape(store, list(dict.fromkeys(archs.tolist())))
         groups: list[tuple[nn.Module, list[int], dict[str, torch.Tensor]]] = []
         group_of = torch.empty(len(view), dtype=torch.long)
         local = torch.empty(len(view), dtype=torch.long)
@@ -246,6 +247,11 @@ def canonical_shape(card: dict[str, Any], shapes: Sequence[Sequence[int]]) -> li
         raise ProbeError(f"zoo {card.get('name')!r}: probe features need inputs of {int(np.prod(canon))} elements "
                          f"(shape {canon}); architectures take {bad}")
     return canon
+
+
+def zoo_probe_shape(store: Any, arch_ids: Sequence[str]) -> list[int]:
+    """:func:`canonical_shape` for the given architectures of a zoo store (``zoo._store``)."""
+    return canonical_shape(store.card, [arch_input_shape(store.card, a, store.build(a)) for a in arch_ids])
 
 
 def probe_outputs(view: Any, num: int = 32, seed: int = 0, device: torch.device | str | None = None,

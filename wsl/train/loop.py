@@ -132,11 +132,10 @@ class Trainer:
         pc = cfg.probes
         probes = None
         if tr.probes is not None:
-            from wsl.tasks.probes import arch_input_shape, canonical_shape
+            from wsl.tasks.probes import zoo_probe_shape
 
-            card = self.zoo.card
-            ids = list(dict.fromkeys(a for d in self.data.values() for a in d.info["archs"]))
-            shape = canonical_shape(card, [arch_input_shape(card, a, self.zoo._store.build(a)) for a in ids])
+            shape = zoo_probe_shape(self.zoo._store,
+                                    list(dict.fromkeys(a for d in self.data.values() for a in d.info["archs"])))
             width = tr.probes.shape[1] if isinstance(tr.probes, torch.Tensor) else None
             if width is None:  # learned probes: the feature width of the initial probes
                 from wsl.tasks.probes import probe_inputs, probe_summary
