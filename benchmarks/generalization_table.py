@@ -17,7 +17,8 @@ Zoos (generate them first, a few minutes each):
 Dense meta-models (NP, HNP, NFT) need one architecture, so they run on digits-cnn-gs only.
 ``*_probes`` methods add probe features (the network's outputs on 32 seeded synthetic inputs,
 wsl.tasks.probes) to the meta-model's head; ``statnn_probes_gbt`` is gradient boosting on the
-same probe features plus StatNN, the matching non-learned control.
+same probe features plus StatNN, the matching non-learned control (``statnn_probes256_gbt``
+for ``nggnn_probes256``, whose probes are half random pen strokes).
 """
 
 from __future__ import annotations
@@ -38,13 +39,15 @@ METHODS = {
     "gs": ["hparams_gbt", "statnn_linear", "statnn_gbt", "statnn_gbt_all", "statnn_probes_gbt", "np", "hnp", "nft",
            "nggnn", "ngt", "hnp_probes", "hnp_lprobes"],
     "wild": ["hparams_gbt", "statnn_linear", "statnn_gbt", "statnn_gbt_all", "statnn_probes_gbt", "nggnn", "ngt",
-             "nggnn_probes", "nggnn_probes128", "nggnn_lprobes"],
+             "statnn_probes256_gbt", "nggnn_probes", "nggnn_probes128", "nggnn_probes256", "nggnn_lprobes"],
 }
 LABELS = {"hparams_gbt": "Hyperparameters only (GBT)", "statnn_linear": "StatNN (linear)",
           "statnn_gbt": "StatNN (gradient boosting)", "statnn_gbt_all": "StatNN (gradient boosting, all epochs)", "np": "NP (NFN)", "hnp": "HNP (NFN)", "nft": "NFT",
           "nggnn": "NG-GNN", "ngt": "NG-T", "statnn_probes_gbt": "StatNN + probe features (gradient boosting)",
           "hnp_probes": "HNP + probe features", "nggnn_probes": "NG-GNN + probe features",
-          "nggnn_lprobes": "NG-GNN + learned probe features", "nggnn_probes128": "NG-GNN + 128 probe features", "hnp_lprobes": "HNP + learned probe features"}
+          "nggnn_lprobes": "NG-GNN + learned probe features", "nggnn_probes128": "NG-GNN + 128 probe features",
+          "nggnn_probes256": "NG-GNN + 256 probe features (128 with pen strokes)",
+          "statnn_probes256_gbt": "StatNN + 256 probe features (with pen strokes; gradient boosting, all epochs)", "hnp_lprobes": "HNP + learned probe features"}
 ZOO_NAMES = {"gs": "digits-cnn-gs", "wild": "digits-cnn-wild"}
 
 

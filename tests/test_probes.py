@@ -105,6 +105,26 @@ def test_probe_inputs_are_seeded_and_in_range() -> None:
     assert (m[3:6].diff(dim=-1).abs().mean() < m[:3].diff(dim=-1).abs().mean())
 
 
+def test_stroke_probes_look_like_pen_strokes() -> None:
+    s = probe_inputs([1, 8, 8], 16, seed=1, kind="strokes")
+    assert torch.equal(s, probe_inputs([1, 8, 8], 16, seed=1, kind="strokes"))
+    assert s.shape == (16, 1, 8, 8) and s.min() >= -1 and s.max() <= 1
+    ink = (s > -1).float().mean((1, 2, 3))
+    assert (ink > 0.02).all() and (ink < 0.9).all()  # some ink on every probe, never a full page
+    levels = s.unique()  # area-pooled 4x4 blocks: multiples of 2/16
+    assert torch.allclose(levels * 8, (levels * 8).round(), atol=1e-5) and len(levels) > 3
+    # neighbouring pixels are correlated (strokes), unlike uniform noise
+    assert s.diff(dim=-1).abs().mean() < probe_inputs([1, 8, 8], 16, kind="uniform").diff(dim=-1).abs().mean()
+    rgb = probe_inputs([3, 6, 5], 4, kind="strokes")
+    assert rgb.shape == (4, 3, 6, 5) and rgb.min() >= -1 and rgb.max() <= 1
+    assert probe_inputs([64], 4, kind="strokes").shape == (4, 64)  # no image axes: low-frequency noise
+    both = probe_inputs([1, 8, 8], 10, seed=2, kind="mixed+strokes")
+    assert torch.equal(both[:5], probe_inputs([1, 8, 8], 5, seed=2))
+    assert torch.equal(both[5:], probe_inputs([1, 8, 8], 5, seed=3, kind="strokes"))
+    with pytest.raises(ProbeError, match="at least 2"):
+        probe_inputs([1, 8, 8], 1, kind="mixed+strokes")
+
+
 def test_zoo_probe_outputs_match_module_calls(tmp_path: Path) -> None:
     """The vmapped zoo path equals running each row's module (BatchNorm arch included, row order kept)."""
     import wsl

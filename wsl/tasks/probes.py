@@ -41,7 +41,7 @@ class ProbeError(WslError):
     """A network that cannot be run on probe inputs (no input shape, wrong output, non-finite outputs)."""
 
 
-PROBE_KINDS = ("mixed", "uniform")
+PROBE_KINDS = ("mixed", "uniform", "strokes", "mixed+strokes")
 
 
 def _smooth(n: int, shape: Sequence[int], g: torch.Generator) -> torch.Tensor:
@@ -57,13 +57,50 @@ def _smooth(n: int, shape: Sequence[int], g: torch.Generator) -> torch.Tensor:
     return F.interpolate(low, size=tuple(spatial), mode=mode, align_corners=False).reshape(n, *shape)
 
 
+def _strokes(n: int, shape: Sequence[int], g: torch.Generator, up: int = 4) -> torch.Tensor:
+    """Pen strokes: 1-4 random quadratic Bezier curves drawn on a canvas ``up`` times finer, area-pooled.
+
+    This is how handwriting bitmaps become gray-level images (NIST digits are
+    32x32 bitmaps counted in 4x4 blocks). Background -1, ink +1; on a colour
+    input every channel gets the same strokes at its own random intensity.
+    Shapes without two spatial axes get low-frequency noise instead.
+    """
+    import torch.nn.functional as F
+
+    shape = [int(s) for s in shape]
+    if len(shape) != 3 or min(shape[1:]) < 2:
+        return _smooth(n, shape, g)
+    chans, h, w = shape
+    H, W = h * up, w * up
+    ys = torch.arange(H, dtype=torch.float32).view(1, H, 1) + 0.5
+    xs = torch.arange(W, dtype=torch.float32).view(1, 1, W) + 0.5
+    t = torch.linspace(0, 1, max(48, 2 * max(H, W))).view(-1, 1)
+    size = torch.tensor([H, W], dtype=torch.float32)
+    out = torch.empty(n, chans, h, w)
+    for i in range(n):
+        canvas = torch.zeros(H, W)
+        for _ in range(int(torch.randint(1, 5, (1,), generator=g))):
+            pts = (torch.rand(3, 2, generator=g) * 0.9 + 0.05) * size  # control points, inside a 5% margin
+            curve = (1 - t) ** 2 * pts[0] + 2 * (1 - t) * t * pts[1] + t ** 2 * pts[2]
+            radius = (0.047 + 0.047 * float(torch.rand((), generator=g))) * min(H, W)
+            d2 = (ys - curve[:, 0].view(-1, 1, 1)) ** 2 + (xs - curve[:, 1].view(-1, 1, 1)) ** 2
+            canvas = torch.maximum(canvas, (d2.amin(0) <= radius * radius).float())
+        ink = F.avg_pool2d(canvas.view(1, 1, H, W), up).view(1, h, w)
+        level = torch.ones(chans, 1, 1) if chans == 1 else torch.rand(chans, 1, 1, generator=g)
+        out[i] = ink * level * 2.0 - 1.0
+    return out
+
+
 def probe_inputs(shape: Sequence[int], num: int, seed: int = 0, kind: str = "mixed") -> torch.Tensor:
     """``(num, *shape)`` float32 synthetic probes in ``[-1, 1]`` from a seeded CPU generator.
 
     ``kind="uniform"``: i.i.d. uniform entries. ``kind="mixed"`` (default): a
     third uniform noise, a third low-frequency noise (half-resolution uniform
     noise, interpolated up), the rest binary images (each entry +1 with
-    probability 0.3, else -1). No data set is involved in either.
+    probability 0.3, else -1). ``kind="strokes"``: random pen strokes
+    (:func:`_strokes`). ``kind="mixed+strokes"``: the first ``num // 2`` are
+    the ``mixed`` probes of that count, the rest strokes. No data set is
+    involved in any of them.
     """
     if num < 1:
         raise ProbeError(f"number of probes must be >= 1, got {num}")
@@ -75,6 +112,13 @@ def probe_inputs(shape: Sequence[int], num: int, seed: int = 0, kind: str = "mix
     g = torch.Generator().manual_seed(int(seed))
     if kind == "uniform":
         return torch.rand((num, *shape), generator=g) * 2.0 - 1.0
+    if kind == "strokes":
+        return _strokes(num, shape, g)
+    if kind == "mixed+strokes":
+        if num < 2:
+            raise ProbeError(f"probe kind 'mixed+strokes' needs at least 2 probes, got {num}")
+        half = num // 2
+        return torch.cat([probe_inputs(shape, half, seed, "mixed"), probe_inputs(shape, num - half, seed + 1, "strokes")])
     k = num // 3
     noise = torch.rand((k, *shape), generator=g) * 2.0 - 1.0
     smooth = _smooth(k, shape, g)

@@ -7,7 +7,7 @@ A config has seven sections and an output directory::
     optim:    {name: adamw|adam|sgd, lr, weight_decay, momentum, betas, grad_clip}
     schedule: {name: cosine|constant, warmup_epochs, min_lr_ratio}
     augment:  {permute, noise}
-    probes:   {num (0 = off), seed, kind: mixed|uniform, learn, embed, hidden}  -- probe features fused into the head
+    probes:   {num (0 = off), seed, kind: mixed|uniform|strokes|mixed+strokes, learn, embed, hidden}  -- probe features fused into the head
     train:    {epochs, batch_size, eval_batch_size, seed, device: auto|cpu|cuda|cuda:N, amp, amp_dtype: bf16|fp16,
                patience, loss: mse|l1|huber, drop_last, progress, threads, find_unused_parameters}
     output:   run directory (default ``runs/<config file stem>``)
@@ -43,7 +43,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.transform": ("none", "signed_log"),
     "data.stats_layout": ("auto", "per_tensor", "buckets"),
     "data.verify": ("lazy", "eager", "none"),
-    "probes.kind": ("mixed", "uniform"),
+    "probes.kind": ("mixed", "uniform", "strokes", "mixed+strokes"),
     "optim.name": ("adamw", "adam", "sgd"),
     "schedule.name": ("cosine", "constant"),
     "train.amp_dtype": ("bf16", "fp16"),
@@ -111,7 +111,7 @@ class ProbeConfig:
 
     num: int = 0  #: number of synthetic probe inputs; 0 = off
     seed: int = 0  #: seed of the probe inputs
-    kind: str = "mixed"  #: "mixed" (uniform noise, low-frequency noise, binary images) or "uniform"
+    kind: str = "mixed"  #: "mixed" (noise, low-frequency noise, binary images), "uniform", "strokes", "mixed+strokes"
     learn: bool = False  #: train the probe inputs with the model (they start at the synthetic ones)
     embed: int = 64  #: output width of the meta-model and of the probe branch
     hidden: int = 128  #: hidden width of the probe branch and of the fusion MLP
