@@ -135,25 +135,6 @@ def _check_out(out: torch.Tensor, where: str) -> torch.Tensor:
     return out
 
 
-def _stacked_call(module: nn.Module, stacked: dict[str, torch.Tensor], probes: torch.Tensor,
-                  chunk: int) -> torch.Tensor:
-    from torch.func import functional_call, vmap
-
-    module.eval()
-    names = list(stacked)
-    n = int(stacked[names[0]].shape[0])
-
-    def one(*tensors: torch.Tensor) -> torch.Tensor:
-        return functional_call(module, dict(zip(names, tensors)), (probes,))
-
-    outs = []
-    with torch.no_grad():
-        for lo in range(0, n, chunk):
-            part = [stacked[k][lo:lo + chunk] for k in names]
-            outs.append(vmap(one)(*part).reshape(len(part[0]), probes.shape[0], -1))
-    return torch.cat(outs, 0)
-
-
 class ProbeBatch:
     """Networks of one batch as functions: ``batch(probes)`` -> ``(B, P, out)`` logits, differentiable in ``probes``.
 
@@ -182,8 +163,17 @@ class ProbeBatch:
                     _x: torch.Tensor = x) -> torch.Tensor:
                 return functional_call(_m, dict(zip(_n, tensors)), (_x,))
 
-            outs.append(vmap(one)(*[stacked[k] for k in names]).reshape(len(pos), probes.shape[0], -1)
-                        .to(probes.device, probes.dtype))
+            was = module.training
+            module.eval()  # probes see the network as it predicts: no dropout, BatchNorm running statistics
+            try:
+                out = vmap(one)(*[stacked[k] for k in names])
+            finally:
+                module.train(was)
+            out = out.reshape(len(pos), probes.shape[0], -1).to(probes.device, probes.dtype)
+            if outs and out.shape[2] != outs[0].shape[2]:
+                raise ProbeError(f"{type(module).__name__}: {out.shape[2]} outputs per probe, other networks of the "
+                                 f"batch have {outs[0].shape[2]}")
+            outs.append(out)
             where.append(pos)
         out = torch.cat(outs, 0)
         return out[torch.argsort(torch.cat(where)).to(out.device)]
@@ -205,26 +195,31 @@ class ProbeNets:
 
     @classmethod
     def from_view(cls, view: Any, device: torch.device | str | None = None,
-                  shape: Sequence[int] | None = None) -> "ProbeNets":
+                  shape: Sequence[int] | None = None, arch: str | None = None) -> "ProbeNets":
+        """The rows of a zoo view (only those of architecture ``arch`` if given, in view order)."""
         archs = view.column("arch")
         store = view._store
         if shape is None:
             shape = zoo_probe_shape(store, list(dict.fromkeys(archs.tolist())))
+        ids = list(dict.fromkeys(archs.tolist())) if arch is None else [arch]
+        keep = np.ones(len(archs), dtype=bool) if arch is None else archs == arch
+        order = np.cumsum(keep) - 1  # position of each kept row among the kept ones
         groups: list[tuple[nn.Module, list[int], dict[str, torch.Tensor]]] = []
-        group_of = torch.empty(len(view), dtype=torch.long)
-        local = torch.empty(len(view), dtype=torch.long)
-        for aid in dict.fromkeys(archs.tolist()):
-            pos = torch.from_numpy(np.flatnonzero(archs == aid))
-            module = store.build(aid).to(device).eval()
+        group_of = torch.empty(int(keep.sum()), dtype=torch.long)
+        local = torch.empty(int(keep.sum()), dtype=torch.long)
+        for aid in ids:
+            rows = np.flatnonzero(archs == aid)
+            module = store.build(aid).to(device)
             for p in module.parameters():
                 p.requires_grad_(False)
             own = arch_input_shape(store.card, aid, module)
-            if shape is not None and int(np.prod(own)) != int(np.prod(shape)):
+            if int(np.prod(own)) != int(np.prod(shape)):
                 raise ProbeError(f"{view.root}: architecture {aid}: input shape {own} does not hold probes of "
                                  f"shape {list(shape)}")
             stacked = {k: v.to(torch.float32) if v.is_floating_point() else v
-                       for k, v in view.stacked(pos.numpy(), device=device).items()}
-            group_of[pos], local[pos] = len(groups), torch.arange(len(pos))
+                       for k, v in view.stacked(rows, device=device).items()}
+            at = torch.from_numpy(order[rows])
+            group_of[at], local[at] = len(groups), torch.arange(len(rows))
             groups.append((module, own, stacked))
         return cls(groups, group_of, local)
 
@@ -236,17 +231,21 @@ class ProbeNets:
         fits = own and int(np.prod(own)) == int(np.prod(input_shape))
         shapes = [[int(s) for s in own]] if fits else [[int(s) for s in input_shape], [int(np.prod(input_shape))]]
         ref = next(module.parameters(), None)
-        module = module.eval()
         shape, err = None, None
-        for cand in shapes:
-            try:
-                with torch.no_grad():
-                    module(torch.zeros(2, *cand, device=ref.device if ref is not None else None,
-                                       dtype=ref.dtype if ref is not None else torch.float32))
-                shape = cand
-                break
-            except Exception as exc:  # noqa: BLE001 -- any failure means "not this shape"
-                err = exc
+        was = module.training
+        module.eval()
+        try:
+            for cand in shapes:
+                try:
+                    with torch.no_grad():
+                        module(torch.zeros(2, *cand, device=ref.device if ref is not None else None,
+                                           dtype=ref.dtype if ref is not None else torch.float32))
+                    shape = cand
+                    break
+                except Exception as exc:  # noqa: BLE001 -- any failure means "not this shape"
+                    err = exc
+        finally:
+            module.train(was)
         if shape is None:
             raise ProbeError(f"{type(module).__name__}: cannot run on probe inputs of shape {list(input_shape)}: {err}")
         stacked = {k: v.detach().unsqueeze(0).float() if v.is_floating_point() else v.unsqueeze(0)
@@ -303,31 +302,28 @@ def probe_outputs(view: Any, num: int = 32, seed: int = 0, device: torch.device 
     """``(len(view), num, out)`` float32 logits of every row of a zoo view on :func:`probe_inputs`.
 
     Probes are drawn in ``shape`` (default :func:`canonical_shape`) and
-    reshaped to each architecture's input. Rows are run per architecture (one
-    vectorized call per ``chunk`` rows); the result follows the view's row order.
+    reshaped to each architecture's input. Rows are run one architecture at a
+    time (a :class:`ProbeNets` of its rows, one vectorized call per ``chunk``
+    rows, no gradients); the result follows the view's row order.
     """
     archs = view.column("arch")
     store = view._store
     ids = list(dict.fromkeys(archs.tolist()))
-    modules = {aid: store.build(aid).to(device) for aid in ids}
-    shapes = {aid: arch_input_shape(store.card, aid, modules[aid]) for aid in ids}
-    canon = list(shape) if shape is not None else canonical_shape(store.card, list(shapes.values()))
-    base = probe_inputs(canon, num, seed, kind)
+    canon = list(shape) if shape is not None else zoo_probe_shape(store, ids)
+    base = probe_inputs(canon, num, seed, kind).to(device)
     out: torch.Tensor | None = None
     for aid in ids:
-        pos = np.flatnonzero(archs == aid)
+        pos = torch.from_numpy(np.flatnonzero(archs == aid))
         where = f"{view.root}: architecture {aid}"
-        if int(np.prod(shapes[aid])) != base[0].numel():
-            raise ProbeError(f"{where}: input shape {shapes[aid]} does not hold the probes' {list(canon)}")
-        stacked = {k: v.to(torch.float32) if v.is_floating_point() else v
-                   for k, v in view.stacked(pos, device=device).items()}
-        probes = base.reshape(num, *shapes[aid]).to(device)
-        part = _check_out(_stacked_call(modules[aid], stacked, probes, chunk).float(), where)
+        nets = ProbeNets.from_view(view, device, shape=canon, arch=aid)
+        with torch.no_grad():
+            part = _check_out(torch.cat([nets[lo:lo + chunk](base) for lo in range(0, len(nets), chunk)]).float(),
+                              where)
         if out is None:
             out = torch.empty(len(view), num, part.shape[2], device=part.device)
         elif part.shape[2] != out.shape[2]:
             raise ProbeError(f"{where}: {part.shape[2]} outputs, other architectures of the view have {out.shape[2]}")
-        out[torch.from_numpy(pos).to(part.device)] = part
+        out[pos.to(part.device)] = part
     assert out is not None
     return out
 
@@ -342,33 +338,13 @@ def module_probe_outputs(module: nn.Module, input_shape: Sequence[int], num: int
                          seed: int = 0, kind: str = "mixed") -> torch.Tensor:
     """``(1, num, out)`` logits of one module on the probes drawn in ``input_shape`` (user-side prediction).
 
-    The probes are reshaped to the module's ``wsl_input_shape`` when it has one
-    with as many elements (e.g. an MLP on flattened images); a module without
-    one that fails on ``input_shape`` is tried once more on flattened probes.
+    The input-shape rule is :meth:`ProbeNets.of_module`'s: the module's
+    ``wsl_input_shape`` when it holds as many elements, else ``input_shape``,
+    else the probes flattened.
     """
-    ref = next(module.parameters(), None)
-    dev = ref.device if ref is not None else torch.device("cpu")
-    dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
-    own = getattr(module, "wsl_input_shape", None)
-    base = probe_inputs(input_shape, num, seed, kind)
-    if own and int(np.prod(own)) == base[0].numel():
-        base = base.reshape(num, *[int(s) for s in own])
-    tries = [base] + ([base.reshape(num, -1)] if not own and base.dim() > 2 else [])
-    was = module.training
-    module.eval()
-    try:
-        for i, x in enumerate(tries):
-            try:
-                with torch.no_grad():
-                    out = module(x.to(dev, dtype))
-                break
-            except Exception as exc:
-                if i == len(tries) - 1:
-                    raise ProbeError(f"{type(module).__name__}: cannot run on probe inputs of shape "
-                                     f"{list(input_shape)}" + (" (nor flattened)" if i else "") + f": {exc}") from exc
-    finally:
-        module.train(was)
-    return _check_out(out.float().reshape(1, num, -1), type(module).__name__)
+    nets = ProbeNets.of_module(module, input_shape)
+    with torch.no_grad():
+        return _check_out(nets[0:1](probe_inputs(input_shape, num, seed, kind)).float(), type(module).__name__)
 
 
 def probe_summary(logits: torch.Tensor, clip: float = 30.0) -> torch.Tensor:
