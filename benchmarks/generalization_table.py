@@ -36,8 +36,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = {
-    "gs": ["hparams_gbt", "statnn_linear", "statnn_gbt", "statnn_gbt_all", "statnn_probes_gbt", "np", "hnp", "nft",
-           "nggnn", "ngt", "hnp_probes", "hnp_lprobes"],
+    "gs": ["hparams_gbt", "statnn_linear", "statnn_gbt", "statnn_gbt_all", "statnn_probes_gbt", "statnn_probes256_gbt", "np",
+           "hnp", "nft", "nggnn", "ngt", "hnp_probes", "hnp_lprobes", "hnp_probes256"],
     "wild": ["hparams_gbt", "statnn_linear", "statnn_gbt", "statnn_gbt_all", "statnn_probes_gbt", "nggnn", "ngt",
              "statnn_probes256_gbt", "nggnn_probes", "nggnn_probes128", "nggnn_probes256", "nggnn_lprobes"],
 }
@@ -46,10 +46,11 @@ LABELS = {"hparams_gbt": "Hyperparameters only (GBT)", "statnn_linear": "StatNN 
           "nggnn": "NG-GNN", "ngt": "NG-T", "statnn_probes_gbt": "StatNN + probe features (gradient boosting)",
           "hnp_probes": "HNP + probe features", "nggnn_probes": "NG-GNN + probe features",
           "nggnn_lprobes": "NG-GNN + learned probe features", "nggnn_probes128": "NG-GNN + 128 probe features",
+          "hnp_probes256": "HNP + 256 probe features (128 with pen strokes)",
           "nggnn_probes256": "NG-GNN + 256 probe features (128 with pen strokes)",
           "statnn_probes256_gbt": "StatNN + 256 probe features (with pen strokes; gradient boosting, all epochs)", "hnp_lprobes": "HNP + learned probe features"}
 #: the non-learned control with the same probe features, per learned probe method (default statnn_probes_gbt)
-CONTROLS = {"nggnn_probes256": "statnn_probes256_gbt"}
+CONTROLS = {"nggnn_probes256": "statnn_probes256_gbt", "hnp_probes256": "statnn_probes256_gbt"}
 ZOO_NAMES = {"gs": "digits-cnn-gs", "wild": "digits-cnn-wild"}
 
 
@@ -96,6 +97,35 @@ def ensemble(zoo_key: str, method: str, seeds: list[int], runs: Path) -> dict | 
     return {"tau": m["tau"], "r2": m["r2"], "mae": m["mae"], "n_models": len(dirs), "n_test": m["n"]}
 
 
+def blend(zoo_key: str, method: str, seeds: list[int], runs: Path) -> dict | None:
+    """Test metrics of the plain average of (the mean prediction of ``method``'s seeds) and (its GBT control's
+    prediction, seed 0; the control is deterministic): an ensemble of two model families, weights fixed at 1/2."""
+    control = CONTROLS.get(method)
+    saved = runs / f"{zoo_key}_{control}_s{seeds[0]}" / "predictions.json"
+    if control is None or not saved.is_file():
+        return None
+    dirs = [runs / f"{zoo_key}_{method}_s{s}" for s in seeds]
+    dirs = [d for d in dirs if (d / "predictor" / "config.json").is_file() and (d / "metrics.json").is_file()]
+    if not dirs:
+        return None
+    import wsl
+    from wsl.tasks.generalization import select_rows, target_values
+    from wsl.train.metrics import regression_metrics
+    from wsl.train.registry import load_predictor
+
+    data = json.loads((dirs[0] / "metrics.json").read_text())["config"]["data"]
+    zoo = wsl.load_zoo(data["zoo"])
+    test = select_rows(zoo, data["test_split"], data["checkpoints"], data["target"], data["arch"])
+    true = target_values(test, data["target"])
+    gbt = json.loads(saved.read_text())["test"]
+    if not np.allclose(np.asarray(gbt["true"]), true):
+        raise SystemExit(f"{saved}: its test rows are not the test rows of {dirs[0]}")
+    learned = np.mean([load_predictor(d / "predictor").predict_zoo(test) for d in dirs], axis=0)
+    m = regression_metrics(0.5 * learned + 0.5 * np.asarray(gbt["predicted"]), true)
+    return {"tau": m["tau"], "r2": m["r2"], "mae": m["mae"], "n_models": len(dirs), "control": control,
+            "n_test": m["n"]}
+
+
 def fmt(xs: list[float], digits: int = 3) -> str:
     a = np.asarray([x for x in xs if x is not None], dtype=float)
     if a.size == 0:
@@ -122,7 +152,8 @@ def main() -> int:
                          "with --collect; only use it for the same zoos (check the deterministic baselines agree)")
     ap.add_argument("--ensembles", action="store_true",
                     help="also report, per learned method with >= 2 seeds run here, the test metrics of the mean "
-                         "of the seeds' predictions")
+                         "of the seeds' predictions, and (for methods with a GBT control in CONTROLS) of that mean "
+                         "averaged 1:1 with the control's predictions")
     ap.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
     a = ap.parse_args()
     runs = Path(a.runs_dir)
@@ -167,6 +198,12 @@ def main() -> int:
                     ensembles.setdefault(zoo, {})[m] = ens
                     lines.append(f"| {ZOO_NAMES[zoo]} | {LABELS.get(m, m)}, mean of the {ens['n_models']} seeds' "
                                  f"predictions | 1 | {ens['tau']:.3f} | {ens['r2']:.3f} | {ens['mae']:.3f} | — |")
+                bl = blend(zoo, m, seeds, runs) if a.ensembles else None
+                if bl:
+                    ensembles.setdefault(zoo, {})[m + "+control"] = bl
+                    lines.append(f"| {ZOO_NAMES[zoo]} | {LABELS.get(m, m)}, mean of the {bl['n_models']} seeds, "
+                                 f"averaged with its GBT control | 1 | {bl['tau']:.3f} | {bl['r2']:.3f} | "
+                                 f"{bl['mae']:.3f} | — |")
         gbts = [float(np.mean([r["tau"] for r in rows.get(k, []) if "tau" in r]))
                 for k in ("statnn_gbt", "statnn_gbt_all") if any("tau" in r for r in rows.get(k, []))]
         if best and gbts:

@@ -308,6 +308,12 @@ def test_baseline_through_wsl_train(tiny_zoo: Path, tmp_path: Path, capsys: pyte
     m = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert m["name"] == "statnn_gbt" and m["layout"] == "per_tensor" and m["test"]["n"] == 8
     assert (tmp_path / "b" / "test_scatter.png").is_file()
+    preds = json.loads((tmp_path / "b" / "predictions.json").read_text())
+    from wsl.train.metrics import regression_metrics
+
+    for role in ("val", "test"):
+        again = regression_metrics(np.asarray(preds[role]["predicted"]), np.asarray(preds[role]["true"]))
+        assert again["tau"] == pytest.approx(m[role]["tau"], abs=1e-12) and len(preds[role]["true"]) == m[role]["n"]
     assert main(["train", str(cfg), "optim.lrr=1"]) == 2
     assert "did you mean 'optim.lr'" in capsys.readouterr().err
 

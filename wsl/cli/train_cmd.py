@@ -78,6 +78,9 @@ def _run_baseline(cfg: Any) -> int:
     res.update(wall_time_s=time.perf_counter() - t0, model=cfg.model.name, config=cfg.to_dict())
     with atomic_open(out / "metrics.json", "w", encoding="utf-8") as fh:
         json.dump(to_json(res), fh, indent=1)
+    with atomic_open(out / "predictions.json", "w", encoding="utf-8") as fh:  # for ensembles with learned models
+        json.dump({role: {"predicted": [float(v) for v in pr], "true": [float(v) for v in tr]}
+                   for role, (pr, tr) in preds.items()}, fh)
     p, t = preds["test"]
     scatter_plot(p, t, out / "test_scatter.png", title=f"{cfg.model.name} on {zoo.name} (test)",
                  target=dc.target.replace("_", " "), metrics=res["test"])
