@@ -166,8 +166,11 @@ def main() -> int:
     print(f"{len(jobs)} runs -> {runs}", flush=True)
     with ThreadPoolExecutor(max(1, a.parallel)) as pool:
         results = list(pool.map(lambda j: run_one(*j, runs, a.overrides, a.collect), jobs))
+    old_ens: dict = {}
     if a.previous:
-        old = json.loads(Path(a.previous).read_text())["results"]
+        prev_table = json.loads(Path(a.previous).read_text())
+        old = prev_table["results"]
+        old_ens = prev_table.get("ensembles", {})
         for i, (zoo, m, s) in enumerate(jobs):
             if not results[i]:
                 prev = next((r for r in old.get(zoo, {}).get(m, []) if r.get("seed") == s and "tau" in r), None)
@@ -194,16 +197,21 @@ def main() -> int:
                 mean = float(np.mean([r["tau"] for r in ok]))
                 best = max(best or (-1.0, ""), (mean, m))
                 ens = ensemble(zoo, m, seeds, runs) if a.ensembles else None
+                if a.ensembles and not ens and m in old_ens.get(zoo, {}):
+                    ens = dict(old_ens[zoo][m], previous=True)  # the seeds' predictions are not here
                 if ens:
                     ensembles.setdefault(zoo, {})[m] = ens
                     lines.append(f"| {ZOO_NAMES[zoo]} | {LABELS.get(m, m)}, mean of the {ens['n_models']} seeds' "
-                                 f"predictions | 1 | {ens['tau']:.3f} | {ens['r2']:.3f} | {ens['mae']:.3f} | — |")
+                                 f"predictions{' †' if ens.get('previous') else ''} | 1 | {ens['tau']:.3f} | "
+                                 f"{ens['r2']:.3f} | {ens['mae']:.3f} | — |")
                 bl = blend(zoo, m, seeds, runs) if a.ensembles else None
+                if a.ensembles and not bl and m + "+control" in old_ens.get(zoo, {}):
+                    bl = dict(old_ens[zoo][m + "+control"], previous=True)
                 if bl:
                     ensembles.setdefault(zoo, {})[m + "+control"] = bl
                     lines.append(f"| {ZOO_NAMES[zoo]} | {LABELS.get(m, m)}, mean of the {bl['n_models']} seeds, "
-                                 f"averaged with its GBT control | 1 | {bl['tau']:.3f} | {bl['r2']:.3f} | "
-                                 f"{bl['mae']:.3f} | — |")
+                                 f"averaged with its GBT control{' †' if bl.get('previous') else ''} | 1 | "
+                                 f"{bl['tau']:.3f} | {bl['r2']:.3f} | {bl['mae']:.3f} | — |")
         gbts = [float(np.mean([r["tau"] for r in rows.get(k, []) if "tau" in r]))
                 for k in ("statnn_gbt", "statnn_gbt_all") if any("tau" in r for r in rows.get(k, []))]
         if best and gbts:
@@ -225,7 +233,9 @@ def main() -> int:
     out = Path(a.out or REPO / "benchmarks" / "results" / "generalization_table")
     out.parent.mkdir(parents=True, exist_ok=True)
     note = (f"\n† from the earlier table {a.previous} (runs not repeated here)." if a.previous and
-            any(r.get("previous") for r in results) else "")
+            (any(r.get("previous") for r in results) or
+                                             any(e.get("previous") for z in ensembles.values() for e in z.values()))
+            else "")
     out.with_suffix(".md").write_text(text + "\n\n" + ", ".join(f"{ZOO_NAMES[z]}: {n} test models"
                                                                  for z, n in n_test.items()) + f"; seeds {seeds}."
                                       + note + "\n")
