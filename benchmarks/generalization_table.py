@@ -196,22 +196,19 @@ def main() -> int:
             if not m.startswith(("hparams", "statnn")):
                 mean = float(np.mean([r["tau"] for r in ok]))
                 best = max(best or (-1.0, ""), (mean, m))
-                ens = ensemble(zoo, m, seeds, runs) if a.ensembles else None
-                if a.ensembles and not ens and m in old_ens.get(zoo, {}):
-                    ens = dict(old_ens[zoo][m], previous=True)  # the seeds' predictions are not here
-                if ens:
-                    ensembles.setdefault(zoo, {})[m] = ens
-                    lines.append(f"| {ZOO_NAMES[zoo]} | {LABELS.get(m, m)}, mean of the {ens['n_models']} seeds' "
-                                 f"predictions{' †' if ens.get('previous') else ''} | 1 | {ens['tau']:.3f} | "
-                                 f"{ens['r2']:.3f} | {ens['mae']:.3f} | — |")
-                bl = blend(zoo, m, seeds, runs) if a.ensembles else None
-                if a.ensembles and not bl and m + "+control" in old_ens.get(zoo, {}):
-                    bl = dict(old_ens[zoo][m + "+control"], previous=True)
-                if bl:
-                    ensembles.setdefault(zoo, {})[m + "+control"] = bl
-                    lines.append(f"| {ZOO_NAMES[zoo]} | {LABELS.get(m, m)}, mean of the {bl['n_models']} seeds, "
-                                 f"averaged with its GBT control{' †' if bl.get('previous') else ''} | 1 | "
-                                 f"{bl['tau']:.3f} | {bl['r2']:.3f} | {bl['mae']:.3f} | — |")
+                for key, combine, what in ((m, ensemble, "mean of the {n} seeds' predictions"),
+                                           (m + "+control", blend,
+                                            "mean of the {n} seeds, averaged with its GBT control")):
+                    if not a.ensembles:
+                        break
+                    # fall back on the previous table's row when the seeds' predictions are not here
+                    e = combine(zoo, m, seeds, runs) or (dict(old_ens[zoo][key], previous=True)
+                                                        if key in old_ens.get(zoo, {}) else None)
+                    if e:
+                        ensembles.setdefault(zoo, {})[key] = e
+                        lines.append(f"| {ZOO_NAMES[zoo]} | {LABELS.get(m, m)}, {what.format(n=e['n_models'])}"
+                                     f"{' †' if e.get('previous') else ''} | 1 | {e['tau']:.3f} | "
+                                     f"{e['r2']:.3f} | {e['mae']:.3f} | — |")
         gbts = [float(np.mean([r["tau"] for r in rows.get(k, []) if "tau" in r]))
                 for k in ("statnn_gbt", "statnn_gbt_all") if any("tau" in r for r in rows.get(k, []))]
         if best and gbts:
@@ -232,10 +229,9 @@ def main() -> int:
         return 0
     out = Path(a.out or REPO / "benchmarks" / "results" / "generalization_table")
     out.parent.mkdir(parents=True, exist_ok=True)
-    note = (f"\n† from the earlier table {a.previous} (runs not repeated here)." if a.previous and
-            (any(r.get("previous") for r in results) or
-                                             any(e.get("previous") for z in ensembles.values() for e in z.values()))
-            else "")
+    borrowed = any(r.get("previous") for r in results) or any(
+        e.get("previous") for rows in ensembles.values() for e in rows.values())
+    note = f"\n† from the earlier table {a.previous} (runs not repeated here)." if borrowed else ""
     out.with_suffix(".md").write_text(text + "\n\n" + ", ".join(f"{ZOO_NAMES[z]}: {n} test models"
                                                                  for z, n in n_test.items()) + f"; seeds {seeds}."
                                       + note + "\n")
