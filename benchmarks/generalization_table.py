@@ -18,7 +18,9 @@ Dense meta-models (NP, HNP, NFT) need one architecture, so they run on digits-cn
 ``*_probes`` methods add probe features (the network's outputs on 32 seeded synthetic inputs,
 wsl.tasks.probes) to the meta-model's head; ``statnn_probes_gbt`` is gradient boosting on the
 same probe features plus StatNN, the matching non-learned control (``statnn_probes256_gbt``
-for ``nggnn_probes256``, whose probes are half random pen strokes).
+for ``nggnn_probes256``, whose probes are half random pen strokes). ``*_inv256`` methods read probe features on
+256 inputs synthesized by inverting the training split's networks (wsl.tasks.inversion); ``statnn_inv256_gbt``
+is their control.
 """
 
 from __future__ import annotations
@@ -37,9 +39,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 METHODS = {
     "gs": ["hparams_gbt", "statnn_linear", "statnn_gbt", "statnn_gbt_all", "statnn_probes_gbt", "statnn_probes256_gbt", "np",
-           "hnp", "nft", "nggnn", "ngt", "hnp_probes", "hnp_lprobes", "hnp_probes256"],
+           "hnp", "nft", "nggnn", "ngt", "hnp_probes", "hnp_lprobes", "hnp_probes256", "statnn_inv256_gbt", "hnp_inv256"],
     "wild": ["hparams_gbt", "statnn_linear", "statnn_gbt", "statnn_gbt_all", "statnn_probes_gbt", "nggnn", "ngt",
-             "statnn_probes256_gbt", "nggnn_probes", "nggnn_probes128", "nggnn_probes256", "nggnn_lprobes"],
+             "statnn_probes256_gbt", "nggnn_probes", "nggnn_probes128", "nggnn_probes256", "nggnn_lprobes",
+             "statnn_inv256_gbt", "nggnn_inv256"],
 }
 LABELS = {"hparams_gbt": "Hyperparameters only (GBT)", "statnn_linear": "StatNN (linear)",
           "statnn_gbt": "StatNN (gradient boosting)", "statnn_gbt_all": "StatNN (gradient boosting, all epochs)", "np": "NP (NFN)", "hnp": "HNP (NFN)", "nft": "NFT",
@@ -48,9 +51,12 @@ LABELS = {"hparams_gbt": "Hyperparameters only (GBT)", "statnn_linear": "StatNN 
           "nggnn_lprobes": "NG-GNN + learned probe features", "nggnn_probes128": "NG-GNN + 128 probe features",
           "hnp_probes256": "HNP + 256 probe features (128 with pen strokes)",
           "nggnn_probes256": "NG-GNN + 256 probe features (128 with pen strokes)",
-          "statnn_probes256_gbt": "StatNN + 256 probe features (with pen strokes; gradient boosting, all epochs)", "hnp_lprobes": "HNP + learned probe features"}
+          "statnn_probes256_gbt": "StatNN + 256 probe features (with pen strokes; gradient boosting, all epochs)", "hnp_lprobes": "HNP + learned probe features",
+          "hnp_inv256": "HNP + 256 inverted probes", "nggnn_inv256": "NG-GNN + 256 inverted probes",
+          "statnn_inv256_gbt": "StatNN + 256 inverted probes (gradient boosting, all epochs)"}
 #: the non-learned control with the same probe features, per learned probe method (default statnn_probes_gbt)
-CONTROLS = {"nggnn_probes256": "statnn_probes256_gbt", "hnp_probes256": "statnn_probes256_gbt"}
+CONTROLS = {"nggnn_probes256": "statnn_probes256_gbt", "hnp_probes256": "statnn_probes256_gbt",
+            "nggnn_inv256": "statnn_inv256_gbt", "hnp_inv256": "statnn_inv256_gbt"}
 ZOO_NAMES = {"gs": "digits-cnn-gs", "wild": "digits-cnn-wild"}
 
 

@@ -70,7 +70,8 @@ def _run_baseline(cfg: Any) -> int:
     layout = dc.stats_layout
     res = fit_baseline(cfg.model.name, zoo, cfg.train.seed, target=dc.target, checkpoints=dc.checkpoints,
                        train_checkpoints=dc.train_checkpoints, probes=cfg.probes.num, probe_seed=cfg.probes.seed,
-                       probe_kind=cfg.probes.kind,
+                       probe_kind=cfg.probes.kind, probe_invert=cfg.probes.invert,
+                       invert_steps=cfg.probes.invert_steps, invert_tv=cfg.probes.invert_tv,
                        layout=layout, splits=(dc.train_split, dc.val_split, dc.test_split), return_predictions=True)
     preds = res.pop("predictions")
     out = Path(cfg.output)

@@ -22,12 +22,17 @@ synthetic probes) and ``p`` is computed inside the forward pass by running
 the batch's networks on them (:class:`~wsl.tasks.probes.ProbeBatch`), so the
 loss trains the inputs too (Kahana et al. 2024, "probing"). ``Probed.probes``
 is then a :class:`~wsl.tasks.probes.ProbeBatch`, not a feature tensor.
+
+**Stored probes** (``stored_inputs``): probe inputs that cannot be redrawn
+from a seed -- those inverted from a zoo's training networks
+(:mod:`wsl.tasks.inversion`) -- are kept in the buffer ``probe_x``, so a
+saved model carries the inputs its probe features must be computed on.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -57,7 +62,8 @@ class ProbeFusion(nn.Module):
     """
 
     def __init__(self, inner: nn.Module, num_features: int, embed: int = 64, hidden: int = 128,
-                 out_dim: int = 1, learn_inputs: torch.Tensor | None = None) -> None:
+                 out_dim: int = 1, learn_inputs: torch.Tensor | None = None,
+                 stored_inputs: Sequence[int] | None = None) -> None:
         super().__init__()
         if num_features < 1 or embed < 1 or hidden < 1:
             raise WslError(f"ProbeFusion: num_features, embed and hidden must be >= 1, got "
@@ -71,6 +77,20 @@ class ProbeFusion(nn.Module):
         self.raw_probes: nn.Parameter | None = None
         if learn_inputs is not None:
             self.raw_probes = nn.Parameter(torch.atanh(learn_inputs.detach().float().clamp(-0.95, 0.95)))
+        self.register_buffer("probe_x", None if stored_inputs is None or learn_inputs is not None
+                             else torch.zeros([int(s) for s in stored_inputs]))
+
+    @torch.no_grad()
+    def set_probe_inputs(self, x: torch.Tensor) -> None:
+        """Set the probe inputs this model keeps: the start of learned probes, or the stored ``probe_x``
+        (a no-op for fixed probes that are redrawn from their seed)."""
+        own = self.raw_probes if self.raw_probes is not None else self.probe_x
+        if own is None:
+            return
+        if tuple(x.shape) != tuple(own.shape):
+            raise WslError(f"ProbeFusion: probe inputs of shape {tuple(x.shape)}, this model keeps {tuple(own.shape)}")
+        x = x.to(own.device, own.dtype)
+        own.copy_(torch.atanh(x.clamp(-0.95, 0.95)) if own is self.raw_probes else x)
 
     def probe_inputs(self) -> torch.Tensor:
         """The current (learned) probe inputs ``tanh(r)`` in ``[-1, 1]``."""

@@ -48,12 +48,16 @@ def _card(cfg: dict[str, Any], name: str, command: str) -> str:
                else f"exactly the training architecture (WeightSpace signatures {', '.join(acc['signatures'])})")
 
     pr = cfg["input"].get("probes")
+    parts = [] if not pr else [f"{pr['num']} synthetic ones (kind `{pr.get('kind', 'uniform')}`, seed {pr['seed']})"
+                               if pr["num"] else "",
+                               f"{pr['invert']} synthesized by inverting the training split's networks "
+                               "(wsl.tasks.inversion; stored in the model as `probe_x`)" if pr.get("invert") else ""]
     probes = "" if not pr else (
-        f"\n- **Probe features:** also reads the network's outputs on {pr['num']} synthetic probe inputs "
-        f"(kind `{pr.get('kind', 'uniform')}`, seed {pr['seed']}, shape {pr.get('input_shape')}"
-        f"{', learned during training' if pr.get('learn') else ''}; no data set images), fused with the "
-        "weight embedding. It therefore needs the network as a function: a checkpoint with its architecture, "
-        "or a module — a bare state_dict is refused.")
+        f"\n- **Probe features:** also reads the network's outputs on probe inputs of shape {pr.get('input_shape')}: "
+        f"{' and '.join(p for p in parts if p)}{', learned during training' if pr.get('learn') else ''}. "
+        "No image of any data set is used. The probe features are fused with the weight embedding, so the "
+        "predictor needs the network as a function: a checkpoint with its architecture, or a module — a bare "
+        "state_dict is refused.")
     dtype = (cfg.get("shipped") or {}).get("dtype", "float32")
 
     def fmt(split: str, k: str) -> str:
@@ -131,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
             from wsl.io import atomic_save_safetensors, load_safetensors
 
             sd = load_safetensors(Path(a.predictor) / "model.safetensors")
-            atomic_save_safetensors({k: v.half() if v.is_floating_point() else v for k, v in sd.items()},
+            keep = ("probe_x",)  # stored probe inputs stay float32: the features are computed on them
+            atomic_save_safetensors({k: v.half() if v.is_floating_point() and k.split(".")[-1] not in keep else v
+                                     for k, v in sd.items()},
                                     out / "model.safetensors", metadata={"format": cfg.get("format", "")})
             with atomic_open(out / "config.json", "w", encoding="utf-8") as fh:
                 json.dump(cfg, fh, indent=1)

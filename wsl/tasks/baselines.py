@@ -212,11 +212,14 @@ def _regressor(kind: str, seed: int, n_train: int) -> Any:
 def fit_baseline(name: str, zoo: Any, seed: int = 0, *, target: str = "test_accuracy", checkpoints: str = "last",
                  layout: str = "auto", splits: tuple[str, str, str] = ("train", "val", "test"),
                  return_predictions: bool = False, train_checkpoints: str = "same", probes: int = 0,
-                 probe_seed: int = 0, probe_kind: str = "mixed") -> dict[str, Any]:
+                 probe_seed: int = 0, probe_kind: str = "mixed", probe_invert: int = 0, invert_steps: int = 300,
+                 invert_tv: float = 0.5) -> dict[str, Any]:
     """Fit baseline ``name`` (one of :data:`BASELINES`) on a zoo's train split.
 
-    ``probes > 0`` appends the probe features of every row
-    (:func:`wsl.tasks.probes.probe_features`) to the baseline's features.
+    ``probes + probe_invert > 0`` appends the probe features of every row on
+    the probe set of :func:`wsl.tasks.inversion.probe_set` (``probes``
+    synthetic ones, ``probe_invert`` inverted from the train split's
+    networks) to the baseline's features.
 
     ``zoo`` is a :class:`~wsl.zoo.Zoo` or a path. Returns ``{"name", "val":
     {tau, r2, mae, n}, "test": {...}, "n_train", "num_features",
@@ -242,15 +245,17 @@ def fit_baseline(name: str, zoo: Any, seed: int = 0, *, target: str = "test_accu
         lay = "hparams"
         enc = HParamEncoder().fit([r["hparams"] for r in views[splits[0]].rows])
         feats = {s: enc.transform([r["hparams"] for r in v.rows]) for s, v in views.items()}
-    if probes > 0:
+    if probes + probe_invert > 0:
+        from wsl.tasks.inversion import probe_set
         from wsl.tasks.probes import probe_features, zoo_probe_shape
 
         shape = zoo_probe_shape(zoo._store, list(dict.fromkeys(a for v in views.values()
                                                                 for a in v.column("arch").tolist())))
-        feats = {s: np.concatenate([f, probe_features(views[s], probes, probe_seed, shape=shape,
-                                                      kind=probe_kind).double().numpy()], 1)
+        x = probe_set(zoo, num=probes, seed=probe_seed, kind=probe_kind, invert=probe_invert,
+                      invert_steps=invert_steps, invert_tv=invert_tv, split=splits[0], target=target, shape=shape)
+        feats = {s: np.concatenate([f, probe_features(views[s], shape=shape, inputs=x).double().numpy()], 1)
                  for s, f in feats.items()}
-        lay = f"{lay}+probes{probes}-{probe_kind}"
+        lay = f"{lay}+probes{probes}-{probe_kind}" + (f"+inverted{probe_invert}" if probe_invert else "")
     ys = {s: target_values(v, target) for s, v in views.items()}
     reg = _regressor("linear" if name == "statnn_linear" else "gbt", seed, len(ys[splits[0]]))
     from threadpoolctl import threadpool_limits

@@ -312,11 +312,12 @@ def augment_features(feats: Any, augment: Any, generator: torch.Generator | None
 def prepare_split(zoo: Any, name: str, split: str, kind: str, *, target: str = "test_accuracy",
                   checkpoints: str = "last", arch: str | None = None, max_rows: int | None = None, seed: int = 0,
                   stats_layout: str = "per_tensor", device: torch.device | str | None = None,
-                  transform: str = "none", probes: int = 0, probe_seed: int = 0,
-                  probe_kind: str = "mixed", probe_learn: bool = False) -> SplitData:
+                  transform: str = "none", probe_inputs: torch.Tensor | None = None,
+                  probe_learn: bool = False) -> SplitData:
     """Select the rows of ``split`` and build the ``kind`` inputs once (see module docstring).
 
-    ``probes > 0`` also computes the probe features of every row
+    ``probe_inputs`` (``(P, *shape)``, :func:`wsl.tasks.inversion.probe_set`)
+    also computes the probe features of every row on them
     (:func:`wsl.tasks.probes.probe_features`, from the raw weights); with
     ``probe_learn`` it keeps the networks instead (:class:`~wsl.tasks.probes.ProbeNets`),
     for a model that learns its probe inputs.
@@ -364,12 +365,12 @@ def prepare_split(zoo: Any, name: str, split: str, kind: str, *, target: str = "
     info = {"num_rows": len(view), "num_models": len(view.model_ids()), "archs": [str(a) for a in first],
             "signatures": order}
     probe_feats: Any = None
-    if probes > 0 and probe_learn:
+    if probe_inputs is not None and probe_learn:
         from wsl.tasks.probes import ProbeNets
 
-        probe_feats = ProbeNets.from_view(view, device)
-    elif probes > 0:
+        probe_feats = ProbeNets.from_view(view, device, shape=probe_inputs.shape[1:])
+    elif probe_inputs is not None:
         from wsl.tasks.probes import probe_features
 
-        probe_feats = probe_features(view, probes, probe_seed, device, kind=probe_kind)
+        probe_feats = probe_features(view, device=device, shape=probe_inputs.shape[1:], inputs=probe_inputs)
     return SplitData(name, kind, y, view.row_ids, groups, stats, stats_layout, info, probe_feats)

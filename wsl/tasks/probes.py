@@ -298,11 +298,13 @@ def zoo_probe_shape(store: Any, arch_ids: Sequence[str]) -> list[int]:
 
 
 def probe_outputs(view: Any, num: int = 32, seed: int = 0, device: torch.device | str | None = None,
-                  chunk: int = 256, shape: Sequence[int] | None = None, kind: str = "mixed") -> torch.Tensor:
+                  chunk: int = 256, shape: Sequence[int] | None = None, kind: str = "mixed",
+                  inputs: torch.Tensor | None = None) -> torch.Tensor:
     """``(len(view), num, out)`` float32 logits of every row of a zoo view on :func:`probe_inputs`.
 
     Probes are drawn in ``shape`` (default :func:`canonical_shape`) and
-    reshaped to each architecture's input. Rows are run one architecture at a
+    reshaped to each architecture's input; ``inputs`` (``(P, *shape)``, e.g.
+    from :func:`wsl.tasks.inversion.probe_set`) replaces the drawn probes. Rows are run one architecture at a
     time (a :class:`ProbeNets` of its rows, one vectorized call per ``chunk``
     rows, no gradients); the result follows the view's row order.
     """
@@ -310,7 +312,8 @@ def probe_outputs(view: Any, num: int = 32, seed: int = 0, device: torch.device 
     store = view._store
     ids = list(dict.fromkeys(archs.tolist()))
     canon = list(shape) if shape is not None else zoo_probe_shape(store, ids)
-    base = probe_inputs(canon, num, seed, kind).to(device)
+    base = (probe_inputs(canon, num, seed, kind) if inputs is None else _fixed(inputs, canon)).to(device)
+    num = int(base.shape[0])
     out: torch.Tensor | None = None
     for aid in ids:
         pos = torch.from_numpy(np.flatnonzero(archs == aid))
@@ -329,22 +332,32 @@ def probe_outputs(view: Any, num: int = 32, seed: int = 0, device: torch.device 
 
 
 def probe_features(view: Any, num: int = 32, seed: int = 0, device: torch.device | str | None = None,
-                   shape: Sequence[int] | None = None, kind: str = "mixed") -> torch.Tensor:
+                   shape: Sequence[int] | None = None, kind: str = "mixed",
+                   inputs: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`probe_summary` of :func:`probe_outputs`: the ``(N, num * out + 2)`` head input of a zoo view."""
-    return probe_summary(probe_outputs(view, num, seed, device, shape=shape, kind=kind))
+    return probe_summary(probe_outputs(view, num, seed, device, shape=shape, kind=kind, inputs=inputs))
+
+
+def _fixed(inputs: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Given probe inputs, checked to hold ``(P, *shape)`` elements, as float32 of that shape."""
+    per = int(np.prod(shape))
+    if inputs.dim() < 1 or inputs.shape[0] < 1 or inputs[0].numel() != per:
+        raise ProbeError(f"probe inputs of shape {tuple(inputs.shape)} do not hold probes of shape {list(shape)}")
+    return inputs.detach().float().reshape(inputs.shape[0], *[int(s) for s in shape])
 
 
 def module_probe_outputs(module: nn.Module, input_shape: Sequence[int], num: int = 32,
-                         seed: int = 0, kind: str = "mixed") -> torch.Tensor:
+                         seed: int = 0, kind: str = "mixed", inputs: torch.Tensor | None = None) -> torch.Tensor:
     """``(1, num, out)`` logits of one module on the probes drawn in ``input_shape`` (user-side prediction).
 
     The input-shape rule is :meth:`ProbeNets.of_module`'s: the module's
     ``wsl_input_shape`` when it holds as many elements, else ``input_shape``,
-    else the probes flattened.
+    else the probes flattened. ``inputs`` replaces the drawn probes (as in :func:`probe_outputs`).
     """
     nets = ProbeNets.of_module(module, input_shape)
+    x = probe_inputs(input_shape, num, seed, kind) if inputs is None else _fixed(inputs, input_shape)
     with torch.no_grad():
-        return _check_out(nets[0:1](probe_inputs(input_shape, num, seed, kind)).float(), type(module).__name__)
+        return _check_out(nets[0:1](x).float(), type(module).__name__)
 
 
 def probe_summary(logits: torch.Tensor, clip: float = 30.0) -> torch.Tensor:

@@ -7,7 +7,8 @@ A config has seven sections and an output directory::
     optim:    {name: adamw|adam|sgd, lr, weight_decay, momentum, betas, grad_clip}
     schedule: {name: cosine|constant, warmup_epochs, min_lr_ratio}
     augment:  {permute, noise}
-    probes:   {num (0 = off), seed, kind: mixed|uniform|strokes|mixed+strokes, learn, embed, hidden}  -- probe features fused into the head
+    probes:   {num, seed, kind: mixed|uniform|strokes|mixed+strokes, invert, invert_steps, invert_tv, learn, embed,
+               hidden}  -- probe features fused into the head (off while num + invert == 0)
     train:    {epochs, batch_size, eval_batch_size, seed, device: auto|cpu|cuda|cuda:N, amp, amp_dtype: bf16|fp16,
                patience, loss: mse|l1|huber, drop_last, progress, threads, find_unused_parameters}
     output:   run directory (default ``runs/<config file stem>``)
@@ -109,9 +110,18 @@ class AugmentConfig:
 class ProbeConfig:
     """Probe features next to the meta-model's embedding (:mod:`wsl.tasks.probes`, :mod:`wsl.nn.probed`)."""
 
-    num: int = 0  #: number of synthetic probe inputs; 0 = off
+    num: int = 0  #: number of synthetic probe inputs of ``kind`` (probes are off while num + invert == 0)
     seed: int = 0  #: seed of the probe inputs
     kind: str = "mixed"  #: "mixed" (noise, low-frequency noise, binary images), "uniform", "strokes", "mixed+strokes"
+    #: number of probes synthesized by inverting the training split's networks (wsl.tasks.inversion), after the ``num``
+    invert: int = 0
+    invert_steps: int = 300  #: Adam steps of the inversion
+    invert_tv: float = 0.5  #: weight of the total-variation (smoothness) term of the inversion
+
+    @property
+    def total(self) -> int:
+        """Probe inputs in all (0 = probe features off)."""
+        return self.num + self.invert
     learn: bool = False  #: train the probe inputs with the model (they start at the synthetic ones)
     embed: int = 64  #: output width of the meta-model and of the probe branch
     hidden: int = 128  #: hidden width of the probe branch and of the fusion MLP
@@ -191,10 +201,11 @@ class Config:
         for key, v in nonneg.items():
             if not (v >= 0 and math.isfinite(v)):
                 raise ConfigError(f"{where}: {key} must be >= 0, got {v}")
-        for key in ("num", "embed", "hidden"):
+        for key in ("num", "invert", "invert_steps", "invert_tv", "embed", "hidden"):
             v = getattr(self.probes, key)
-            if v < (0 if key == "num" else 1):
-                raise ConfigError(f"{where}: probes.{key} must be >= {0 if key == 'num' else 1}, got {v}")
+            low = 1 if key in ("embed", "hidden") else 0
+            if not (v >= low and math.isfinite(v)):
+                raise ConfigError(f"{where}: probes.{key} must be >= {low}, got {v}")
         if self.data.max_train is not None and self.data.max_train < 1:
             raise ConfigError(f"{where}: data.max_train must be >= 1 or null, got {self.data.max_train}")
         splits = (self.data.train_split, self.data.val_split, self.data.test_split)

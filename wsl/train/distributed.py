@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from wsl.errors import ConfigError
 
-__all__ = ["DistInfo", "all_sum", "barrier", "cleanup", "gather_predictions", "setup", "shard"]
+__all__ = ["DistInfo", "all_sum", "barrier", "broadcast", "cleanup", "gather_predictions", "setup", "shard"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,15 @@ def all_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     out = t.clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out
+
+
+def broadcast(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Rank 0's ``t`` on every rank (other ranks pass a tensor of the same shape and dtype); identity in one process."""
+    if not info.enabled:
+        return t
+    buf = t.to(info.device).contiguous()  # nccl needs CUDA tensors, gloo CPU ones: info.device is the right one
+    dist.broadcast(buf, src=0)
+    return buf.to(t.device)
 
 
 def gather_predictions(pred_local: torch.Tensor, idx_local: torch.Tensor, n: int, info: DistInfo) -> torch.Tensor:

@@ -106,12 +106,12 @@ class Trainer:
         t0 = time.perf_counter()
         ckpt = {role: (dc.train_checkpoints if role == "train" and dc.train_checkpoints != "same" else dc.checkpoints)
                 for role in names}
+        probe_x = self._probe_inputs() if cfg.probes.total and kind != "stats" else None
         self.data = {role: prepare_split(self.zoo, role, s, kind, target=dc.target, checkpoints=ckpt[role],
                                          arch=dc.arch, max_rows=dc.max_train if role == "train" else None,
                                          seed=cfg.train.seed, stats_layout=layout, device=self.device,
                                          transform=dc.transform if kind != "stats" else "none",
-                                         probes=cfg.probes.num if kind != "stats" else 0, probe_seed=cfg.probes.seed,
-                                         probe_kind=cfg.probes.kind, probe_learn=cfg.probes.learn)
+                                         probe_inputs=probe_x, probe_learn=cfg.probes.learn)
                      for role, s in names.items()}
         self.log(f"data: {', '.join(f'{r} {len(d)} rows' for r, d in self.data.items())} "
                  f"({kind} inputs, built in {time.perf_counter() - t0:.1f}s)")
@@ -131,25 +131,22 @@ class Trainer:
         space = tr.groups[0].space if len(tr.groups) == 1 else None
         pc = cfg.probes
         probes = None
-        if tr.probes is not None:
-            from wsl.tasks.probes import zoo_probe_shape
-
-            shape = zoo_probe_shape(self.zoo._store,
-                                    list(dict.fromkeys(a for d in self.data.values() for a in d.info["archs"])))
+        if probe_x is not None:
             width = tr.probes.shape[1] if isinstance(tr.probes, torch.Tensor) else None
             if width is None:  # learned probes: the feature width of the initial probes
-                from wsl.tasks.probes import probe_inputs, probe_summary
+                from wsl.tasks.probes import probe_summary
 
                 with torch.no_grad():
-                    init = probe_inputs(shape, pc.num, pc.seed, pc.kind).to(self.device)
-                    width = probe_summary(tr.probes[torch.arange(1)](init)).shape[1]
-            probes = {"num": pc.num, "seed": pc.seed, "kind": pc.kind, "learn": pc.learn, "embed": pc.embed,
-                      "hidden": pc.hidden, "num_features": int(width), "input_shape": shape}
+                    width = probe_summary(tr.probes[torch.arange(1)](probe_x.to(self.device))).shape[1]
+            probes = {"num": pc.num, "seed": pc.seed, "kind": pc.kind, "invert": pc.invert,
+                      "invert_steps": pc.invert_steps, "invert_tv": pc.invert_tv, "learn": pc.learn, "embed": pc.embed,
+                      "hidden": pc.hidden, "num_features": int(width), "input_shape": list(probe_x.shape[1:])}
         self.input_info = InputInfo(kind, space, int(tr.stats.shape[1]) if tr.stats is not None else None,
                                     layout if kind == "stats" else None, edge_dim, probes)
         torch.manual_seed(cfg.train.seed)
         self.model = build_model(cfg.model.name, self.input_info, cfg.model.params).to(self.device)
-        if tr.probes is not None:
+        if probe_x is not None:
+            self.model.set_probe_inputs(probe_x)  # type: ignore[operator]
             feats = tr.probes
             if not isinstance(feats, torch.Tensor):  # learned: normalize with the features of the initial probes
                 with torch.no_grad():
@@ -176,6 +173,27 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg, self.steps_per_epoch))
         self.amp_ctx = self._amp()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_ctx is not None and cfg.train.amp_dtype == "fp16")
+
+    def _probe_inputs(self) -> torch.Tensor:
+        """The run's probe inputs (:func:`wsl.tasks.inversion.probe_set`); inverted ones from rank 0, broadcast."""
+        from wsl.tasks.inversion import probe_set
+        from wsl.tasks.probes import zoo_probe_shape
+
+        pc, dc = self.cfg.probes, self.cfg.data
+        view = self.zoo.filter(arch=dc.arch) if dc.arch is not None else self.zoo
+        shape = zoo_probe_shape(self.zoo._store, list(dict.fromkeys(view.column("arch").tolist())))
+        if pc.invert and not self.info.is_main:
+            x = torch.empty(pc.total, *shape)
+        else:
+            t0 = time.perf_counter()
+            x = probe_set(self.zoo, num=pc.num, seed=pc.seed, kind=pc.kind, invert=pc.invert,
+                          invert_steps=pc.invert_steps, invert_tv=pc.invert_tv, split=dc.train_split,
+                          target=dc.target, arch=dc.arch, shape=shape,
+                          progress=self.info.is_main and self.cfg.train.progress)
+            if pc.invert:
+                self.log(f"probes: {pc.invert} inverted from the {dc.train_split} split's networks "
+                         f"in {time.perf_counter() - t0:.1f}s")
+        return D.broadcast(x, self.info) if pc.invert else x  # type: ignore[arg-type]
 
     def _amp(self) -> Any:
         if not self.cfg.train.amp:

@@ -74,7 +74,7 @@ class Predictor:
         torch.set_num_threads(1)  # as in predict(): the same bits from the CLI, Python and wsl serve
         try:
             return probe_summary(module_probe_outputs(module, input_shape, int(pr["num"]), int(pr["seed"]),
-                                                      pr.get("kind", "uniform")))
+                                                      pr.get("kind", "uniform"), inputs=self.stored_probe_inputs))
         finally:
             torch.set_num_threads(before)
 
@@ -90,7 +90,14 @@ class Predictor:
 
             return ProbeNets.from_view(view, self.device, shape=pr.get("input_shape"))  # type: ignore[return-value]
         return probe_features(view, int(pr["num"]), int(pr["seed"]), shape=pr.get("input_shape"),
-                              kind=pr.get("kind", "uniform"))
+                              kind=pr.get("kind", "uniform"), inputs=self.stored_probe_inputs)
+
+    @property
+    def stored_probe_inputs(self) -> torch.Tensor | None:
+        """Probe inputs saved with the model (inverted probes, :mod:`wsl.tasks.inversion`); None when they are
+        redrawn from the predictor's probe seed and kind."""
+        x = getattr(self.model, "probe_x", None)
+        return x.detach().float().cpu() if isinstance(x, torch.Tensor) else None
 
     def inputs(self, space: Any, stacked: Mapping[str, torch.Tensor], probes: torch.Tensor | None = None) -> Any:
         """Model input for ``N`` stacked state_dicts of architecture ``space`` (+ their probe features)."""

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import torch
 from torch import nn
 
 from wsl.errors import ConfigError
@@ -192,12 +193,15 @@ def build_model(name: str, info: InputInfo, params: Mapping[str, Any]) -> nn.Mod
             pr = info.probes
             inner = entry.factory(info, **{**dict(params), ("out_features" if info.kind == "features" else "out_dim"):
                                            int(pr["embed"])})
-            init = None
+            init, invert = None, int(pr.get("invert", 0))
+            stored = [int(pr["num"]) + invert, *pr["input_shape"]] if invert else None  # not redrawable: kept
             if pr.get("learn"):
                 from wsl.tasks.probes import probe_inputs
 
-                init = probe_inputs(pr["input_shape"], int(pr["num"]), int(pr["seed"]), pr.get("kind", "uniform"))
-            return ProbeFusion(inner, int(pr["num_features"]), int(pr["embed"]), int(pr["hidden"]), learn_inputs=init)
+                init = torch.zeros(stored) if stored else probe_inputs(pr["input_shape"], int(pr["num"]),
+                                                                       int(pr["seed"]), pr.get("kind", "uniform"))
+            return ProbeFusion(inner, int(pr["num_features"]), int(pr["embed"]), int(pr["hidden"]), learn_inputs=init,
+                               stored_inputs=stored)
         return entry.factory(info, **dict(params))
     except ImportError as exc:
         raise ConfigError(f"model {name!r} is not available in this build: {exc}") from exc
