@@ -134,7 +134,9 @@ def test_train_with_inverted_probes_then_predict_and_ship(tmp_path: Path) -> Non
     ship.main([str(tmp_path / "run" / "predictor"), "--zoo", str(zoo), "--name", "inv", "--half",
                "-o", str(tmp_path / "half")])
     sd = load_safetensors(tmp_path / "half" / "model.safetensors")
-    assert sd["probe_x"].dtype == torch.float32 and torch.equal(sd["probe_x"], expect)
+    assert torch.equal(sd["probe_x"], expect.half())  # stored like every other tensor; metrics are re-measured
+    half = load_predictor(tmp_path / "half")
+    assert half.stored_probe_inputs is not None and torch.equal(half.stored_probe_inputs, expect.half().float())
     assert "inverting the training split" in (tmp_path / "half" / "README.md").read_text()
     assert json.loads((tmp_path / "half" / "config.json").read_text())["input"]["probes"]["invert"] == 6
 

@@ -135,9 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             from wsl.io import atomic_save_safetensors, load_safetensors
 
             sd = load_safetensors(Path(a.predictor) / "model.safetensors")
-            keep = ("probe_x",)  # stored probe inputs stay float32: the features are computed on them
-            atomic_save_safetensors({k: v.half() if v.is_floating_point() and k.split(".")[-1] not in keep else v
-                                     for k, v in sd.items()},
+            atomic_save_safetensors({k: v.half() if v.is_floating_point() else v for k, v in sd.items()},
                                     out / "model.safetensors", metadata={"format": cfg.get("format", "")})
             with atomic_open(out / "config.json", "w", encoding="utf-8") as fh:
                 json.dump(cfg, fh, indent=1)
