@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -34,6 +32,7 @@ from torch import nn
 
 from wsl.errors import ConfigError, WslError
 from wsl.train import distributed as D
+from wsl.train.checkpoints import load_checkpoint, save_checkpoint
 from wsl.train.config import Config
 from wsl.train.metrics import regression_metrics, to_json
 
@@ -205,53 +204,13 @@ class Trainer:
 
     # ------------------------------------------------------------- checkpoints
     def _save(self, name: str, state: dict[str, Any]) -> None:
-        if not self.info.is_main:
-            return
-        from wsl.io import atomic_open, atomic_save_safetensors
-
-        root = self.out / "checkpoints"
-        tmp = root / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        atomic_save_safetensors(dict(self.model.state_dict()), tmp / "model.safetensors")
-        full = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                "scaler": self.scaler.state_dict(), "trainer": state, "rng": self._rng_state()}
-        with atomic_open(tmp / "state.pt", "wb") as fh:
-            torch.save(full, fh)
-        with atomic_open(tmp / "config.json", "w", encoding="utf-8") as fh:
-            json.dump(self.cfg.to_dict(), fh, indent=1)
-        final, old = root / name, root / f".{name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-
-    def _rng_state(self) -> dict[str, Any]:
-        st: dict[str, Any] = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            st["cuda"] = torch.cuda.get_rng_state_all()
-        return st
+        if self.info.is_main:
+            save_checkpoint(self.out / "checkpoints", name, self.model, self.opt, self.sched, self.scaler, state,
+                            self.cfg.to_dict())
 
     def _load(self, name: str) -> dict[str, Any]:
-        from wsl.io import load_safetensors
-
-        d = self.out / "checkpoints" / name
-        if not (d / "state.pt").is_file() or not (d / "model.safetensors").is_file():
-            raise WslError(f"{d}: no checkpoint to resume from (run without --resume first)")
-        saved = json.loads((d / "config.json").read_text(encoding="utf-8"))
-        if {k: v for k, v in saved.items() if k != "train"} != {k: v for k, v in self.cfg.to_dict().items()
-                                                                  if k != "train"}:
-            self.log(f"warning: {d}/config.json differs from the current config; resuming anyway")
-        self.model.load_state_dict(load_safetensors(d / "model.safetensors", device=str(self.device)))
-        full = torch.load(d / "state.pt", map_location=self.device, weights_only=True)
-        self.opt.load_state_dict(full["optimizer"])
-        self.sched.load_state_dict(full["scheduler"])
-        self.scaler.load_state_dict(full["scaler"])
-        torch.set_rng_state(full["rng"]["torch"].cpu())
-        if "cuda" in full["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in full["rng"]["cuda"]])
-        return dict(full["trainer"])
+        return load_checkpoint(self.out / "checkpoints" / name, self.model, self.opt, self.sched, self.scaler,
+                               self.device, self.cfg.to_dict(), self.log)
 
     # ----------------------------------------------------------------- running
     def _loss(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
