@@ -123,6 +123,7 @@ def test_train_with_inverted_probes_then_predict_and_ship(tmp_path: Path) -> Non
                        "train.batch_size=8", "train.progress=false", "probes.num=2", "probes.invert=6",
                        "probes.invert_steps=10", "probes.embed=8", "probes.hidden=16"])
     metrics = Trainer(cfg, tmp_path / "run").fit()
+    assert (tmp_path / "run" / "inverted_probes.png").stat().st_size > 1000
     p = load_predictor(tmp_path / "run" / "predictor")
     stored = p.stored_probe_inputs
     expect = probe_set(wsl.load_zoo(zoo), num=2, invert=6, invert_steps=10)

@@ -347,13 +347,16 @@ class Trainer:
         })
         if self.info.is_main:
             from wsl.io import atomic_open
-            from wsl.train.plots import scatter_plot
+            from wsl.train.plots import probe_grid, scatter_plot
 
             with atomic_open(self.out / "metrics.json", "w", encoding="utf-8") as fh:
                 json.dump(metrics, fh, indent=1)
             scatter_plot(preds["test"], true["test"], self.out / "test_scatter.png",
                          title=f"{cfg.model.name} on {self.zoo.name} (test)",
                          target=cfg.data.target.replace("_", " "), metrics=res["test"])
+            if getattr(self.model, "probe_x", None) is not None:  # what the inversion made, to look at
+                probe_grid(self.model.probe_x[cfg.probes.num:].cpu(), self.out / "inverted_probes.png",
+                           title=f"inverted probes of {self.zoo.name} (column: target class)")
             self._write_predictor(metrics)
             self.log(f"test tau {res['test']['tau']:.4f} r2 {res['test']['r2']:.4f} mae {res['test']['mae']:.4f} "
                      f"-> {self.out}")

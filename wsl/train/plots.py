@@ -10,12 +10,10 @@ import numpy as np
 
 from wsl.errors import WslError
 
-__all__ = ["scatter_plot"]
+__all__ = ["probe_grid", "scatter_plot"]
 
 
-def scatter_plot(pred: Any, true: Any, path: str | Path, *, title: str = "", target: str = "test accuracy",
-                 metrics: dict[str, float] | None = None) -> Path:
-    """Predicted vs true scatter with the identity line; the title shows tau and R^2 if given."""
+def _pyplot(path: str | Path) -> Any:
     try:
         import matplotlib
 
@@ -23,6 +21,44 @@ def scatter_plot(pred: Any, true: Any, path: str | Path, *, title: str = "", tar
         import matplotlib.pyplot as plt
     except ImportError as exc:  # matplotlib is an optional dependency (extra "plot")
         raise WslError(f"cannot draw {path}: matplotlib is not installed (pip install 'wsl[plot]')") from exc
+    return plt
+
+
+def probe_grid(x: Any, path: str | Path, *, classes: int = 10, per_class: int = 6, title: str = "") -> Path | None:
+    """Probe inputs ``(P, C, H, W)`` (C = 1 or 3, values in [-1, 1]) as a grid: one column per target class
+    ``i mod classes``, ``per_class`` rows. Returns None (draws nothing) for inputs that are not images."""
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim != 4 or a.shape[1] not in (1, 3) or min(a.shape[2:]) < 2 or classes < 1:
+        return None
+    plt = _pyplot(path)
+    rows = max(1, min(per_class, a.shape[0] // classes))
+    cols = min(classes, a.shape[0])
+    fig, axes = plt.subplots(rows, cols, figsize=(0.8 * cols, 0.8 * rows + (0.4 if title else 0)), dpi=120,
+                             squeeze=False)
+    try:
+        for r in range(rows):
+            for c in range(cols):
+                ax = axes[r][c]
+                img = (a[r * classes + c].transpose(1, 2, 0) + 1) / 2
+                ax.imshow(img[..., 0] if img.shape[2] == 1 else img.clip(0, 1), cmap="gray", vmin=0, vmax=1)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if r == 0:
+                    ax.set_title(str(c), fontsize=8)
+        if title:
+            fig.suptitle(title, fontsize=9)
+        fig.tight_layout()
+        out = Path(path)
+        fig.savefig(out)
+    finally:
+        plt.close(fig)
+    return out
+
+
+def scatter_plot(pred: Any, true: Any, path: str | Path, *, title: str = "", target: str = "test accuracy",
+                 metrics: dict[str, float] | None = None) -> Path:
+    """Predicted vs true scatter with the identity line; the title shows tau and R^2 if given."""
+    plt = _pyplot(path)
     p = np.asarray(pred, dtype=np.float64).reshape(-1)
     t = np.asarray(true, dtype=np.float64).reshape(-1)
     fig, ax = plt.subplots(figsize=(4.8, 4.6), dpi=120)
