@@ -55,7 +55,7 @@ def test_torchrun_two_processes_equal_single_process(tmp_path: Path, probes: boo
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     ddp = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-           f"--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "wsl", "train", str(path),
+           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "wsl", "train", str(path),
            "--output", str(tmp_path / "ddp")]
     r = subprocess.run(ddp, env=_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]

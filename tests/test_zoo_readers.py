@@ -218,7 +218,7 @@ def write_schuerholt_zoo(root: Path, trials: list[tuple[str, int, str, float, st
         params = {"model::type": kind, "model::channels_in": ch, "model::nlin": nlin, "model::dropout": p,
                   "model::init_type": "kaiming_uniform", "model::use_bias": False, "optim::optimizer": "adam",
                   "optim::lr": 3e-4, "optim::wd": 0.0, "seed": t + 1, "training::batchsize": 10, "cuda": False,
-                  "dataset::dump": f"/data/zoos/MNIST/tune_zoo_mnist_uniform/dataset.pt"}
+                  "dataset::dump": "/data/zoos/MNIST/tune_zoo_mnist_uniform/dataset.pt"}
         trial = root / f"NN_tune_trainable_a1b2c_{t:05d}_{t}_seed={t + 1}_2022-01-01_12-00-0{t}"
         trial.mkdir()
         (trial / "params.json").write_text(json.dumps(params))
