@@ -107,15 +107,14 @@ def probe_set(zoo: Any, *, num: int = 0, seed: int = 0, kind: str = "mixed", inv
     ``shape`` defaults to the zoo's canonical probe shape over all its architectures.
     """
     from wsl.tasks.generalization import select_rows
-    from wsl.tasks.probes import zoo_probe_shape
+    from wsl.tasks.probes import view_probe_shape
 
     if num < 0 or invert < 0:
         raise ProbeError(f"probe counts must be >= 0, got num={num}, invert={invert}")
     if num + invert == 0:
         return None
-    view = zoo.filter(arch=arch) if arch is not None else zoo
     if shape is None:
-        shape = zoo_probe_shape(zoo._store, list(dict.fromkeys(view.column("arch").tolist())))
+        shape = view_probe_shape(zoo.filter(arch=arch) if arch is not None else zoo)
     parts = [probe_inputs(shape, num, seed, kind)] if num else []
     if invert:
         train = select_rows(zoo, split, "last", target, arch)

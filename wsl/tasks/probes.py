@@ -34,7 +34,7 @@ from wsl.errors import WslError
 
 __all__ = ["PROBE_KINDS", "ProbeBatch", "ProbeError", "ProbeNets", "arch_input_shape", "canonical_shape",
            "module_probe_outputs", "probe_features", "probe_inputs", "probe_outputs", "probe_summary",
-           "zoo_probe_shape"]
+           "view_probe_shape", "zoo_probe_shape"]
 
 
 class ProbeError(WslError):
@@ -200,7 +200,7 @@ class ProbeNets:
         archs = view.column("arch")
         store = view._store
         if shape is None:
-            shape = zoo_probe_shape(store, list(dict.fromkeys(archs.tolist())))
+            shape = view_probe_shape(view)
         ids = list(dict.fromkeys(archs.tolist())) if arch is None else [arch]
         keep = np.ones(len(archs), dtype=bool) if arch is None else archs == arch
         order = np.cumsum(keep) - 1  # position of each kept row among the kept ones
@@ -295,6 +295,11 @@ def canonical_shape(card: dict[str, Any], shapes: Sequence[Sequence[int]]) -> li
 def zoo_probe_shape(store: Any, arch_ids: Sequence[str]) -> list[int]:
     """:func:`canonical_shape` for the given architectures of a zoo store (``zoo._store``)."""
     return canonical_shape(store.card, [arch_input_shape(store.card, a, store.build(a)) for a in arch_ids])
+
+
+def view_probe_shape(view: Any) -> list[int]:
+    """:func:`zoo_probe_shape` for the architectures of a zoo or zoo view's rows."""
+    return zoo_probe_shape(view._store, list(dict.fromkeys(view.column("arch").tolist())))
 
 
 def probe_outputs(view: Any, num: int = 32, seed: int = 0, device: torch.device | str | None = None,

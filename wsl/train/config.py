@@ -117,14 +117,14 @@ class ProbeConfig:
     invert: int = 0
     invert_steps: int = 300  #: Adam steps of the inversion
     invert_tv: float = 0.5  #: weight of the total-variation (smoothness) term of the inversion
+    learn: bool = False  #: train the probe inputs with the model (they start at the synthetic ones)
+    embed: int = 64  #: output width of the meta-model and of the probe branch
+    hidden: int = 128  #: hidden width of the probe branch and of the fusion MLP
 
     @property
     def total(self) -> int:
         """Probe inputs in all (0 = probe features off)."""
         return self.num + self.invert
-    learn: bool = False  #: train the probe inputs with the model (they start at the synthetic ones)
-    embed: int = 64  #: output width of the meta-model and of the probe branch
-    hidden: int = 128  #: hidden width of the probe branch and of the fusion MLP
 
 
 @dataclass

@@ -176,11 +176,10 @@ class Trainer:
     def _probe_inputs(self) -> torch.Tensor:
         """The run's probe inputs (:func:`wsl.tasks.inversion.probe_set`); inverted ones from rank 0, broadcast."""
         from wsl.tasks.inversion import probe_set
-        from wsl.tasks.probes import zoo_probe_shape
+        from wsl.tasks.probes import view_probe_shape
 
         pc, dc = self.cfg.probes, self.cfg.data
-        view = self.zoo.filter(arch=dc.arch) if dc.arch is not None else self.zoo
-        shape = zoo_probe_shape(self.zoo._store, list(dict.fromkeys(view.column("arch").tolist())))
+        shape = view_probe_shape(self.zoo.filter(arch=dc.arch) if dc.arch is not None else self.zoo)
         if pc.invert and not self.info.is_main:
             x = torch.empty(pc.total, *shape)
         else:

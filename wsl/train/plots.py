@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -13,7 +14,9 @@ from wsl.errors import WslError
 __all__ = ["probe_grid", "scatter_plot"]
 
 
-def _pyplot(path: str | Path) -> Any:
+@contextmanager
+def _figure(path: str | Path, **subplots: Any) -> Iterator[tuple[Any, Any]]:
+    """``(fig, axes)`` of ``plt.subplots(**subplots)``; on a clean exit laid out and saved to ``path``; always closed."""
     try:
         import matplotlib
 
@@ -21,7 +24,13 @@ def _pyplot(path: str | Path) -> Any:
         import matplotlib.pyplot as plt
     except ImportError as exc:  # matplotlib is an optional dependency (extra "plot")
         raise WslError(f"cannot draw {path}: matplotlib is not installed (pip install 'wsl[plot]')") from exc
-    return plt
+    fig, axes = plt.subplots(**subplots)
+    try:
+        yield fig, axes
+        fig.tight_layout()
+        fig.savefig(Path(path))
+    finally:
+        plt.close(fig)
 
 
 def probe_grid(x: Any, path: str | Path, *, classes: int = 10, per_class: int = 6, title: str = "") -> Path | None:
@@ -30,12 +39,10 @@ def probe_grid(x: Any, path: str | Path, *, classes: int = 10, per_class: int = 
     a = np.asarray(x, dtype=np.float64)
     if a.ndim != 4 or a.shape[1] not in (1, 3) or min(a.shape[2:]) < 2 or classes < 1:
         return None
-    plt = _pyplot(path)
     rows = max(1, min(per_class, a.shape[0] // classes))
     cols = min(classes, a.shape[0])
-    fig, axes = plt.subplots(rows, cols, figsize=(0.8 * cols, 0.8 * rows + (0.4 if title else 0)), dpi=120,
-                             squeeze=False)
-    try:
+    with _figure(path, nrows=rows, ncols=cols, figsize=(0.8 * cols, 0.8 * rows + (0.4 if title else 0)), dpi=120,
+                 squeeze=False) as (fig, axes):
         for r in range(rows):
             for c in range(cols):
                 ax = axes[r][c]
@@ -47,22 +54,15 @@ def probe_grid(x: Any, path: str | Path, *, classes: int = 10, per_class: int = 
                     ax.set_title(str(c), fontsize=8)
         if title:
             fig.suptitle(title, fontsize=9)
-        fig.tight_layout()
-        out = Path(path)
-        fig.savefig(out)
-    finally:
-        plt.close(fig)
-    return out
+    return Path(path)
 
 
 def scatter_plot(pred: Any, true: Any, path: str | Path, *, title: str = "", target: str = "test accuracy",
                  metrics: dict[str, float] | None = None) -> Path:
     """Predicted vs true scatter with the identity line; the title shows tau and R^2 if given."""
-    plt = _pyplot(path)
     p = np.asarray(pred, dtype=np.float64).reshape(-1)
     t = np.asarray(true, dtype=np.float64).reshape(-1)
-    fig, ax = plt.subplots(figsize=(4.8, 4.6), dpi=120)
-    try:
+    with _figure(path, figsize=(4.8, 4.6), dpi=120) as (fig, ax):
         ax.scatter(t, p, s=8, alpha=0.6, edgecolors="none")
         if t.size:
             lo = float(min(t.min(), p.min()))
@@ -77,12 +77,7 @@ def scatter_plot(pred: Any, true: Any, path: str | Path, *, title: str = "", tar
             parts.append(f"Kendall τ = {_fmt(tau)}, R² = {_fmt(r2)} (n={t.size})")
         ax.set_title("\n".join(parts), fontsize=9)
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        out = Path(path)
-        fig.savefig(out)
-    finally:
-        plt.close(fig)
-    return out
+    return Path(path)
 
 
 def _fmt(v: Any) -> str:
