@@ -85,6 +85,36 @@ class MHABlock(nn.Module):
         return self.head(self.ln(h + a)[:, 0])
 
 
+class GainConv2d(nn.Conv2d):
+    """A scaled weight-standardized conv (as in NF-ResNets): an extra per-output-channel ``gain``."""
+
+    def __init__(self, *args: object, **kw: object) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self.gain = nn.Parameter(torch.ones(self.out_channels, 1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return F.conv2d(x, w * self.gain, self.bias, self.stride, self.padding)
+
+
+class ElementwiseOperands(nn.Module):
+    """masked_fill / where / clamp whose extra operands carry units (from the activations)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(5, 8)
+        self.b = nn.Linear(5, 8)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, g = self.a(x), self.b(x)
+        h = torch.where(h > 0, h, 0.1 * h)
+        h = h.masked_fill(g < -0.5, 0.0)
+        h = torch.clamp(h, min=-1.0, max=2.0) + torch.clamp(g, max=h)
+        return self.out(h)
+
+
 def _families() -> dict[str, tuple[nn.Module, torch.Tensor]]:
     x8 = torch.randn(3, 1, 8, 8)
     bert_cfg = dict(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -119,6 +149,22 @@ def _families() -> dict[str, tuple[nn.Module, torch.Tensor]]:
             nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), ResBlock(8, 8, 1), ResBlock(8, 12, 2),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 3)), x8),
         "resnet18": (REGISTRY["resnet18"](num_classes=10), torch.randn(2, 3, 32, 32)),
+        "conv3d_instancenorm_prelu": (nn.Sequential(
+            nn.Conv3d(2, 6, 3, padding=1), nn.InstanceNorm3d(6, affine=True, track_running_stats=True),
+            nn.PReLU(), nn.Conv3d(6, 4, 1), nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(4, 3)),
+            torch.randn(2, 2, 5, 5, 5)),
+        "gain_conv_subclass": (nn.Sequential(
+            GainConv2d(1, 6, 3, padding=1), nn.ReLU(), GainConv2d(6, 5, 3, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3)), x8),
+        "weight_norm": (nn.Sequential(
+            nn.utils.parametrizations.weight_norm(nn.Conv2d(1, 6, 3, padding=1)), nn.ReLU(),
+            nn.utils.parametrizations.weight_norm(nn.Conv2d(6, 6, 3, padding=1), dim=None), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.utils.parametrizations.weight_norm(nn.Linear(6, 7)),
+            nn.Tanh(), nn.Linear(7, 3)), x8),
+        "weight_norm_legacy": (nn.Sequential(
+            nn.utils.weight_norm(nn.Linear(5, 9)), nn.ReLU(), nn.utils.weight_norm(nn.Linear(9, 3))),
+            torch.randn(4, 5)),
+        "elementwise_operands": (ElementwiseOperands(), torch.randn(4, 5)),
         "embedding": (TokenNet(), torch.randint(0, 20, (3, 6))),
         "multihead_attention": (MHABlock(), torch.randn(2, 5, 5)),
         "bert_layer": (REGISTRY["bert_layer"](), None),
@@ -126,6 +172,9 @@ def _families() -> dict[str, tuple[nn.Module, torch.Tensor]]:
         "vit": (REGISTRY["vit_tiny"](), None),
         "gpt2": (REGISTRY["gpt2_lm"](dict(vocab_size=50, n_embd=32, n_layer=2, n_head=4, n_positions=16)), None),
     }
+    legacy, x = fam["weight_norm_legacy"]
+    with torch.no_grad():  # the legacy hook leaves a non-leaf `weight` that deepcopy refuses until a no-grad call
+        legacy(x)
     return fam
 
 

@@ -95,6 +95,7 @@ class SpecBuilder:
     param_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     buffer_names: set[str] = field(default_factory=set)
     tied: list[tuple[str, str]] = field(default_factory=list)
+    read: set[str] = field(default_factory=set)  #: state_dict names the traced forward() reads
     activations: set[str] = field(default_factory=set)
 
     # ----------------------------------------------------------------- groups

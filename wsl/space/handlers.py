@@ -17,13 +17,12 @@ What is permutable, by layer
 * ``Embedding``: rows index tokens (a fixed group, the network input), columns
   a new group.
 * Self-attention (``BertSelfAttention``/``ViTSelfAttention``,
-  ``GPT2Attention``, ``nn.MultiheadAttention``): with ``H`` heads of size
-  ``d``, heads form a group of size ``H``. Query and key units form one group
-  nested in the heads (q·k sums over units within a head, so q and k must be
-  permuted together inside each head, independently across heads); value
-  units form a second group nested in the *same* heads, whose inner
-  permutation is independent of q/k's and is undone by the output
-  projection's input axis. Scaling, softmax and masking are untouched.
+  ``GPT2Attention``, ``nn.MultiheadAttention``): heads, q/k and v groups, see
+  :mod:`wsl.space.attention_rules`.
+* Weight normalization and subclasses of ``Linear``/``Conv*d`` with extra
+  tensors (a per-output gain): see :mod:`wsl.space.layer_params`. Any layer
+  not defined in ``torch.nn`` (or carrying hooks) is checked by running it
+  before and after a random permutation (:mod:`wsl.space.verify`).
 """
 
 from __future__ import annotations
@@ -35,6 +34,9 @@ from torch import nn
 
 from wsl.errors import UnsupportedLayerError
 from wsl.space.builder import SpecBuilder, Val
+from wsl.space.attention_rules import h_gpt2_attention, h_multihead_attention, h_self_attention_qkv
+from wsl.space.layer_params import claim_extras, weight_name
+from wsl.space.rule_base import dense, feature_in, kind_of, out_val
 
 Handler = Callable[[SpecBuilder, str, nn.Module, list[Any], Any], Any]
 
@@ -52,64 +54,14 @@ POOL_MODULES: tuple[type, ...] = (
 ATTENTION_QKV_CLASSES = ("BertSelfAttention", "ViTSelfAttention", "RobertaSelfAttention", "DeiTSelfAttention")
 
 
-def _kind(mod: nn.Module) -> str:
-    return type(mod).__name__
-
-
-def feature_in(b: SpecBuilder, x: Val, path: str, mod: nn.Module, size: int, dim: str) -> tuple[int, tuple]:
-    """Site and factors of the units a layer reads along dim ``"last"`` or ``"channel"``."""
-    if isinstance(x, (tuple, list)) or not isinstance(x, Val):
-        raise UnsupportedLayerError(path, _kind(mod), "its input is not a single tensor")
-    want = x.ndim - 1 if dim == "last" else 1
-    x = b.resolve_raw(x)
-    if x.raw is not None:
-        if x.ndim < 2 or x.shape[want] != size:
-            raise UnsupportedLayerError(path, _kind(mod), f"input of shape {x.shape} does not have {size} features on dim {want}")
-        x = b.resolve_raw_at(x, want, path)
-    if x.site is None:
-        raise UnsupportedLayerError(path, _kind(mod), "its input carries no units (a constant or an integer tensor?)")
-    if x.fdim != want:
-        raise UnsupportedLayerError(
-            path, _kind(mod), f"it mixes dim {want} of its input, but the units are on dim {x.fdim} "
-            "(e.g. token-mixing over a sequence axis is not supported)")
-    n = 1
-    for f in x.factors:
-        n *= f[1]
-    if n != size:
-        raise UnsupportedLayerError(path, _kind(mod), f"expects {size} input features, the input provides {n}")
-    return x.site, x.factors
-
-
-def _out_val(out: Any, site: int, group: int, size: int, fdim: int | None = None) -> Val:
-    shape = tuple(out.shape)
-    return Val(shape=shape, site=site, fdim=len(shape) - 1 if fdim is None else fdim, factors=((group, size),))
-
-
-def dense(b: SpecBuilder, path: str, op: str, src: int, src_fac: tuple, n_out: int, w: str,
-          w_shape: tuple[int, ...], bias: str | None, transposed: bool = False,
-          extra_axes: tuple = (), attrs: tuple = (), group: int | None = None,
-          site_kind: str = "neurons") -> tuple[int, int]:
-    """Record a dense weight ``(out, in, *extra)`` (``(in, out)`` if transposed)."""
-    g = b.new_group(n_out, "hidden", path) if group is None else group
-    site = b.new_site(g, path, site_kind, b.depth(src) + 1)
-    out_ax = (((g, n_out),),)
-    in_ax = (tuple(src_fac),)
-    axes = ((in_ax, out_ax) if transposed else (out_ax, in_ax)) + tuple(extra_axes)
-    b.add_tensor(w, w_shape, "weight", path, op, axes)
-    b.connect(op, src, site, path, tensor=w, part=(0,) * len(w_shape),
-              src_axis=0 if transposed else 1, dst_axis=1 if transposed else 0, attrs=attrs)
-    if bias is not None:
-        b.add_tensor(bias, (n_out,), "bias", path, op, (out_ax,))
-        site = b.attach(site, "bias", bias, path, part=(0,))
-    return g, site
-
-
 def h_linear(b: SpecBuilder, path: str, mod: nn.Module, xs: list[Any], out: Any) -> Val:
     assert isinstance(mod, nn.Linear)
     src, fac = feature_in(b, xs[0], path, mod, mod.in_features, "last")
-    g, site = dense(b, path, "linear", src, fac, mod.out_features, f"{path}.weight", tuple(mod.weight.shape),
+    w = weight_name(path, mod)
+    g, site = dense(b, path, "linear", src, fac, mod.out_features, w, tuple(mod.weight.shape),
                     f"{path}.bias" if mod.bias is not None else None)
-    return _out_val(out, site, g, mod.out_features)
+    site = claim_extras(b, path, mod, src, w, b.tensors[w].axes, g, site, "linear")
+    return out_val(out, site, g, mod.out_features)
 
 
 def h_gpt_conv1d(b: SpecBuilder, path: str, mod: nn.Module, xs: list[Any], out: Any) -> Val:
@@ -120,27 +72,28 @@ def h_gpt_conv1d(b: SpecBuilder, path: str, mod: nn.Module, xs: list[Any], out: 
     has_b = getattr(mod, "bias", None) is not None
     g, site = dense(b, path, "linear", src, fac, n_out, f"{path}.weight", (n_in, n_out),
                     f"{path}.bias" if has_b else None, transposed=True)
-    return _out_val(out, site, g, n_out)
+    return out_val(out, site, g, n_out)
 
 
 def h_conv(b: SpecBuilder, path: str, mod: nn.Module, xs: list[Any], out: Any) -> Val:
     assert isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
     src, fac = feature_in(b, xs[0], path, mod, mod.in_channels, "channel")
     if len(fac) != 1:
-        raise UnsupportedLayerError(path, _kind(mod), "convolution over a flattened unit axis")
+        raise UnsupportedLayerError(path, kind_of(mod), "convolution over a flattened unit axis")
     ks = tuple(int(k) for k in mod.kernel_size)
     attrs = (("kernel_size", ks), ("stride", tuple(mod.stride)), ("padding", _pad(mod.padding)),
              ("dilation", tuple(mod.dilation)))
     kernel_axes = tuple((((None, k),),) for k in ks)
     bias = f"{path}.bias" if mod.bias is not None else None
+    w = weight_name(path, mod)
     if mod.groups == 1:
-        g, site = dense(b, path, "conv", src, fac, mod.out_channels, f"{path}.weight", tuple(mod.weight.shape),
+        g, site = dense(b, path, "conv", src, fac, mod.out_channels, w, tuple(mod.weight.shape),
                         bias, extra_axes=kernel_axes, attrs=attrs)
-        return _out_val(out, site, g, mod.out_channels, fdim=1)
+        site = claim_extras(b, path, mod, src, w, b.tensors[w].axes, g, site, "conv", attrs)
+        return out_val(out, site, g, mod.out_channels, fdim=1)
     if mod.groups == mod.in_channels == mod.out_channels:
         g = fac[0][0]
         site = b.new_site(g, path, "neurons", b.depth(src) + 1)
-        w = f"{path}.weight"
         b.add_tensor(w, tuple(mod.weight.shape), "weight", path, "depthwise_conv",
                      (((fac[0],),), (((None, 1),),)) + kernel_axes)
         b.connect("depthwise_conv", src, site, path, tensor=w, part=(0,) * mod.weight.dim(),
@@ -148,8 +101,9 @@ def h_conv(b: SpecBuilder, path: str, mod: nn.Module, xs: list[Any], out: Any) -
         if bias is not None:
             b.add_tensor(bias, (mod.out_channels,), "bias", path, "depthwise_conv", (((fac[0],),),))
             site = b.attach(site, "bias", bias, path, part=(0,))
-        return _out_val(out, site, g, mod.out_channels, fdim=1)
-    raise UnsupportedLayerError(path, _kind(mod), f"grouped convolution with groups={mod.groups} "
+        site = claim_extras(b, path, mod, src, w, b.tensors[w].axes, g, site, "depthwise_conv", attrs)
+        return out_val(out, site, g, mod.out_channels, fdim=1)
+    raise UnsupportedLayerError(path, kind_of(mod), f"grouped convolution with groups={mod.groups} "
                                 "(only groups=1 and depthwise groups=in=out are supported)")
 
 
@@ -182,9 +136,9 @@ def h_batchnorm(b: SpecBuilder, path: str, mod: nn.Module, xs: list[Any], out: A
     n = int(getattr(mod, "num_features"))
     src, fac = feature_in(b, x, path, mod, n, "channel")
     if len(fac) != 1:
-        raise UnsupportedLayerError(path, _kind(mod), "normalization over a flattened unit axis")
+        raise UnsupportedLayerError(path, kind_of(mod), "normalization over a flattened unit axis")
     site = _norm_params(b, path, mod, "norm", src, fac)
-    return _out_val(out, site, fac[0][0], n, fdim=1)
+    return out_val(out, site, fac[0][0], n, fdim=1)
 
 
 def h_layernorm(b: SpecBuilder, path: str, mod: nn.Module, xs: list[Any], out: Any) -> Val:
@@ -196,137 +150,37 @@ def h_layernorm(b: SpecBuilder, path: str, mod: nn.Module, xs: list[Any], out: A
         if not has_params and isinstance(x, Val) and x.site is not None and x.fdim is not None \
                 and x.fdim >= x.ndim - len(ns):
             return x.with_(shape=tuple(out.shape))
-        raise UnsupportedLayerError(path, _kind(mod), f"normalized_shape={ns} spans more than the unit axis; "
+        raise UnsupportedLayerError(path, kind_of(mod), f"normalized_shape={ns} spans more than the unit axis; "
                                     "use GroupNorm(1, C) for a layer norm over conv channels")
     src, fac = feature_in(b, x, path, mod, ns[0], "last")
     if len(fac) != 1:
-        raise UnsupportedLayerError(path, _kind(mod), "layer norm over a flattened unit axis")
+        raise UnsupportedLayerError(path, kind_of(mod), "layer norm over a flattened unit axis")
     site = _norm_params(b, path, mod, "norm", src, fac)
-    return _out_val(out, site, fac[0][0], ns[0])
+    return out_val(out, site, fac[0][0], ns[0])
 
 
 def h_groupnorm(b: SpecBuilder, path: str, mod: nn.Module, xs: list[Any], out: Any) -> Val:
     assert isinstance(mod, nn.GroupNorm)
     src, fac = feature_in(b, xs[0], path, mod, mod.num_channels, "channel")
     if len(fac) != 1:
-        raise UnsupportedLayerError(path, _kind(mod), "normalization over a flattened unit axis")
+        raise UnsupportedLayerError(path, kind_of(mod), "normalization over a flattened unit axis")
     if 1 < mod.num_groups < mod.num_channels:
         blocks = b.new_group(mod.num_groups, "norm_groups", path)
         b.nest(fac[0][0], blocks, path)
     site = _norm_params(b, path, mod, "norm", src, fac)
-    return _out_val(out, site, fac[0][0], mod.num_channels, fdim=1)
+    return out_val(out, site, fac[0][0], mod.num_channels, fdim=1)
 
 
 def h_embedding(b: SpecBuilder, path: str, mod: nn.Module, xs: list[Any], out: Any) -> Val:
     assert isinstance(mod, nn.Embedding)
     x = xs[0]
     if not (isinstance(x, Val) and x.ids):
-        raise UnsupportedLayerError(path, _kind(mod), "expects an integer index tensor as input")
+        raise UnsupportedLayerError(path, kind_of(mod), "expects an integer index tensor as input")
     v, d = mod.num_embeddings, mod.embedding_dim
     tok = b.new_group(v, "token", path, fixed=True)
     src = b.new_site(tok, path + ":tokens", "tokens", 0)
     g, site = dense(b, path, "embedding", src, ((tok, v),), d, f"{path}.weight", (v, d), None, transposed=True)
-    return _out_val(out, site, g, d)
-
-
-def _attention_groups(b: SpecBuilder, path: str, heads: int, d: int) -> tuple[int, int]:
-    h = b.new_group(heads, "head", path + ":heads")
-    qk = b.new_group(heads * d, "qk", path + ":qk")
-    v = b.new_group(heads * d, "v", path + ":v")
-    b.nest(qk, h, path)
-    b.nest(v, h, path)
-    return qk, v
-
-
-def _attention_links(b: SpecBuilder, path: str, q: int, k: int, v: int, heads: int) -> None:
-    b.connect("attn_qk", q, k, path, attrs=(("heads", heads),))
-    b.connect("attn_kv", k, v, path, attrs=(("heads", heads),))
-
-
-def h_self_attention_qkv(b: SpecBuilder, path: str, mod: nn.Module, xs: list[Any], out: Any) -> Val:
-    """BERT/ViT-style self-attention with separate ``query``/``key``/``value`` Linears."""
-    heads = int(getattr(mod, "num_attention_heads"))
-    d = int(getattr(mod, "attention_head_size"))
-    own = {n for n, _ in mod.named_parameters()} - {f"{p}.{s}" for p in ("query", "key", "value") for s in ("weight", "bias")}
-    if own or getattr(mod, "position_embedding_type", "absolute") != "absolute":
-        raise UnsupportedLayerError(path, _kind(mod), f"attention with extra parameters {sorted(own)} or relative positions")
-    x = xs[0]
-    hidden = mod.query.in_features
-    src, fac = feature_in(b, x, path, mod, hidden, "last")
-    qk, vg = _attention_groups(b, path, heads, d)
-    sites = {}
-    for name, g in (("query", qk), ("key", qk), ("value", vg)):
-        lin = getattr(mod, name)
-        _, sites[name] = dense(b, f"{path}.{name}", "linear", src, fac, heads * d, f"{path}.{name}.weight",
-                               tuple(lin.weight.shape), f"{path}.{name}.bias" if lin.bias is not None else None,
-                               group=g)
-    _attention_links(b, path, sites["query"], sites["key"], sites["value"], heads)
-    o = out[0] if isinstance(out, (tuple, list)) else out
-    v = _out_val(o, sites["value"], vg, heads * d)
-    return (v,) + (None,) * (len(out) - 1) if isinstance(out, (tuple, list)) else v
-
-
-def _fused_qkv(b: SpecBuilder, path: str, w: str, bias: str | None, w_shape: tuple[int, ...], src: int,
-               fac: tuple, e: int, heads: int, transposed: bool) -> tuple[int, int]:
-    """A fused q/k/v projection: the output axis has three segments."""
-    qk, vg = _attention_groups(b, path, heads, e // heads)
-    out_axis = (((qk, e),), ((qk, e),), ((vg, e),))
-    in_axis = (tuple(fac),)
-    b.add_tensor(w, w_shape, "weight", path, "linear", (in_axis, out_axis) if transposed else (out_axis, in_axis))
-    depth = b.depth(src) + 1
-    sites = [b.new_site(g, f"{path}:{n}", "neurons", depth) for n, g in (("q", qk), ("k", qk), ("v", vg))]
-    if bias is not None:
-        b.add_tensor(bias, (3 * e,), "bias", path, "linear", (out_axis,))
-    for i, site in enumerate(sites):
-        part = (0, i) if transposed else (i, 0)
-        b.connect("linear", src, site, path, tensor=w, part=part,
-                  src_axis=0 if transposed else 1, dst_axis=1 if transposed else 0)
-        if bias is not None:
-            sites[i] = b.attach(site, "bias", bias, path, part=(i,))
-    _attention_links(b, path, sites[0], sites[1], sites[2], heads)
-    return vg, sites[2]
-
-
-def h_gpt2_attention(b: SpecBuilder, path: str, mod: nn.Module, xs: list[Any], out: Any) -> Any:
-    """GPT-2 attention: fused ``c_attn`` (Conv1D, ``(D, 3D)``) and ``c_proj``."""
-    heads = int(getattr(mod, "num_heads"))
-    c_attn, c_proj = getattr(mod, "c_attn"), getattr(mod, "c_proj")
-    e = int(c_attn.weight.shape[1]) // 3
-    own = {n for n, _ in mod.named_parameters()} - {f"{m}.{s}" for m in ("c_attn", "c_proj") for s in ("weight", "bias")}
-    if own or getattr(mod, "is_cross_attention", False):
-        raise UnsupportedLayerError(path, _kind(mod), f"cross-attention or extra parameters {sorted(own)}")
-    src, fac = feature_in(b, xs[0], path, mod, int(c_attn.weight.shape[0]), "last")
-    vg, vsite = _fused_qkv(b, f"{path}.c_attn", f"{path}.c_attn.weight", f"{path}.c_attn.bias",
-                           tuple(c_attn.weight.shape), src, fac, e, heads, transposed=True)
-    n_out = int(c_proj.weight.shape[1])
-    g, site = dense(b, f"{path}.c_proj", "linear", vsite, ((vg, e),), n_out, f"{path}.c_proj.weight",
-                    tuple(c_proj.weight.shape), f"{path}.c_proj.bias", transposed=True)
-    _claim_buffers(b, path, mod)
-    o = out[0] if isinstance(out, (tuple, list)) else out
-    v = _out_val(o, site, g, n_out)
-    return (v,) + (None,) * (len(out) - 1) if isinstance(out, (tuple, list)) else v
-
-
-def h_multihead_attention(b: SpecBuilder, path: str, mod: nn.Module, xs: list[Any], out: Any) -> Any:
-    assert isinstance(mod, nn.MultiheadAttention)
-    if not mod._qkv_same_embed_dim or mod.bias_k is not None:
-        raise UnsupportedLayerError(path, _kind(mod), "separate kdim/vdim or add_bias_kv")
-    q, k, v = (xs + [None, None, None])[:3]
-    if not (q is k is v):
-        raise UnsupportedLayerError(path, _kind(mod), "only self-attention (query is key is value) is supported")
-    e, heads = mod.embed_dim, mod.num_heads
-    src, fac = feature_in(b, q, path, mod, e, "last")
-    vg, vsite = _fused_qkv(b, path, f"{path}.in_proj_weight",
-                           f"{path}.in_proj_bias" if mod.in_proj_bias is not None else None,
-                           (3 * e, e), src, fac, e, heads, transposed=False)
-    g, site = dense(b, f"{path}.out_proj", "linear", vsite, ((vg, e),), e, f"{path}.out_proj.weight",
-                    (e, e), f"{path}.out_proj.bias" if mod.out_proj.bias is not None else None)
-    return (_out_val(out[0], site, g, e), None)
-
-
-def _claim_buffers(b: SpecBuilder, path: str, mod: nn.Module) -> None:
-    for name, _ in mod.named_buffers():
-        b.extras.append(f"{path}.{name}")
+    return out_val(out, site, g, d)
 
 
 _STRUCTURAL = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity)
@@ -344,7 +198,7 @@ def h_passthrough(b: SpecBuilder, path: str, mod: nn.Module, xs: list[Any], out:
 def h_pool(b: SpecBuilder, path: str, mod: nn.Module, xs: list[Any], out: Any) -> Any:
     x = xs[0]
     if isinstance(x, Val) and x.site is not None and x.fdim != 1:
-        raise UnsupportedLayerError(path, _kind(mod), f"pools over dim 1 but the units are on dim {x.fdim}")
+        raise UnsupportedLayerError(path, kind_of(mod), f"pools over dim 1 but the units are on dim {x.fdim}")
     o = out[0] if isinstance(out, (tuple, list)) else out
     return x.with_(shape=tuple(o.shape)) if isinstance(x, Val) else None
 
@@ -352,7 +206,7 @@ def h_pool(b: SpecBuilder, path: str, mod: nn.Module, xs: list[Any], out: Any) -
 def h_prelu(b: SpecBuilder, path: str, mod: nn.Module, xs: list[Any], out: Any) -> Any:
     assert isinstance(mod, nn.PReLU)
     if mod.num_parameters != 1:
-        raise UnsupportedLayerError(path, _kind(mod), "per-channel PReLU slopes")
+        raise UnsupportedLayerError(path, kind_of(mod), "per-channel PReLU slopes")
     b.extras.append(f"{path}.weight")
     return xs[0].with_(shape=tuple(out.shape))
 

@@ -13,27 +13,30 @@ axis, indexing single units -- raises :class:`UnsupportedLayerError`.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
 from wsl.errors import UnsupportedLayerError
+from wsl.space import shape_ops
 from wsl.space.builder import SpecBuilder, Val
+from wsl.space.shape_ops import group_factor
 
 UNARY = {
     "relu", "relu6", "gelu", "tanh", "sigmoid", "silu", "leaky_relu", "elu", "selu", "celu", "softplus",
     "mish", "hardswish", "hardsigmoid", "hardtanh", "dropout", "dropout1d", "dropout2d", "dropout3d",
     "alpha_dropout", "feature_alpha_dropout", "sin", "cos", "exp", "log", "abs", "neg", "sqrt", "rsqrt",
-    "square", "erf", "clamp", "clip", "softmax", "log_softmax", "contiguous", "float", "double", "half",
+    "square", "erf", "softmax", "log_softmax", "contiguous", "float", "double", "half",
     "bfloat16", "to", "type", "type_as", "clone", "detach", "cpu", "cuda", "sign", "reciprocal",
-    "tanhshrink", "softsign", "logsigmoid", "normalize", "masked_fill", "requires_grad", "pos",
+    "tanhshrink", "softsign", "logsigmoid", "normalize", "requires_grad", "pos", "logical_not",
 }
+#: Elementwise ops whose further tensor operands (a mask, a bound, a branch) meet the units one to one.
+NARY = {"masked_fill", "clamp", "clip", "clamp_min", "clamp_max", "where", "lerp", "addcmul", "addcdiv"}
 ACTIVATIONS = {"relu", "relu6", "gelu", "tanh", "sigmoid", "silu", "leaky_relu", "elu", "selu", "celu",
                "softplus", "mish", "hardswish", "hardsigmoid", "hardtanh", "sin", "cos", "exp", "log", "abs",
                "sqrt", "square", "erf", "tanhshrink", "softsign", "logsigmoid"}
 BINARY = {"add", "sub", "mul", "truediv", "div", "rsub", "radd", "rmul", "rtruediv", "pow", "maximum",
-          "minimum", "floordiv", "iadd", "isub", "imul", "itruediv"}
+          "minimum", "floordiv", "iadd", "isub", "imul", "itruediv", "gt", "lt", "ge", "le", "eq", "ne"}
 POOLS = {"adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d",
          "adaptive_max_pool2d", "adaptive_max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
          "max_pool1d", "max_pool2d", "max_pool3d", "lp_pool1d", "lp_pool2d", "interpolate", "upsample"}
@@ -61,6 +64,8 @@ def handle(b: SpecBuilder, path: str, target: Any, args: tuple, kwargs: dict, va
     if not any(v.site is not None or v.raw or v.param for v in vals):
         return _const(out, vals)
     x = vargs[0] if vargs else None
+    if name in NARY:
+        return _nary(b, path, name, _flat(vargs) + _flat(list(vkwargs.values())), out)
     if name in UNARY or (name == "expand"):
         if name in ACTIVATIONS:
             b.activations.add(name)
@@ -72,19 +77,19 @@ def handle(b: SpecBuilder, path: str, target: Any, args: tuple, kwargs: dict, va
             raise UnsupportedLayerError(path, name, f"pools over spatial dims but the units are on dim {x.fdim}")
         return x.with_(shape=tuple(out.shape)) if isinstance(x, Val) else None
     if name in REDUCE:
-        return _reduce(path, name, x, args, kwargs, out)
+        return shape_ops.reduce(path, name, x, args, kwargs, out)
     if name in ("flatten", "view", "reshape", "unflatten", "squeeze", "unsqueeze"):
-        return _reshape(path, name, x, out)
+        return shape_ops.reshape(path, name, x, out)
     if name in ("transpose", "permute", "movedim", "t"):
-        return _transpose(path, name, x, args[1:], kwargs, out)
+        return shape_ops.transpose(path, name, x, args[1:], kwargs, out)
     if name == "getitem":
-        return _getitem(path, x, args[1], out)
+        return shape_ops.getitem(path, x, args[1], out)
     if name in ("cat", "stack"):
         return _join(b, path, name, args, kwargs, vargs, out)
     if name in ("split", "chunk", "unbind", "tensor_split"):
-        return _split(path, name, x, args, kwargs, out)
+        return shape_ops.split(path, name, x, args, kwargs, out)
     if name == "pad":
-        return _pad(path, x, args, kwargs, out)
+        return shape_ops.pad(path, x, args, kwargs, out)
     raise UnsupportedLayerError(path, f"function '{name}'", "wsl has no symmetry rule for this operation")
 
 
@@ -137,22 +142,6 @@ def _align(u: Val, other_ndim: int) -> int:
     return u.fdim - (u.ndim - other_ndim)
 
 
-def _group_factor(factors: tuple) -> tuple[int, int, int, int]:
-    """(outer_fixed, group, size, inner_fixed) of normalized factors."""
-    outer = inner = 1
-    g = n = None
-    for f in factors:
-        if f[0] is None:
-            if g is None:
-                outer *= f[1]
-            else:
-                inner *= f[1]
-        else:
-            g, n = f
-    assert g is not None and n is not None
-    return outer, g, n, inner
-
-
 def _binary(b: SpecBuilder, path: str, name: str, a: Any, c: Any, out: Any) -> Val:
     shape = _shape(out)
     vals = [v for v in (a, c) if isinstance(v, Val)]
@@ -171,12 +160,12 @@ def _binary(b: SpecBuilder, path: str, name: str, a: Any, c: Any, out: Any) -> V
         return raws[0].with_(shape=shape)
     if len(units) == 2:
         u, w = units
-        if u.ndim - (u.fdim or 0) != w.ndim - (w.fdim or 0) or _group_factor(u.factors)[0::2] != _group_factor(w.factors)[0::2]:
+        if u.ndim - (u.fdim or 0) != w.ndim - (w.fdim or 0) or group_factor(u.factors)[0::2] != group_factor(w.factors)[0::2]:
             raise UnsupportedLayerError(path, f"function '{name}'", "operands carry units on different axes")
         fdim = (u.fdim or 0) + len(shape) - u.ndim
         if u.site == w.site:
             return u.with_(shape=shape, fdim=fdim)
-        g = b.tie(_group_factor(u.factors)[1], _group_factor(w.factors)[1], path)
+        g = b.tie(group_factor(u.factors)[1], group_factor(w.factors)[1], path)
         kind = "residual" if name in ("add", "sub", "radd", "rsub") else "product"
         site = b.new_site(g, path, "add" if kind == "residual" else "product", max(b.depth(u.site), b.depth(w.site)))
         b.connect(kind, u.site, site, path)
@@ -202,6 +191,42 @@ def _binary(b: SpecBuilder, path: str, name: str, a: Any, c: Any, out: Any) -> V
     return Val(shape=shape)
 
 
+def _nary(b: SpecBuilder, path: str, name: str, operands: list[Any], out: Any) -> Val:
+    """``masked_fill``, ``clamp``, ``where``, ...: every tensor operand meets the units elementwise.
+
+    Operands that carry units are tied into one group (as a residual addition
+    would); a parameter, network input or constant that varies along the unit
+    axis would have to be permuted with the units, so it is refused.
+    """
+    shape = _shape(out)
+    vals = [v for v in operands if isinstance(v, Val)]
+    units = [v for v in vals if v.site is not None]
+    if not units:
+        lead = next((v for v in vals if v.raw or v.param), None)
+        if lead is None or any(v is not lead and (v.raw or v.param) for v in vals):
+            raise UnsupportedLayerError(path, f"function '{name}'", "combines raw inputs or parameters elementwise")
+        return lead.with_(shape=shape)
+    u = units[0]
+    fdim = (u.fdim or 0) + len(shape) - u.ndim
+    result = u.with_(shape=shape, fdim=fdim)
+    for w in units[1:]:
+        if w.site != result.site:
+            result = _binary(b, path, name, result, w.with_(shape=shape, fdim=(w.fdim or 0) + len(shape) - w.ndim),
+                             out)
+    for v in vals:
+        if v.site is not None:
+            continue
+        d = _align(result, v.ndim)
+        varies = 0 <= d < v.ndim and v.shape[d] != 1
+        what = f"parameter '{v.param}'" if v.param else "a network input" if v.raw else "a constant tensor"
+        if varies or v.raw:
+            raise UnsupportedLayerError(path, f"function '{name}'", f"its operand {what} of shape {v.shape} varies "
+                                        "along the units; a per-unit mask or bound is not supported")
+        if v.param:
+            b.extras.append(v.param)  # constant along the units: no permutation touches it
+    return result
+
+
 def param_into(b: SpecBuilder, path: str, u: Val, p: Val, role: str) -> int:
     """Record parameter ``p`` combined with unit tensor ``u``; returns u's (possibly new) site."""
     name = p.param
@@ -213,7 +238,7 @@ def param_into(b: SpecBuilder, path: str, u: Val, p: Val, role: str) -> int:
     if d < 0 or pshape[d] == 1:
         b.extras.append(name)  # constant along the units: not touched by permutations
         return u.site
-    outer, g, n, inner = _group_factor(u.factors)
+    outer, g, n, inner = group_factor(u.factors)
     if (outer, inner) != (1, 1) or pshape[d] != n:
         raise UnsupportedLayerError(path, "parameter", f"'{name}' of shape {pshape} does not match the units")
     others = [i for i in range(len(pshape)) if i != d and pshape[i] > 1]
@@ -235,127 +260,6 @@ def param_into(b: SpecBuilder, path: str, u: Val, p: Val, role: str) -> int:
     b.connect(f"param_{role}", src, u.site, path, tensor=name, part=(0,) * len(pshape),
               src_axis=0 if s < d else 1, dst_axis=1 if s < d else 0)
     return u.site
-
-
-def _reduce(path: str, name: str, x: Any, args: tuple, kwargs: dict, out: Any) -> Any:
-    if not isinstance(x, Val):
-        return None
-    shape = _shape(out)
-    dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
-    keep = kwargs.get("keepdim", args[2] if len(args) > 2 and isinstance(args[2], bool) else False)
-    if dim is None:
-        return Val(shape=shape)
-    dims = sorted(int(dd) % x.ndim for dd in (dim if isinstance(dim, (list, tuple)) else [dim]))
-    if x.fdim is None:
-        return x.with_(shape=shape)
-    if x.fdim in dims:
-        return Val(shape=shape)  # invariant summary over the units
-    fdim = x.fdim if keep else x.fdim - sum(1 for dd in dims if dd < x.fdim)
-    return x.with_(shape=shape, fdim=fdim)
-
-
-def reshape_fdim(old: tuple[int, ...], new: tuple[int, ...], fdim: int, factors: tuple) -> tuple[int, tuple] | None:
-    """Where the unit axis lands after a row-major reshape ``old -> new``, or None if split."""
-    outer, g, n, inner_f = _group_factor(factors)
-    inner = math.prod(old[fdim + 1:])
-    g_lo = inner * inner_f
-    g_hi = g_lo * n
-    bounds = {math.prod(old[i:]) for i in range(len(old) + 1)} | {g_lo, g_hi}
-    best = None
-    for j in range(len(new)):
-        lo = math.prod(new[j + 1:])
-        hi = lo * new[j]
-        if lo <= g_lo and hi >= g_hi and lo in bounds and hi in bounds and (new[j] > 1 or n == 1):
-            if best is None or hi - lo < best[1]:
-                best = (j, hi - lo, lo, hi)
-    if best is None:
-        return None
-    j, _, lo, hi = best
-    facs = tuple(f for f in ((None, hi // g_hi), (g, n), (None, g_lo // lo)) if f[0] is not None or f[1] > 1)
-    return j, facs
-
-
-def _reshape(path: str, name: str, x: Any, out: Any) -> Any:
-    if not isinstance(x, Val):
-        return None
-    shape = _shape(out)
-    if x.site is None or x.fdim is None:
-        return x.with_(shape=shape)
-    r = reshape_fdim(x.shape, shape, x.fdim, x.factors)
-    if r is None:
-        raise UnsupportedLayerError(path, f"function '{name}'",
-                                    f"reshape {x.shape} -> {shape} splits the unit axis (dim {x.fdim})")
-    return x.with_(shape=shape, fdim=r[0], factors=r[1])
-
-
-def _transpose(path: str, name: str, x: Any, rest: tuple, kwargs: dict, out: Any) -> Any:
-    if not isinstance(x, Val):
-        return None
-    shape = _shape(out)
-    if x.fdim is None:
-        return x.with_(shape=shape)
-    n = x.ndim
-    order = list(range(n))
-    if name == "t":
-        order = order[::-1]
-    elif name == "transpose":
-        a0, a1 = (int(rest[0]) % n, int(rest[1]) % n) if len(rest) >= 2 else (int(kwargs["dim0"]) % n, int(kwargs["dim1"]) % n)
-        order[a0], order[a1] = order[a1], order[a0]
-    elif name == "permute":
-        dims = rest[0] if len(rest) == 1 and isinstance(rest[0], (list, tuple)) else rest or kwargs.get("dims")
-        order = [int(d) % n for d in dims]
-    else:  # movedim
-        src, dst = (rest[0], rest[1]) if len(rest) >= 2 else (kwargs["source"], kwargs["destination"])
-        src = [src] if isinstance(src, int) else list(src)
-        dst = [dst] if isinstance(dst, int) else list(dst)
-        src = [s % n for s in src]
-        dst = [d % n for d in dst]
-        rest_dims = [i for i in range(n) if i not in src]
-        order = [-1] * n
-        for s, d in zip(src, dst):
-            order[d] = s
-        it = iter(rest_dims)
-        order = [o if o >= 0 else next(it) for o in order]
-    return x.with_(shape=shape, fdim=order.index(x.fdim))
-
-
-def _getitem(path: str, x: Any, idx: Any, out: Any) -> Any:
-    if isinstance(x, (tuple, list)):
-        return x[idx]
-    if not isinstance(x, Val):
-        return None
-    shape = _shape(out)
-    if x.fdim is None:
-        return x.with_(shape=shape)
-    items = idx if isinstance(idx, tuple) else (idx,)
-    n_spec = sum(1 for i in items if i is not None and i is not Ellipsis)
-    d = o = 0
-    new_fdim = None
-    for it in items:
-        if it is Ellipsis:
-            for _ in range(x.ndim - n_spec):
-                if d == x.fdim:
-                    new_fdim = o
-                d += 1
-                o += 1
-        elif it is None:
-            o += 1
-        elif isinstance(it, slice):
-            if d == x.fdim:
-                if it != slice(None) and it.indices(x.shape[d]) != (0, x.shape[d], 1):
-                    raise UnsupportedLayerError(path, "indexing", "selects a subset of the units")
-                new_fdim = o
-            d += 1
-            o += 1
-        else:
-            if d == x.fdim:
-                raise UnsupportedLayerError(path, "indexing", "selects individual units")
-            if isinstance(it, torch.Tensor) and it.dim() != 0:
-                raise UnsupportedLayerError(path, "indexing", "advanced (tensor) indexing of a unit tensor")
-            d += 1
-    if new_fdim is None:
-        new_fdim = o + (x.fdim - d)
-    return x.with_(shape=shape, fdim=new_fdim)
 
 
 def _join(b: SpecBuilder, path: str, name: str, args: tuple, kwargs: dict, vargs: tuple, out: Any) -> Val:
@@ -381,9 +285,9 @@ def _join(b: SpecBuilder, path: str, name: str, args: tuple, kwargs: dict, vargs
     site = u.site
     assert site is not None
     if len(sites) > 1:
-        g = _group_factor(u.factors)[1]
+        g = group_factor(u.factors)[1]
         for w in units[1:]:
-            g = b.tie(g, _group_factor(w.factors)[1], path)
+            g = b.tie(g, group_factor(w.factors)[1], path)
         site = b.new_site(g, path, "concat", max(b.depth(s) for s in sites))
         for s in sites:
             b.connect("concat", s, site, path)
@@ -395,30 +299,3 @@ def _join(b: SpecBuilder, path: str, name: str, args: tuple, kwargs: dict, vargs
     return Val(shape=shape, site=site, fdim=fdim, factors=u.factors)
 
 
-def _split(path: str, name: str, x: Any, args: tuple, kwargs: dict, out: Any) -> Any:
-    if not isinstance(x, Val):
-        return None
-    dim = int(kwargs.get("dim", args[2] if len(args) > 2 else 0)) if name != "unbind" else int(
-        kwargs.get("dim", args[1] if len(args) > 1 else 0))
-    dim %= x.ndim
-    if x.fdim is not None and dim == x.fdim:
-        raise UnsupportedLayerError(path, f"function '{name}'", "splits the unit axis")
-    res = []
-    for o in out:
-        fd = x.fdim
-        if name == "unbind" and fd is not None and dim < fd:
-            fd -= 1
-        res.append(x.with_(shape=tuple(o.shape), fdim=fd))
-    return tuple(res)
-
-
-def _pad(path: str, x: Any, args: tuple, kwargs: dict, out: Any) -> Any:
-    if not isinstance(x, Val):
-        return None
-    pad = kwargs.get("pad", args[1] if len(args) > 1 else ())
-    k = len(pad) // 2
-    if x.fdim is not None and x.site is not None and x.fdim >= x.ndim - k:
-        i = x.ndim - 1 - x.fdim
-        if pad[2 * i] or pad[2 * i + 1]:
-            raise UnsupportedLayerError(path, "function 'pad'", "pads the unit axis")
-    return x.with_(shape=_shape(out))

@@ -224,7 +224,7 @@ class WeightSpace:
                 for g in self.groups
             ],
             "graph": {"num_nodes": nodes, "num_edges": edges},
-            "unused": list(self.meta("unused", ())),
+            "unread": list(self.meta("unread", ())),
         }
 
     def summary(self) -> str:
