@@ -89,3 +89,7 @@ def _short(items: list[str], limit: int = 8) -> str:
     if len(items) <= limit:
         return ", ".join(items)
     return ", ".join(items[:limit]) + f", ... ({len(items) - limit} more)"
+
+
+class SpaceMismatchError(WslError):
+    """Two networks that must share one weight space (to align, interpolate or merge them) do not."""

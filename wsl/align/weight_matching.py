@@ -1,0 +1,217 @@
+"""Weight matching (Ainsworth et al., "Git Re-Basin"), driven by the WeightSpace alone.
+
+Find permutations ``P`` of every permutable unit group of ``model`` that make
+it as close as possible to ``ref``::
+
+    maximize over P    sum_t  < ref_t , P(model_t) >      (sum over every tensor t)
+
+which is the same as minimizing ``sum_t ||ref_t - P(model_t)||^2``. The
+problem is solved by coordinate descent: hold every group but one fixed; the
+objective is then linear in the free group's permutation ``p``::
+
+    S[i, j] = sum over (t, axis) indexed by g of < ref_t[unit i on axis], P_-g(model_t)[unit j on axis] >
+    p       = argmax_p  sum_i S[i, p[i]]                 (a linear assignment)
+
+where ``P_-g`` applies the current permutations of all other groups (and of
+``g`` itself on any *other* axis ``g`` indexes, the usual linearization).
+Everything the space knows takes part: residual-tied groups are one group,
+kernel taps and flattened positions are edge features (summed over), biases
+and norm parameters are tensors like the rest (buffers such as BN running
+statistics only with ``include_buffers``).
+
+Nested groups (attention heads with their q/k and v units, GroupNorm blocks)
+are matched as blocks: for every pair of parent blocks ``(a, b)`` each child
+group solves the assignment of the units of block ``b`` to those of block
+``a`` (value ``V_c[a, b]``); the parent then assigns blocks on
+``sum_c V_c`` (plus its own similarity, if it indexes tensors itself).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from wsl.errors import WslError
+from wsl.space import WeightSpace
+from wsl.space.axes import to_canonical
+from wsl.space.spec import Block
+
+from wsl.align.space_match import as_state_dict, shared_space
+
+Perms = dict[int, torch.Tensor]
+
+
+@dataclass
+class AlignResult:
+    """Permutations that align ``model`` to ``ref``: apply them with ``space.permute(sd, result.perms)``.
+
+    ``objective_*`` is ``sum_t <ref_t, P(model_t)>`` and ``distance_*`` is
+    ``sqrt(sum_t ||ref_t - P(model_t)||^2)``, over the tensors that took part,
+    before (identity) and after alignment.
+    """
+
+    perms: Perms
+    space: WeightSpace
+    objective_before: float
+    objective_after: float
+    distance_before: float
+    distance_after: float
+    passes: int
+    converged: bool
+    history: list[float] = field(default_factory=list)
+
+    def apply(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``state_dict`` (of the aligned model) permuted into the reference's unit order."""
+        return self.space.permute(state_dict, self.perms)
+
+    def summary(self) -> dict[str, Any]:
+        return {"objective_before": self.objective_before, "objective_after": self.objective_after,
+                "distance_before": self.distance_before, "distance_after": self.distance_after,
+                "passes": self.passes, "converged": self.converged,
+                "groups_moved": sum(int(not torch.equal(p, torch.arange(p.numel()))) for p in self.perms.values())}
+
+
+def assign(score: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The permutation ``p`` maximizing ``sum_i score[i, p[i]]``, and that maximum."""
+    s = score.detach().cpu().numpy()
+    rows, cols = linear_sum_assignment(s, maximize=True)
+    return torch.as_tensor(cols, dtype=torch.long), float(s[rows, cols].sum())
+
+
+class _Problem:
+    """Canonical views of the two networks' blocks and, per group, where it indexes them."""
+
+    def __init__(self, space: WeightSpace, ref: Mapping[str, torch.Tensor], model: Mapping[str, torch.Tensor],
+                 include_buffers: bool) -> None:
+        self.space = space
+        skip = set(space.spec.extras) | {a for a, _ in space.spec.aliases} | {a for a, _ in space.meta("tied", ())}
+        self.blocks: list[tuple[Block, torch.Tensor, torch.Tensor]] = []
+        self.where: dict[int, list[tuple[int, int]]] = {}  # group -> [(block index, unit axis)]
+        for t in space.tensors.values():
+            if t.name in skip or (t.buffer and not include_buffers) or not t.groups():
+                continue
+            a = ref[t.name].detach().to(torch.float64).unsqueeze(0)
+            b = model[t.name].detach().to(device=a.device, dtype=torch.float64).unsqueeze(0)
+            for block in t.blocks():
+                if not block.unit_groups:
+                    continue
+                i = len(self.blocks)
+                self.blocks.append((block, to_canonical(a, block)[0], to_canonical(b, block)[0]))
+                for k, g in enumerate(block.unit_groups):
+                    self.where.setdefault(g, []).append((i, k))
+
+    def moved(self, i: int, perms: Perms, skip_axis: int | None = None) -> torch.Tensor:
+        """Model block ``i`` with the current permutations on every unit axis but ``skip_axis``."""
+        block, _, b = self.blocks[i]
+        for k, g in enumerate(block.unit_groups):
+            if k != skip_axis and g in perms:
+                b = b.index_select(k, perms[g].to(b.device))
+        return b
+
+    def similarity(self, g: int, perms: Perms) -> torch.Tensor:
+        n = self.space.groups[g].size
+        score = torch.zeros(n, n, dtype=torch.float64)
+        for i, k in self.where.get(g, ()):
+            a = self.blocks[i][1].movedim(k, 0).reshape(n, -1)
+            b = self.moved(i, perms, skip_axis=k).movedim(k, 0).reshape(n, -1)
+            score += (a @ b.T).cpu()
+        return score
+
+    def objective(self, perms: Perms) -> tuple[float, float]:
+        dot = sq = 0.0
+        for i, (_, a, _) in enumerate(self.blocks):
+            b = self.moved(i, perms)
+            dot += float((a * b).sum())
+            sq += float((a - b).pow(2).sum())
+        return dot, sq ** 0.5
+
+
+def _update(problem: _Problem, top: int, perms: Perms) -> bool:
+    """Re-solve the permutation of ``top`` (and of the groups nested in it); True if anything moved."""
+    space = problem.space
+    grp = space.groups[top]
+    children = [c for c in space.groups if c.parent == top]
+    before = {g: perms[g].clone() for g in [top] + [c.id for c in children] if g in perms}
+    if not children:
+        perms[top], _ = assign(problem.similarity(top, perms))
+        return not torch.equal(before[top], perms[top])
+    nb = grp.size
+    cost = problem.similarity(top, perms) if top in problem.where else torch.zeros(nb, nb, dtype=torch.float64)
+    inner: dict[int, list[list[torch.Tensor]]] = {}
+    for c in children:
+        if any(x.parent == c.id for x in space.groups):
+            raise WslError(f"weight matching: group {space.group_name(c.id)} nests further groups; "
+                           "only one level of nesting is supported")
+        d = c.size // nb
+        s = problem.similarity(c.id, perms).view(nb, d, nb, d).permute(0, 2, 1, 3)
+        if c.fixed:  # units inside a block cannot move: the block pair scores its diagonal
+            cost += s.diagonal(dim1=2, dim2=3).sum(-1)
+            inner[c.id] = [[torch.arange(d)] * nb for _ in range(nb)]
+            continue
+        rows: list[list[torch.Tensor]] = []
+        for a in range(nb):
+            row = []
+            for b in range(nb):
+                p, v = assign(s[a, b])
+                cost[a, b] += v
+                row.append(p)
+            rows.append(row)
+        inner[c.id] = rows
+    sigma = assign(cost)[0] if grp.permutable else torch.arange(nb)
+    if grp.permutable:
+        perms[top] = sigma
+    for c in children:
+        d = c.size // nb
+        perms[c.id] = torch.cat([sigma[a] * d + inner[c.id][a][int(sigma[a])] for a in range(nb)])
+    return any(not torch.equal(before[g], perms[g]) for g in before)
+
+
+def weight_matching(ref: Any, model: Any, space: WeightSpace | None = None, *, max_passes: int = 100,
+                    seed: int = 0, include_buffers: bool = False, progress: bool | None = None) -> AlignResult:
+    """Permutations of ``model``'s unit groups that bring it closest to ``ref`` (see module docstring).
+
+    ``ref``/``model``: ``nn.Module``s or state_dicts (then pass ``space``). Groups
+    are visited in a random order (seeded) each pass, until a pass changes no
+    permutation or ``max_passes`` is reached. Aligning never changes ``model``'s
+    function: the result is an element of its symmetry group.
+    """
+    space = shared_space(ref, model, space)
+    problem = _Problem(space, as_state_dict(ref, "reference"), as_state_dict(model, "model"), include_buffers)
+    perms: Perms = {g.id: torch.arange(g.size) for g in space.groups if g.permutable}
+    tops = [g.id for g in space.groups if g.parent is None
+            and (g.permutable or any(c.parent == g.id and c.permutable for c in space.groups))]
+    dot0, dist0 = problem.objective(perms)
+    gen = torch.Generator().manual_seed(seed)
+    show = progress if progress is not None else space.num_parameters > 5_000_000
+    bar = _bar(max_passes, show)
+    history, converged, passes = [dot0], False, 0
+    for passes in range(1, max_passes + 1):
+        order = [tops[i] for i in torch.randperm(len(tops), generator=gen).tolist()]
+        changed = False
+        for top in order:
+            changed |= _update(problem, top, perms)
+        history.append(problem.objective(perms)[0])
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(objective=f"{history[-1]:.4g}")
+        if not changed:
+            converged = True
+            break
+    if bar is not None:
+        bar.close()
+    dot1, dist1 = problem.objective(perms)
+    return AlignResult({g: p for g, p in perms.items() if space.groups[g].permutable}, space, dot0, dot1,
+                       dist0, dist1, passes, converged, history)
+
+
+def _bar(total: int, show: bool) -> Any:
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="weight matching", unit="pass", leave=False)
+
+
