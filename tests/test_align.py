@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from wsl.align import weight_matching
+from wsl.align import barrier, barrier_height, interpolate, reset_batchnorm, weight_matching
 from wsl.archs import REGISTRY, example_input
 from wsl.errors import SpaceMismatchError
 from wsl.space import WeightSpace, invert_permutation, random_permutation
@@ -62,3 +62,49 @@ def test_networks_of_different_spaces_are_refused_by_their_first_difference() ->
     space = WeightSpace.from_module(a)
     with pytest.raises(SpaceMismatchError, match="model"):
         weight_matching(a.state_dict(), b.state_dict(), space)
+
+
+# ----------------------------------------------------------------------------- linear mode connectivity
+
+
+def test_interpolation_hits_the_end_points_exactly_and_keeps_counters() -> None:
+    a = {"w": torch.randn(3, 4), "n": torch.tensor(5)}
+    b = {"w": torch.randn(3, 4), "n": torch.tensor(9)}
+    path = interpolate(a, b, [0.0, 0.25, 1.0])
+    assert torch.equal(path[0]["w"], a["w"]) and torch.equal(path[2]["w"], b["w"])
+    torch.testing.assert_close(path[1]["w"], 0.75 * a["w"] + 0.25 * b["w"])
+    assert all(int(p["n"]) == 5 for p in path)
+    with pytest.raises(SpaceMismatchError, match="shapes"):
+        interpolate(a, {"w": torch.randn(4, 3), "n": b["n"]}, [0.5])
+
+
+def test_barrier_height_by_hand() -> None:
+    # line from 1.0 to 3.0; the midpoint 2.5 sits 0.5 above it, the others on or below it
+    assert barrier_height([0, 0.5, 1], [1.0, 2.5, 3.0]) == pytest.approx(0.5)
+    assert barrier_height([0, 0.5, 1], [1.0, 1.0, 3.0]) == pytest.approx(0.0)
+
+
+def test_reset_batchnorm_gives_the_average_batch_statistics() -> None:
+    bn = nn.BatchNorm1d(3)
+    batches = [torch.randn(8, 3) * 2 + 1 for _ in range(4)]
+    reset_batchnorm(bn, batches)
+    torch.testing.assert_close(bn.running_mean, torch.stack([x.mean(0) for x in batches]).mean(0))
+    torch.testing.assert_close(bn.running_var, torch.stack([x.var(0) for x in batches]).mean(0))
+    assert not bn.training
+
+
+def test_alignment_removes_the_barrier_between_a_network_and_its_permuted_copy() -> None:
+    net, x, space = _setup("batchnorm")
+    sd = net.state_dict()
+    moved = space.permute(sd, random_permutation(space, torch.Generator().manual_seed(3)))
+    target = _out(net, x)
+
+    def loss(m: nn.Module) -> float:
+        return float((_out(m, x) - target).pow(2).mean())
+
+    data = [torch.randn(16, *x.shape[1:], generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    before = barrier(net, sd, moved, loss, alphas=5, bn_data=lambda: data)
+    aligned = weight_matching(sd, moved, space).apply(moved)
+    after = barrier(net, sd, aligned, loss, alphas=5)
+    assert before.barrier > 1e-3 and before.barrier_bn_reset is not None
+    assert after.barrier == pytest.approx(0.0, abs=1e-9)

@@ -28,7 +28,7 @@ group solves the assignment of the units of block ``b`` to those of block
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
@@ -61,7 +61,6 @@ class AlignResult:
     distance_after: float
     passes: int
     converged: bool
-    history: list[float] = field(default_factory=list)
 
     def apply(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``state_dict`` (of the aligned model) permuted into the reference's unit order."""
@@ -85,7 +84,7 @@ class _Problem:
     """Canonical views of the two networks' blocks and, per group, where it indexes them."""
 
     def __init__(self, space: WeightSpace, ref: Mapping[str, torch.Tensor], model: Mapping[str, torch.Tensor],
-                 include_buffers: bool) -> None:
+                 include_buffers: bool, dtype: torch.dtype = torch.float32) -> None:
         self.space = space
         skip = set(space.spec.extras) | {a for a, _ in space.spec.aliases} | {a for a, _ in space.meta("tied", ())}
         self.blocks: list[tuple[Block, torch.Tensor, torch.Tensor]] = []
@@ -93,8 +92,8 @@ class _Problem:
         for t in space.tensors.values():
             if t.name in skip or (t.buffer and not include_buffers) or not t.groups():
                 continue
-            a = ref[t.name].detach().to(torch.float64).unsqueeze(0)
-            b = model[t.name].detach().to(device=a.device, dtype=torch.float64).unsqueeze(0)
+            a = ref[t.name].detach().to(dtype).unsqueeze(0)
+            b = model[t.name].detach().to(device=a.device, dtype=dtype).unsqueeze(0)
             for block in t.blocks():
                 if not block.unit_groups:
                     continue
@@ -117,15 +116,15 @@ class _Problem:
         for i, k in self.where.get(g, ()):
             a = self.blocks[i][1].movedim(k, 0).reshape(n, -1)
             b = self.moved(i, perms, skip_axis=k).movedim(k, 0).reshape(n, -1)
-            score += (a @ b.T).cpu()
+            score += (a @ b.T).cpu().double()
         return score
 
     def objective(self, perms: Perms) -> tuple[float, float]:
         dot = sq = 0.0
         for i, (_, a, _) in enumerate(self.blocks):
             b = self.moved(i, perms)
-            dot += float((a * b).sum())
-            sq += float((a - b).pow(2).sum())
+            dot += float(torch.dot(a.flatten().double(), b.flatten().double()))
+            sq += float((a - b).double().pow(2).sum())
         return dot, sq ** 0.5
 
 
@@ -176,7 +175,8 @@ def weight_matching(ref: Any, model: Any, space: WeightSpace | None = None, *, m
     ``ref``/``model``: ``nn.Module``s or state_dicts (then pass ``space``). Groups
     are visited in a random order (seeded) each pass, until a pass changes no
     permutation or ``max_passes`` is reached. Aligning never changes ``model``'s
-    function: the result is an element of its symmetry group.
+    function: the result is an element of its symmetry group. Similarities are
+    computed in ``float32`` (the objective in ``float64``).
     """
     space = shared_space(ref, model, space)
     problem = _Problem(space, as_state_dict(ref, "reference"), as_state_dict(model, "model"), include_buffers)
@@ -187,16 +187,14 @@ def weight_matching(ref: Any, model: Any, space: WeightSpace | None = None, *, m
     gen = torch.Generator().manual_seed(seed)
     show = progress if progress is not None else space.num_parameters > 5_000_000
     bar = _bar(max_passes, show)
-    history, converged, passes = [dot0], False, 0
+    converged, passes = False, 0
     for passes in range(1, max_passes + 1):
         order = [tops[i] for i in torch.randperm(len(tops), generator=gen).tolist()]
         changed = False
         for top in order:
             changed |= _update(problem, top, perms)
-        history.append(problem.objective(perms)[0])
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(objective=f"{history[-1]:.4g}")
         if not changed:
             converged = True
             break
@@ -204,7 +202,7 @@ def weight_matching(ref: Any, model: Any, space: WeightSpace | None = None, *, m
         bar.close()
     dot1, dist1 = problem.objective(perms)
     return AlignResult({g: p for g, p in perms.items() if space.groups[g].permutable}, space, dot0, dot1,
-                       dist0, dist1, passes, converged, history)
+                       dist0, dist1, passes, converged)
 
 
 def _bar(total: int, show: bool) -> Any:
