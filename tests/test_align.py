@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from wsl.align import barrier, barrier_height, interpolate, reset_batchnorm, weight_matching
+from wsl.align import activation_matching, barrier, barrier_height, interpolate, reset_batchnorm, weight_matching
 from wsl.archs import REGISTRY, example_input
 from wsl.errors import SpaceMismatchError
 from wsl.space import WeightSpace, invert_permutation, random_permutation
@@ -108,3 +108,20 @@ def test_alignment_removes_the_barrier_between_a_network_and_its_permuted_copy()
     after = barrier(net, sd, aligned, loss, alphas=5)
     assert before.barrier > 1e-3 and before.barrier_bn_reset is not None
     assert after.barrier == pytest.approx(0.0, abs=1e-9)
+
+
+# ----------------------------------------------------------------------------- activation matching
+@pytest.mark.parametrize("name", ["mlp", "batchnorm", "residual_cnn", "bert_layer", "multihead_attention"])
+def test_activation_matching_recovers_a_permuted_copy(name: str) -> None:
+    net, x, space = _setup(name)
+    moved = copy.deepcopy(net)
+    perms = random_permutation(space, torch.Generator().manual_seed(11))
+    moved.load_state_dict(space.permute(net.state_dict(), perms))
+    gen = torch.Generator().manual_seed(0)
+    if x.is_floating_point():
+        data = [torch.randn(8, *x.shape[1:], generator=gen, dtype=x.dtype) for _ in range(4)]
+    else:
+        data = [torch.randint(0, int(x.max()) + 1, (8, *x.shape[1:]), generator=gen) for _ in range(4)]
+    result = activation_matching(net, moved, data, space)
+    back = result.apply(moved.state_dict())
+    assert all(torch.equal(back[k], v) for k, v in net.state_dict().items())

@@ -2,13 +2,15 @@
 
 * :func:`weight_matching` -- permutations that bring one network's weights
   closest to another's (Git Re-Basin's weight matching, for any ``WeightSpace``).
+* :func:`activation_matching` -- the same, from correlations of unit activations on data.
 * :func:`interpolate`, :func:`barrier` -- linear mode connectivity, with
   BatchNorm statistics recomputed on data (:func:`reset_batchnorm`).
 """
 
+from wsl.align.activation import activation_matching
 from wsl.align.lmc import Barrier, barrier, barrier_height, has_batchnorm, interpolate, reset_batchnorm
 from wsl.align.space_match import first_difference
 from wsl.align.weight_matching import AlignResult, assign, weight_matching
 
-__all__ = ["AlignResult", "Barrier", "assign", "barrier", "barrier_height", "first_difference", "has_batchnorm",
+__all__ = ["AlignResult", "activation_matching", "Barrier", "assign", "barrier", "barrier_height", "first_difference", "has_batchnorm",
            "interpolate", "reset_batchnorm", "weight_matching"]

@@ -29,7 +29,7 @@ group solves the assignment of the units of block ``b`` to those of block
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -80,7 +80,7 @@ def assign(score: torch.Tensor) -> tuple[torch.Tensor, float]:
     return torch.as_tensor(cols, dtype=torch.long), float(s[rows, cols].sum())
 
 
-class _Problem:
+class WeightProblem:
     """Canonical views of the two networks' blocks and, per group, where it indexes them."""
 
     def __init__(self, space: WeightSpace, ref: Mapping[str, torch.Tensor], model: Mapping[str, torch.Tensor],
@@ -128,27 +128,40 @@ class _Problem:
         return dot, sq ** 0.5
 
 
-def _update(problem: _Problem, top: int, perms: Perms) -> bool:
-    """Re-solve the permutation of ``top`` (and of the groups nested in it); True if anything moved."""
-    space = problem.space
+def tops_of(space: WeightSpace) -> list[int]:
+    """Groups a coordinate-descent step solves: unnested groups that can move or hold movable children."""
+    return [g.id for g in space.groups if g.parent is None
+            and (g.permutable or any(c.parent == g.id and c.permutable for c in space.groups))]
+
+
+def update(space: WeightSpace, top: int, perms: Perms, score: Callable[[int], torch.Tensor | None]) -> bool:
+    """Re-solve the permutation of ``top`` and of the groups nested in it; True if anything moved.
+
+    ``score(g)`` is the ``(n, n)`` similarity of group ``g``'s reference units
+    (rows) to the model's units (columns), or ``None`` where ``g`` has none.
+    """
     grp = space.groups[top]
     children = [c for c in space.groups if c.parent == top]
     before = {g: perms[g].clone() for g in [top] + [c.id for c in children] if g in perms}
+    own = score(top)
     if not children:
-        perms[top], _ = assign(problem.similarity(top, perms))
-        return not torch.equal(before[top], perms[top])
+        if own is not None and grp.permutable:
+            perms[top], _ = assign(own)
+        return any(not torch.equal(before[g], perms[g]) for g in before)
     nb = grp.size
-    cost = problem.similarity(top, perms) if top in problem.where else torch.zeros(nb, nb, dtype=torch.float64)
+    cost = own.clone() if own is not None else torch.zeros(nb, nb, dtype=torch.float64)
     inner: dict[int, list[list[torch.Tensor]]] = {}
     for c in children:
         if any(x.parent == c.id for x in space.groups):
-            raise WslError(f"weight matching: group {space.group_name(c.id)} nests further groups; "
+            raise WslError(f"alignment: group {space.group_name(c.id)} nests further groups; "
                            "only one level of nesting is supported")
         d = c.size // nb
-        s = problem.similarity(c.id, perms).view(nb, d, nb, d).permute(0, 2, 1, 3)
+        sc = score(c.id)
+        if sc is None:
+            continue
+        s = sc.view(nb, d, nb, d).permute(0, 2, 1, 3)
         if c.fixed:  # units inside a block cannot move: the block pair scores its diagonal
             cost += s.diagonal(dim1=2, dim2=3).sum(-1)
-            inner[c.id] = [[torch.arange(d)] * nb for _ in range(nb)]
             continue
         rows: list[list[torch.Tensor]] = []
         for a in range(nb):
@@ -163,9 +176,35 @@ def _update(problem: _Problem, top: int, perms: Perms) -> bool:
     if grp.permutable:
         perms[top] = sigma
     for c in children:
+        if c.id not in perms:
+            continue
         d = c.size // nb
-        perms[c.id] = torch.cat([sigma[a] * d + inner[c.id][a][int(sigma[a])] for a in range(nb)])
+        within = inner.get(c.id)
+        perms[c.id] = torch.cat([sigma[a] * d + (within[a][int(sigma[a])] if within else torch.arange(d))
+                                 for a in range(nb)])
     return any(not torch.equal(before[g], perms[g]) for g in before)
+
+
+def descend(problem: WeightProblem, perms: Perms, tops: list[int], max_passes: int, seed: int,
+            progress: bool) -> tuple[int, bool]:
+    """Coordinate descent over ``tops`` (random order per pass) until no permutation changes."""
+    gen = torch.Generator().manual_seed(seed)
+    bar = _bar(max_passes, progress)
+    converged, passes = False, 0
+    for passes in range(1, max_passes + 1):
+        order = [tops[i] for i in torch.randperm(len(tops), generator=gen).tolist()]
+        changed = False
+        for top in order:
+            changed |= update(problem.space, top, perms,
+                              lambda g: problem.similarity(g, perms) if g in problem.where else None)
+        if bar is not None:
+            bar.update(1)
+        if not changed:
+            converged = True
+            break
+    if bar is not None:
+        bar.close()
+    return passes, converged
 
 
 def weight_matching(ref: Any, model: Any, space: WeightSpace | None = None, *, max_passes: int = 100,
@@ -179,27 +218,11 @@ def weight_matching(ref: Any, model: Any, space: WeightSpace | None = None, *, m
     computed in ``float32`` (the objective in ``float64``).
     """
     space = shared_space(ref, model, space)
-    problem = _Problem(space, as_state_dict(ref, "reference"), as_state_dict(model, "model"), include_buffers)
+    problem = WeightProblem(space, as_state_dict(ref, "reference"), as_state_dict(model, "model"), include_buffers)
     perms: Perms = {g.id: torch.arange(g.size) for g in space.groups if g.permutable}
-    tops = [g.id for g in space.groups if g.parent is None
-            and (g.permutable or any(c.parent == g.id and c.permutable for c in space.groups))]
     dot0, dist0 = problem.objective(perms)
-    gen = torch.Generator().manual_seed(seed)
     show = progress if progress is not None else space.num_parameters > 5_000_000
-    bar = _bar(max_passes, show)
-    converged, passes = False, 0
-    for passes in range(1, max_passes + 1):
-        order = [tops[i] for i in torch.randperm(len(tops), generator=gen).tolist()]
-        changed = False
-        for top in order:
-            changed |= _update(problem, top, perms)
-        if bar is not None:
-            bar.update(1)
-        if not changed:
-            converged = True
-            break
-    if bar is not None:
-        bar.close()
+    passes, converged = descend(problem, perms, tops_of(space), max_passes, seed, show)
     dot1, dist1 = problem.objective(perms)
     return AlignResult({g: p for g, p in perms.items() if space.groups[g].permutable}, space, dot0, dot1,
                        dist0, dist1, passes, converged)
