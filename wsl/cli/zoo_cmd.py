@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from wsl.cli.common import local_path, print_json
+from wsl.cli.common import print_json
 from wsl.errors import ZooFormatError
+from wsl.io import local_path
 
 OPTIONAL_SUBCOMMANDS = (("wsl.zoo.generate", "register_generate"), ("wsl.zoo.readers", "register_convert"),
                         ("wsl.hub.push", "register_push"))  # wsl.hub hook: `wsl zoo push`

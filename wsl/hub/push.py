@@ -52,9 +52,9 @@ class PushReport:
 
 
 def _hf_api(ref: HubRef) -> Any:
-    from wsl.hub.uri import _hf, endpoint, is_offline
+    from wsl.hub.uri import huggingface, endpoint, is_offline
 
-    hf = _hf()
+    hf = huggingface()
     if is_offline():
         raise HubOfflineError(f"{ref}: cannot push with HF_HUB_OFFLINE=1 (unset it to upload)")
     if hf.get_token() is None:
@@ -77,9 +77,9 @@ def _prepare(api: Any, ref: HubRef, private: bool) -> None:
 def _commit(api: Any, ref: HubRef, batches: Sequence[Sequence[tuple[str, Any]]], message: str,
             report: PushReport) -> PushReport:
     """One ``create_commit`` per batch of ``(path in repo, local path or bytes)``."""
-    from wsl.hub.uri import _hf, hub_error
+    from wsl.hub.uri import huggingface, hub_error
 
-    hf = _hf()
+    hf = huggingface()
     batches = [b for b in batches if b]
     for i, batch in enumerate(batches):
         ops = [hf.CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(src) if isinstance(src, Path) else src)

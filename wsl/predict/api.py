@@ -101,7 +101,7 @@ def load_network(source: Source, arch: Any = None, *, example_input: Any = None,
                 raise PredictionError(f"{label}: the weights do not load into the given architecture: {exc}") from exc
             module.eval()
     elif isinstance(source, (str, os.PathLike)):
-        from wsl.cli.common import local_path
+        from wsl.io import local_path
 
         label = str(source)
         module, sd = load_model(local_path(label), arch, allow_code=allow_code)

@@ -231,9 +231,9 @@ def fit_baseline(name: str, zoo: Any, seed: int = 0, *, target: str = "test_accu
     if name not in BASELINES:
         raise ConfigError(f"fit_baseline: unknown baseline {name!r}; valid: {', '.join(BASELINES)}")
     if not hasattr(zoo, "stacked"):
-        import wsl
+        from wsl.zoo import load_zoo
 
-        zoo = wsl.load_zoo(zoo)
+        zoo = load_zoo(zoo)
     t0 = time.perf_counter()
     views = {s: select_rows(zoo, s, train_checkpoints if s == splits[0] and train_checkpoints != "same"
                             else checkpoints, target) for s in splits}

@@ -76,10 +76,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _prepare(self) -> None:
-        from wsl import load_zoo
-        from wsl.cli.common import local_path
+        from wsl.io import local_path
         from wsl.tasks.generalization import prepare_split, select_rows
         from wsl.train.registry import InputInfo, build_model, check_params, resolve_model
+        from wsl.zoo import load_zoo
 
         cfg, dc = self.cfg, self.cfg.data
         if cfg.train.threads:

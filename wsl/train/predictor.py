@@ -200,8 +200,7 @@ def save_predictor(directory: str | Path, *, model: nn.Module, config: dict[str,
 
 def load_predictor(directory: str | Path, device: torch.device | str | None = None) -> Predictor:
     """Load a predictor directory written by ``wsl train`` (``hf://`` URIs are resolved)."""
-    from wsl.cli.common import local_path
-    from wsl.io import load_safetensors
+    from wsl.io import load_safetensors, local_path
 
     d = Path(local_path(str(directory), repo_type="model"))
     cfg_path = d / "config.json"
@@ -245,7 +244,7 @@ def load_predictor(directory: str | Path, device: torch.device | str | None = No
 def predictor_config(model_name: str, params: Mapping[str, Any], info: InputInfo, target: str, mean: float,
                      std: float, training: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str, Any]:
     """The ``config.json`` of a predictor directory (see module docstring)."""
-    from wsl import __version__
+    from wsl.version import __version__
 
     exact = info.kind == "features" or (info.kind == "stats" and info.stats_layout == "per_tensor")
     if exact and info.space is None:

@@ -390,7 +390,7 @@ def _run_convert(args: Any) -> int:
             options[opt] = getattr(args, opt)
     if getattr(args, "keep_nonfinite", False):
         options["keep_nonfinite"] = True
-    from wsl.cli.common import local_path
+    from wsl.io import local_path
 
     report = convert(args.fmt, local_path(args.src, repo_type="dataset"), args.output, name=args.name, limit=args.limit,
                      progress=not args.quiet, **options)
