@@ -10,7 +10,7 @@ turns them into local paths.
 
 from __future__ import annotations
 
-from wsl.io.archref import load_model, parse_call_args, resolve_arch
+from wsl.io.archref import load_model, parse_call_args, resolve_arch, space_from_state_dict
 from wsl.io.atomic import atomic_open, atomic_save_safetensors, atomic_write
 from wsl.io.checkpoint import (
     SUPPORTED_FORMATS,
@@ -52,5 +52,6 @@ __all__ = [
     "require_finite",
     "resolve_arch",
     "save_state_dict",
+    "space_from_state_dict",
     "uri_scheme",
 ]

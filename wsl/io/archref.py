@@ -44,8 +44,9 @@ from wsl.io.checkpoint import (
     read_checkpoint_metadata,
     read_json_object,
 )
+from wsl.space.weightspace import WeightSpace
 
-__all__ = ["ArchRef", "load_model", "parse_call_args", "resolve_arch"]
+__all__ = ["ArchRef", "load_model", "parse_call_args", "resolve_arch", "space_from_state_dict"]
 
 ArchRef = nn.Module | dict[str, Any] | str | os.PathLike[str]
 _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -312,3 +313,13 @@ def load_model(
     except Exception as exc:
         raise CheckpointError(f"{path}: load_state_dict failed: {exc}") from exc
     return module.eval(), sd
+
+
+def space_from_state_dict(state_dict: Mapping[str, torch.Tensor], arch: ArchRef, example_input: Any = None, *,
+                          allow_code: bool = True) -> WeightSpace:
+    """The :class:`~wsl.space.WeightSpace` of ``arch`` (any reference :func:`resolve_arch` accepts), checked
+    strictly against ``state_dict`` (a :class:`~wsl.errors.StateDictMismatchError` names missing, unexpected
+    and mis-shaped entries)."""
+    space = WeightSpace.from_module(resolve_arch(arch, allow_code=allow_code), example_input)
+    space.check(state_dict, where=f"architecture {arch!r}" if isinstance(arch, str) else "")
+    return space

@@ -18,8 +18,9 @@ StateDict = Mapping[str, torch.Tensor]
 class WeightSpace:
     """The symmetry structure of one architecture.
 
-    Build it with :meth:`from_module` (traces the module) or
-    :meth:`from_state_dict` (a state_dict plus an architecture reference).
+    Build it with :meth:`from_module` (traces the module), or from a
+    state_dict plus an architecture reference with
+    :func:`wsl.io.space_from_state_dict`.
     It lists every state_dict entry with its role and, per axis, the group of
     interchangeable units that indexes it; :meth:`permute` applies a
     permutation of every group consistently; :func:`random_permutation`
@@ -43,17 +44,6 @@ class WeightSpace:
         from wsl.space.trace import trace_spec
 
         return cls(trace_spec(module, example_input), arch=getattr(module, "wsl_arch", None))
-
-    @classmethod
-    def from_state_dict(cls, state_dict: StateDict, arch: Any, example_input: Any = None) -> "WeightSpace":
-        """Weight space of ``arch`` (any reference :func:`wsl.io.resolve_arch` accepts),
-        checked strictly against ``state_dict``."""
-        from wsl.io.archref import resolve_arch
-
-        module = resolve_arch(arch)
-        space = cls.from_module(module, example_input)
-        space.check(state_dict)
-        return space
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "WeightSpace":
