@@ -19,7 +19,7 @@ from torch import nn
 
 import wsl
 from wsl.archs import mlp
-from wsl.archs.registry import from_hf_config
+from wsl.archs.hf import build_hf_model, from_hf_config, transformers_available
 from wsl.cli import main
 from wsl.errors import ArchitectureError, HubError
 from wsl.hub import (
@@ -27,7 +27,7 @@ from wsl.hub import (
     HubRevisionNotFoundError, HubURIError, parse_uri, resolve,
 )
 from wsl.hub.cards import split_front_matter
-from wsl.hub.transformers_compat import build_hf_model, load_hf_model, transformers_available
+from wsl.hub.transformers_compat import load_hf_model
 from wsl.zoo import ZooWriter
 
 BERT = {"architectures": ["BertModel"], "model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2,

@@ -191,7 +191,7 @@ def test_real_registry_and_description() -> None:
 def test_real_hf_config_dir(tmp_path: Path) -> None:
     """A HF-style directory (prefixed, legacy LayerNorm.gamma keys) loads strictly."""
     try:
-        from wsl.archs.registry import from_hf_config
+        from wsl.archs.hf import from_hf_config
     except ImportError as exc:
         pytest.skip(f"wsl.archs not importable: {exc}")
     cfg = {"model_type": "bert", "architectures": ["BertModel"], "hidden_size": 8,

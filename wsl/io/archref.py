@@ -5,7 +5,7 @@ A reference is one of:
 * an ``nn.Module`` (used as is);
 * a ``dict``: a wsl JSON architecture description (``wsl.archs.describe.build``)
   or a Hugging Face ``config.json`` (has ``model_type`` and no ``format``;
-  built with ``wsl.archs.registry.from_hf_config``);
+  built with ``wsl.archs.hf.from_hf_config``);
 * a string: a JSON object (``"{...}"``); a path to a ``.json`` file; a factory
   ``package.module:factory`` or ``path/to/file.py:factory``; or a built-in name
   in ``wsl.archs.registry.REGISTRY`` (``"resnet18"``). Factories and names may
@@ -266,10 +266,10 @@ def _normalize_hf(
 ) -> dict[str, torch.Tensor]:
     """Adapt Hugging Face key conventions (prefixes, gamma/beta) for HF-style modules."""
     try:
-        reg = importlib.import_module("wsl.archs.registry")
+        hf = importlib.import_module("wsl.archs.hf")
     except ImportError:
         return sd
-    fn = getattr(reg, "normalize_hf_state_dict", None)
+    fn = getattr(hf, "normalize_hf_state_dict", None)
     if fn is None:
         return sd
     try:
@@ -291,7 +291,7 @@ def load_model(
     The architecture comes from ``arch``, else the safetensors ``wsl_arch``
     metadata, else the ``config.json`` next to the weights. Modules with a
     ``base_model_prefix`` (the local Hugging Face ports) get their keys adapted
-    by ``wsl.archs.registry.normalize_hf_state_dict`` first. With ``strict`` the
+    by ``wsl.archs.hf.normalize_hf_state_dict`` first. With ``strict`` the
     state_dict must match ``module.state_dict()`` exactly (names and shapes);
     without it missing/unexpected names are tolerated but shapes must agree.
     """
