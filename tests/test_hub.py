@@ -355,7 +355,7 @@ def _write_predictor(directory: Path) -> tuple[Any, dict[str, torch.Tensor]]:
 
 
 def test_push_and_pull_predictor(hub: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from wsl.train.registry import load_predictor
+    from wsl.train.predictor import load_predictor
 
     space, stacked = _write_predictor(tmp_path / "pred")
     rc, out, err = run(capsys, "push", str(tmp_path / "pred"), "hf://org/pred", "--private", "--revision", "v1")

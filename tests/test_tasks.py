@@ -201,7 +201,7 @@ def test_augmented_batches(tiny_zoo: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ baselines
 def test_tensor_stats_match_numpy() -> None:
-    from wsl.tasks.baselines import tensor_stats
+    from wsl.nn.stats import tensor_stats
 
     v = torch.randn(3, 17, dtype=torch.float64)
     s = tensor_stats(v).numpy()

@@ -80,7 +80,7 @@ def _zoo(args: argparse.Namespace) -> int:
 
     from wsl.io import local_path
     from wsl.predict import choose_predictor
-    from wsl.train.metrics import regression_metrics
+    from wsl.tasks.metrics import regression_metrics
     from wsl.zoo import load_zoo
 
     zoo = load_zoo(local_path(args.zoo, repo_type="dataset")).latest()

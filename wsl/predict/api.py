@@ -16,7 +16,7 @@ from wsl.errors import PredictionError, WslError
 from wsl.predict.family import check_family
 from wsl.predict.shipped import resolve_predictor_ref, shipped
 from wsl.space import WeightSpace
-from wsl.train.registry import Predictor, load_predictor
+from wsl.train.predictor import Predictor, load_predictor
 
 Source = nn.Module | Mapping[str, torch.Tensor] | str | os.PathLike[str]
 

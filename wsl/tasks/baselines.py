@@ -2,7 +2,7 @@
 
 *StatNN* (Unterthiner et al. 2020): seven statistics of every tensor -- mean,
 standard deviation (population, ``ddof=0``) and the 0/25/50/75/100 percentiles
-(linear interpolation, as ``numpy.percentile``) -- concatenated.
+(linear interpolation, as ``numpy.percentile``; :func:`wsl.nn.stats.tensor_stats`) -- concatenated.
 
 Two feature layouts (:func:`statnn_features`):
 
@@ -43,31 +43,13 @@ import numpy as np
 import torch
 
 from wsl.errors import ConfigError, WslError
+from wsl.nn.stats import tensor_stats
 
-__all__ = ["BASELINES", "HParamEncoder", "fit_baseline", "signatures", "statnn_features", "statnn_matrix",
-           "tensor_stats"]
+__all__ = ["BASELINES", "HParamEncoder", "fit_baseline", "signatures", "statnn_features", "statnn_matrix"]
 
 BASELINES = ("statnn_gbt", "statnn_linear", "hparams_gbt")
-QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
-STAT_NAMES = ("mean", "std", "q0", "q25", "q50", "q75", "q100")
 LOG_HPARAMS = ("lr", "learning_rate", "l2", "l2reg", "wd", "weight_decay", "init_std")
 NUM_BUCKET_FEATURES = 8 * 7 + 3
-
-
-def tensor_stats(values: torch.Tensor) -> torch.Tensor:
-    """``(N, M)`` values -> ``(N, 7)`` statistics (mean, std, 5 percentiles); ``M = 0`` gives zeros."""
-    n, m = values.shape
-    if m == 0:
-        return torch.zeros(n, 7, dtype=torch.float64, device=values.device)
-    v = values.to(torch.float64)
-    mean = v.mean(1)
-    std = v.std(1, correction=0)
-    srt = v.sort(dim=1).values
-    pos = torch.tensor(QUANTILES, dtype=torch.float64, device=v.device) * (m - 1)
-    lo, hi = pos.floor().long(), pos.ceil().long()
-    frac = pos - lo
-    q = srt[:, lo] * (1 - frac) + srt[:, hi] * frac
-    return torch.cat([mean[:, None], std[:, None], q], dim=1)
 
 
 def _float_names(space: Any, stacked: Mapping[str, torch.Tensor]) -> list[str]:
@@ -268,7 +250,7 @@ def fit_baseline(name: str, zoo: Any, seed: int = 0, *, target: str = "test_accu
 
 def _fit_eval(reg: Any, name: str, feats: dict[str, np.ndarray], ys: dict[str, np.ndarray],
               splits: tuple[str, str, str], lay: str, t0: float, return_predictions: bool) -> dict[str, Any]:
-    from wsl.train.metrics import regression_metrics
+    from wsl.tasks.metrics import regression_metrics
 
     reg.fit(np.nan_to_num(feats[splits[0]], nan=0.0) if name == "statnn_linear" else feats[splits[0]], ys[splits[0]])
     out: dict[str, Any] = {"name": name, "layout": lay, "n_train": int(len(ys[splits[0]])),

@@ -6,7 +6,7 @@ One run = one :class:`~wsl.train.config.Config`. The run directory holds::
     checkpoints/best/   the same for the best validation Kendall tau
     metrics.json        val/test tau, R^2, MAE (best checkpoint), timing, #params, config, history
     test_scatter.png    predicted vs true on the test split
-    predictor/          a self-contained predictor (wsl.train.registry.load_predictor)
+    predictor/          a self-contained predictor (wsl.train.predictor.load_predictor)
 
 Determinism: the training order of epoch ``e`` is ``randperm`` seeded by
 ``(seed, e)`` and the augmentation of step ``s`` by ``(seed, e, s, rank)``;
@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsl.errors import ConfigError, WslError
+from wsl.tasks.metrics import regression_metrics, to_json
 from wsl.train import distributed as D
 from wsl.train.checkpoints import load_checkpoint, save_checkpoint
 from wsl.train.config import Config
-from wsl.train.metrics import regression_metrics, to_json
 
 __all__ = ["Trainer", "train"]
 
@@ -133,7 +133,7 @@ class Trainer:
         if probe_x is not None:
             width = tr.probes.shape[1] if isinstance(tr.probes, torch.Tensor) else None
             if width is None:  # learned probes: the feature width of the initial probes
-                from wsl.tasks.probes import probe_summary
+                from wsl.nn.probed import probe_summary
 
                 with torch.no_grad():
                     width = probe_summary(tr.probes[torch.arange(1)](probe_x.to(self.device))).shape[1]

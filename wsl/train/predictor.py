@@ -1,9 +1,21 @@
 """Self-contained predictors: a trained meta-model plus what it needs to read new weights.
 
-See :mod:`wsl.train.registry` for the directory layout (``config.json``,
-``model.safetensors``, ``space.json``, ``README.md``). Predictions are
-de-normalized: ``y = mean + std * model(x)``. A predictor whose
-``input.probes`` is set also reads probe features (:mod:`wsl.tasks.probes`):
+The meta-model is built by name (:mod:`wsl.train.registry`). A predictor directory
+(:func:`save_predictor` / :func:`load_predictor`)::
+
+    config.json       {"format": "wsl.predictor/1", "model": {"name", "params"},
+                       "input": {"kind", "accepts", "stats_layout", "num_features", "edge_dim"},
+                       "target": {"name", "mean", "std"}, "training": {...}, "metrics": {...}}
+    model.safetensors the meta-model's state_dict
+    space.json        the WeightSpace spec of the training architecture (dense and stats models)
+    README.md         model card
+
+``input.accepts`` says which networks the predictor can read:
+``{"type": "signatures", "signatures": [...]}`` (dense models and per-tensor
+StatNN: exactly these ``WeightSpace.signature`` values) or ``{"type": "any"}``
+(graph models and bucketed StatNN: any architecture ``wsl`` can trace).
+Predictions are de-normalized: ``y = mean + std * model(x)``. A predictor
+whose ``input.probes`` is set also reads probe features (:mod:`wsl.tasks.probes`):
 it needs the network as a function (a module), not only its weights.
 """
 
@@ -61,7 +73,8 @@ class Predictor:
 
     def probe_features(self, module: nn.Module, input_shape: Any) -> torch.Tensor:
         """``(1, F)`` probe features of one network (``module`` must compute the weights being predicted)."""
-        from wsl.tasks.probes import module_probe_outputs, probe_summary
+        from wsl.nn.probed import probe_summary
+        from wsl.tasks.probes import module_probe_outputs
 
         pr = self.probes
         if pr is None:
@@ -290,6 +303,6 @@ Predicts **{cfg['target']['name']}** of a trained network from its weights alone
 |---|---|---|---|---|
 {rows}
 
-Load with `wsl.train.registry.load_predictor(dir)`; `Predictor.predict(space, stacked)` or
+Load with `wsl.train.predictor.load_predictor(dir)`; `Predictor.predict(space, stacked)` or
 `Predictor.predict_zoo(zoo)`.
 """
