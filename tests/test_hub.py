@@ -335,7 +335,7 @@ class _StatsHead(nn.Module):
 
 def _write_predictor(directory: Path) -> tuple[Any, dict[str, torch.Tensor]]:
     from wsl.space import WeightSpace
-    from wsl.tasks.baselines import statnn_features
+    from wsl.tasks.statnn import statnn_features
     from wsl.train.predictor import predictor_config, save_predictor
     from wsl.train.registry import InputInfo, register_model
 

@@ -3,7 +3,7 @@
 Permuting hidden units only reorders a tensor's values, so these statistics
 are invariant to every weight-space symmetry. The dense meta-models feed them
 to their head (``stats=True``, :mod:`wsl.nn.dense_models`); the StatNN
-baselines (:mod:`wsl.tasks.baselines`) regress on them.
+features (:mod:`wsl.tasks.statnn`) are built from them.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 * :mod:`wsl.tasks.generalization` -- predict a network's test accuracy (or
   generalization gap) from its weights: targets, splits, inputs, augmentation.
+* :mod:`wsl.tasks.statnn` -- StatNN features (:func:`statnn_features`).
 * :mod:`wsl.tasks.baselines` -- StatNN and hyperparameters-only baselines (:func:`fit_baseline`).
 * :mod:`wsl.tasks.metrics` -- Kendall tau, R^2, MAE (:func:`regression_metrics`).
 """
@@ -15,7 +16,7 @@ __all__ = ["BASELINES", "fit_baseline", "kendall_tau", "mae", "prepare_split", "
 
 _LAZY = {
     "BASELINES": "wsl.tasks.baselines", "fit_baseline": "wsl.tasks.baselines",
-    "statnn_features": "wsl.tasks.baselines",
+    "statnn_features": "wsl.tasks.statnn",
     "prepare_split": "wsl.tasks.generalization", "select_rows": "wsl.tasks.generalization",
     "target_values": "wsl.tasks.generalization",
     "kendall_tau": "wsl.tasks.metrics", "r2_score": "wsl.tasks.metrics", "mae": "wsl.tasks.metrics",

@@ -12,7 +12,7 @@ Inputs, built ONCE per split (:func:`prepare_split`) and sliced per batch:
                 models; one architecture per split).
 ``"graph"``     PyG batches of :class:`~wsl.graph.ParameterGraph` (graph models;
                 any mix of architectures; a batch is ordered by architecture).
-``"stats"``     StatNN feature vectors (:mod:`wsl.tasks.baselines`).
+``"stats"``     StatNN feature vectors (:mod:`wsl.tasks.statnn`).
 
 Augmentation (training batches only, :func:`augment_stacked`) acts in weight
 space: a uniformly random element of each network's permutation group
@@ -174,7 +174,7 @@ class SplitData:
 
 
 def _stats_of(g: ArchGroup, sd: dict[str, torch.Tensor], layout: str) -> torch.Tensor:
-    from wsl.tasks.baselines import statnn_features
+    from wsl.tasks.statnn import statnn_features
 
     return statnn_features(g.space, sd, layout).to(torch.float32)
 
@@ -355,7 +355,7 @@ def prepare_split(zoo: Any, name: str, split: str, kind: str, *, target: str = "
         groups.append(ArchGroup(",".join(map(str, ids)), space, torch.from_numpy(pos), stacked, cache))
     stats = None
     if kind == "stats":
-        from wsl.tasks.baselines import statnn_features
+        from wsl.tasks.statnn import statnn_features
 
         stats = torch.zeros(len(view), 0)
         parts = [statnn_features(g.space, g.stacked, stats_layout).to(torch.float32) for g in groups]

@@ -96,7 +96,7 @@ class Trainer:
         names = {"train": dc.train_split, "val": dc.val_split, "test": dc.test_split}
         layout = dc.stats_layout
         if kind == "stats" and layout == "auto":
-            from wsl.tasks.baselines import signatures
+            from wsl.tasks.statnn import signatures
 
             views = [select_rows(self.zoo, s, dc.checkpoints, dc.target, dc.arch) for s in names.values()]
             sigs = {sg for v in views if len(v) for sg in signatures(v).values()}

@@ -143,7 +143,7 @@ class Predictor:
             from wsl.nn.probed import Probed
 
             return Probed(x, probes.to(dev) if isinstance(probes, torch.Tensor) else probes)
-        from wsl.tasks.baselines import statnn_features
+        from wsl.tasks.statnn import statnn_features
 
         return statnn_features(space, stacked, self.config["input"]["stats_layout"]).to(torch.float32)
 
