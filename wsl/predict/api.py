@@ -187,7 +187,8 @@ def _architecture(space: WeightSpace) -> dict[str, Any]:
             "activations": list(space.meta("activations", ()))}
 
 
-def _finish(label: str, p: Predictor, space: WeightSpace, raw: float, warnings: list[str]) -> Prediction:
+def make_prediction(label: str, p: Predictor, space: WeightSpace, raw: float, warnings: list[str]) -> Prediction:
+    """The :class:`Prediction` of predictor output ``raw``: clipped to [0, 1] for accuracies, with its interval."""
     if not math.isfinite(raw):
         raise PredictionError(f"{label}: the predictor produced a non-finite value")
     cal = p.config.get("calibration") or {}
@@ -219,7 +220,7 @@ def predict(source: Source, predictor: Any = None, *, arch: Any = None, example_
     label, sd, space, module = load_network(source, arch, example_input=example_input, allow_code=allow_code)
     p, warnings = choose_predictor(space, predictor)
     raw = predict_network(p, space, sd, module)
-    return _finish(label, p, space, raw, warnings)
+    return make_prediction(label, p, space, raw, warnings)
 
 
 def predict_many(sources: Sequence[Source], predictor: Any = None, **kw: Any) -> list[Prediction | WslError]:

@@ -139,7 +139,7 @@ def fit_baseline(name: str, zoo: Any, seed: int = 0, *, target: str = "test_accu
         from wsl.tasks.inversion import probe_set
         from wsl.tasks.probes import probe_features, zoo_probe_shape
 
-        shape = zoo_probe_shape(zoo._store, list(dict.fromkeys(a for v in views.values()
+        shape = zoo_probe_shape(zoo.store, list(dict.fromkeys(a for v in views.values()
                                                                 for a in v.column("arch").tolist())))
         x = probe_set(zoo, num=probes, seed=probe_seed, kind=probe_kind, invert=probe_invert,
                       invert_steps=invert_steps, invert_tv=invert_tv, split=splits[0], target=target, shape=shape)

@@ -207,12 +207,15 @@ class GraphCache:
     PER_MODEL = ("x", "edge_attr", "extras")
 
     def __init__(self, batch: Any, n: int) -> None:
+        from wsl.graph.data import batch_keys
+
+        keys = batch_keys(batch)
         self.n = n
         self.v = int(batch.num_nodes) // n
         self.e = int(batch.edge_index.shape[1]) // n
         self.per_model: dict[str, torch.Tensor] = {}
         self.shared: dict[str, torch.Tensor] = {}
-        for key in batch._slice_dict:
+        for key in keys:
             val = batch[key]
             if not isinstance(val, torch.Tensor):
                 continue
@@ -223,7 +226,7 @@ class GraphCache:
             else:
                 per = val.shape[0] // n
                 self.shared[key] = val[:per].clone()
-        self.strings = {k: batch[k][0] for k in ("arch", "dtypes") if k in batch._slice_dict}
+        self.strings = {k: batch[k][0] for k in ("arch", "dtypes") if k in keys}
         self._repeated: dict[int, dict[str, torch.Tensor]] = {}
 
     def _shared(self, b: int) -> dict[str, torch.Tensor]:

@@ -199,7 +199,7 @@ class ProbeNets:
                   shape: Sequence[int] | None = None, arch: str | None = None) -> "ProbeNets":
         """The rows of a zoo view (only those of architecture ``arch`` if given, in view order)."""
         archs = view.column("arch")
-        store = view._store
+        store = view.store
         if shape is None:
             shape = view_probe_shape(view)
         ids = list(dict.fromkeys(archs.tolist())) if arch is None else [arch]
@@ -294,13 +294,13 @@ def canonical_shape(card: dict[str, Any], shapes: Sequence[Sequence[int]]) -> li
 
 
 def zoo_probe_shape(store: Any, arch_ids: Sequence[str]) -> list[int]:
-    """:func:`canonical_shape` for the given architectures of a zoo store (``zoo._store``)."""
+    """:func:`canonical_shape` for the given architectures of a zoo store (``zoo.store``)."""
     return canonical_shape(store.card, [arch_input_shape(store.card, a, store.build(a)) for a in arch_ids])
 
 
 def view_probe_shape(view: Any) -> list[int]:
     """:func:`zoo_probe_shape` for the architectures of a zoo or zoo view's rows."""
-    return zoo_probe_shape(view._store, list(dict.fromkeys(view.column("arch").tolist())))
+    return zoo_probe_shape(view.store, list(dict.fromkeys(view.column("arch").tolist())))
 
 
 def probe_outputs(view: Any, num: int = 32, seed: int = 0, device: torch.device | str | None = None,
@@ -315,7 +315,7 @@ def probe_outputs(view: Any, num: int = 32, seed: int = 0, device: torch.device 
     rows, no gradients); the result follows the view's row order.
     """
     archs = view.column("arch")
-    store = view._store
+    store = view.store
     ids = list(dict.fromkeys(archs.tolist()))
     canon = list(shape) if shape is not None else zoo_probe_shape(store, ids)
     base = (probe_inputs(canon, num, seed, kind) if inputs is None else _fixed(inputs, canon)).to(device)

@@ -95,6 +95,12 @@ class Zoo:
 
     # ------------------------------------------------------------------- basics
     @property
+    def store(self) -> ZooStore:
+        """The on-disk store this view reads, shared by every view of one opened zoo (card, rows, shards,
+        per-architecture modules and weight spaces). Read from it; do not modify it."""
+        return self._store
+
+    @property
     def root(self) -> Path:
         return self._store.root
 
