@@ -21,6 +21,7 @@ demo: $(STAMP)
 	$(BIN)/wsl demo
 
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -92,8 +92,8 @@ def ensemble(zoo_key: str, method: str, seeds: list[int], runs: Path) -> dict | 
         return None
     import wsl
     from wsl.tasks.generalization import select_rows, target_values
-    from wsl.train.metrics import regression_metrics
-    from wsl.train.registry import load_predictor
+    from wsl.tasks.metrics import regression_metrics
+    from wsl.train.predictor import load_predictor
 
     data = json.loads((dirs[0] / "metrics.json").read_text())["config"]["data"]
     zoo = wsl.load_zoo(data["zoo"])
@@ -116,8 +116,8 @@ def blend(zoo_key: str, method: str, seeds: list[int], runs: Path) -> dict | Non
         return None
     import wsl
     from wsl.tasks.generalization import select_rows, target_values
-    from wsl.train.metrics import regression_metrics
-    from wsl.train.registry import load_predictor
+    from wsl.tasks.metrics import regression_metrics
+    from wsl.train.predictor import load_predictor
 
     data = json.loads((dirs[0] / "metrics.json").read_text())["config"]["data"]
     zoo = wsl.load_zoo(data["zoo"])

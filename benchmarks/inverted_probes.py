@@ -44,8 +44,8 @@ def main() -> int:
     import wsl
     from wsl.tasks.generalization import select_rows, target_values
     from wsl.tasks.inversion import probe_set
+    from wsl.tasks.metrics import kendall_tau
     from wsl.tasks.probes import probe_inputs
-    from wsl.train.metrics import kendall_tau
     from wsl.train.plots import probe_grid
 
     print("| zoo | split | n | τ, agreement on inverted probes | τ, same score on the initial strokes | inversion time |")

@@ -4,7 +4,7 @@ Both modes train the *same* models (recipe hyperparameters of models
 ``0..N-1``: activation, optimizer, lr, L2, dropout, init, training subset and
 per-epoch data order) for the same number of epochs, in the same process:
 
-* vectorized -- :func:`wsl.zoo.vectorized.train_chunk` on chunks of
+* vectorized -- :func:`wsl.zoo.optim.train_chunk` on chunks of
   ``--models-per-chunk`` models (grouped convolutions + batched matmuls, one
   fused SGD/Adam/RMSprop update over all models);
 * one at a time -- a plain PyTorch loop per model: ``wsl.archs.small_cnn``
@@ -37,7 +37,8 @@ from wsl.archs import small_cnn
 from wsl.zoo.data import epoch_batches, load_dataset
 from wsl.zoo.generate import _Plan
 from wsl.zoo.recipes import init_rows, load_recipe
-from wsl.zoo.vectorized import ModelRun, VecNet, evaluate, train_chunk
+from wsl.zoo.optim import ModelRun, train_chunk
+from wsl.zoo.vectorized import VecNet, evaluate
 
 RECIPE = Path(__file__).resolve().parents[1] / "zoos" / "digits-cnn-gs.yaml"
 TORCH_OPT = {"sgd": (torch.optim.SGD, {"momentum": 0.9}), "adam": (torch.optim.Adam, {}),

@@ -19,7 +19,7 @@ from torch import nn
 
 import wsl
 from wsl.archs import mlp
-from wsl.archs.registry import from_hf_config
+from wsl.archs.hf import build_hf_model, from_hf_config, transformers_available
 from wsl.cli import main
 from wsl.errors import ArchitectureError, HubError
 from wsl.hub import (
@@ -27,7 +27,7 @@ from wsl.hub import (
     HubRevisionNotFoundError, HubURIError, parse_uri, resolve,
 )
 from wsl.hub.cards import split_front_matter
-from wsl.hub.transformers_compat import build_hf_model, load_hf_model, transformers_available
+from wsl.hub.transformers_compat import load_hf_model
 from wsl.zoo import ZooWriter
 
 BERT = {"architectures": ["BertModel"], "model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2,
@@ -335,7 +335,7 @@ class _StatsHead(nn.Module):
 
 def _write_predictor(directory: Path) -> tuple[Any, dict[str, torch.Tensor]]:
     from wsl.space import WeightSpace
-    from wsl.tasks.baselines import statnn_features
+    from wsl.tasks.statnn import statnn_features
     from wsl.train.predictor import predictor_config, save_predictor
     from wsl.train.registry import InputInfo, register_model
 
@@ -355,7 +355,7 @@ def _write_predictor(directory: Path) -> tuple[Any, dict[str, torch.Tensor]]:
 
 
 def test_push_and_pull_predictor(hub: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from wsl.train.registry import load_predictor
+    from wsl.train.predictor import load_predictor
 
     space, stacked = _write_predictor(tmp_path / "pred")
     rc, out, err = run(capsys, "push", str(tmp_path / "pred"), "hf://org/pred", "--private", "--revision", "v1")

@@ -12,8 +12,9 @@ from torch import nn
 
 from test_tasks import make_tiny_zoo
 from wsl.errors import ConfigError
+from wsl.nn.probed import probe_summary
 from wsl.tasks.inversion import invert_probes, probe_set, total_variation
-from wsl.tasks.probes import ProbeError, ProbeNets, probe_inputs, probe_summary
+from wsl.tasks.probes import ProbeError, ProbeNets, probe_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = [1, 8, 8]
@@ -112,10 +113,10 @@ def test_train_with_inverted_probes_then_predict_and_ship(tmp_path: Path) -> Non
     import wsl
     from wsl.io import load_safetensors
     from wsl.predict import ship
+    from wsl.tasks.metrics import kendall_tau
     from wsl.train.config import load_config
     from wsl.train.loop import Trainer
-    from wsl.train.metrics import kendall_tau
-    from wsl.train.registry import load_predictor
+    from wsl.train.predictor import load_predictor
 
     zoo = _zoo(tmp_path, mixed=True)
     cfg = load_config(REPO / "configs" / "generalization" / "tiny.yaml",

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from wsl.errors import ArchitectureError, StateDictMismatchError
-from wsl.io import load_model, parse_call_args, resolve_arch, save_state_dict
+from wsl.io import load_model, parse_call_args, resolve_arch, save_state_dict, space_from_state_dict
 from wsl.io.atomic import atomic_save_safetensors
 
 
@@ -191,7 +191,7 @@ def test_real_registry_and_description() -> None:
 def test_real_hf_config_dir(tmp_path: Path) -> None:
     """A HF-style directory (prefixed, legacy LayerNorm.gamma keys) loads strictly."""
     try:
-        from wsl.archs.registry import from_hf_config
+        from wsl.archs.hf import from_hf_config
     except ImportError as exc:
         pytest.skip(f"wsl.archs not importable: {exc}")
     cfg = {"model_type": "bert", "architectures": ["BertModel"], "hidden_size": 8,
@@ -270,3 +270,19 @@ def test_load_model_without_arch(tmp_path: Path) -> None:
     save_state_dict({"w": torch.ones(1)}, tmp_path / "w.safetensors")
     with pytest.raises(ArchitectureError, match="--arch"):
         load_model(tmp_path / "w.safetensors")
+
+
+def test_space_from_state_dict_checks_strictly() -> None:
+    from wsl.archs.registry import REGISTRY
+    from wsl.errors import StateDictMismatchError
+
+    sd = REGISTRY["small_cnn"]().state_dict()
+    assert space_from_state_dict(sd, "small_cnn").num_parameters == 4970
+    bad = dict(sd)
+    bad.pop("0.bias")
+    bad["extra.weight"] = torch.zeros(2)
+    bad["3.weight"] = torch.zeros(16, 16, 5, 5)
+    with pytest.raises(StateDictMismatchError, match=r"\(architecture 'small_cnn'\)") as err:
+        space_from_state_dict(bad, "small_cnn")
+    msg = str(err.value)
+    assert "0.bias" in msg and "extra.weight" in msg and "3.weight" in msg

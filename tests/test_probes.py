@@ -166,10 +166,10 @@ def test_train_with_probes_then_predict(tmp_path: Path) -> None:
     """Probe-fused NG-GNN: trainer's test predictions == Predictor.predict_zoo == wsl.predict per file."""
     import wsl
     from wsl.io import save_state_dict
+    from wsl.tasks.metrics import kendall_tau
     from wsl.train.config import load_config
     from wsl.train.loop import Trainer
-    from wsl.train.metrics import kendall_tau
-    from wsl.train.registry import load_predictor
+    from wsl.train.predictor import load_predictor
 
     zoo = make_tiny_zoo(tmp_path / "zoo", n_models=30, dataset={"name": "synthetic", "input_shape": [1, 8, 8]})
     cfg = load_config(REPO / "configs" / "generalization" / "tiny.yaml",
@@ -217,10 +217,10 @@ def test_learned_probe_model_is_invariant_and_differentiable() -> None:
 
 def test_train_with_learned_probes_then_predict(tmp_path: Path) -> None:
     import wsl
+    from wsl.tasks.metrics import kendall_tau
     from wsl.train.config import load_config
     from wsl.train.loop import Trainer
-    from wsl.train.metrics import kendall_tau
-    from wsl.train.registry import load_predictor
+    from wsl.train.predictor import load_predictor
 
     zoo = make_tiny_zoo(tmp_path / "zoo", n_models=20, mixed=True,
                         dataset={"name": "synthetic", "input_shape": [1, 8, 8]})
@@ -246,7 +246,7 @@ def test_ship_half_precision_measures_the_stored_weights(tmp_path: Path) -> None
     from wsl.predict import ship
     from wsl.train.config import load_config
     from wsl.train.loop import Trainer
-    from wsl.train.registry import load_predictor
+    from wsl.train.predictor import load_predictor
 
     zoo = make_tiny_zoo(tmp_path / "zoo", n_models=20, dataset={"name": "synthetic", "input_shape": [1, 8, 8]})
     cfg = load_config(REPO / "configs" / "generalization" / "tiny.yaml",
@@ -262,7 +262,7 @@ def test_ship_half_precision_measures_the_stored_weights(tmp_path: Path) -> None
     a, b = full.predict_zoo(test), half.predict_zoo(test)
     assert abs(a - b).max() < 1e-2
     shipped = json.loads((tmp_path / "half" / "config.json").read_text())
-    from wsl.train.metrics import regression_metrics
+    from wsl.tasks.metrics import regression_metrics
 
     assert shipped["shipped"]["dtype"] == "float16"
     assert shipped["metrics"]["test"]["mae"] == pytest.approx(

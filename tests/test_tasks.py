@@ -103,7 +103,7 @@ def test_targets_checkpoints_and_splits(tiny_zoo: Path) -> None:
 def test_prepare_split_inputs_match_rows(tiny_zoo: Path, kind: str) -> None:
     import wsl
     from wsl.graph import WeightSpaceFeatures, build
-    from wsl.tasks.baselines import statnn_features
+    from wsl.tasks.statnn import statnn_features
     from wsl.tasks.generalization import prepare_split
 
     zoo = wsl.load_zoo(tiny_zoo)
@@ -201,7 +201,7 @@ def test_augmented_batches(tiny_zoo: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ baselines
 def test_tensor_stats_match_numpy() -> None:
-    from wsl.tasks.baselines import tensor_stats
+    from wsl.nn.stats import tensor_stats
 
     v = torch.randn(3, 17, dtype=torch.float64)
     s = tensor_stats(v).numpy()
@@ -213,7 +213,7 @@ def test_tensor_stats_match_numpy() -> None:
 
 def test_statnn_layouts(tiny_zoo: Path, wild_zoo: Path) -> None:
     import wsl
-    from wsl.tasks.baselines import NUM_BUCKET_FEATURES, statnn_matrix
+    from wsl.tasks.statnn import NUM_BUCKET_FEATURES, statnn_matrix
 
     tiny = wsl.load_zoo(tiny_zoo).latest()
     per = statnn_matrix(tiny)  # 6 float tensors x 7

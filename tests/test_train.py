@@ -175,7 +175,7 @@ def test_metrics_match_scipy_and_sklearn() -> None:
     from scipy.stats import kendalltau
     from sklearn.metrics import mean_absolute_error, r2_score as sk_r2
 
-    from wsl.train.metrics import kendall_tau, mae, r2_score, regression_metrics, to_json
+    from wsl.tasks.metrics import kendall_tau, mae, r2_score, regression_metrics, to_json
 
     rng = np.random.default_rng(0)
     t = rng.random(50)
@@ -219,8 +219,8 @@ def test_wsl_train_tiny_end_to_end(tiny_zoo: Path, tmp_path: Path) -> None:
     """`wsl train tiny.yaml` on a zoo made here: metrics.json, the PNG and a loadable predictor."""
     import wsl
     from wsl.cli import main
-    from wsl.train.metrics import regression_metrics
-    from wsl.train.registry import load_predictor
+    from wsl.tasks.metrics import regression_metrics
+    from wsl.train.predictor import load_predictor
 
     out = tmp_path / "run"
     tiny = REPO / "configs" / "generalization" / "tiny.yaml"
@@ -252,7 +252,7 @@ def test_predictor_records_accepted_architecture(tiny_zoo: Path, tmp_path: Path,
     from wsl.space import WeightSpace
     from wsl.train.config import load_config
     from wsl.train.loop import Trainer
-    from wsl.train.registry import load_predictor
+    from wsl.train.predictor import load_predictor
 
     cfg = load_config(raw=base_cfg(tiny_zoo, ref(model), train={"epochs": 1}))
     m = Trainer(cfg, tmp_path / "r").fit()
@@ -260,7 +260,7 @@ def test_predictor_records_accepted_architecture(tiny_zoo: Path, tmp_path: Path,
     space = wsl.load_zoo(tiny_zoo)[0].space
     assert pred.accepts(space) and pred.config["input"]["accepts"]["signatures"] == [space.signature]
     test = wsl.load_zoo(tiny_zoo).split("test").latest()
-    from wsl.train.metrics import kendall_tau
+    from wsl.tasks.metrics import kendall_tau
 
     assert kendall_tau(pred.predict_zoo(test), test.column("test_accuracy")) == pytest.approx(m["test"]["tau"])
     other = mlp([64, 8, 10])
@@ -309,7 +309,7 @@ def test_baseline_through_wsl_train(tiny_zoo: Path, tmp_path: Path, capsys: pyte
     assert m["name"] == "statnn_gbt" and m["layout"] == "per_tensor" and m["test"]["n"] == 8
     assert (tmp_path / "b" / "test_scatter.png").is_file()
     preds = json.loads((tmp_path / "b" / "predictions.json").read_text())
-    from wsl.train.metrics import regression_metrics
+    from wsl.tasks.metrics import regression_metrics
 
     for role in ("val", "test"):
         again = regression_metrics(np.asarray(preds[role]["predicted"]), np.asarray(preds[role]["true"]))

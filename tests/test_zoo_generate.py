@@ -84,7 +84,8 @@ def test_vectorized_training_equals_per_model_training(arch: str) -> None:
     from wsl.archs import build, describe, mlp, small_cnn
     from wsl.zoo.data import digits, epoch_batches
     from wsl.zoo.recipes import init_rows
-    from wsl.zoo.vectorized import ModelRun, VecNet, train_chunk
+    from wsl.zoo.optim import ModelRun, train_chunk
+    from wsl.zoo.vectorized import VecNet
 
     data = digits()
     if arch == "small_cnn":

@@ -4,29 +4,37 @@ Neural network weights are data. ``wsl`` turns any network's parameters into
 structured, symmetry-aware views (a parameter graph, dense weight-space
 features), builds and reads model zoos, and trains permutation-equivariant
 meta-models on them.
+
+This module is the facade: importing it also imports :mod:`wsl.hub` (when
+installed), which plugs the ``hf://`` scheme into :mod:`wsl.io` and lazy Hub
+zoos into :mod:`wsl.zoo` -- so every function that takes a path accepts
+``hf://`` URIs, whichever submodule it is imported from.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+import importlib.util
 from typing import Any
 
 from wsl.errors import WslError
+from wsl.version import __version__
 
 __all__ = ["WslError", "__version__", "load_zoo", "predict"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "predict":  # ``wsl.predict(net, predictor=None)``: the callable subpackage, imported on first use
-        import importlib
-
         return importlib.import_module("wsl.predict")
     raise AttributeError(f"module 'wsl' has no attribute {name!r}")
 
 
 def load_zoo(path: Any, verify: str = "lazy") -> Any:
-    """Open a model zoo (see :func:`wsl.zoo.load_zoo`); imports :mod:`wsl.zoo` on first call."""
+    """Open a model zoo (see :func:`wsl.zoo.load_zoo`); ``hf://datasets/...`` URIs are resolved."""
     from wsl.zoo import load_zoo as _load_zoo
 
     return _load_zoo(path, verify=verify)
+
+
+# Last, so that modules imported on the way may read the names above.
+if importlib.util.find_spec("wsl.hub") is not None:
+    from wsl import hub  # noqa: E402,F401  (registers hf:// into wsl.io and its zoo store into wsl.zoo)

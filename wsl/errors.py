@@ -57,12 +57,12 @@ class StateDictMismatchError(CheckpointError):
         self.mismatched = sorted(mismatched)
         parts = []
         if self.missing:
-            parts.append(f"missing {_short(self.missing)}")
+            parts.append(f"missing {short_list(self.missing)}")
         if self.unexpected:
-            parts.append(f"unexpected {_short(self.unexpected)}")
+            parts.append(f"unexpected {short_list(self.unexpected)}")
         if self.mismatched:
             shown = [f"{n} (expected {tuple(e)}, got {tuple(g)})" for n, e, g in self.mismatched]
-            parts.append(f"wrong shape {_short(shown)}")
+            parts.append(f"wrong shape {short_list(shown)}")
         head = "state_dict does not match the architecture"
         if where:
             head += f" ({where})"
@@ -85,7 +85,12 @@ class PredictionError(WslError):
     """A predictor cannot produce a number for this input."""
 
 
-def _short(items: list[str], limit: int = 8) -> str:
+class UnknownSchemeError(WslError):
+    """A path names a URI scheme (``xyz://``) that no installed part of ``wsl`` resolves."""
+
+
+def short_list(items: list[str], limit: int = 8) -> str:
+    """``items`` joined by commas, the first ``limit`` only and a count of the rest (for one-line messages)."""
     if len(items) <= limit:
         return ", ".join(items)
     return ", ".join(items[:limit]) + f", ... ({len(items) - limit} more)"

@@ -15,7 +15,8 @@ from torch import nn
 from wsl.archs.bert import BertClassifier, BertConfig, BertLayer, BertModel, BertSelfAttention, bert_layer
 from wsl.archs.describe import SCHEMA, build, describe, validate
 from wsl.archs.gpt2 import Conv1D, GPT2Attention, GPT2Block, GPT2Config, GPT2LMHeadModel, GPT2Model
-from wsl.archs.registry import REGISTRY, from_hf_config, normalize_hf_state_dict
+from wsl.archs.hf import from_hf_config, normalize_hf_state_dict
+from wsl.archs.registry import REGISTRY
 from wsl.archs.resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50
 from wsl.archs.simple import FORMAT, GlobalAvgPool, Residual, activation, mlp, small_cnn
 from wsl.archs.vit import ViTConfig, ViTForImageClassification, ViTLayer, ViTModel, ViTSelfAttention, vit_tiny

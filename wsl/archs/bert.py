@@ -4,7 +4,7 @@ Parameter names and shapes equal those of ``transformers.BertModel`` /
 ``BertForSequenceClassification`` (absolute position embeddings, no
 cross-attention), so their checkpoints load with ``strict=True`` (after
 dropping the legacy ``embeddings.position_ids`` key some old checkpoints
-carry, see :func:`wsl.archs.registry.normalize_hf_state_dict`).
+carry, see :func:`wsl.archs.hf.normalize_hf_state_dict`).
 
 Top-level ``forward`` methods take only ``input_ids`` (token types default to
 zeros, no padding mask), so ``torch.fx.symbolic_trace`` needs no

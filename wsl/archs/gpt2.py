@@ -8,7 +8,7 @@ Weight tying: ``GPT2LMHeadModel.lm_head.weight`` *is* the Parameter
 ``transformer.wte.weight`` (one tensor, two names). ``parameters()`` yields it
 once; ``state_dict()`` lists both keys. Hugging Face checkpoints usually omit
 ``lm_head.weight`` and may carry legacy ``attn.bias``/``attn.masked_bias``
-buffers; :func:`wsl.archs.registry.normalize_hf_state_dict` fixes both before
+buffers; :func:`wsl.archs.hf.normalize_hf_state_dict` fixes both before
 a strict load.
 """
 

@@ -1,24 +1,22 @@
-"""Built-in architecture factories, the describable layer types, and Hugging Face configs.
+"""Built-in architecture factories and the describable layer types.
 
 :data:`REGISTRY` maps the ``name`` of a ``"builtin"`` description to its
-factory; it is the only code a description can reach. :func:`layer_spec`
-maps a supported ``torch.nn`` module to its ``"wsl.arch/1"`` layer dict.
-:func:`from_hf_config` builds the local BERT / ViT / GPT-2 classes from a
-Hugging Face ``config.json`` dict, and :func:`normalize_hf_state_dict` adapts a
-Hugging Face checkpoint's keys so that ``load_state_dict(strict=True)`` works.
+factory; it is the only code a description can reach (``"hf"`` is
+:func:`wsl.archs.hf.from_hf_config`, which builds a module from a Hugging Face
+``config.json`` dict). :func:`layer_spec` maps a supported ``torch.nn`` module
+to its ``"wsl.arch/1"`` layer dict.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
-import torch
 from torch import nn
 
 from wsl.archs.bert import BertClassifier, BertConfig, BertModel, bert_layer
 from wsl.archs.gpt2 import GPT2Config, GPT2LMHeadModel, GPT2Model
+from wsl.archs.hf import from_hf_config
 from wsl.archs.resnet import resnet, resnet18, resnet34, resnet50
 from wsl.archs.simple import GlobalAvgPool, Residual, mlp, small_cnn
 from wsl.archs.vit import ViTConfig, ViTForImageClassification, ViTModel, vit_tiny
@@ -55,49 +53,6 @@ def gpt2_lm(config: dict[str, Any]) -> GPT2LMHeadModel:
     return GPT2LMHeadModel(GPT2Config.from_dict(config))
 
 
-_HF: dict[str, tuple[Any, dict[str, Callable[[Any], nn.Module]], str]] = {
-    "bert": (BertConfig, {"BertModel": BertModel, "BertForSequenceClassification": BertClassifier}, "BertModel"),
-    "vit": (ViTConfig, {"ViTModel": ViTModel, "ViTForImageClassification": ViTForImageClassification},
-            "ViTModel"),
-    "gpt2": (GPT2Config, {"GPT2Model": GPT2Model, "GPT2LMHeadModel": GPT2LMHeadModel}, "GPT2Model"),
-}
-
-
-def from_hf_config(config: dict[str, Any], base_model_only: bool = False) -> nn.Module:
-    """Build a local model from a Hugging Face ``config.json`` dict.
-
-    ``model_type`` selects BERT, ViT or GPT-2; the first entry of
-    ``architectures`` selects the head (``BertModel``,
-    ``BertForSequenceClassification``, ``ViTModel``,
-    ``ViTForImageClassification``, ``GPT2Model``, ``GPT2LMHeadModel``). With
-    ``base_model_only=True`` (or no ``architectures``) the trunk is built.
-    Parameter names equal Hugging Face's, so checkpoints load strictly after
-    :func:`normalize_hf_state_dict`.
-    """
-    if not isinstance(config, dict):
-        raise ArchitectureError(f"from_hf_config: expected a config dict, got {type(config).__name__}")
-    model_type = config.get("model_type")
-    if model_type not in _HF:
-        from wsl.hub.transformers_compat import build_hf_model, transformers_available
-
-        if transformers_available():  # other model types: transformers builds them (no weights downloaded)
-            return build_hf_model(config, prefer_local=False)
-        raise ArchitectureError(
-            f"from_hf_config: model_type {model_type!r} has no local implementation (local: "
-            f"{', '.join(_HF)}); install the 'transformers' extra to load it"
-        )
-    config_cls, classes, base = _HF[model_type]
-    archs = config.get("architectures") or [base]
-    name = base if base_model_only else archs[0]
-    if name not in classes:
-        raise ArchitectureError(
-            f"from_hf_config: architecture {name!r} (model_type {model_type!r}) is not available locally "
-            f"(local: {', '.join(classes)}); pass base_model_only=True to build the {base} trunk, "
-            "or install the 'transformers' extra"
-        )
-    return classes[name](config_cls.from_dict(config))
-
-
 REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "mlp": mlp, "small_cnn": small_cnn,
     "resnet": resnet, "resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50,
@@ -106,39 +61,6 @@ REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "gpt2": gpt2, "gpt2_lm": gpt2_lm, "hf": from_hf_config,
 }
 """Builtin name -> factory. Every keyword argument is JSON (configs are dicts)."""
-
-_IGNORED = re.compile(r"(^|\.)(embeddings\.position_ids|attn\.bias|attn\.masked_bias)$")
-
-
-def normalize_hf_state_dict(
-    model: nn.Module, state_dict: dict[str, torch.Tensor], drop_unused: bool = False
-) -> dict[str, torch.Tensor]:
-    """Adapt a Hugging Face checkpoint's keys to ``model`` for a strict load.
-
-    Renames legacy ``LayerNorm.gamma``/``beta`` to ``weight``/``bias``; adds or
-    strips the base-model prefix (``bert.``, ``vit.``, ``transformer.``) when
-    that makes a key match; drops legacy buffers (``embeddings.position_ids``,
-    GPT-2 ``attn.bias``/``attn.masked_bias``); fills the tied ``lm_head.weight``
-    of :class:`GPT2LMHeadModel` from ``transformer.wte.weight``. Keys that still
-    match nothing are kept (so a strict load reports them) unless
-    ``drop_unused`` -- e.g. to load only the encoder of a ``BertForMaskedLM``.
-    """
-    want = set(model.state_dict())
-    prefix = getattr(model, "base_model_prefix", "") + "."
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        k = re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", key)) if key not in want else key
-        if k not in want and prefix != "." and prefix + k in want:
-            k = prefix + k
-        elif k not in want and k.startswith(prefix) and k[len(prefix):] in want:
-            k = k[len(prefix):]
-        if k not in want and (_IGNORED.search(k) or drop_unused):
-            continue
-        out[k] = value
-    if isinstance(model, GPT2LMHeadModel) and "lm_head.weight" not in out and "transformer.wte.weight" in out:
-        out["lm_head.weight"] = out["transformer.wte.weight"]
-    return out
-
 
 _PLAIN = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.SiLU: "silu", nn.Identity: "identity",
           GlobalAvgPool: "global_avg_pool"}

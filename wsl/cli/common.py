@@ -1,8 +1,7 @@
-"""Helpers shared by CLI subcommands: resolving paths, models and input shapes."""
+"""Helpers shared by CLI subcommands: loading models, parsing input shapes, printing JSON."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from typing import Any
@@ -11,17 +10,6 @@ import torch
 from torch import nn
 
 from wsl.errors import WslError
-
-
-def local_path(path: str, *, repo_type: str = "model") -> str:
-    """A local path for ``path``; ``hf://`` URIs are resolved through :mod:`wsl.hub`."""
-    if path.startswith("hf://"):
-        if importlib.util.find_spec("wsl.hub") is None:
-            raise WslError(f"{path}: Hugging Face Hub references are not supported in this build")
-        from wsl import hub
-
-        return str(hub.resolve(path, repo_type=repo_type))
-    return path
 
 
 def parse_shape(text: str | None) -> tuple[int, ...] | None:
@@ -49,7 +37,7 @@ def example_from_shape(module: nn.Module, shape: tuple[int, ...] | None, dtype: 
 def load_for_cli(path: str | None, arch: str | None, input_shape: str | None = None,
                  input_dtype: str | None = None) -> tuple[nn.Module, dict[str, torch.Tensor] | None, Any]:
     """(module, state_dict or None, WeightSpace) for ``wsl inspect``-like commands."""
-    from wsl.io import load_model, resolve_arch
+    from wsl.io import load_model, local_path, resolve_arch
     from wsl.space import WeightSpace
 
     if path is None:

@@ -17,11 +17,12 @@ def run_demo(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("wsl.predict") is not None:
         from wsl.predict.demo import run as run_prediction_demo
 
-        return int(run_prediction_demo())
-    return _inspect_demo()
+        return int(run_prediction_demo(fallback=symmetry_demo))
+    return symmetry_demo()
 
 
-def _inspect_demo() -> int:
+def symmetry_demo() -> int:
+    """The weight-space demo: the Small CNN Zoo architecture's symmetries, and a permutation that keeps its function."""
     import torch
 
     from wsl.archs.registry import REGISTRY

@@ -78,9 +78,9 @@ def _paths(args: argparse.Namespace) -> int:
 def _zoo(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from wsl.cli.common import local_path
+    from wsl.io import local_path
     from wsl.predict import choose_predictor
-    from wsl.train.metrics import regression_metrics
+    from wsl.tasks.metrics import regression_metrics
     from wsl.zoo import load_zoo
 
     zoo = load_zoo(local_path(args.zoo, repo_type="dataset")).latest()

@@ -53,11 +53,10 @@ def _run_baseline(cfg: Any) -> int:
     import time
 
     from wsl import load_zoo
-    from wsl.cli.common import local_path
     from wsl.errors import ConfigError
-    from wsl.io import atomic_open
+    from wsl.io import atomic_open, local_path
     from wsl.tasks.baselines import fit_baseline
-    from wsl.train.metrics import to_json
+    from wsl.tasks.metrics import to_json
     from wsl.train.plots import scatter_plot
 
     if cfg.model.params:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import os
 from typing import Any
 
-import numpy as np
-
-from wsl.cli.common import local_path, print_json
+from wsl.cli.common import print_json
 from wsl.errors import ZooFormatError
+from wsl.io import local_path
+from wsl.zoo.summary import summarize
 
 OPTIONAL_SUBCOMMANDS = (("wsl.zoo.generate", "register_generate"), ("wsl.zoo.readers", "register_convert"),
                         ("wsl.hub.push", "register_push"))  # wsl.hub hook: `wsl zoo push`
@@ -60,60 +59,6 @@ def _open(path: str, verify: str = "lazy") -> Any:
     from wsl.zoo import load_zoo
 
     return load_zoo(local_path(path, repo_type="dataset"), verify=verify)
-
-
-def _quantiles(values: np.ndarray) -> dict[str, Any]:
-    v = values[~np.isnan(values)]
-    out: dict[str, Any] = {"count": int(v.size), "null": int(values.size - v.size)}
-    if v.size:
-        q = np.quantile(v, [0.0, 0.25, 0.5, 0.75, 1.0])
-        out.update(min=float(q[0]), q25=float(q[1]), median=float(q[2]), q75=float(q[3]), max=float(q[4]),
-                   mean=float(v.mean()))
-    return out
-
-
-def _disk_bytes(root: Any, card: dict[str, Any]) -> int:
-    total = sum(s["bytes"] for s in card["shards"])
-    for name in ("zoo.json", "metadata.jsonl"):
-        try:
-            total += os.path.getsize(root / name)
-        except OSError:
-            pass
-    return total
-
-
-def summarize(zoo: Any) -> dict[str, Any]:
-    """The ``wsl zoo info --json`` object of a zoo."""
-    from wsl.zoo.format import METRICS, ROW_FIELDS, SPLIT_NAMES
-
-    card = zoo.card
-    rows = list(zoo.iter_metadata())
-    splits = {}
-    for name in SPLIT_NAMES:
-        part = [r for r in rows if r["split"] == name]
-        splits[name] = {"rows": len(part), "models": len({r["model_id"] for r in part}),
-                        "fraction": card["splits"][name]}
-    archs = []
-    for aid, entry in card["architectures"].items():
-        part = [r for r in rows if r["arch"] == aid]
-        arch = entry["arch"]
-        kind = arch.get("name") if arch.get("kind") == "builtin" else f"sequential ({len(arch.get('layers', []))} layers)"
-        archs.append({"id": aid, "kind": kind, "num_parameters": entry["num_parameters"],
-                      "num_tensors": len(entry["tensors"]), "rows": len(part),
-                      "models": len({r["model_id"] for r in part}),
-                      "shards": sum(1 for s in card["shards"] if s["arch"] == aid)})
-    extra_fields = sorted({k for r in rows for k in r if k not in ROW_FIELDS})
-    metrics = {}
-    for name in ("epoch", *METRICS, *extra_fields):
-        values = [r.get(name) for r in rows]
-        if not values or not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
-                                 for v in values) or all(v is None for v in values):
-            continue
-        metrics[name] = _quantiles(np.array([np.nan if v is None else v for v in values], dtype=np.float64))
-    return {"path": str(zoo.root), "format": card["format"], "name": card["name"], "version": card["version"],
-            "description": card["description"], "dataset": card["dataset"], "num_rows": len(rows),
-            "num_models": card["num_models"], "num_shards": len(card["shards"]), "splits": splits,
-            "architectures": archs, "metrics": metrics, "disk_bytes": _disk_bytes(zoo.root, card)}
 
 
 def _size(n: float) -> str:

@@ -99,25 +99,20 @@ def _structure(lay: GraphLayout, n: int, dev: torch.device, reuse: bool) -> dict
     With ``reuse`` they are cached on the layout per ``(device, n)`` (at most
     a few sizes) and shared by every batch built with ``reuse_structure=True``.
     """
-    key = (str(dev), n)
-    if reuse and key in lay._structure_cache:
-        return dict(lay._structure_cache[key])
-    idx = lay.on(dev)
-    offs = torch.arange(n, device=dev) * lay.num_nodes
-    out = {
-        "x_mask": idx["x_mask"].repeat(n, 1),
-        "edge_index": (idx["edge_index"].unsqueeze(1) + offs.view(1, n, 1)).reshape(2, n * lay.num_edges),
-        "edge_mask": idx["edge_mask"].repeat(n, 1),
-        "edge_kind": idx["edge_kind"].repeat(n), "edge_conn": idx["edge_conn"].repeat(n),
-        "node_kind": idx["node_kind"].repeat(n), "node_depth": idx["node_depth"].repeat(n),
-        "node_group": idx["node_group"].repeat(n), "node_pos": idx["node_pos"].repeat(n),
-        "num_extras": torch.full((n,), lay.num_extras, dtype=torch.long, device=dev),
-    }
-    if reuse:
-        while len(lay._structure_cache) >= _MAX_SHARED:
-            lay._structure_cache.pop(next(iter(lay._structure_cache)))
-        lay._structure_cache[key] = out
-    return dict(out)
+    def build() -> dict[str, torch.Tensor]:
+        idx = lay.on(dev)
+        offs = torch.arange(n, device=dev) * lay.num_nodes
+        return {
+            "x_mask": idx["x_mask"].repeat(n, 1),
+            "edge_index": (idx["edge_index"].unsqueeze(1) + offs.view(1, n, 1)).reshape(2, n * lay.num_edges),
+            "edge_mask": idx["edge_mask"].repeat(n, 1),
+            "edge_kind": idx["edge_kind"].repeat(n), "edge_conn": idx["edge_conn"].repeat(n),
+            "node_kind": idx["node_kind"].repeat(n), "node_depth": idx["node_depth"].repeat(n),
+            "node_group": idx["node_group"].repeat(n), "node_pos": idx["node_pos"].repeat(n),
+            "num_extras": torch.full((n,), lay.num_extras, dtype=torch.long, device=dev),
+        }
+
+    return lay.shared((str(dev), n), build, _MAX_SHARED) if reuse else build()
 
 
 def _copy_blocks(lay: GraphLayout, stacked: Mapping[str, torch.Tensor], n: int, fdt: torch.dtype,

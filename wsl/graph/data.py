@@ -89,6 +89,15 @@ def make_batch(attrs: dict[str, torch.Tensor], strings: dict[str, list[str]], nu
     return batch
 
 
+def batch_keys(batch: Batch) -> list[str]:
+    """The per-graph attributes of a batch, in batching order (not ``batch``/``ptr``).
+
+    Batches made by :func:`make_batch` or :func:`collate` record them where PyG
+    does (its ``_slice_dict``); this is the one place that reads it.
+    """
+    return list(batch._slice_dict)
+
+
 def collate(graphs: Sequence[ParameterGraph], edge_dim: int | None = None) -> Batch:
     """Batch parameter graphs of any architectures into one PyG ``Batch``.
 

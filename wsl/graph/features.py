@@ -32,12 +32,11 @@ class FeatureError(WslError):
 
 def feature_blocks(space: WeightSpace) -> tuple[tuple[Key, Block], ...]:
     """Every block of every stored (non-extra, non-alias) tensor, cached per space."""
-    got = space._cache.get("feature_blocks")
-    if got is None:
-        skip = set(space.spec.extras) | {a for a, _ in space.spec.aliases}
-        got = tuple(((t.name, b.part), b) for t in space.spec.tensors if t.name not in skip for b in t.blocks())
-        space._cache["feature_blocks"] = got
-    return got  # type: ignore[no-any-return]
+    def compute(sp: WeightSpace) -> tuple[tuple[Key, Block], ...]:
+        skip = set(sp.spec.extras) | {a for a, _ in sp.spec.aliases}
+        return tuple(((t.name, b.part), b) for t in sp.spec.tensors if t.name not in skip for b in t.blocks())
+
+    return space.cached("graph.feature_blocks", compute)
 
 
 class WeightSpaceFeatures:

@@ -37,7 +37,7 @@ Extras
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -150,12 +150,8 @@ class GraphLayout:
 
     @staticmethod
     def of(space: WeightSpace) -> "GraphLayout":
-        """The layout of ``space`` (computed once, cached in ``space._cache["layout"]``)."""
-        lay = space._cache.get("layout")
-        if lay is None:
-            lay = _compute(space)
-            space._cache["layout"] = lay
-        return lay  # type: ignore[no-any-return]
+        """The layout of ``space`` (computed once, cached on the space)."""
+        return space.cached("graph.layout", _compute)
 
     def on(self, device: torch.device) -> dict[str, torch.Tensor]:
         """Index tensors used by build/decode, moved to ``device`` (cached per device)."""
@@ -169,6 +165,14 @@ class GraphLayout:
             moved["gather_x"], moved["gather_edge"] = moved["gather"][:vs], moved["gather"][vs:]
             self._device_cache[key] = moved
         return self._device_cache[key]
+
+    def shared(self, key: Any, build: Callable[[], dict[str, torch.Tensor]], limit: int) -> dict[str, torch.Tensor]:
+        """``build()``, kept per ``key`` with at most ``limit`` entries (oldest dropped); returns a shallow copy."""
+        if key not in self._structure_cache:
+            while len(self._structure_cache) >= limit:
+                self._structure_cache.pop(next(iter(self._structure_cache)))
+            self._structure_cache[key] = build()
+        return dict(self._structure_cache[key])
 
 
 def _compute(space: WeightSpace) -> GraphLayout:

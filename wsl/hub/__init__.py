@@ -3,8 +3,11 @@
 * :func:`resolve` turns ``hf://ORG/NAME[@REV][/PATH]`` (model repos) or
   ``hf://datasets/ORG/NAME[@REV][/PATH]`` (dataset repos: zoos) into a local
   path in the standard Hugging Face cache, downloading only what is needed;
-  every path-taking ``wsl`` command accepts such URIs through
-  :func:`wsl.cli.common.local_path`. ``wsl.load_zoo("hf://datasets/...")``
+  importing this package registers the ``hf://`` scheme with
+  :func:`wsl.io.register_scheme` (the top-level ``wsl`` package imports it), so
+  every path-taking ``wsl`` function and command accepts such URIs through
+  :func:`wsl.io.local_path`. It also registers :func:`cached_zoo_store` with
+  :func:`wsl.zoo.zoo.register_store_opener`: ``wsl.load_zoo("hf://datasets/...")``
   reads ``zoo.json`` and ``metadata.jsonl`` only; each tensor shard is
   downloaded the first time a row in it is read (:class:`ZooFetcher`).
 * Failures are typed (:mod:`wsl.hub.uri`): :class:`HubURIError`,
@@ -15,8 +18,9 @@
 * :func:`push_predictor` / :func:`push_zoo` (``wsl push``, ``wsl zoo push``)
   upload with generated cards (:mod:`wsl.hub.cards`); :class:`HubPredictor`
   gives predictors ``from_pretrained`` / ``save_pretrained`` / ``push_to_hub``.
-* :mod:`wsl.hub.transformers_compat` builds Hub checkpoints of model types
-  without a local port with the optional ``transformers`` extra.
+* :func:`load_hf_model` (:mod:`wsl.hub.transformers_compat`) loads Hub
+  checkpoints; model types without a local port are built by
+  :mod:`wsl.archs.hf` with the optional ``transformers`` extra.
 
 ``huggingface_hub`` is imported on first use, not with this package.
 """
@@ -27,24 +31,29 @@ import importlib
 from typing import Any
 
 from wsl.hub.uri import (
-    HubAccessError, HubConnectionError, HubFileNotFoundError, HubOfflineError, HubRef, HubRepoNotFoundError,
+    PROTOCOL, HubAccessError, HubConnectionError, HubFileNotFoundError, HubOfflineError, HubRef, HubRepoNotFoundError,
     HubRevisionNotFoundError, HubURIError, hub_error, is_hub_uri, parse_uri,
 )
 
 # Imported eagerly: the function ``resolve`` must shadow the submodule of the same name.
-from wsl.hub.resolve import HubZooStore, ZooFetcher, resolve, zoo_store  # noqa: E402
+from wsl.hub.resolve import HubZooStore, ZooFetcher, cached_zoo_store, resolve, resolve_local, zoo_store  # noqa: E402
+from wsl.io.uri import register_scheme  # noqa: E402
+from wsl.zoo.zoo import register_store_opener  # noqa: E402
+
+register_scheme(PROTOCOL, resolve_local)
+register_store_opener(cached_zoo_store)
 
 _LAZY = {
     "push_predictor": "wsl.hub.push", "push_zoo": "wsl.hub.push", "HubPredictor": "wsl.hub.push",
     "predictor_card": "wsl.hub.cards", "zoo_card": "wsl.hub.cards",
-    "load_hf_model": "wsl.hub.transformers_compat", "build_hf_model": "wsl.hub.transformers_compat",
-    "transformers_available": "wsl.hub.transformers_compat",
+    "load_hf_model": "wsl.hub.transformers_compat", "build_hf_model": "wsl.archs.hf",
+    "transformers_available": "wsl.archs.hf",
 }
 
 __all__ = sorted([
     "HubAccessError", "HubConnectionError", "HubFileNotFoundError", "HubOfflineError", "HubRef",
-    "HubRepoNotFoundError", "HubRevisionNotFoundError", "HubURIError", "HubZooStore", "ZooFetcher", "hub_error",
-    "is_hub_uri", "parse_uri", "resolve", "zoo_store", *_LAZY,
+    "HubRepoNotFoundError", "HubRevisionNotFoundError", "HubURIError", "HubZooStore", "ZooFetcher", "cached_zoo_store",
+    "hub_error", "is_hub_uri", "parse_uri", "resolve", "zoo_store", *_LAZY,
 ])
 
 

@@ -164,7 +164,7 @@ def _size_category(n: int) -> str:
 
 def zoo_card(zoo: Any, repo_id: str | None = None, *, license: str | None = None, folder: str = "") -> str:
     """The dataset card of a zoo (a :class:`wsl.zoo.Zoo`), for a dataset repository ``repo_id``."""
-    from wsl.cli.zoo_cmd import summarize
+    from wsl.zoo.summary import summarize
 
     info, card = summarize(zoo), zoo.card
     extra, dataset = card.get("extra") or {}, card.get("dataset") or {}

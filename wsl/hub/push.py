@@ -52,9 +52,9 @@ class PushReport:
 
 
 def _hf_api(ref: HubRef) -> Any:
-    from wsl.hub.uri import _hf, endpoint, is_offline
+    from wsl.hub.uri import huggingface, endpoint, is_offline
 
-    hf = _hf()
+    hf = huggingface()
     if is_offline():
         raise HubOfflineError(f"{ref}: cannot push with HF_HUB_OFFLINE=1 (unset it to upload)")
     if hf.get_token() is None:
@@ -77,9 +77,9 @@ def _prepare(api: Any, ref: HubRef, private: bool) -> None:
 def _commit(api: Any, ref: HubRef, batches: Sequence[Sequence[tuple[str, Any]]], message: str,
             report: PushReport) -> PushReport:
     """One ``create_commit`` per batch of ``(path in repo, local path or bytes)``."""
-    from wsl.hub.uri import _hf, hub_error
+    from wsl.hub.uri import huggingface, hub_error
 
-    hf = _hf()
+    hf = huggingface()
     batches = [b for b in batches if b]
     for i, batch in enumerate(batches):
         ops = [hf.CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(src) if isinstance(src, Path) else src)
@@ -118,7 +118,7 @@ def push_predictor(directory: str | os.PathLike[str], uri: str, *, private: bool
                    license: str | None = None) -> PushReport:
     """Upload a predictor directory to the model repository ``uri`` with a generated model card."""
     from wsl.hub.cards import DEFAULT_LICENSE, predictor_card
-    from wsl.train.registry import load_predictor
+    from wsl.train.predictor import load_predictor
 
     d = Path(directory)
     if is_hub_uri(str(directory)) or not d.is_dir():
@@ -196,7 +196,7 @@ class HubPredictor:
                         device: Any = None) -> "HubPredictor":
         """Load from a predictor directory or an ``hf://ORG/NAME[@REV][/PATH]`` model repository."""
         from wsl.hub.resolve import resolve
-        from wsl.train.registry import load_predictor
+        from wsl.train.predictor import load_predictor
 
         src = str(source)
         if is_hub_uri(src):
@@ -208,7 +208,7 @@ class HubPredictor:
                         license: str | None = None) -> Path:
         """Write the predictor directory with a model card (``repo_id`` names it in the card)."""
         from wsl.hub.cards import DEFAULT_LICENSE, predictor_card
-        from wsl.train.registry import save_predictor
+        from wsl.train.predictor import save_predictor
 
         p = self.predictor
         card = predictor_card(p.config, repo_id, license=license or DEFAULT_LICENSE)

@@ -36,12 +36,12 @@ from typing import Any
 
 from wsl.errors import HubError
 from wsl.hub.uri import (
-    HubConnectionError, HubFileNotFoundError, HubOfflineError, HubRef, _hf, _one_line, _transport_errors, cache_dir,
-    endpoint, hub_error, is_commit, is_offline, parse_uri,
+    HubConnectionError, HubFileNotFoundError, HubOfflineError, HubRef, cache_dir, endpoint, hub_error, huggingface,
+    is_commit, is_offline, one_line, parse_uri, transport_errors,
 )
 from wsl.zoo.store import ZooStore
 
-__all__ = ["HubZooStore", "ZooFetcher", "resolve", "zoo_store"]
+__all__ = ["HubZooStore", "ZooFetcher", "cached_zoo_store", "resolve", "resolve_local", "zoo_store"]
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".index.json")
 _CHECKPOINT_EXTRAS = ("README.md", "space.json")
@@ -101,7 +101,7 @@ def _remember_ref(ref: HubRef, commit: str) -> None:
 
 
 def _api() -> Any:
-    return _hf().HfApi(endpoint=endpoint())
+    return huggingface().HfApi(endpoint=endpoint())
 
 
 def _listing(ref: HubRef, expect: str | None) -> _Listing:
@@ -116,7 +116,7 @@ def _listing(ref: HubRef, expect: str | None) -> _Listing:
             _remember_ref(ref, str(info.sha))
             return _Listing(str(info.sha), frozenset(files), True)
         except Exception as exc:
-            if not isinstance(exc, _transport_errors()):
+            if not isinstance(exc, transport_errors()):
                 raise hub_error(exc, ref, expect) from exc
             cached = _cached_listing(ref)
             if cached is None:
@@ -180,7 +180,7 @@ def _index_shards(snapshot: Path, index_files: list[str], ref: HubRef) -> list[s
             weight_map = json.loads((snapshot / rel).read_text(encoding="utf-8"))["weight_map"]
             names = sorted({str(v) for v in weight_map.values()})
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise HubError(f"{ref}: {rel} is not a valid sharded-checkpoint index ({_one_line(exc)})") from exc
+            raise HubError(f"{ref}: {rel} is not a valid sharded-checkpoint index ({one_line(exc)})") from exc
         for n in names:
             if n.startswith("/") or ".." in PurePosixPath(n).parts:
                 raise HubError(f"{ref}: {rel} names a shard outside its folder: {n!r}")
@@ -201,7 +201,7 @@ def _fetch(ref: HubRef, listing: _Listing, files: list[str], expect: str | None)
             raise HubOfflineError(f"{ref}: {what} not in the local Hugging Face cache ({cache_dir()}) and "
                                   "HF_HUB_OFFLINE=1 forbids downloading")
         raise HubConnectionError(f"{ref}: cannot reach the Hub at {endpoint()} and {what} is not cached")
-    hf, current = _hf(), None
+    hf, current = huggingface(), None
     try:
         if len(missing) <= _FEW_FILES:  # a HEAD + GET each; cheaper than listing a large repository's tree
             for current in missing:
@@ -234,6 +234,11 @@ def resolve(uri: str, *, repo_type: str = "model") -> Path:
     if index:
         _fetch(ref, listing, _index_shards(snapshot, index, ref), repo_type)
     return snapshot / ref.path if ref.path else snapshot
+
+
+def resolve_local(uri: str, repo_type: str) -> Path:
+    """:func:`resolve` as a :data:`wsl.io.uri.Resolver` (registered for ``hf://`` by :mod:`wsl.hub`)."""
+    return resolve(uri, repo_type=repo_type)
 
 
 # ----------------------------------------------------------------------------------------- lazy zoos
@@ -281,7 +286,7 @@ class ZooFetcher:
             raise HubOfflineError(f"{ref}: not in the local Hugging Face cache ({self.cache}) and HF_HUB_OFFLINE=1 "
                                   "forbids downloading it")
         try:
-            got = _hf().hf_hub_download(self.repo_id, ref.path, repo_type=self.repo_type, revision=self.commit,
+            got = huggingface().hf_hub_download(self.repo_id, ref.path, repo_type=self.repo_type, revision=self.commit,
                                         cache_dir=self.cache, endpoint=endpoint())
         except Exception as exc:
             raise hub_error(exc, ref) from exc
@@ -301,8 +306,13 @@ class HubZooStore(ZooStore):
         return self.fetch(self.card["shards"][k]["file"])
 
 
+def cached_zoo_store(root: Path, verify: str) -> HubZooStore | None:
+    """The lazy-fetching store of a zoo folder inside a Hugging Face cache snapshot, else None
+    (registered with :func:`wsl.zoo.zoo.register_store_opener` by :mod:`wsl.hub`)."""
+    fetch = ZooFetcher.from_root(root)
+    return None if fetch is None else HubZooStore(root, verify, fetch)
+
+
 def zoo_store(root: Path, verify: str) -> ZooStore:
     """The store of a zoo folder: lazy-fetching if it lies in a Hugging Face cache snapshot."""
-    fetch = ZooFetcher.from_root(root)
-    return ZooStore(root, verify) if fetch is None else HubZooStore(root, verify, fetch)
-
+    return cached_zoo_store(root, verify) or ZooStore(root, verify)

@@ -33,7 +33,7 @@ from wsl.errors import HubError
 __all__ = [
     "HubAccessError", "HubConnectionError", "HubFileNotFoundError", "HubOfflineError", "HubRef",
     "HubRepoNotFoundError", "HubRevisionNotFoundError", "HubURIError", "cache_dir", "endpoint", "hub_error",
-    "is_hub_uri", "is_offline", "parse_uri",
+    "huggingface", "is_hub_uri", "is_offline", "one_line", "parse_uri", "transport_errors",
 ]
 
 PROTOCOL = "hf://"
@@ -219,7 +219,8 @@ def parse_target(uri: str, repo_type: str, revision: str | None = None) -> HubRe
 
 
 # ------------------------------------------------------------------------ environment and errors
-def _hf() -> Any:
+def huggingface() -> Any:
+    """The ``huggingface_hub`` module, imported on first use (a typed HubError if it is missing)."""
     try:
         import huggingface_hub
         import huggingface_hub.constants  # noqa: F401  (read at call time below)
@@ -230,21 +231,22 @@ def _hf() -> Any:
 
 def endpoint() -> str:
     """The Hub endpoint in use (``HF_ENDPOINT``, default https://huggingface.co)."""
-    return str(_hf().constants.ENDPOINT).rstrip("/")
+    return str(huggingface().constants.ENDPOINT).rstrip("/")
 
 
 def cache_dir() -> Path:
     """The Hugging Face hub cache (``HF_HUB_CACHE``)."""
-    return Path(_hf().constants.HF_HUB_CACHE).expanduser()
+    return Path(huggingface().constants.HF_HUB_CACHE).expanduser()
 
 
 def is_offline() -> bool:
     """Whether ``HF_HUB_OFFLINE`` is on (as read by huggingface_hub, or set in the environment since)."""
     env = os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
-    return bool(_hf().constants.HF_HUB_OFFLINE) or env
+    return bool(huggingface().constants.HF_HUB_OFFLINE) or env
 
 
-def _transport_errors() -> tuple[type[BaseException], ...]:
+def transport_errors() -> tuple[type[BaseException], ...]:
+    """The exception types that mean "the network failed" (builtins, httpx, requests)."""
     out: list[type[BaseException]] = [ConnectionError, TimeoutError]
     for mod, names in (("httpx2", ("TransportError", "TimeoutException")), ("httpx", ("TransportError",)),
                        ("requests", ("ConnectionError", "Timeout"))):
@@ -260,7 +262,8 @@ def _web_url(ref: HubRef) -> str:
     return f"{endpoint()}/{'datasets/' if ref.repo_type == 'dataset' else ''}{ref.repo_id}"
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """``str(exc)`` on one line, cut at 300 characters."""
     text = " ".join(str(exc).split())
     return text[:300] + ("..." if len(text) > 300 else "")
 
@@ -279,7 +282,7 @@ class _Errors:
 
 
 def _errors() -> Any:
-    hf = _hf()
+    hf = huggingface()
     mods = []
     for name in ("huggingface_hub.errors", "huggingface_hub.utils"):
         try:
@@ -328,12 +331,12 @@ def hub_error(exc: BaseException, ref: HubRef | str, expect: str | None = None) 
         if status in (401, 403):
             return HubAccessError(f"{uri}: access denied by {endpoint()} (HTTP {status}); {login} with a token "
                                   f"allowed to use {repo}")
-        return HubError(f"{uri}: the Hub at {endpoint()} answered HTTP {status}: {_one_line(exc)}")
-    if isinstance(exc, _transport_errors()):
+        return HubError(f"{uri}: the Hub at {endpoint()} answered HTTP {status}: {one_line(exc)}")
+    if isinstance(exc, transport_errors()):
         return HubConnectionError(f"{uri}: cannot reach the Hub at {endpoint()} ({type(exc).__name__}: "
-                                  f"{_one_line(exc)})")
+                                  f"{one_line(exc)})")
     if isinstance(exc, errors.HFValidationError):
-        return HubURIError(f"{uri}: {_one_line(exc)}")
+        return HubURIError(f"{uri}: {one_line(exc)}")
     if isinstance(exc, OSError):
-        return HubError(f"{uri}: cannot write to the Hugging Face cache {cache_dir()}: {_one_line(exc)}")
-    return HubError(f"{uri}: {type(exc).__name__}: {_one_line(exc)}")
+        return HubError(f"{uri}: cannot write to the Hugging Face cache {cache_dir()}: {one_line(exc)}")
+    return HubError(f"{uri}: {type(exc).__name__}: {one_line(exc)}")

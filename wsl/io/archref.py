@@ -5,7 +5,7 @@ A reference is one of:
 * an ``nn.Module`` (used as is);
 * a ``dict``: a wsl JSON architecture description (``wsl.archs.describe.build``)
   or a Hugging Face ``config.json`` (has ``model_type`` and no ``format``;
-  built with ``wsl.archs.registry.from_hf_config``);
+  built with ``wsl.archs.hf.from_hf_config``);
 * a string: a JSON object (``"{...}"``); a path to a ``.json`` file; a factory
   ``package.module:factory`` or ``path/to/file.py:factory``; or a built-in name
   in ``wsl.archs.registry.REGISTRY`` (``"resnet18"``). Factories and names may
@@ -44,8 +44,9 @@ from wsl.io.checkpoint import (
     read_checkpoint_metadata,
     read_json_object,
 )
+from wsl.space.weightspace import WeightSpace
 
-__all__ = ["ArchRef", "load_model", "parse_call_args", "resolve_arch"]
+__all__ = ["ArchRef", "load_model", "parse_call_args", "resolve_arch", "space_from_state_dict"]
 
 ArchRef = nn.Module | dict[str, Any] | str | os.PathLike[str]
 _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -265,10 +266,10 @@ def _normalize_hf(
 ) -> dict[str, torch.Tensor]:
     """Adapt Hugging Face key conventions (prefixes, gamma/beta) for HF-style modules."""
     try:
-        reg = importlib.import_module("wsl.archs.registry")
+        hf = importlib.import_module("wsl.archs.hf")
     except ImportError:
         return sd
-    fn = getattr(reg, "normalize_hf_state_dict", None)
+    fn = getattr(hf, "normalize_hf_state_dict", None)
     if fn is None:
         return sd
     try:
@@ -290,7 +291,7 @@ def load_model(
     The architecture comes from ``arch``, else the safetensors ``wsl_arch``
     metadata, else the ``config.json`` next to the weights. Modules with a
     ``base_model_prefix`` (the local Hugging Face ports) get their keys adapted
-    by ``wsl.archs.registry.normalize_hf_state_dict`` first. With ``strict`` the
+    by ``wsl.archs.hf.normalize_hf_state_dict`` first. With ``strict`` the
     state_dict must match ``module.state_dict()`` exactly (names and shapes);
     without it missing/unexpected names are tolerated but shapes must agree.
     """
@@ -312,3 +313,13 @@ def load_model(
     except Exception as exc:
         raise CheckpointError(f"{path}: load_state_dict failed: {exc}") from exc
     return module.eval(), sd
+
+
+def space_from_state_dict(state_dict: Mapping[str, torch.Tensor], arch: ArchRef, example_input: Any = None, *,
+                          allow_code: bool = True) -> WeightSpace:
+    """The :class:`~wsl.space.WeightSpace` of ``arch`` (any reference :func:`resolve_arch` accepts), checked
+    strictly against ``state_dict`` (a :class:`~wsl.errors.StateDictMismatchError` names missing, unexpected
+    and mis-shaped entries)."""
+    space = WeightSpace.from_module(resolve_arch(arch, allow_code=allow_code), example_input)
+    space.check(state_dict, where=f"architecture {arch!r}" if isinstance(arch, str) else "")
+    return space

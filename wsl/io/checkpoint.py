@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 import torch
 
-from wsl.errors import CheckpointError, StateDictMismatchError, UnsafeCheckpointError, _short
+from wsl.errors import CheckpointError, StateDictMismatchError, UnsafeCheckpointError, short_list
 from wsl.io.atomic import atomic_save_safetensors, atomic_write, prepare_tensors_for_save
 from wsl.io.safetensors_check import load_safetensors, read_safetensors_header
 
@@ -91,7 +91,7 @@ def _describe(obj: Any) -> str:
     if isinstance(obj, Mapping):
         bad = [f"{k!r} ({type(v).__name__})" for k, v in obj.items()
                if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
-        return f"a {type(obj).__name__} with non-tensor entries {_short(bad, 5)}"
+        return f"a {type(obj).__name__} with non-tensor entries {short_list(bad, 5)}"
     return f"a {type(obj).__name__}"
 
 
@@ -221,8 +221,8 @@ def _load_sharded(index: Path, device: str) -> dict[str, torch.Tensor]:
         if set(part) != names:
             missing, extra = sorted(names - set(part)), sorted(set(part) - names)
             raise CheckpointError(
-                f"{shard}: shard does not match {index.name}: missing {_short(missing)}; "
-                f"not in weight_map {_short(extra)}"
+                f"{shard}: shard does not match {index.name}: missing {short_list(missing)}; "
+                f"not in weight_map {short_list(extra)}"
             )
         out.update(part)
     return out
@@ -332,7 +332,7 @@ def require_finite(state_dict: Mapping[str, torch.Tensor], *, where: str = "") -
     bad = check_finite(state_dict)
     if bad:
         prefix = f"{where}: " if where else ""
-        raise CheckpointError(f"{prefix}non-finite values (NaN/Inf) in {_short(bad)}")
+        raise CheckpointError(f"{prefix}non-finite values (NaN/Inf) in {short_list(bad)}")
 
 
 def save_state_dict(

@@ -17,7 +17,7 @@ moved to the model's device and dtype. Construct from a
 
 ``stats=True`` (every net) also feeds the head the StatNN statistics of each
 input block -- mean, std and the 0/25/50/75/100 percentiles of its values
-(:func:`wsl.tasks.baselines.tensor_stats`), batch-normalized. A permutation of
+(:func:`wsl.nn.stats.tensor_stats`), batch-normalized. A permutation of
 hidden units only reorders a block's values, so these statistics are
 invariant and the network stays invariant: ``z = [pool(body(x)), BN(stats(x))]``.
 """
@@ -34,8 +34,8 @@ from wsl.nn.hnp import HNPLinear
 from wsl.nn.nft import BlockLinear, NFTLayer
 from wsl.nn.np import IOEmbedding, NPLinear
 from wsl.nn.pooling import HNPPool, MetaModelError, NPPool, activation_fn, resolve_space
+from wsl.nn.stats import tensor_stats
 from wsl.space.weightspace import WeightSpace
-from wsl.tasks.baselines import tensor_stats
 
 __all__ = ["NPNet", "HNPNet", "NFTNet", "mlp_head"]
 

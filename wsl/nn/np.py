@@ -61,8 +61,8 @@ from torch.autograd.function import once_differentiable
 
 from wsl.graph.features import WeightSpaceFeatures, feature_blocks
 from wsl.nn.pooling import (
-    FeatureActivation, MetaModelError, _as_nchw, _from_nchw, _onednn, activation_fn, channel_linear, check_features,
-    resolve_space,
+    FeatureActivation, MetaModelError, activation_fn, as_nchw, channel_linear, check_features, from_nchw, resolve_space,
+    use_onednn,
 )
 from wsl.space.weightspace import WeightSpace
 
@@ -174,8 +174,8 @@ class _PoolLinear(torch.autograd.Function):
         means = tuple(cache[d].squeeze(d) for d in dims)
         if weight is None:
             return means
-        if _onednn(x):
-            y = _unview(_from_nchw(F.conv2d(_as_nchw(x), weight[:, :, None, None]), (*x.shape[:-1], weight.shape[0])))
+        if use_onednn(x):
+            y = _unview(from_nchw(F.conv2d(as_nchw(x), weight[:, :, None, None]), (*x.shape[:-1], weight.shape[0])))
         else:
             y = F.linear(x, weight)
         return (y,) + means
@@ -187,12 +187,12 @@ class _PoolLinear(torch.autograd.Function):
         gy, gms = (grads[0], grads[1:]) if ctx.has_w else (None, grads)
         need_x, need_w = ctx.needs_input_grad[0], ctx.has_w and ctx.needs_input_grad[1]
         gx = gw = None
-        if gy is not None and _onednn(x):
+        if gy is not None and use_onednn(x):
             gy = gy.contiguous()
             gx4, gw4, _ = torch.ops.aten.convolution_backward(
-                _as_nchw(gy), _as_nchw(x), weight[:, :, None, None], None, [1, 1], [0, 0], [1, 1], False, [0, 0],
+                as_nchw(gy), as_nchw(x), weight[:, :, None, None], None, [1, 1], [0, 0], [1, 1], False, [0, 0],
                 1, [need_x, need_w, False])
-            gx = _from_nchw(gx4, x.shape) if need_x else None
+            gx = from_nchw(gx4, x.shape) if need_x else None
             gw = gw4.reshape(weight.shape) if need_w else None
         elif gy is not None:
             gx = torch.matmul(gy, weight) if need_x else None

@@ -36,8 +36,8 @@ from wsl.graph.features import WeightSpaceFeatures, feature_blocks
 from wsl.space.weightspace import WeightSpace
 
 __all__ = [
-    "NPPool", "HNPPool", "InvariantPool", "MetaModelError", "FeatureActivation", "activation_fn", "channel_linear",
-    "check_features", "resolve_space", "structure", "truly_fixed",
+    "NPPool", "HNPPool", "InvariantPool", "MetaModelError", "FeatureActivation", "activation_fn", "as_nchw",
+    "channel_linear", "check_features", "from_nchw", "resolve_space", "structure", "truly_fixed", "use_onednn",
 ]
 
 
@@ -48,13 +48,11 @@ class MetaModelError(WslError):
 # ----------------------------------------------------------------- helpers
 def structure(space: WeightSpace) -> tuple[Any, ...]:
     """What a dense layer depends on: blocks (keys, groups, shapes) and groups."""
-    got = space._cache.get("nn_structure")
-    if got is None:
-        blocks = tuple((k, b.unit_groups, b.unit_shape, b.feature_size) for k, b in feature_blocks(space))
-        groups = tuple((g.size, g.fixed, g.parent) for g in space.groups)
-        got = (blocks, groups)
-        space._cache["nn_structure"] = got
-    return got  # type: ignore[no-any-return]
+    def compute(sp: WeightSpace) -> tuple[Any, ...]:
+        blocks = tuple((k, b.unit_groups, b.unit_shape, b.feature_size) for k, b in feature_blocks(sp))
+        return blocks, tuple((g.size, g.fixed, g.parent) for g in sp.groups)
+
+    return space.cached("nn.structure", compute)
 
 
 def resolve_space(space: WeightSpace | Sequence[WeightSpace]) -> WeightSpace:
@@ -126,27 +124,28 @@ class FeatureActivation(nn.Module):
         return x.map(self.fn)
 
 
-def _onednn(x: torch.Tensor) -> bool:
+def use_onednn(x: torch.Tensor) -> bool:
     """Run the big channel mixes as oneDNN 1x1 convolutions (CPU float32/bfloat16); else ``mm``."""
     return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
 
 
-def _as_nchw(t: torch.Tensor) -> torch.Tensor:
+def as_nchw(t: torch.Tensor) -> torch.Tensor:
     """``(N, *units, C)`` contiguous -> ``(N, C, prod(units), 1)`` channels-last view (and back)."""
     return t.reshape(t.shape[0], -1, 1, t.shape[-1]).permute(0, 3, 1, 2)
 
 
-def _from_nchw(t: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+def from_nchw(t: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Inverse of :func:`as_nchw`: ``(N, C, prod(units), 1)`` -> ``shape`` (``(N, *units, C)``)."""
     return t.permute(0, 2, 3, 1).reshape(*shape)
 
 
 def channel_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ W^T + b`` over the last dim of ``(N, *units, C)``; a oneDNN 1x1 convolution on CPU when ``x`` has units."""
-    if x.dim() < 3 or not _onednn(x):
+    if x.dim() < 3 or not use_onednn(x):
         return F.linear(x, weight, bias)
-    y = F.conv2d(_as_nchw(x.contiguous()), weight[:, :, None, None], bias)
-    return _from_nchw(y, (*x.shape[:-1], weight.shape[0]))
+    y = F.conv2d(as_nchw(x.contiguous()), weight[:, :, None, None], bias)
+    return from_nchw(y, (*x.shape[:-1], weight.shape[0]))
 
 
 # ------------------------------------------------------------------ pooling

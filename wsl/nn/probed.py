@@ -1,4 +1,4 @@
-"""Late fusion of a weight-space meta-model with probe features (:mod:`wsl.tasks.probes`).
+"""Late fusion of a weight-space meta-model with probe features (computed by :mod:`wsl.tasks.probes`).
 
 :class:`ProbeFusion` wraps any invariant meta-model ``f`` (dense NP/HNP/NFT or
 graph NG-GNN/NG-T) built with ``embed`` outputs instead of one:
@@ -18,10 +18,11 @@ The input is a :class:`Probed` pair; the wrapped model sees ``Probed.x``.
 
 **Learned probes** (``learn_inputs``, ``probes.learn`` in a config): the
 probe inputs become parameters ``tanh(r)`` (initialized at the given
-synthetic probes) and ``p`` is computed inside the forward pass by running
-the batch's networks on them (:class:`~wsl.tasks.probes.ProbeBatch`), so the
-loss trains the inputs too (Kahana et al. 2024, "probing"). ``Probed.probes``
-is then a :class:`~wsl.tasks.probes.ProbeBatch`, not a feature tensor.
+synthetic probes) and ``p = probe_summary(nets(tanh(r)))`` is computed inside
+the forward pass by running the batch's networks on them, so the loss trains
+the inputs too (Kahana et al. 2024, "probing"). ``Probed.probes`` is then the
+batch's networks -- any callable ``probes -> (N, P, C)`` logits, such as a
+:class:`~wsl.tasks.probes.ProbeBatch` -- not a feature tensor.
 
 **Stored probes** (``stored_inputs``): probe inputs that cannot be redrawn
 from a seed -- those inverted from a zoo's training networks
@@ -39,7 +40,7 @@ from torch import nn
 
 from wsl.errors import WslError
 
-__all__ = ["ProbeFusion", "Probed"]
+__all__ = ["ProbeFusion", "Probed", "probe_summary"]
 
 
 @dataclass
@@ -47,7 +48,7 @@ class Probed:
     """A meta-model input ``x`` and the probe features ``(N, F)`` of the same networks, in the same order."""
 
     x: Any
-    probes: Any  #: (N, F) probe features, or a ProbeBatch of the networks (learned probes)
+    probes: Any  #: (N, F) probe features, or the networks as a callable probes -> logits (learned probes)
 
 
 class ProbeFusion(nn.Module):
@@ -99,16 +100,15 @@ class ProbeFusion(nn.Module):
         return torch.tanh(self.raw_probes)
 
     def features(self, p: Any) -> torch.Tensor:
-        """Probe features ``(N, F)``: given (fixed probes) or computed from a ProbeBatch (learned probes)."""
-        from wsl.tasks.probes import ProbeBatch, probe_summary
-
-        if isinstance(p, ProbeBatch):
+        """Probe features ``(N, F)``: given (fixed probes), or computed by running the networks ``p`` -- a callable
+        ``probes -> (N, P, C)`` logits such as a :class:`~wsl.tasks.probes.ProbeBatch` -- on the probe inputs."""
+        if callable(p):
             if self.raw_probes is None:
                 raise WslError("ProbeFusion: got networks to probe, but this model reads fixed probe features")
             return probe_summary(p(self.probe_inputs()))
         if self.raw_probes is not None:
             raise WslError("ProbeFusion: this model learns its probe inputs and needs the networks "
-                           "(a ProbeBatch), not precomputed probe features")
+                           "(e.g. a ProbeBatch), not precomputed probe features")
         return p  # type: ignore[no-any-return]
 
     @torch.no_grad()
@@ -133,3 +133,15 @@ class ProbeFusion(nn.Module):
         if z.shape[0] != e.shape[0]:
             raise WslError(f"ProbeFusion: {z.shape[0]} networks in x but {e.shape[0]} rows of probe features")
         return self.fuse(torch.cat([z, e.to(z.dtype)], dim=1))  # type: ignore[no-any-return]
+
+
+def probe_summary(logits: torch.Tensor, clip: float = 30.0) -> torch.Tensor:
+    """``(N, P, C)`` probe logits -> ``(N, P * C + 2)`` head features: log-softmax per probe (clipped at
+    ``-clip``), the log of the mean logit scale, and the fraction of probes given the most frequent class."""
+    n, p, c = logits.shape
+    logp = torch.log_softmax(logits, -1).clamp(min=-clip)
+    scale = torch.log(logits.std(-1).mean(-1, keepdim=True) + 1e-6)
+    top = logits.argmax(-1)
+    counts = torch.zeros(n, c, device=logits.device).scatter_add_(1, top, torch.ones_like(top, dtype=torch.float32))
+    agree = counts.max(1, keepdim=True).values / p
+    return torch.cat([logp.reshape(n, -1), scale, agree], 1)

@@ -16,7 +16,7 @@ from wsl.errors import PredictionError, WslError
 from wsl.predict.family import check_family
 from wsl.predict.shipped import resolve_predictor_ref, shipped
 from wsl.space import WeightSpace
-from wsl.train.registry import Predictor, load_predictor
+from wsl.train.predictor import Predictor, load_predictor
 
 Source = nn.Module | Mapping[str, torch.Tensor] | str | os.PathLike[str]
 
@@ -101,7 +101,7 @@ def load_network(source: Source, arch: Any = None, *, example_input: Any = None,
                 raise PredictionError(f"{label}: the weights do not load into the given architecture: {exc}") from exc
             module.eval()
     elif isinstance(source, (str, os.PathLike)):
-        from wsl.cli.common import local_path
+        from wsl.io import local_path
 
         label = str(source)
         module, sd = load_model(local_path(label), arch, allow_code=allow_code)
@@ -187,7 +187,8 @@ def _architecture(space: WeightSpace) -> dict[str, Any]:
             "activations": list(space.meta("activations", ()))}
 
 
-def _finish(label: str, p: Predictor, space: WeightSpace, raw: float, warnings: list[str]) -> Prediction:
+def make_prediction(label: str, p: Predictor, space: WeightSpace, raw: float, warnings: list[str]) -> Prediction:
+    """The :class:`Prediction` of predictor output ``raw``: clipped to [0, 1] for accuracies, with its interval."""
     if not math.isfinite(raw):
         raise PredictionError(f"{label}: the predictor produced a non-finite value")
     cal = p.config.get("calibration") or {}
@@ -219,7 +220,7 @@ def predict(source: Source, predictor: Any = None, *, arch: Any = None, example_
     label, sd, space, module = load_network(source, arch, example_input=example_input, allow_code=allow_code)
     p, warnings = choose_predictor(space, predictor)
     raw = predict_network(p, space, sd, module)
-    return _finish(label, p, space, raw, warnings)
+    return make_prediction(label, p, space, raw, warnings)
 
 
 def predict_many(sources: Sequence[Source], predictor: Any = None, **kw: Any) -> list[Prediction | WslError]:

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
-from wsl.errors import WslError
+from wsl.errors import PredictionError, WslError
 from wsl.predict.examples import load_examples
 from wsl.predict.shipped import models_dir, shipped
 
 
-def run() -> int:
+def run(fallback: Callable[[], int] | None = None) -> int:
+    """Predict the bundled examples; without shipped predictors or examples run ``fallback`` (else raise)."""
     root = models_dir()
     examples = load_examples(root / "examples") if root else []
     if not shipped() or not examples:
-        from wsl.cli.demo_cmd import _inspect_demo
-
+        if fallback is None:
+            raise PredictionError("wsl demo: no shipped predictors or held-out examples found in this installation")
         print("(no shipped predictors or examples found; showing the weight-space demo instead)\n")
-        return _inspect_demo()
+        return fallback()
     from wsl.predict import predict
 
     assert root is not None

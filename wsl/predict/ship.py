@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--output", required=True)
     a = ap.parse_args(argv)
     from wsl.predict.family import describe_family
-    from wsl.train.registry import load_predictor
+    from wsl.train.predictor import load_predictor
     from wsl.zoo import load_zoo
 
     zoo = load_zoo(a.zoo)
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             with atomic_open(out / "config.json", "w", encoding="utf-8") as fh:
                 json.dump(cfg, fh, indent=1)
             p = load_predictor(out)  # everything below measures the stored (float16) weights
-            from wsl.train.metrics import regression_metrics
+            from wsl.tasks.metrics import regression_metrics
 
             for split in ("val", "test"):
                 rows = _rows(zoo, split)

@@ -332,7 +332,7 @@ def _resolve_hub(uri: str, state: WorkerState) -> tuple[Path, str]:
 
 
 def _predict(state: WorkerState, job: dict[str, Any], stage: list[str], replace: dict[str, str]) -> dict[str, Any]:
-    from wsl.predict.api import _finish, choose_predictor, closest_predictor, load_network, predict_network
+    from wsl.predict.api import choose_predictor, closest_predictor, load_network, make_prediction, predict_network
 
     if job["kind"] == "hub":
         where = job["uri"]
@@ -351,7 +351,7 @@ def _predict(state: WorkerState, job: dict[str, Any], stage: list[str], replace:
         name, p, warnings = closest_predictor(space, state.predictors.items())
     stage[0] = "predict"
     raw = predict_network(p, space, sd, module)
-    out = _finish(label, p, space, raw, warnings).to_json()
+    out = make_prediction(label, p, space, raw, warnings).to_json()
     out["source"] = where
     out["predictor"] = name
     return out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 import torch
 from torch import nn
@@ -13,13 +13,15 @@ from wsl.space.axes import permute_tensor
 from wsl.space.spec import Connection, Group, Site, TensorSpec, WeightSpaceSpec
 
 StateDict = Mapping[str, torch.Tensor]
+T = TypeVar("T")
 
 
 class WeightSpace:
     """The symmetry structure of one architecture.
 
-    Build it with :meth:`from_module` (traces the module) or
-    :meth:`from_state_dict` (a state_dict plus an architecture reference).
+    Build it with :meth:`from_module` (traces the module), or from a
+    state_dict plus an architecture reference with
+    :func:`wsl.io.space_from_state_dict`.
     It lists every state_dict entry with its role and, per axis, the group of
     interchangeable units that indexes it; :meth:`permute` applies a
     permutation of every group consistently; :func:`random_permutation`
@@ -43,17 +45,6 @@ class WeightSpace:
         from wsl.space.trace import trace_spec
 
         return cls(trace_spec(module, example_input), arch=getattr(module, "wsl_arch", None))
-
-    @classmethod
-    def from_state_dict(cls, state_dict: StateDict, arch: Any, example_input: Any = None) -> "WeightSpace":
-        """Weight space of ``arch`` (any reference :func:`wsl.io.resolve_arch` accepts),
-        checked strictly against ``state_dict``."""
-        from wsl.io.archref import resolve_arch
-
-        module = resolve_arch(arch)
-        space = cls.from_module(module, example_input)
-        space.check(state_dict)
-        return space
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "WeightSpace":
@@ -82,11 +73,19 @@ class WeightSpace:
         """Number of scalars in the whole state_dict (parameters and buffers)."""
         return sum(t.numel for t in self.tensors.values())
 
+    def cached(self, key: str, compute: Callable[["WeightSpace"], T]) -> T:
+        """``compute(self)``, computed on first use and kept with this space under ``key``.
+
+        Structures derived from the spec (graph layouts, feature blocks, ...)
+        are cached here; keys are namespaced by their owner (``"graph.layout"``).
+        """
+        if key not in self._cache:
+            self._cache[key] = compute(self)
+        return self._cache[key]  # type: ignore[no-any-return]
+
     @property
     def signature(self) -> str:
-        if "sig" not in self._cache:
-            self._cache["sig"] = self.spec.signature()
-        return str(self._cache["sig"])
+        return self.cached("space.signature", lambda s: s.spec.signature())
 
     def permutable_groups(self) -> list[Group]:
         return [g for g in self.groups if g.permutable]
@@ -100,11 +99,11 @@ class WeightSpace:
 
     def graph_size(self) -> tuple[int, int]:
         """(num_nodes, num_edges) of the parameter graph, without building it."""
-        if "gsize" not in self._cache:
-            nodes = sum(self.groups[s.group].size for s in self.sites)
-            edges = sum(_num_edges(self, c) for c in self.connections)
-            self._cache["gsize"] = (nodes, edges)
-        return self._cache["gsize"]  # type: ignore[no-any-return]
+        def count(space: WeightSpace) -> tuple[int, int]:
+            nodes = sum(space.groups[s.group].size for s in space.sites)
+            return nodes, sum(_num_edges(space, c) for c in space.connections)
+
+        return self.cached("space.graph_size", count)
 
     # ---------------------------------------------------------------- checks
     def check(self, state_dict: StateDict, *, batched: bool = False, where: str = "") -> None:

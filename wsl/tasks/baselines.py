@@ -1,25 +1,6 @@
 """Baselines for generalization prediction: StatNN and hyperparameters-only.
 
-*StatNN* (Unterthiner et al. 2020): seven statistics of every tensor -- mean,
-standard deviation (population, ``ddof=0``) and the 0/25/50/75/100 percentiles
-(linear interpolation, as ``numpy.percentile``) -- concatenated.
-
-Two feature layouts (:func:`statnn_features`):
-
-``per_tensor``
-    One block of 7 per floating-point state_dict entry, in state_dict order
-    (weights, biases, normalization parameters and statistics; integer
-    entries such as ``num_batches_tracked`` are skipped). Needs a single
-    architecture: this is the layout of the original paper.
-``buckets``
-    Fixed length for any architecture (used for mixed zoos). Tensors are
-    grouped by role and depth: weights of the *first* layer, of all *middle*
-    layers pooled together, of the *last* layer; the same three buckets for
-    biases; all normalization scales pooled; all normalization shifts pooled
-    (6 + 2 buckets x 7 statistics; an empty bucket is all zeros), followed by
-    the number of weight tensors, the number of normalization layers and
-    ``log10`` of the parameter count (59 features). Statistics of a pooled
-    bucket are over the concatenated values.
+*StatNN* features (Unterthiner et al. 2020) are computed by :mod:`wsl.tasks.statnn`.
 
 Regressors (:func:`fit_baseline`): ``statnn_gbt`` -- scikit-learn's
 ``HistGradientBoostingRegressor`` (histogram gradient boosting: 300 trees,
@@ -40,105 +21,14 @@ import time
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import torch
 
 from wsl.errors import ConfigError, WslError
+from wsl.tasks.statnn import signatures, statnn_matrix
 
-__all__ = ["BASELINES", "HParamEncoder", "fit_baseline", "signatures", "statnn_features", "statnn_matrix",
-           "tensor_stats"]
+__all__ = ["BASELINES", "HParamEncoder", "fit_baseline"]
 
 BASELINES = ("statnn_gbt", "statnn_linear", "hparams_gbt")
-QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
-STAT_NAMES = ("mean", "std", "q0", "q25", "q50", "q75", "q100")
 LOG_HPARAMS = ("lr", "learning_rate", "l2", "l2reg", "wd", "weight_decay", "init_std")
-NUM_BUCKET_FEATURES = 8 * 7 + 3
-
-
-def tensor_stats(values: torch.Tensor) -> torch.Tensor:
-    """``(N, M)`` values -> ``(N, 7)`` statistics (mean, std, 5 percentiles); ``M = 0`` gives zeros."""
-    n, m = values.shape
-    if m == 0:
-        return torch.zeros(n, 7, dtype=torch.float64, device=values.device)
-    v = values.to(torch.float64)
-    mean = v.mean(1)
-    std = v.std(1, correction=0)
-    srt = v.sort(dim=1).values
-    pos = torch.tensor(QUANTILES, dtype=torch.float64, device=v.device) * (m - 1)
-    lo, hi = pos.floor().long(), pos.ceil().long()
-    frac = pos - lo
-    q = srt[:, lo] * (1 - frac) + srt[:, hi] * frac
-    return torch.cat([mean[:, None], std[:, None], q], dim=1)
-
-
-def _float_names(space: Any, stacked: Mapping[str, torch.Tensor]) -> list[str]:
-    names = list(space.tensors) if space is not None else list(stacked)
-    return [n for n in names if stacked[n].is_floating_point()]
-
-
-def statnn_features(space: Any, stacked: Mapping[str, torch.Tensor], layout: str = "per_tensor") -> torch.Tensor:
-    """StatNN features ``(N, F)`` (float64) of ``N`` stacked models of one architecture."""
-    if layout == "per_tensor":
-        names = _float_names(space, stacked)
-        n = int(stacked[names[0]].shape[0])
-        return torch.cat([tensor_stats(stacked[k].reshape(n, -1)) for k in names], dim=1)
-    if layout != "buckets":
-        raise ConfigError(f"statnn_features: layout must be 'per_tensor' or 'buckets', got {layout!r}")
-    if space is None:
-        raise WslError("statnn_features: the 'buckets' layout needs the WeightSpace (tensor roles)")
-    roles = {t.name: t.role for t in space.tensors.values()}
-    n = int(next(iter(stacked.values())).shape[0])
-
-    def flat(names: Sequence[str]) -> torch.Tensor:
-        if not names:
-            return torch.zeros(n, 0, dtype=torch.float64, device=next(iter(stacked.values())).device)
-        return torch.cat([stacked[k].reshape(n, -1).to(torch.float64) for k in names], dim=1)
-
-    blocks = []
-    for role in ("weight", "bias"):
-        names = [k for k in space.tensors if roles[k] == role]
-        first, middle, last = names[:1], names[1:-1], names[-1:] if len(names) > 1 else []
-        blocks += [tensor_stats(flat(first)), tensor_stats(flat(middle)), tensor_stats(flat(last))]
-    for role in ("norm_scale", "norm_shift"):
-        blocks.append(tensor_stats(flat([k for k in space.tensors if roles[k] == role])))
-    n_weight = sum(r == "weight" for r in roles.values())
-    n_norm = sum(r == "norm_scale" for r in roles.values())
-    count = torch.tensor([n_weight, n_norm, math.log10(max(space.num_parameters, 1))], dtype=torch.float64)
-    blocks.append(count.to(blocks[0].device).expand(n, 3))
-    return torch.cat(blocks, dim=1)
-
-
-def signatures(zoo: Any) -> dict[str, str]:
-    """``{arch_id: WeightSpace signature}`` of the architectures used by the rows of a zoo view."""
-    archs = zoo.column("arch")
-    return {str(a): zoo[int(np.flatnonzero(archs == a)[0])].space.signature for a in dict.fromkeys(archs.tolist())}
-
-
-def statnn_matrix(zoo: Any, layout: str = "auto", chunk: int = 512) -> np.ndarray:
-    """StatNN features of every row of a zoo view, ``(len(zoo), F)`` float64, in row order.
-
-    ``auto`` picks ``per_tensor`` when every row has the same weight space
-    (signature), else ``buckets``.
-    """
-    archs = zoo.column("arch")
-    sigs = set(signatures(zoo).values())
-    if layout == "auto":
-        layout = "per_tensor" if len(sigs) <= 1 else "buckets"
-    if layout == "per_tensor" and len(sigs) > 1:
-        raise ConfigError(f"{zoo.root}: StatNN layout 'per_tensor' needs one architecture, the selection has "
-                          f"{sorted(set(archs.tolist()))}; use layout 'buckets'")
-    out: np.ndarray | None = None
-    for aid in dict.fromkeys(archs.tolist()):
-        pos = np.flatnonzero(archs == aid)
-        space = zoo[int(pos[0])].space
-        for lo in range(0, len(pos), chunk):
-            sel = pos[lo:lo + chunk]
-            feats = statnn_features(space, zoo.stacked(sel), layout).numpy()
-            if out is None:
-                out = np.zeros((len(zoo), feats.shape[1]), dtype=np.float64)
-            out[sel] = feats
-    if out is None:
-        raise WslError(f"{zoo.root}: no rows to compute StatNN features for")
-    return out
 
 
 class HParamEncoder:
@@ -231,9 +121,9 @@ def fit_baseline(name: str, zoo: Any, seed: int = 0, *, target: str = "test_accu
     if name not in BASELINES:
         raise ConfigError(f"fit_baseline: unknown baseline {name!r}; valid: {', '.join(BASELINES)}")
     if not hasattr(zoo, "stacked"):
-        import wsl
+        from wsl.zoo import load_zoo
 
-        zoo = wsl.load_zoo(zoo)
+        zoo = load_zoo(zoo)
     t0 = time.perf_counter()
     views = {s: select_rows(zoo, s, train_checkpoints if s == splits[0] and train_checkpoints != "same"
                             else checkpoints, target) for s in splits}
@@ -249,7 +139,7 @@ def fit_baseline(name: str, zoo: Any, seed: int = 0, *, target: str = "test_accu
         from wsl.tasks.inversion import probe_set
         from wsl.tasks.probes import probe_features, zoo_probe_shape
 
-        shape = zoo_probe_shape(zoo._store, list(dict.fromkeys(a for v in views.values()
+        shape = zoo_probe_shape(zoo.store, list(dict.fromkeys(a for v in views.values()
                                                                 for a in v.column("arch").tolist())))
         x = probe_set(zoo, num=probes, seed=probe_seed, kind=probe_kind, invert=probe_invert,
                       invert_steps=invert_steps, invert_tv=invert_tv, split=splits[0], target=target, shape=shape)
@@ -268,7 +158,7 @@ def fit_baseline(name: str, zoo: Any, seed: int = 0, *, target: str = "test_accu
 
 def _fit_eval(reg: Any, name: str, feats: dict[str, np.ndarray], ys: dict[str, np.ndarray],
               splits: tuple[str, str, str], lay: str, t0: float, return_predictions: bool) -> dict[str, Any]:
-    from wsl.train.metrics import regression_metrics
+    from wsl.tasks.metrics import regression_metrics
 
     reg.fit(np.nan_to_num(feats[splits[0]], nan=0.0) if name == "statnn_linear" else feats[splits[0]], ys[splits[0]])
     out: dict[str, Any] = {"name": name, "layout": lay, "n_train": int(len(ys[splits[0]])),

@@ -12,7 +12,7 @@ Inputs, built ONCE per split (:func:`prepare_split`) and sliced per batch:
                 models; one architecture per split).
 ``"graph"``     PyG batches of :class:`~wsl.graph.ParameterGraph` (graph models;
                 any mix of architectures; a batch is ordered by architecture).
-``"stats"``     StatNN feature vectors (:mod:`wsl.tasks.baselines`).
+``"stats"``     StatNN feature vectors (:mod:`wsl.tasks.statnn`).
 
 Augmentation (training batches only, :func:`augment_stacked`) acts in weight
 space: a uniformly random element of each network's permutation group
@@ -174,7 +174,7 @@ class SplitData:
 
 
 def _stats_of(g: ArchGroup, sd: dict[str, torch.Tensor], layout: str) -> torch.Tensor:
-    from wsl.tasks.baselines import statnn_features
+    from wsl.tasks.statnn import statnn_features
 
     return statnn_features(g.space, sd, layout).to(torch.float32)
 
@@ -207,12 +207,15 @@ class GraphCache:
     PER_MODEL = ("x", "edge_attr", "extras")
 
     def __init__(self, batch: Any, n: int) -> None:
+        from wsl.graph.data import batch_keys
+
+        keys = batch_keys(batch)
         self.n = n
         self.v = int(batch.num_nodes) // n
         self.e = int(batch.edge_index.shape[1]) // n
         self.per_model: dict[str, torch.Tensor] = {}
         self.shared: dict[str, torch.Tensor] = {}
-        for key in batch._slice_dict:
+        for key in keys:
             val = batch[key]
             if not isinstance(val, torch.Tensor):
                 continue
@@ -223,7 +226,7 @@ class GraphCache:
             else:
                 per = val.shape[0] // n
                 self.shared[key] = val[:per].clone()
-        self.strings = {k: batch[k][0] for k in ("arch", "dtypes") if k in batch._slice_dict}
+        self.strings = {k: batch[k][0] for k in ("arch", "dtypes") if k in keys}
         self._repeated: dict[int, dict[str, torch.Tensor]] = {}
 
     def _shared(self, b: int) -> dict[str, torch.Tensor]:
@@ -355,7 +358,7 @@ def prepare_split(zoo: Any, name: str, split: str, kind: str, *, target: str = "
         groups.append(ArchGroup(",".join(map(str, ids)), space, torch.from_numpy(pos), stacked, cache))
     stats = None
     if kind == "stats":
-        from wsl.tasks.baselines import statnn_features
+        from wsl.tasks.statnn import statnn_features
 
         stats = torch.zeros(len(view), 0)
         parts = [statnn_features(g.space, g.stacked, stats_layout).to(torch.float32) for g in groups]

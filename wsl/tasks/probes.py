@@ -16,10 +16,10 @@ data set enters them.
 :func:`probe_outputs` runs every row of a zoo view on the probes, one
 ``torch.func.vmap`` over the stacked weights of each architecture (eval mode:
 no dropout, BatchNorm uses its running statistics), and returns
-``(N, num, out)`` logits. :func:`probe_summary` turns logits into the
-``(N, num * out + 2)`` vector the head sees: log-softmax per probe, clipped,
-plus the log of the mean logit scale and the fraction of probes assigned to
-the most frequent class.
+``(N, num, out)`` logits. :func:`~wsl.nn.probed.probe_summary` turns logits
+into the ``(N, num * out + 2)`` vector the head sees: log-softmax per probe,
+clipped, plus the log of the mean logit scale and the fraction of probes
+assigned to the most frequent class.
 """
 
 from __future__ import annotations
@@ -31,10 +31,11 @@ import torch
 from torch import nn
 
 from wsl.errors import WslError
+from wsl.nn.probed import probe_summary
 
 __all__ = ["PROBE_KINDS", "ProbeBatch", "ProbeError", "ProbeNets", "arch_input_shape", "canonical_shape",
-           "module_probe_outputs", "probe_features", "probe_inputs", "probe_outputs", "probe_summary",
-           "view_probe_shape", "zoo_probe_shape"]
+           "module_probe_outputs", "probe_features", "probe_inputs", "probe_outputs", "view_probe_shape",
+           "zoo_probe_shape"]
 
 
 class ProbeError(WslError):
@@ -198,7 +199,7 @@ class ProbeNets:
                   shape: Sequence[int] | None = None, arch: str | None = None) -> "ProbeNets":
         """The rows of a zoo view (only those of architecture ``arch`` if given, in view order)."""
         archs = view.column("arch")
-        store = view._store
+        store = view.store
         if shape is None:
             shape = view_probe_shape(view)
         ids = list(dict.fromkeys(archs.tolist())) if arch is None else [arch]
@@ -293,13 +294,13 @@ def canonical_shape(card: dict[str, Any], shapes: Sequence[Sequence[int]]) -> li
 
 
 def zoo_probe_shape(store: Any, arch_ids: Sequence[str]) -> list[int]:
-    """:func:`canonical_shape` for the given architectures of a zoo store (``zoo._store``)."""
+    """:func:`canonical_shape` for the given architectures of a zoo store (``zoo.store``)."""
     return canonical_shape(store.card, [arch_input_shape(store.card, a, store.build(a)) for a in arch_ids])
 
 
 def view_probe_shape(view: Any) -> list[int]:
     """:func:`zoo_probe_shape` for the architectures of a zoo or zoo view's rows."""
-    return zoo_probe_shape(view._store, list(dict.fromkeys(view.column("arch").tolist())))
+    return zoo_probe_shape(view.store, list(dict.fromkeys(view.column("arch").tolist())))
 
 
 def probe_outputs(view: Any, num: int = 32, seed: int = 0, device: torch.device | str | None = None,
@@ -314,7 +315,7 @@ def probe_outputs(view: Any, num: int = 32, seed: int = 0, device: torch.device 
     rows, no gradients); the result follows the view's row order.
     """
     archs = view.column("arch")
-    store = view._store
+    store = view.store
     ids = list(dict.fromkeys(archs.tolist()))
     canon = list(shape) if shape is not None else zoo_probe_shape(store, ids)
     base = (probe_inputs(canon, num, seed, kind) if inputs is None else _fixed(inputs, canon)).to(device)
@@ -363,14 +364,3 @@ def module_probe_outputs(module: nn.Module, input_shape: Sequence[int], num: int
     x = probe_inputs(input_shape, num, seed, kind) if inputs is None else _fixed(inputs, input_shape)
     with torch.no_grad():
         return _check_out(nets[0:1](x).float(), type(module).__name__)
-
-
-def probe_summary(logits: torch.Tensor, clip: float = 30.0) -> torch.Tensor:
-    """``(N, P, C)`` logits -> ``(N, P * C + 2)`` head features (see module docstring)."""
-    n, p, c = logits.shape
-    logp = torch.log_softmax(logits, -1).clamp(min=-clip)
-    scale = torch.log(logits.std(-1).mean(-1, keepdim=True) + 1e-6)
-    top = logits.argmax(-1)
-    counts = torch.zeros(n, c, device=logits.device).scatter_add_(1, top, torch.ones_like(top, dtype=torch.float32))
-    agree = counts.max(1, keepdim=True).values / p
-    return torch.cat([logp.reshape(n, -1), scale, agree], 1)

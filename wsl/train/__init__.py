@@ -1,9 +1,10 @@
-"""Training meta-models: configs, the training loop, metrics, DDP helpers, the model registry.
+"""Training meta-models: configs, the training loop, DDP helpers, the model registry, predictor files.
 
 * :mod:`wsl.train.config` -- :class:`Config` (YAML + ``key=value`` overrides), :func:`load_config`.
 * :mod:`wsl.train.loop` -- :class:`Trainer`, :func:`train` (``wsl train``).
-* :mod:`wsl.train.metrics` -- Kendall tau, R^2, MAE.
-* :mod:`wsl.train.registry` -- model names -> constructors; :func:`load_predictor`.
+* :mod:`wsl.train.registry` -- model names -> constructors.
+* :mod:`wsl.train.predictor` -- :class:`Predictor` directories: :func:`load_predictor`, ``save_predictor``.
+* ``kendall_tau``, ``r2_score``, ``mae``, ``regression_metrics`` are those of :mod:`wsl.tasks.metrics`.
 * :mod:`wsl.train.distributed` -- torchrun / DistributedDataParallel helpers.
 """
 
@@ -17,9 +18,9 @@ __all__ = ["Config", "Predictor", "Trainer", "kendall_tau", "load_config", "load
 _LAZY = {
     "Config": "wsl.train.config", "load_config": "wsl.train.config",
     "Trainer": "wsl.train.loop", "train": "wsl.train.loop",
-    "kendall_tau": "wsl.train.metrics", "r2_score": "wsl.train.metrics", "mae": "wsl.train.metrics",
-    "regression_metrics": "wsl.train.metrics",
-    "Predictor": "wsl.train.registry", "load_predictor": "wsl.train.registry",
+    "kendall_tau": "wsl.tasks.metrics", "r2_score": "wsl.tasks.metrics", "mae": "wsl.tasks.metrics",
+    "regression_metrics": "wsl.tasks.metrics",
+    "Predictor": "wsl.train.predictor", "load_predictor": "wsl.train.predictor",
 }
 
 

@@ -6,7 +6,7 @@ One run = one :class:`~wsl.train.config.Config`. The run directory holds::
     checkpoints/best/   the same for the best validation Kendall tau
     metrics.json        val/test tau, R^2, MAE (best checkpoint), timing, #params, config, history
     test_scatter.png    predicted vs true on the test split
-    predictor/          a self-contained predictor (wsl.train.registry.load_predictor)
+    predictor/          a self-contained predictor (wsl.train.predictor.load_predictor)
 
 Determinism: the training order of epoch ``e`` is ``randperm`` seeded by
 ``(seed, e)`` and the augmentation of step ``s`` by ``(seed, e, s, rank)``;
@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsl.errors import ConfigError, WslError
+from wsl.tasks.metrics import regression_metrics, to_json
 from wsl.train import distributed as D
 from wsl.train.checkpoints import load_checkpoint, save_checkpoint
 from wsl.train.config import Config
-from wsl.train.metrics import regression_metrics, to_json
 
 __all__ = ["Trainer", "train"]
 
@@ -76,10 +76,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _prepare(self) -> None:
-        from wsl import load_zoo
-        from wsl.cli.common import local_path
+        from wsl.io import local_path
         from wsl.tasks.generalization import prepare_split, select_rows
         from wsl.train.registry import InputInfo, build_model, check_params, resolve_model
+        from wsl.zoo import load_zoo
 
         cfg, dc = self.cfg, self.cfg.data
         if cfg.train.threads:
@@ -96,7 +96,7 @@ class Trainer:
         names = {"train": dc.train_split, "val": dc.val_split, "test": dc.test_split}
         layout = dc.stats_layout
         if kind == "stats" and layout == "auto":
-            from wsl.tasks.baselines import signatures
+            from wsl.tasks.statnn import signatures
 
             views = [select_rows(self.zoo, s, dc.checkpoints, dc.target, dc.arch) for s in names.values()]
             sigs = {sg for v in views if len(v) for sg in signatures(v).values()}
@@ -133,7 +133,7 @@ class Trainer:
         if probe_x is not None:
             width = tr.probes.shape[1] if isinstance(tr.probes, torch.Tensor) else None
             if width is None:  # learned probes: the feature width of the initial probes
-                from wsl.tasks.probes import probe_summary
+                from wsl.nn.probed import probe_summary
 
                 with torch.no_grad():
                     width = probe_summary(tr.probes[torch.arange(1)](probe_x.to(self.device))).shape[1]

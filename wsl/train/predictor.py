@@ -1,9 +1,21 @@
 """Self-contained predictors: a trained meta-model plus what it needs to read new weights.
 
-See :mod:`wsl.train.registry` for the directory layout (``config.json``,
-``model.safetensors``, ``space.json``, ``README.md``). Predictions are
-de-normalized: ``y = mean + std * model(x)``. A predictor whose
-``input.probes`` is set also reads probe features (:mod:`wsl.tasks.probes`):
+The meta-model is built by name (:mod:`wsl.train.registry`). A predictor directory
+(:func:`save_predictor` / :func:`load_predictor`)::
+
+    config.json       {"format": "wsl.predictor/1", "model": {"name", "params"},
+                       "input": {"kind", "accepts", "stats_layout", "num_features", "edge_dim"},
+                       "target": {"name", "mean", "std"}, "training": {...}, "metrics": {...}}
+    model.safetensors the meta-model's state_dict
+    space.json        the WeightSpace spec of the training architecture (dense and stats models)
+    README.md         model card
+
+``input.accepts`` says which networks the predictor can read:
+``{"type": "signatures", "signatures": [...]}`` (dense models and per-tensor
+StatNN: exactly these ``WeightSpace.signature`` values) or ``{"type": "any"}``
+(graph models and bucketed StatNN: any architecture ``wsl`` can trace).
+Predictions are de-normalized: ``y = mean + std * model(x)``. A predictor
+whose ``input.probes`` is set also reads probe features (:mod:`wsl.tasks.probes`):
 it needs the network as a function (a module), not only its weights.
 """
 
@@ -61,7 +73,8 @@ class Predictor:
 
     def probe_features(self, module: nn.Module, input_shape: Any) -> torch.Tensor:
         """``(1, F)`` probe features of one network (``module`` must compute the weights being predicted)."""
-        from wsl.tasks.probes import module_probe_outputs, probe_summary
+        from wsl.nn.probed import probe_summary
+        from wsl.tasks.probes import module_probe_outputs
 
         pr = self.probes
         if pr is None:
@@ -130,7 +143,7 @@ class Predictor:
             from wsl.nn.probed import Probed
 
             return Probed(x, probes.to(dev) if isinstance(probes, torch.Tensor) else probes)
-        from wsl.tasks.baselines import statnn_features
+        from wsl.tasks.statnn import statnn_features
 
         return statnn_features(space, stacked, self.config["input"]["stats_layout"]).to(torch.float32)
 
@@ -200,8 +213,7 @@ def save_predictor(directory: str | Path, *, model: nn.Module, config: dict[str,
 
 def load_predictor(directory: str | Path, device: torch.device | str | None = None) -> Predictor:
     """Load a predictor directory written by ``wsl train`` (``hf://`` URIs are resolved)."""
-    from wsl.cli.common import local_path
-    from wsl.io import load_safetensors
+    from wsl.io import load_safetensors, local_path
 
     d = Path(local_path(str(directory), repo_type="model"))
     cfg_path = d / "config.json"
@@ -245,7 +257,7 @@ def load_predictor(directory: str | Path, device: torch.device | str | None = No
 def predictor_config(model_name: str, params: Mapping[str, Any], info: InputInfo, target: str, mean: float,
                      std: float, training: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str, Any]:
     """The ``config.json`` of a predictor directory (see module docstring)."""
-    from wsl import __version__
+    from wsl.version import __version__
 
     exact = info.kind == "features" or (info.kind == "stats" and info.stats_layout == "per_tensor")
     if exact and info.space is None:
@@ -291,6 +303,6 @@ Predicts **{cfg['target']['name']}** of a trained network from its weights alone
 |---|---|---|---|---|
 {rows}
 
-Load with `wsl.train.registry.load_predictor(dir)`; `Predictor.predict(space, stacked)` or
+Load with `wsl.train.predictor.load_predictor(dir)`; `Predictor.predict(space, stacked)` or
 `Predictor.predict_zoo(zoo)`.
 """

@@ -1,4 +1,4 @@
-"""Meta-models by name, and self-contained predictors.
+"""Meta-models by name (the predictors they become live in :mod:`wsl.train.predictor`).
 
 Model registry
     :data:`MODELS` maps a name to a :class:`ModelEntry`: the model's input
@@ -10,23 +10,6 @@ Model registry
     (:mod:`wsl.nn.graph_models`), imported on first use. A config may also
     name ``package.module:factory`` or ``path/to/file.py:factory``; the factory
     must carry an ``input_kind`` attribute.
-
-Predictors (trained meta-models applied to new weights) live in
-:mod:`wsl.train.predictor` and are re-exported here. Predictor directory
-(:func:`save_predictor` / :func:`load_predictor`)::
-
-    config.json       {"format": "wsl.predictor/1", "model": {"name", "params"},
-                       "input": {"kind", "accepts", "stats_layout", "num_features", "edge_dim"},
-                       "target": {"name", "mean", "std"}, "training": {...}, "metrics": {...}}
-    model.safetensors the meta-model's state_dict
-    space.json        the WeightSpace spec of the training architecture (dense and stats models)
-    README.md         model card
-
-``input.accepts`` says which networks the predictor can read:
-``{"type": "signatures", "signatures": [...]}`` (dense models and per-tensor
-StatNN: exactly these ``WeightSpace.signature`` values) or ``{"type": "any"}``
-(graph models and bucketed StatNN: any architecture ``wsl`` can trace).
-Predictions are de-normalized: ``y = mean + std * model(x)``.
 """
 
 from __future__ import annotations
@@ -207,7 +190,3 @@ def build_model(name: str, info: InputInfo, params: Mapping[str, Any]) -> nn.Mod
         raise ConfigError(f"model {name!r} is not available in this build: {exc}") from exc
     except TypeError as exc:
         raise ConfigError(f"model {name!r}: bad arguments {dict(params)}: {exc}") from exc
-
-
-# re-exported: predictors used to live here
-from wsl.train.predictor import PREDICTOR_FORMAT, Predictor, load_predictor, save_predictor  # noqa: E402

@@ -6,7 +6,7 @@ chunks; since everything about model ``j`` depends only on the recipe seed and
 ``j`` (and dropout noise on the chunk), merging the shards of a run
 (``wsl zoo merge``) gives exactly the models of the unsharded run.
 
-A chunk is trained at once (:func:`wsl.zoo.vectorized.train_chunk`; models of
+A chunk is trained at once (:func:`wsl.zoo.optim.train_chunk`; models of
 one architecture family share a vectorized network) and written with one
 :meth:`ZooWriter.append` per architecture, each tagged ``chunk="CCCCC.j"``.
 On a rerun of the same command, chunks whose appends are all committed are
@@ -120,7 +120,8 @@ class _Plan:
 def _classification_chunk(plan: _Plan, indices: list[int], chunk: int, device: torch.device,
                           progress: Any) -> list[Append]:
     from wsl.zoo.recipes import init_rows
-    from wsl.zoo.vectorized import ModelRun, VecNet, evaluate, train_chunk
+    from wsl.zoo.optim import ModelRun, train_chunk
+    from wsl.zoo.vectorized import VecNet, evaluate
 
     recipe, data = plan.recipe, plan.data
     tr, seed = recipe.training, int(recipe.generation.get("seed", 0))

@@ -127,20 +127,20 @@ def merge_zoos(out: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[s
         shards, lines, n = [], [], 0
         for k_new, (z, root, k, aid, kept) in enumerate(tqdm(plan, desc="merge shards", unit="shard",
                                                             disable=len(plan) < 2)):
-            entry = z._store.card["shards"][k]
+            entry = z.store.card["shards"][k]
             rel = shard_file(aid, k_new)
             dst = tmp / rel
             if aid == entry["arch"] and len(kept) == entry["num_rows"]:
-                _place(z._store.shard_path(k), dst, link)
+                _place(z.store.shard_path(k), dst, link)
                 new_entry = dict(entry, file=rel)
             else:
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                atomic_save_safetensors(z._store.gather(np.array(kept)), dst, {"format": FORMAT, "arch": aid})
+                atomic_save_safetensors(z.store.gather(np.array(kept)), dst, {"format": FORMAT, "arch": aid})
                 new_entry = {"file": rel, "arch": aid, "num_rows": len(kept), "bytes": dst.stat().st_size,
                              "sha256": file_sha256(dst), "chunk": entry["chunk"]}
             shards.append(new_entry)
             for j, r in enumerate(kept):
-                row = dict(z._store.rows[r])
+                row = dict(z.store.rows[r])
                 row.update(row=n, arch=aid, shard=k_new, index=j)
                 ordered = {"row": n, "model_id": row["model_id"], "arch": aid, "shard": k_new, "index": j, **row}
                 lines.append(row_line(ordered))

@@ -39,15 +39,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 
 from wsl.errors import ConfigError
-
-if TYPE_CHECKING:
-    from wsl.zoo.vectorized import VecNet
+from wsl.zoo.data import epoch_batches
+from wsl.zoo.vectorized import Ctx, VecNet
 
 KINDS: tuple[str, ...] = ("sgd", "adam", "rmsprop")
 """Supported optimizer names."""
@@ -170,7 +167,7 @@ class ChunkResult:
     steps_per_epoch: list[int]
 
 
-def train_chunk(net: "VecNet", runs: Sequence[ModelRun], x_train: torch.Tensor, y_train: torch.Tensor, *,
+def train_chunk(net: VecNet, runs: Sequence[ModelRun], x_train: torch.Tensor, y_train: torch.Tensor, *,
                 batch_size: int, epochs: int, checkpoints: Sequence[int], seed: int,
                 device: torch.device | str = "cpu", progress: Callable[[float], None] | None = None
                 ) -> ChunkResult:
@@ -182,9 +179,6 @@ def train_chunk(net: "VecNet", runs: Sequence[ModelRun], x_train: torch.Tensor, 
     Dropout noise comes from one generator seeded with ``seed``. A model whose
     update becomes non-finite is frozen at its last finite parameters.
     """
-    from wsl.zoo.data import epoch_batches
-    from wsl.zoo.vectorized import Ctx
-
     n = len(runs)
     ckpts = sorted(set(int(c) for c in checkpoints))
     sched_all, steps_all = epoch_batches([r.train_indices for r in runs], [r.data_seed for r in runs],

@@ -1,7 +1,8 @@
 """On-disk access to a ``"wsl.zoo/1"`` zoo shared by the reader and the writer.
 
 Card and metadata I/O (:func:`read_card`, :func:`read_metadata_lines`,
-:func:`write_card`, :func:`row_line`, :func:`file_sha256`) and
+:func:`write_card`, :func:`row_line`, :func:`file_sha256`), card entries of
+architectures (:func:`arch_entry`) and
 :class:`ZooStore`, the state every view of one opened zoo shares: the parsed
 card and rows, per-process safetensors handles, which shards were validated,
 and per-architecture caches. Shards are validated (header against the card,
@@ -10,6 +11,7 @@ size, SHA-256 unless ``verify="none"``) when first touched, never at open.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -24,7 +26,7 @@ from torch import nn
 from wsl.errors import CheckpointError, WslError, ZooFormatError
 from wsl.zoo.format import CARD_FILE, FORMAT, METADATA_FILE, validate_card, validate_row
 
-__all__ = ["ZooStore", "file_sha256", "read_card", "read_metadata_lines", "row_line", "write_card"]
+__all__ = ["ZooStore", "arch_entry", "file_sha256", "read_card", "read_metadata_lines", "row_line", "write_card"]
 
 
 def file_sha256(path: str | os.PathLike[str], limit: int | None = None) -> str:
@@ -91,6 +93,32 @@ def write_card(root: Path, card: Mapping[str, Any]) -> None:
 def row_line(row: Mapping[str, Any]) -> bytes:
     """One ``metadata.jsonl`` line (compact JSON + newline)."""
     return (json.dumps(row, separators=(",", ":"), allow_nan=False) + "\n").encode()
+
+
+def arch_entry(desc: Mapping[str, Any] | nn.Module, where: str = "architecture") -> dict[str, Any]:
+    """Card entry ``{"arch", "num_parameters", "tensors"}`` for a description or module."""
+    from wsl.archs.describe import build, describe, validate
+
+    if isinstance(desc, nn.Module):
+        desc = describe(desc)
+    if not isinstance(desc, Mapping):
+        raise ZooFormatError(f"{where}: expected a 'wsl.arch/1' description dict, got {type(desc).__name__}")
+    canonical = validate(dict(desc))
+    try:
+        with torch.device("meta"):
+            module = build(canonical)
+    except WslError:
+        raise
+    except Exception as exc:  # a builtin that cannot be built on the meta device
+        raise ZooFormatError(f"{where}: cannot build the architecture: {type(exc).__name__}: {exc}") from exc
+    stored = getattr(module, "wsl_arch", None)
+    if isinstance(stored, dict) and stored != canonical:  # builtin factories record every argument
+        canonical = validate(copy.deepcopy(stored))
+    tensors = {k: [int(d) for d in v.shape] for k, v in module.state_dict().items()}
+    if not tensors:
+        raise ZooFormatError(f"{where}: the architecture has no tensors")
+    params = sum(p.numel() for p in module.parameters())
+    return {"arch": canonical, "num_parameters": int(params), "tensors": tensors}
 
 
 class ZooStore:
@@ -211,8 +239,6 @@ class ZooStore:
         """Card tensor shapes of ``aid``, checked once against the built architecture."""
         entry = self.card["architectures"][aid]
         if aid not in self.arch_ok:
-            from wsl.zoo.writer import arch_entry
-
             where = f"{self.card_path}: field 'architectures.{aid}'"
             try:
                 built = arch_entry(entry["arch"], where)

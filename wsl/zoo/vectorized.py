@@ -22,8 +22,7 @@ rate is rounded to a multiple of 1/65536), sample weights (a partial last
 batch). Batch norm takes statistics over each model's valid samples only and
 leaves the running statistics of frozen (diverged) models alone.
 
-The lockstep training loop that drives it is
-:func:`wsl.zoo.optim.train_chunk` (re-exported here).
+The lockstep training loop that drives it is :func:`wsl.zoo.optim.train_chunk`.
 """
 
 from __future__ import annotations
@@ -380,7 +379,4 @@ def _dropout(p_layer: float, x: Act, ctx: Ctx) -> torch.Tensor:
     return h * ((words >= thresh) * scale)
 
 
-from wsl.zoo.optim import ChunkResult, ModelRun, train_chunk  # noqa: E402  (the trainer, re-exported)
-
-__all__ = ["ACTIVATIONS", "ChunkResult", "Ctx", "ModelRun", "VecNet", "evaluate", "expand_description",
-           "train_chunk"]
+__all__ = ["ACTIVATIONS", "Ctx", "VecNet", "evaluate", "expand_description"]

@@ -23,40 +23,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from wsl.errors import WslError, ZooFormatError
+from wsl.errors import ZooFormatError
 from wsl.zoo.format import (
     CARD_FILE, FORMAT, METADATA_FILE, SHARD_DIR, assign_split, default_splits, normalize_row, shard_file,
     validate_splits,
 )
-from wsl.zoo.store import file_sha256, read_card, read_metadata_lines, row_line, write_card
+from wsl.zoo.store import arch_entry, file_sha256, read_card, read_metadata_lines, row_line, write_card
 
-__all__ = ["ZooWriter", "arch_entry", "file_sha256", "read_card", "read_metadata_lines", "row_line", "write_card"]
-
-
-def arch_entry(desc: Mapping[str, Any] | nn.Module, where: str = "architecture") -> dict[str, Any]:
-    """Card entry ``{"arch", "num_parameters", "tensors"}`` for a description or module."""
-    from wsl.archs.describe import build, describe, validate
-
-    if isinstance(desc, nn.Module):
-        desc = describe(desc)
-    if not isinstance(desc, Mapping):
-        raise ZooFormatError(f"{where}: expected a 'wsl.arch/1' description dict, got {type(desc).__name__}")
-    canonical = validate(dict(desc))
-    try:
-        with torch.device("meta"):
-            module = build(canonical)
-    except WslError:
-        raise
-    except Exception as exc:  # a builtin that cannot be built on the meta device
-        raise ZooFormatError(f"{where}: cannot build the architecture: {type(exc).__name__}: {exc}") from exc
-    stored = getattr(module, "wsl_arch", None)
-    if isinstance(stored, dict) and stored != canonical:  # builtin factories record every argument
-        canonical = validate(copy.deepcopy(stored))
-    tensors = {k: [int(d) for d in v.shape] for k, v in module.state_dict().items()}
-    if not tensors:
-        raise ZooFormatError(f"{where}: the architecture has no tensors")
-    params = sum(p.numel() for p in module.parameters())
-    return {"arch": canonical, "num_parameters": int(params), "tensors": tensors}
+__all__ = ["ZooWriter"]
 
 
 class ZooWriter:

@@ -21,10 +21,11 @@ import torch
 from torch import nn
 
 from wsl.errors import ZooFormatError
+from wsl.io.uri import local_path
 from wsl.zoo.format import SPLIT_NAMES
 from wsl.zoo.store import ZooStore
 
-__all__ = ["Zoo", "ZooIndexError", "ZooModel", "load_zoo"]
+__all__ = ["Zoo", "ZooIndexError", "ZooModel", "load_zoo", "open_store", "register_store_opener"]
 
 VERIFY_MODES = ("lazy", "eager", "none")
 
@@ -93,6 +94,12 @@ class Zoo:
         self._rows = np.arange(len(store.rows), dtype=np.int64) if rows is None else rows.astype(np.int64)
 
     # ------------------------------------------------------------------- basics
+    @property
+    def store(self) -> ZooStore:
+        """The on-disk store this view reads, shared by every view of one opened zoo (card, rows, shards,
+        per-architecture modules and weight spaces). Read from it; do not modify it."""
+        return self._store
+
     @property
     def root(self) -> Path:
         return self._store.root
@@ -283,11 +290,31 @@ class Zoo:
             self._store.check_shard(k, verify="eager")
 
 
-def _in_hub_cache(root: Path) -> bool:
-    """True for ``.../datasets--ORG--NAME/snapshots/<sha>/...`` (a Hugging Face cache snapshot)."""
-    parts = root.resolve().parts
-    return any(p == "snapshots" and i > 0 and parts[i - 1].startswith(("datasets--", "models--"))
-               and i + 1 < len(parts) for i, p in enumerate(parts))
+StoreOpener = Callable[[Path, str], "ZooStore | None"]
+"""``opener(root, verify)``: the store of a zoo folder it recognises, else None."""
+
+_OPENERS: list[StoreOpener] = []
+
+
+def register_store_opener(opener: StoreOpener) -> None:
+    """Let ``opener`` open the zoo folders it recognises (:func:`load_zoo` asks each, newest first).
+
+    :mod:`wsl.hub` registers one for zoos in the Hugging Face cache: their shards
+    are downloaded the first time a row in them is read.
+    """
+    if not callable(opener):
+        raise ZooFormatError(f"register_store_opener: expected a callable, got {type(opener).__name__}")
+    if opener not in _OPENERS:
+        _OPENERS.insert(0, opener)
+
+
+def open_store(root: Path, verify: str) -> ZooStore:
+    """The store of the zoo folder ``root``: a registered opener's, else a plain :class:`ZooStore`."""
+    for opener in _OPENERS:
+        store = opener(root, verify)
+        if store is not None:
+            return store
+    return ZooStore(root, verify)
 
 
 def load_zoo(path: str | os.PathLike[str], verify: str = "lazy") -> Zoo:
@@ -299,20 +326,10 @@ def load_zoo(path: str | os.PathLike[str], verify: str = "lazy") -> Zoo:
     """
     if verify not in VERIFY_MODES:
         raise ZooFormatError(f"load_zoo: verify must be one of {list(VERIFY_MODES)}, got {verify!r}")
-    p = str(path)
-    if p.startswith("hf://"):
-        from wsl.cli.common import local_path
-
-        p = local_path(p, repo_type="dataset")
-    root = Path(p)
+    root = Path(local_path(path, repo_type="dataset"))
     if not root.is_dir():
         raise ZooFormatError(f"{root}: not a zoo directory ({'no such path' if not root.exists() else 'not a directory'})")
-    if _in_hub_cache(root):  # wsl.hub hook: a zoo in the Hugging Face cache downloads shards on first read
-        from wsl.hub.resolve import zoo_store
-
-        zoo = Zoo(zoo_store(root, verify))
-    else:
-        zoo = Zoo(ZooStore(root, verify))
+    zoo = Zoo(open_store(root, verify))
     if verify == "eager":
         zoo.verify()
     return zoo

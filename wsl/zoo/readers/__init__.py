@@ -285,7 +285,7 @@ def _open_writer(dst: Path, source: Source, name: str | None, origin: dict[str, 
                  shard_max_bytes: int | None) -> Any:
     """A new ZooWriter at ``dst``, or the existing one when resuming the same conversion."""
     from wsl.zoo import ZooWriter
-    from wsl.zoo.writer import read_card
+    from wsl.zoo.store import read_card
 
     size = {} if shard_max_bytes is None else {"shard_max_bytes": shard_max_bytes}
     if (dst / "zoo.json").exists():
@@ -390,7 +390,7 @@ def _run_convert(args: Any) -> int:
             options[opt] = getattr(args, opt)
     if getattr(args, "keep_nonfinite", False):
         options["keep_nonfinite"] = True
-    from wsl.cli.common import local_path
+    from wsl.io import local_path
 
     report = convert(args.fmt, local_path(args.src, repo_type="dataset"), args.output, name=args.name, limit=args.limit,
                      progress=not args.quiet, **options)
