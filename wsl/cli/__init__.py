@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "wsl.cli.zoo_cmd",
     "wsl.cli.train_cmd",
     "wsl.cli.predict_cmd",
+    "wsl.cli.align_cmd",
     "wsl.cli.hub_cmd",
     "wsl.cli.serve_cmd",
     "wsl.cli.demo_cmd",
