@@ -55,6 +55,8 @@ def test_user_errors_are_one_line_with_nonzero_exit(tmp_path: Path, capsys: pyte
         (["inspect", str(tmp_path / "bad.safetensors"), "--arch", "small_cnn"], "0.weight"),
         (["inspect", str(tmp_path / "missing.safetensors"), "--arch", "small_cnn"], "missing.safetensors"),
         (["inspect", "--arch", "no_such_arch"], "no_such_arch"),
+        (["inspect", "--arch", "mlp"], "'sizes'; write it as 'mlp(sizes=[64, 32, 10])'"),
+        (["inspect", "--arch", "nope"], "known: bert(config={...}), "),
         (["inspect"], "PATH"),
         (["inspect", "--arch", "small_cnn", "--input-shape", "a,b"], "input-shape"),
     ):
