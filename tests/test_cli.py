@@ -66,6 +66,21 @@ def test_user_errors_are_one_line_with_nonzero_exit(tmp_path: Path, capsys: pyte
         assert "Traceback" not in err
 
 
+def test_random_bytes_are_not_a_safetensors_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from wsl.errors import CheckpointError
+    from wsl.io import load_safetensors
+
+    f = tmp_path / "rand.safetensors"
+    f.write_bytes((13_389_164_444_924_600_146).to_bytes(8, "little") + bytes(range(7, 250)) * 4)
+    rc, _, err = _run(["inspect", str(f), "--arch", "small_cnn"], capsys)
+    assert rc == 2 and f"{f}: not a safetensors file" in err and "header length" not in err, err
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
+        load_safetensors(f)
+    f.write_bytes(b"12345678")  # a length and nothing after it
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
+        load_safetensors(f)
+
+
 def test_debug_shows_traceback(capsys: pytest.CaptureFixture[str]) -> None:
     from wsl.errors import WslError
 
