@@ -81,6 +81,39 @@ def test_random_bytes_are_not_a_safetensors_file(tmp_path: Path, capsys: pytest.
         load_safetensors(f)
 
 
+@pytest.mark.parametrize("config", ["tiny.yaml", "gs_statnn_gbt.yaml"])
+def test_train_without_matplotlib_succeeds_with_a_warning(config: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """The plot is optional: without matplotlib a run (meta-model or baseline) writes its results and exits 0."""
+    from test_tasks import make_tiny_zoo
+
+    zoo = make_tiny_zoo(tmp_path / "zoo", n_models=20)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    with pytest.raises(ImportError):
+        import matplotlib  # noqa: F401
+    out = tmp_path / "run"
+    cfg = Path(__file__).resolve().parents[1] / "configs" / "generalization" / config
+    with caplog.at_level("WARNING", logger="wsl.train"):
+        assert main(["train", str(cfg), f"data.zoo={zoo}", "train.epochs=1", "train.progress=false",
+                     "--output", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["test"]["n"] > 0
+    assert not (out / "test_scatter.png").exists()
+    assert [r.getMessage() for r in caplog.records if "test_scatter.png" in r.getMessage()] == [
+        f"wsl: warning: not drawing {out / 'test_scatter.png'}: matplotlib is not installed "
+        "(pip install 'wsl[plot]'); everything else was written"]
+
+
+def test_siren_progress_counts_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A SIREN zoo's chunks are images (each fitted fits_per_image times): the bar must not say model/s."""
+    recipe = Path(__file__).resolve().parents[1] / "zoos" / "digits-siren.yaml"
+    rc, out, err = _run(["zoo", "generate", str(recipe), "-o", str(tmp_path / "s"), "--num-models", "2",
+                         "--epochs", "2", "--workers", "1"], capsys)
+    assert rc == 0 and "generate digits-siren" in err, err
+    assert "image/s" in err and "model/s" not in err, err
+    assert "2 images" in out, out
+
+
 def test_debug_shows_traceback(capsys: pytest.CaptureFixture[str]) -> None:
     from wsl.errors import WslError
 
