@@ -114,6 +114,24 @@ def test_siren_progress_counts_images(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "2 images" in out, out
 
 
+def test_call_forms_show_required_arguments() -> None:
+    """A registered name that needs arguments is listed with a call that builds it."""
+    from wsl.archs.registry import call_form
+    from wsl.errors import ArchitectureError
+    from wsl.io.archref import resolve_arch
+
+    assert call_form("mlp") == "mlp(sizes=[64, 32, 10])"
+    assert call_form("bert") == "bert(config={...})" and call_form("resnet18") == "resnet18"
+    assert resolve_arch(call_form("mlp"))[0].in_features == 64  # type: ignore[index]
+    for name in ("small_cnn", "bert_layer", "vit_tiny"):  # bare names build as listed
+        assert call_form(name) == name
+    with pytest.raises(ArchitectureError, match=r"missing a required argument: 'sizes'; "
+                                                r"write it as 'mlp\(sizes=\[64, 32, 10\]\)'"):
+        resolve_arch("mlp")
+    with pytest.raises(ArchitectureError, match=r"known: .*mlp\(sizes=\[64, 32, 10\]\), resnet,"):
+        resolve_arch("mlpp")
+
+
 def test_debug_shows_traceback(capsys: pytest.CaptureFixture[str]) -> None:
     from wsl.errors import WslError
 
