@@ -93,6 +93,28 @@ def test_health_docs_page_and_assets(client: TestClient) -> None:
             "the page must work offline: no external assets"
 
 
+def test_favicon_is_served(client: TestClient) -> None:
+    """Browsers ask for /favicon.ico on every page; a 404 there is a console error."""
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
+    assert icon.text.lstrip().startswith("<svg") and "http://www.w3.org/2000/svg" in icon.text
+    for page in ("/", "/docs"):  # both pages name it, so browsers fetch the SVG, not a guess
+        assert "href='/static/favicon.svg'" in client.get(page).text.replace('"', "'"), page
+    assert client.get("/static/favicon.svg").content == icon.content
+
+
+def test_stored_histogram_names_its_zoo(tmp_path: Path) -> None:
+    """A histogram stored in a shipped config lacks the zoo name; the card fills it (else 'Training zoo : n')."""
+    from wsl.serve.app import predictor_card
+
+    hist = {"edges": [0.0, 0.5, 1.0], "counts": [1, 2], "n": 3, "split": "all"}
+    cfg = {"training": {"zoo_name": "digits-cnn-gs", "num_train": 3}, "target_histogram": hist}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    assert predictor_card("p", str(tmp_path))["histogram"] == {**hist, "zoo": "digits-cnn-gs"}
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "target_histogram": {**hist, "zoo": "own"}}))
+    assert predictor_card("p", str(tmp_path))["histogram"]["zoo"] == "own"
+
+
 def test_examples(client: TestClient, serve_env: ServeEnv) -> None:  # noqa: F811
     listed = client.get("/v1/examples").json()["examples"]
     assert [e["file"] for e in listed] == [p.name for p in serve_env.example_files]

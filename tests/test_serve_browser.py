@@ -152,3 +152,54 @@ def test_example_button_and_error_display(page: Any, server: Server, serve_env: 
     assert "tiny-serve" in cards and "Kendall" in cards
     assert page.offsite == []
     assert all("415" in e for e in page.errors), page.errors  # only the browser's note about the 415 response
+
+
+def _answer(page: Any, value: float, interval: list[float]) -> None:
+    """Make /v1/predict answer ``value`` with ``interval`` (the edge cases a real tiny predictor never hits)."""
+    body = {"source": "edge.safetensors", "predicted_test_accuracy": value, "interval": interval,
+            "interval_level": 0.9, "predictor": "tiny-serve", "warnings": [], "architecture": {}}
+    page.unroute("**/v1/predict")
+    page.route("**/v1/predict", lambda r: r.fulfill(status=200, content_type="application/json",
+                                                    body=json.dumps(body)))
+    page.set_input_files("#file-input", files=[{"name": "edge.safetensors", "mimeType": "application/octet-stream",
+                                                "buffer": b"unused"}])
+    page.click("#predict-button")
+    page.wait_for_selector(f"#result-accuracy[data-value='{value:g}']")  # JS String(): 1, 0, 0.5 (no eval: CSP)
+
+
+def _box(page: Any, selector: str) -> dict[str, float]:
+    return page.eval_on_selector(selector, "e => { const r = e.getBoundingClientRect(); "
+                                           "return {left: r.left, right: r.right, width: r.width}; }")
+
+
+def test_histogram_edges_label_interval_and_caption(page: Any, tmp_path: Path) -> None:
+    """At 100% and 0% the marker label stays inside the figure; a one-value interval is still shaded;
+    the caption reads 'Training zoo NAME: n models' (and 'Training zoo: n' without a name)."""
+    for value in (1.0, 0.0, 0.5):
+        _answer(page, value, [value, value])
+        svg, label = _box(page, "#histogram svg"), _box(page, "#histogram svg .marker-label")
+        assert svg["left"] <= label["left"] and label["right"] <= svg["right"], (value, svg, label)
+        band = _box(page, "#histogram svg rect.band")
+        assert band["width"] >= 10 and svg["left"] <= band["left"] and band["right"] <= svg["right"], band
+        seen = page.eval_on_selector("#histogram svg rect.band", "b => { const r = b.getBoundingClientRect(); "
+                                     "const e = document.elementFromPoint(r.left + 2, r.bottom - 3); return e === b; }")
+        assert seen, f"the one-value interval at {value} is hidden behind the bars"
+        caption = page.inner_text("#histogram-caption")
+        assert caption.startswith("Training zoo tiny-serve: 40 models") and "single value" in caption, caption
+        page.screenshot(path=str(tmp_path / f"edge-{value}.png"), full_page=True)
+    _answer(page, 0.62, [0.55, 0.70])
+    assert "single value" not in page.inner_text("#histogram-caption")
+    assert _box(page, "#histogram svg rect.band")["width"] > 14
+
+    def nameless(route: Any) -> None:  # a card whose histogram names no zoo
+        cards = route.fetch().json()["predictors"]
+        for c in cards:
+            c["histogram"].pop("zoo", None)
+        route.fulfill(json={"predictors": cards})
+
+    page.route("**/v1/predictors", nameless)
+    page.reload()
+    page.wait_for_selector("#predictor-select option[value='tiny-serve']", state="attached")
+    _answer(page, 0.62, [0.55, 0.70])
+    assert page.inner_text("#histogram-caption").startswith("Training zoo: 40 models")
+    assert page.errors == [] and page.offsite == []

@@ -114,6 +114,17 @@ def test_lying_headers(client: TestClient) -> None:
            "exceeds the file size")
 
 
+def test_not_a_safetensors_file(client: TestClient, serve_env: ServeEnv) -> None:  # noqa: F811
+    """Random bytes named .safetensors: their first 8 bytes are not reported as a header length."""
+    noise = struct.pack("<Q", 13_389_164_444_924_600_146) + bytes(range(7, 250)) * 4
+    for data in (noise, b"hello world, not weights at all", example(serve_env)[8:]):
+        body = expect(post(client, "rand.safetensors", data), 422, "not_safetensors", "not a safetensors file")
+        assert "header" not in body["error"]["message"] and "13,389" not in body["error"]["message"]
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(2)}, buf)
+    expect(post(client, "m.safetensors", buf.getvalue()), 422, "not_safetensors", "torch.save", ".pt")
+
+
 def test_gigantic_header(client: TestClient) -> None:
     from wsl.serve.validate import prevalidate
 

@@ -9,6 +9,7 @@ to its ``"wsl.arch/1"`` layer dict.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -61,6 +62,26 @@ REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "gpt2": gpt2, "gpt2_lm": gpt2_lm, "hf": from_hf_config,
 }
 """Builtin name -> factory. Every keyword argument is JSON (configs are dicts)."""
+
+_EXAMPLE_VALUES = {"sizes": "[64, 32, 10]", "config": "{...}"}
+"""What to show for a required argument in a call form; '{...}' stands for a config dict."""
+
+
+def call_form(name: str, fn: Callable[..., Any] | None = None) -> str:
+    """How to write builtin ``name`` as a reference: the bare name when every
+    argument has a default, else a call with its required arguments, e.g.
+    ``mlp(sizes=[64, 32, 10])`` or ``bert(config={...})``."""
+    fn = REGISTRY.get(name) if fn is None else fn
+    try:
+        params = inspect.signature(fn).parameters.values() if fn is not None else ()
+    except (TypeError, ValueError):
+        return name
+    required = [p.name for p in params if p.default is inspect.Parameter.empty
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if not required:
+        return name
+    args = ", ".join(f"{p}={_EXAMPLE_VALUES.get(p, '...')}" for p in required)
+    return f"{name}({args})"
 
 _PLAIN = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.SiLU: "silu", nn.Identity: "identity",
           GlobalAvgPool: "global_avg_pool"}

@@ -24,6 +24,7 @@ import ast
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import json
 import os
 import re
@@ -207,8 +208,16 @@ def _from_registry(name: str, args: str | None, label: str) -> nn.Module:
     table = getattr(reg, "REGISTRY", None)
     if not isinstance(table, Mapping):
         raise _err(label, "wsl.archs.registry has no REGISTRY mapping")
+    form = getattr(reg, "call_form", lambda n, fn=None: n)  # 'mlp(sizes=[64, 32, 10])'
     if name not in table:
-        raise _err(label, f"{name!r} is not registered (known: {', '.join(sorted(table))})")
+        known = ", ".join(form(n, table[n]) for n in sorted(table))
+        raise _err(label, f"{name!r} is not registered (known: {known})")
+    try:
+        inspect.signature(table[name]).bind(*pos, **kw)
+    except TypeError as exc:
+        raise _err(label, f"{exc}; write it as {form(name, table[name])!r}") from None
+    except ValueError:  # no signature to check: the call itself reports
+        pass
     return _wrap_call(label, f"built-in {name!r}", table[name], *pos, **kw)
 
 

@@ -27,6 +27,7 @@ from wsl.errors import CheckpointError
 
 __all__ = [
     "DEFAULT_MAX_HEADER_BYTES",
+    "NOT_SAFETENSORS",
     "SAFETENSORS_DTYPES",
     "SafetensorsHeader",
     "TensorInfo",
@@ -66,6 +67,9 @@ SAFETENSORS_DTYPES: dict[str, tuple[torch.dtype, int]] = {
 }
 
 TensorInfo = tuple[str, tuple[int, ...], tuple[int, int]]
+
+NOT_SAFETENSORS = ("not a safetensors file (no JSON header: byte 8 does not start with '{'); pass a file "
+                   "written by safetensors, or name a torch.save checkpoint .pt")
 
 
 @dataclass(frozen=True)
@@ -156,10 +160,14 @@ def read_safetensors_header(
             if size < 8:
                 raise _fail(p, f"file is {size} bytes; a safetensors file has at least 8")
             (n,) = struct.unpack("<Q", fh.read(8))
+            if size == 8 or fh.read(1) != b"{":
+                raise _fail(p, NOT_SAFETENSORS)
+            fh.seek(8)
             if n > max_header_bytes:
                 raise _fail(p, f"header length {n} exceeds the limit of {max_header_bytes} bytes")
             if n > size - 8:
-                raise _fail(p, f"header length {n} exceeds the file size minus 8 ({size - 8})")
+                raise _fail(p, f"header length {n} exceeds the file size minus 8 ({size - 8}): the file is "
+                            "truncated, or not a safetensors file")
             raw = fh.read(n)
     except OSError as exc:
         raise _fail(p, f"cannot read file: {exc.strerror or exc}") from exc

@@ -20,7 +20,6 @@ worker processes with time, CPU and memory limits.
 """
 
 
-import html
 import json
 import logging
 import re
@@ -33,6 +32,7 @@ from typing import Any, AsyncIterator, Sequence
 
 from wsl.errors import ConfigError, WslError
 from wsl.serve import ServeError
+from wsl.serve.docs_page import render_docs
 from wsl.serve.limits import Admission, WorkerPool, read_multipart, read_small_body
 from wsl.serve.validate import prevalidate
 
@@ -297,6 +297,10 @@ def create_app(predictors: Sequence[str] | None = None, max_upload_mb: float = 2
     async def page() -> HTMLResponse:
         return HTMLResponse(index)
 
+    @app.get("/favicon.ico", include_in_schema=False, response_model=None)
+    async def favicon() -> FileResponse:  # asked for by browsers and tools: a 404 is a console error
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
     @app.get("/docs", include_in_schema=False, response_model=None)
     async def docs() -> HTMLResponse:
         return HTMLResponse(render_docs(app.openapi()))
@@ -319,8 +323,8 @@ def predictor_card(name: str, directory: str) -> dict[str, Any]:
     if zoo:  # a Hub URI as is; a local zoo by its name only (no server paths in public answers)
         card["training"]["zoo"] = zoo if zoo.startswith("hf://") else Path(zoo).name
     hist = zoo_histogram(cfg)
-    if hist:
-        card["histogram"] = hist
+    if hist:  # a stored histogram may not name its zoo; the card knows it
+        card["histogram"] = {**hist, "zoo": hist.get("zoo") or card["training"].get("zoo_name")}
     readme = Path(directory) / "README.md"
     if readme.is_file():
         card["card"] = readme.read_text(encoding="utf-8", errors="replace")[:20000]
@@ -354,28 +358,3 @@ def zoo_histogram(cfg: dict[str, Any], bins: int = 20) -> dict[str, Any] | None:
             "median": float(np.median(values)), "target": target,
             "zoo": (cfg.get("training") or {}).get("zoo_name") or Path(zoo_ref).name,
             "source": "latest checkpoint of every model"}
-
-
-def render_docs(spec: dict[str, Any]) -> str:
-    """A self-contained HTML reference of the OpenAPI schema (no Swagger UI from a CDN)."""
-    e = html.escape
-    rows = []
-    for path, methods in spec.get("paths", {}).items():
-        for method, op in methods.items():
-            body = op.get("requestBody", {}).get("content", {})
-            fields = ""
-            for ctype, content in body.items():
-                props = content.get("schema", {}).get("properties", {})
-                items = "".join(f"<li><code>{e(k)}</code> {e(v.get('description', v.get('type', '')))}</li>"
-                                for k, v in props.items())
-                fields += f"<p><code>{e(ctype)}</code></p><ul>{items}</ul>"
-            rows.append(f"<section class='card'><h2><span class='method'>{e(method.upper())}</span> "
-                        f"<code>{e(path)}</code></h2><p>{e(op.get('summary', ''))}</p>{fields}</section>")
-    info = spec.get("info", {})
-    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{e(info.get('title', 'API'))} "
-            f"reference</title><meta name='viewport' content='width=device-width, initial-scale=1'>"
-            f"<link rel='stylesheet' href='/static/app.css'></head><body><main>"
-            f"<h1>{e(info.get('title', ''))} <small>{e(str(info.get('version', '')))}</small></h1>"
-            f"<p>{e(info.get('description', ''))} Machine-readable schema: <a href='/openapi.json'>/openapi.json</a>."
-            " Errors answer <code>{\"error\": {\"code\", \"message\"}}</code>.</p>"
-            f"{''.join(rows)}<p><a href='/'>Back to the predictor</a></p></main></body></html>")

@@ -67,7 +67,7 @@ def prevalidate(path: Path, filename: str, *, max_header_bytes: int = MAX_HEADER
     suffix = Path(filename).suffix.lower()
     kind = sniff(path)
     if suffix == ".safetensors" or (suffix not in SUFFIXES and kind == "safetensors"):
-        _check_safetensors(path, filename, size, max_header_bytes)
+        _check_safetensors(path, filename, size, max_header_bytes, kind)
         return "safetensors"
     if suffix in SUFFIXES:
         if kind == "zip":
@@ -85,11 +85,14 @@ def prevalidate(path: Path, filename: str, *, max_header_bytes: int = MAX_HEADER
                      ".pt/.pth/.bin/.ckpt written by torch.save")
 
 
-def _check_safetensors(path: Path, filename: str, size: int, max_header_bytes: int) -> None:
+def _check_safetensors(path: Path, filename: str, size: int, max_header_bytes: int, kind: str | None) -> None:
     from wsl.io import read_safetensors_header
 
     if size < 8:
         raise ServeError(422, "invalid_safetensors", f"{filename}: {size} bytes is too short for a safetensors file")
+    if kind != "safetensors":  # no '{' after the length: never report random bytes as a header length
+        raise ServeError(422, "not_safetensors", f"{filename}: not a safetensors file; " + (
+            "it is a torch.save checkpoint: name it .pt" if kind else "upload a file written by safetensors"))
     with open(path, "rb") as fh:
         n = int.from_bytes(fh.read(8), "little")
     if n > max_header_bytes:

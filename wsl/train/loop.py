@@ -5,7 +5,7 @@ One run = one :class:`~wsl.train.config.Config`. The run directory holds::
     checkpoints/last/   model.safetensors, state.pt, config.json   (after every epoch)
     checkpoints/best/   the same for the best validation Kendall tau
     metrics.json        val/test tau, R^2, MAE (best checkpoint), timing, #params, config, history
-    test_scatter.png    predicted vs true on the test split
+    test_scatter.png    predicted vs true on the test split (skipped with a warning without matplotlib)
     predictor/          a self-contained predictor (wsl.train.predictor.load_predictor)
 
 Determinism: the training order of epoch ``e`` is ``randperm`` seeded by

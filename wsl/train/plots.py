@@ -1,7 +1,13 @@
-"""Figures for training runs (matplotlib, ``Agg`` backend: no display needed)."""
+"""Figures for training runs (matplotlib, ``Agg`` backend: no display needed).
+
+matplotlib is optional (the ``plot`` extra). Without it every function here
+logs one warning naming the figure it skips and returns None: a figure is a
+by-product, so a run whose results are written must not fail for want of it.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 from contextlib import contextmanager
 from pathlib import Path
@@ -9,21 +15,36 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from wsl.errors import WslError
+__all__ = ["plotting_available", "probe_grid", "scatter_plot"]
 
-__all__ = ["probe_grid", "scatter_plot"]
+log = logging.getLogger("wsl.train")
 
 
-@contextmanager
-def _figure(path: str | Path, **subplots: Any) -> Iterator[tuple[Any, Any]]:
-    """``(fig, axes)`` of ``plt.subplots(**subplots)``; on a clean exit laid out and saved to ``path``; always closed."""
+def _pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend, or None when matplotlib cannot be imported."""
     try:
         import matplotlib
 
         matplotlib.use("Agg", force=True)
         import matplotlib.pyplot as plt
-    except ImportError as exc:  # matplotlib is an optional dependency (extra "plot")
-        raise WslError(f"cannot draw {path}: matplotlib is not installed (pip install 'wsl[plot]')") from exc
+    except ImportError:
+        return None
+    return plt
+
+
+def plotting_available(path: str | Path) -> bool:
+    """True if matplotlib can draw; otherwise warns that ``path`` is skipped and returns False."""
+    if _pyplot() is not None:
+        return True
+    log.warning("wsl: warning: not drawing %s: matplotlib is not installed (pip install 'wsl[plot]'); "
+                "everything else was written", path)
+    return False
+
+
+@contextmanager
+def _figure(path: str | Path, **subplots: Any) -> Iterator[tuple[Any, Any]]:
+    """``(fig, axes)`` of ``plt.subplots(**subplots)``; on a clean exit laid out and saved to ``path``; always closed."""
+    plt = _pyplot()
     fig, axes = plt.subplots(**subplots)
     try:
         yield fig, axes
@@ -35,9 +56,12 @@ def _figure(path: str | Path, **subplots: Any) -> Iterator[tuple[Any, Any]]:
 
 def probe_grid(x: Any, path: str | Path, *, classes: int = 10, per_class: int = 6, title: str = "") -> Path | None:
     """Probe inputs ``(P, C, H, W)`` (C = 1 or 3, values in [-1, 1]) as a grid: one column per target class
-    ``i mod classes``, ``per_class`` rows. Returns None (draws nothing) for inputs that are not images."""
+    ``i mod classes``, ``per_class`` rows. Returns None (draws nothing) for inputs that are not images, and
+    (with a warning) without matplotlib."""
     a = np.asarray(x, dtype=np.float64)
     if a.ndim != 4 or a.shape[1] not in (1, 3) or min(a.shape[2:]) < 2 or classes < 1:
+        return None
+    if not plotting_available(path):
         return None
     rows = max(1, min(per_class, a.shape[0] // classes))
     cols = min(classes, a.shape[0])
@@ -58,8 +82,11 @@ def probe_grid(x: Any, path: str | Path, *, classes: int = 10, per_class: int = 
 
 
 def scatter_plot(pred: Any, true: Any, path: str | Path, *, title: str = "", target: str = "test accuracy",
-                 metrics: dict[str, float] | None = None) -> Path:
-    """Predicted vs true scatter with the identity line; the title shows tau and R^2 if given."""
+                 metrics: dict[str, float] | None = None) -> Path | None:
+    """Predicted vs true scatter with the identity line; the title shows tau and R^2 if given.
+    None (and a warning) without matplotlib."""
+    if not plotting_available(path):
+        return None
     p = np.asarray(pred, dtype=np.float64).reshape(-1)
     t = np.asarray(true, dtype=np.float64).reshape(-1)
     with _figure(path, figsize=(4.8, 4.6), dpi=120) as (fig, ax):

@@ -321,7 +321,8 @@ def generate(recipe: str | Path | Recipe, out: str | Path, *, num_models: int | 
             if not all(t in completed for t in tokens):
                 todo.append((c, idx, tokens))
         n_mine = sum(min(total, (c + 1) * per_chunk) - c * per_chunk for c in mine)
-        with tqdm(total=n_mine, initial=n_mine - sum(len(t[1]) for t in todo), unit="model", smoothing=0.2,
+        unit = "image" if plan is None else "model"  # SIREN chunks count images (fits_per_image fits each)
+        with tqdm(total=n_mine, initial=n_mine - sum(len(t[1]) for t in todo), unit=unit, smoothing=0.2,
                   desc=f"generate {r.name}", disable=not progress,
                   bar_format="{l_bar}{bar}| {n:.0f}/{total} [{elapsed}<{remaining}, {rate_fmt}]") as bar:
             for (c, idx, tokens), appends in zip(todo, _results(todo, r, data, plan, dev, writer.card["splits"],

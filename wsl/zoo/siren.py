@@ -148,7 +148,9 @@ Append = tuple[dict[str, Any], dict[str, torch.Tensor], list[dict[str, Any]]]  #
 
 def fit_chunk(recipe: Recipe, data: ImageData, images: list[int], chunk: int, device: torch.device,
               splits: dict[str, Any], progress: Callable[[float], None]) -> list[Append]:
-    """Fit all fits of ``images``; returns one ``(arch, stacked, rows)`` append."""
+    """Fit all fits of ``images``; returns one ``(arch, stacked, rows)`` append.
+
+    ``progress`` is told how many *images* are done (their fits included): the generator's bar counts images."""
     from wsl.zoo.format import assign_split
     from wsl.zoo.vectorized import VecNet
 

@@ -161,7 +161,7 @@
       fig.hidden = true;
       return;
     }
-    const W = 560, H = 180, L = 40, R = 12, T = 12, B = 34;
+    const W = 560, H = 180, L = 50, R = 20, T = 12, B = 34;
     const lo = h.edges[0], hi = h.edges[h.edges.length - 1];
     const x = (v) => L + ((Math.min(Math.max(v, lo), hi) - lo) / (hi - lo || 1)) * (W - L - R);
     const maxCount = Math.max(...h.counts, 1);
@@ -177,14 +177,20 @@
       `the prediction ${pct(value)} is above about ${pct(share, 0)} of them.`;
     const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": label, class: "hist" });
     root.append(svg("title", {}, label));
-    if (p.interval) {
-      root.append(svg("rect", { x: x(p.interval[0]), y: T, width: Math.max(1, x(p.interval[1]) - x(p.interval[0])),
-        height: H - B - T, class: "band" }));
+    let band = null, narrow = false;
+    if (p.interval) { // a degenerate interval (one value) is widened to MIN_BAND px and drawn over the bars
+      const MIN_BAND = 14, a = x(p.interval[0]), b = x(p.interval[1]);
+      const width = Math.max(MIN_BAND, b - a);
+      const left = Math.min(Math.max((a + b - width) / 2, L), W - R - width);
+      narrow = b - a < MIN_BAND;
+      band = svg("rect", { x: left, y: T, width, height: H - B - T, class: "band" + (narrow ? " narrow" : "") });
+      if (!narrow) root.append(band);
     }
     h.counts.forEach((c, i) => {
       const x0 = x(h.edges[i]) + 1, x1 = x(h.edges[i + 1]) - 1;
       root.append(svg("rect", { x: x0, y: y(c), width: Math.max(1, x1 - x0), height: H - B - y(c), class: "bar" }));
     });
+    if (narrow) root.append(band);
     root.append(svg("line", { x1: L, x2: W - R, y1: H - B, y2: H - B, class: "axis" }));
     for (let i = 0; i <= 4; i++) {
       const v = lo + (i / 4) * (hi - lo);
@@ -194,10 +200,14 @@
     root.append(svg("text", { x: 4, y: T + 10, class: "tick start" }, String(maxCount)));
     root.append(svg("text", { x: 4, y: T + 24, class: "tick start" }, "models"));
     root.append(svg("line", { x1: x(value), x2: x(value), y1: T - 4, y2: H - B, class: "marker" }));
-    root.append(svg("text", { x: x(value), y: H - 4, class: "tick marker-label" }, "this model"));
+    const edge = x(value) < L + 40 ? " start" : x(value) > W - R - 40 ? " end" : ""; // keep the label inside
+    root.append(svg("text", { x: x(value), y: H - 4, class: "tick marker-label" + edge }, "this model"));
     $("histogram").replaceChildren(root);
-    $("histogram-caption").textContent = `Training zoo ${h.zoo || ""}: ${h.n} models (${h.source || "latest checkpoints"}). ` +
-      `The prediction is above about ${pct(share, 0)} of them. Shaded: the interval.`;
+    const iv = p.interval, single = iv && pct(iv[0]) === pct(iv[1]);
+    const shaded = !iv ? "" : single ? ` Shaded: the interval, a single value (${pct(iv[0])}), drawn wider to be seen.`
+      : " Shaded: the interval.";
+    $("histogram-caption").textContent = `Training zoo${h.zoo ? " " + h.zoo : ""}: ${h.n} models ` +
+      `(${h.source || "latest checkpoints"}). The prediction is above about ${pct(share, 0)} of them.${shaded}`;
     fig.hidden = false;
   }
 
