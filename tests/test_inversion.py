@@ -15,6 +15,9 @@ from wsl.errors import ConfigError
 from wsl.tasks.inversion import invert_probes, probe_set, total_variation
 from wsl.tasks.probes import ProbeError, ProbeNets, probe_inputs, probe_summary
 
+# Tiny networks: one thread, as the entry points that invert choose (the library leaves threads to its caller).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = [1, 8, 8]
 
