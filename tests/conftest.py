@@ -121,3 +121,29 @@ def _wsl_no_network(_wsl_network_guard: None) -> Iterator[None]:
     if len(_ATTEMPTS) > start:
         pytest.fail("test tried to use the network: " + "; ".join(_ATTEMPTS[start:]), pytrace=False)
 # ======================================== end of the wsl.hub section ========================================
+
+
+# =============================================================================================================
+# Process state (owner: tests/test_threads.py)
+#
+# Library code leaves torch's thread count alone; entry points (`wsl` commands, worker processes, benchmark
+# scripts) set it. Tests that run an entry point in this process (``wsl.cli.main([...])``) must not leak its
+# setting into later tests, so every test gets the thread count back. ``one_thread`` is for tests that act as
+# an entry point and compare bits with `wsl predict` / `wsl serve`, which run on one thread.
+# =============================================================================================================
+@pytest.fixture(autouse=True)
+def _wsl_restore_threads() -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def one_thread() -> None:
+    """Run this test on one torch thread, as `wsl predict` and the `wsl serve` workers do (restored after)."""
+    import torch
+
+    torch.set_num_threads(1)
+# ======================================== end of the process-state section ==================================

@@ -136,12 +136,20 @@ def test_cli_inspect_and_graph_from_hub(hub: FakeHub, tmp_path: Path, capsys: py
     assert desc["num_parameters"] == sum(p.numel() for p in from_hf_config(BERT).parameters())
     rc, _, err = run(capsys, "inspect", "hf://org/missing")
     assert rc == 2 and err.count("\n") == 1 and "not found" in err
-    import wsl.graph
+    from wsl.archs import example_input
+    from wsl.graph import build_one, load_graph
+    from wsl.space import WeightSpace
 
-    if not hasattr(wsl.graph, "save_graph"):
-        pytest.skip("`wsl graph` needs wsl.graph.save_graph, not implemented yet")
     rc, out, err = run(capsys, "graph", "hf://org/tiny-bert/model.safetensors", "-o", str(tmp_path / "g.pt"))
-    assert rc == 0 and (tmp_path / "g.pt").is_file(), err
+    assert rc == 0, err
+    got = load_graph(tmp_path / "g.pt")
+    module, sd = load_hf_model("hf://org/tiny-bert")
+    want = build_one(WeightSpace.from_module(module, example_input(module)), sd)
+    assert f"{want.num_nodes:,} nodes, {want.num_edges:,} edges" in out
+    assert got.keys() == want.keys()
+    for key in want.keys():
+        a, b = got[key], want[key]
+        assert torch.equal(a, b) if isinstance(b, torch.Tensor) else a == b, key
 
 
 def test_minilm_sized_checkpoint_inspects(hub: FakeHub, capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,6 +16,9 @@ from wsl.nn.probed import probe_summary
 from wsl.tasks.inversion import invert_probes, probe_set, total_variation
 from wsl.tasks.probes import ProbeError, ProbeNets, probe_inputs
 
+# Tiny networks: one thread, as the entry points that invert choose (the library leaves threads to its caller).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = [1, 8, 8]
 

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 import textwrap
-import types
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -19,40 +15,13 @@ from wsl.io import load_model, parse_call_args, resolve_arch, save_state_dict, s
 from wsl.io.atomic import atomic_save_safetensors
 
 
-def _mlp(desc: dict[str, Any]) -> nn.Module:
-    if "layers" not in desc:
-        raise ArchitectureError("description: missing 'layers'")
-    return nn.Sequential(*[nn.Linear(a, b) for a, b in desc["layers"]])
-
-
-@pytest.fixture()
-def fake_archs(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
-    """Stand-ins for wsl.archs.describe / wsl.archs.registry (built elsewhere)."""
-    try:  # load the real package first so the fakes only shadow its submodules
-        importlib.import_module("wsl.archs")
-    except Exception:
-        pass
-    calls: dict[str, list[Any]] = {"build": [], "hf": []}
-    describe = types.ModuleType("wsl.archs.describe")
-    registry = types.ModuleType("wsl.archs.registry")
-
-    def build(desc: dict[str, Any]) -> nn.Module:
-        calls["build"].append(desc)
-        return _mlp(desc)
-
-    def from_hf_config(cfg: dict[str, Any]) -> nn.Module:
-        calls["hf"].append(cfg)
-        return nn.Linear(cfg["hidden"], cfg["hidden"])
-
-    def tiny(width: int = 4, bias: bool = True) -> nn.Module:
-        return nn.Linear(width, width, bias=bias)
-
-    describe.build = build  # type: ignore[attr-defined]
-    registry.from_hf_config = from_hf_config  # type: ignore[attr-defined]
-    registry.REGISTRY = {"tiny": tiny}  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "wsl.archs.describe", describe)
-    monkeypatch.setitem(sys.modules, "wsl.archs.registry", registry)
-    return calls
+SEQ = {"format": "wsl.arch/1", "kind": "sequential", "input_shape": [2],
+       "layers": [{"type": "linear", "out_features": 3}, {"type": "relu"}, {"type": "linear", "out_features": 1}]}
+BERT = {"model_type": "bert", "architectures": ["BertModel"], "hidden_size": 8, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "intermediate_size": 16, "vocab_size": 20, "max_position_embeddings": 16,
+        "type_vocab_size": 2}
+GPT2 = {"model_type": "gpt2", "architectures": ["GPT2Model"], "n_embd": 8, "n_head": 2, "n_layer": 1,
+        "vocab_size": 11, "n_positions": 4}
 
 
 @pytest.fixture()
@@ -87,19 +56,25 @@ def test_module_passthrough() -> None:
     assert resolve_arch(m) is m
 
 
-def test_dict_and_json_forms(tmp_path: Path, fake_archs: dict[str, list[Any]]) -> None:
-    desc = {"layers": [[2, 3], [3, 1]]}
-    assert isinstance(resolve_arch(desc), nn.Sequential)
-    m = resolve_arch(json.dumps(desc))
-    assert m[1].out_features == 1
-    (tmp_path / "arch.json").write_text(json.dumps(desc))
+def test_dict_and_json_forms(tmp_path: Path) -> None:
+    """Descriptions go through wsl.archs.describe.build, config.json through from_hf_config."""
+    from wsl.archs import BertModel
+
+    m = resolve_arch(SEQ)
+    assert isinstance(m, nn.Sequential) and [type(x) for x in m] == [nn.Linear, nn.ReLU, nn.Linear]
+    assert (m[0].in_features, m[0].out_features, m[2].out_features) == (2, 3, 1)  # in-features inferred
+    assert m.wsl_arch["layers"][0]["type"] == "linear"  # the canonical description is kept on the module
+    assert resolve_arch(json.dumps(SEQ))[2].out_features == 1
+    (tmp_path / "arch.json").write_text(json.dumps(SEQ))
     assert isinstance(resolve_arch(str(tmp_path / "arch.json")), nn.Sequential)
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "toy", "hidden": 5}))
-    assert resolve_arch(tmp_path / "config.json").in_features == 5  # type: ignore[arg-type]
-    assert len(fake_archs["build"]) == 3 and len(fake_archs["hf"]) == 1
+    builtin = {"format": "wsl.arch/1", "kind": "builtin", "name": "mlp", "kwargs": {"sizes": [4, 5, 2]}}
+    assert [x.out_features for x in resolve_arch(builtin) if isinstance(x, nn.Linear)] == [5, 2]
+    (tmp_path / "config.json").write_text(json.dumps(BERT))
+    bert = resolve_arch(tmp_path / "config.json")  # type: ignore[arg-type]
+    assert isinstance(bert, BertModel) and bert.state_dict()["embeddings.word_embeddings.weight"].shape == (20, 8)
 
 
-def test_json_errors(tmp_path: Path, fake_archs: dict[str, list[Any]]) -> None:
+def test_json_errors(tmp_path: Path) -> None:
     with pytest.raises(ArchitectureError, match="line 1 column 12"):
         resolve_arch('{"layers": }')
     (tmp_path / "bad.json").write_text('{\n "layers": [1,\n}')
@@ -107,8 +82,10 @@ def test_json_errors(tmp_path: Path, fake_archs: dict[str, list[Any]]) -> None:
         resolve_arch(str(tmp_path / "bad.json"))
     with pytest.raises(ArchitectureError, match="not found|cannot read"):
         resolve_arch(str(tmp_path / "missing.json"))
-    with pytest.raises(ArchitectureError, match="missing 'layers'"):
+    with pytest.raises(ArchitectureError, match="format: expected 'wsl.arch/1'"):
         resolve_arch({"oops": 1})
+    with pytest.raises(ArchitectureError, match="layers: expected a non-empty list"):
+        resolve_arch({k: v for k, v in SEQ.items() if k != "layers"})
 
 
 def test_package_factory(factory_pkg: str) -> None:
@@ -163,24 +140,19 @@ def test_file_factory(tmp_path: Path) -> None:
         resolve_arch(f"{f}:build", allow_code=False)
 
 
-def test_registry_names(fake_archs: dict[str, list[Any]]) -> None:
-    assert resolve_arch("tiny").in_features == 4  # type: ignore[union-attr]
-    m = resolve_arch("tiny(width=6, bias=False)")
-    assert m.in_features == 6 and m.bias is None  # type: ignore[union-attr]
-    with pytest.raises(ArchitectureError, match="'resnet999' is not registered.*known: tiny"):
+def test_registry_names() -> None:
+    m = resolve_arch("mlp(sizes=[6, 4, 2], bias=False)")
+    assert [x.out_features for x in m if isinstance(x, nn.Linear)] == [4, 2] and m[0].bias is None
+    assert isinstance(resolve_arch("small_cnn"), nn.Module)  # a bare name calls the factory's defaults
+    with pytest.raises(ArchitectureError, match="'resnet999' is not registered.*known: .*mlp.*resnet18"):
         resolve_arch("resnet999")
+    with pytest.raises(ArchitectureError, match="built-in 'mlp' failed.*sizes"):
+        resolve_arch("mlp(widths=[2, 3])")
     with pytest.raises(ArchitectureError, match="unrecognized"):
         resolve_arch("not a ref at all!")
 
 
 def test_real_registry_and_description() -> None:
-    """Integration with the real wsl.archs (skipped while it is unavailable)."""
-    try:
-        from wsl.archs import registry
-    except ImportError as exc:
-        pytest.skip(f"wsl.archs not importable: {exc}")
-    if "resnet18" not in getattr(registry, "REGISTRY", {}):
-        pytest.skip("wsl.archs.registry has no resnet18")
     m = resolve_arch("resnet18(num_classes=10)")
     assert m.state_dict()["fc.weight"].shape[0] == 10
     desc = {"format": "wsl.arch/1", "kind": "builtin", "name": "resnet18",
@@ -190,13 +162,9 @@ def test_real_registry_and_description() -> None:
 
 def test_real_hf_config_dir(tmp_path: Path) -> None:
     """A HF-style directory (prefixed, legacy LayerNorm.gamma keys) loads strictly."""
-    try:
-        from wsl.archs.hf import from_hf_config
-    except ImportError as exc:
-        pytest.skip(f"wsl.archs not importable: {exc}")
-    cfg = {"model_type": "bert", "architectures": ["BertModel"], "hidden_size": 8,
-           "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 16,
-           "vocab_size": 20, "max_position_embeddings": 16, "type_vocab_size": 2}
+    from wsl.archs.hf import from_hf_config
+
+    cfg = BERT
     src = from_hf_config(cfg)
     sd = {"bert." + k.replace("LayerNorm.weight", "LayerNorm.gamma"): v
           for k, v in src.state_dict().items()}
@@ -247,23 +215,32 @@ def test_load_model_strict_false(tmp_path: Path) -> None:
         load_model(tmp_path / "w.pt", nn.Linear(2, 3), strict=False)
 
 
-def test_load_model_from_metadata(tmp_path: Path, fake_archs: dict[str, list[Any]]) -> None:
-    src = _mlp({"layers": [[2, 3]]})
+def test_load_model_from_metadata(tmp_path: Path) -> None:
+    src = resolve_arch(SEQ)
     path = tmp_path / "m.safetensors"
-    atomic_save_safetensors(src.state_dict(), path, {"wsl_arch": json.dumps({"layers": [[2, 3]]})})
+    atomic_save_safetensors(src.state_dict(), path, {"wsl_arch": json.dumps(SEQ)})
     module, _ = load_model(path)
-    assert torch.equal(module[0].weight, src[0].weight)
+    assert [type(x) for x in module] == [nn.Linear, nn.ReLU, nn.Linear]
+    assert all(torch.equal(a, b) for a, b in zip(module.state_dict().values(), src.state_dict().values()))
     atomic_save_safetensors(src.state_dict(), path, {"wsl_arch": "os:system('echo hi')"})
     with pytest.raises(ArchitectureError, match="wsl_arch.*invalid JSON"):
         load_model(path)
 
 
-def test_load_model_from_dir_config(tmp_path: Path, fake_archs: dict[str, list[Any]]) -> None:
-    src = nn.Linear(4, 4)
+def test_load_model_from_dir_config(tmp_path: Path) -> None:
+    """A directory with config.json (GPT-2, no key prefix) loads without an explicit architecture."""
+    from wsl.archs import GPT2Model
+    from wsl.archs.registry import from_hf_config
+
+    src = from_hf_config(GPT2)
     save_state_dict(src.state_dict(), tmp_path / "model.safetensors")
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "toy", "hidden": 4}))
-    module, _ = load_model(tmp_path)
-    assert torch.equal(module.weight, src.weight) and fake_archs["hf"]
+    (tmp_path / "config.json").write_text(json.dumps(GPT2))
+    module, sd = load_model(tmp_path)
+    assert isinstance(module, GPT2Model) and sd.keys() == src.state_dict().keys()
+    assert all(torch.equal(module.state_dict()[k], v) for k, v in src.state_dict().items())
+    with pytest.raises(StateDictMismatchError, match="missing"):
+        save_state_dict({k: v for k, v in src.state_dict().items() if "mlp" not in k}, tmp_path / "model.safetensors")
+        load_model(tmp_path)
 
 
 def test_load_model_without_arch(tmp_path: Path) -> None:

@@ -112,10 +112,13 @@ def test_layers_are_equivariant(spaces: dict[str, WeightSpace], arch: str, kind:
     torch.manual_seed(0)
     layer = LAYERS[kind](space).to(DT)
     x = feats(space, n=3, c=2)
+    y = layer(x)
     for batched in (True, False):
         p = perms(space, 3, seed=7, batched=batched)
-        assert diff(layer(x.permute(p)), layer(x).permute(p)) < TOL
-    assert diff(layer(x), layer(x)) == 0.0  # deterministic
+        assert diff(layer(x.permute(p)), y.permute(p)) < TOL
+        # not vacuous: the output moves with the permutation (a constant or zero layer would pass the check above)
+        assert diff(layer(x.permute(p)), y) > 1e-3
+    assert y.blocks.keys() == x.blocks.keys() and diff(y, layer(feats(space, n=3, c=2, seed=5))) > 1e-3
 
 
 @pytest.mark.parametrize("arch", MAIN)

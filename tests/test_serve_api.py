@@ -35,7 +35,9 @@ def upload(client: Any, path: Path, **fields: str) -> Any:
     return client.post("/v1/predict", files={"file": (path.name, path.read_bytes())}, data=fields)
 
 
-def test_predictions_equal_in_process_predict(client: TestClient, serve_env: ServeEnv) -> None:  # noqa: F811
+def test_predictions_equal_in_process_predict(client: TestClient, serve_env: ServeEnv,  # noqa: F811
+                                              one_thread: None) -> None:
+    """The service's workers run on one thread; so does this process here, as an entry point would."""
     from wsl.predict import predict
 
     for path in serve_env.example_files:

@@ -14,6 +14,9 @@ def register(sub: Any) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    import torch
+
+    torch.set_num_threads(1)  # entry point: the numbers `wsl predict` prints for the same files
     if importlib.util.find_spec("wsl.predict") is not None:
         from wsl.predict.demo import run as run_prediction_demo
 

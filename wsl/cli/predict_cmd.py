@@ -28,6 +28,9 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     if not args.paths and not args.zoo:
         raise WslError("give checkpoint PATHs or --zoo ZOO")
+    import torch
+
+    torch.set_num_threads(1)  # entry point: the same bits as `wsl serve` workers (and `wsl demo`)
     rc = 0
     if args.paths:
         rc = _paths(args)

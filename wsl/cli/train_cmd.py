@@ -34,6 +34,10 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.output:
         cfg.output = args.output
+    if cfg.train.threads:  # an entry point: the library never changes the process's thread count
+        import torch
+
+        torch.set_num_threads(cfg.train.threads)
     if cfg.model.name in BASELINES:
         return _run_baseline(cfg)
     from wsl.train.loop import train

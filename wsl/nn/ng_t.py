@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 
 import torch
+from einops import rearrange
 from torch import nn
 
 from wsl.nn.graph_encoding import dense_index
@@ -96,7 +97,7 @@ class RelationalAttention(nn.Module):
         has[pair] = True
         edge_logits = n.new_zeros(cells, hh).index_add_(0, pair, t)
         has_d = has.view(g, 1, nmax, nmax)
-        logits = logits + torch.where(has_d, edge_logits.view(g, nmax, nmax, hh).permute(0, 3, 1, 2), no_edge)
+        logits = logits + torch.where(has_d, rearrange(edge_logits, "(g i j) h -> g h i j", g=g, i=nmax), no_edge)
         if self.mask_padding:
             valid = torch.zeros(g, nmax, dtype=torch.bool, device=n.device)
             valid[batch, local] = True
@@ -105,9 +106,9 @@ class RelationalAttention(nn.Module):
 
         o = torch.einsum("ghij,gjhd->gihd", a, vd)
         w0 = (a * (~has_d).to(a.dtype)).sum(-1)  # attention mass on non-adjacent keys (G, H, N)
-        o = o + w0.permute(0, 2, 1).unsqueeze(-1) * self.v0
+        o = o + rearrange(w0, "g h i -> g i h 1") * self.v0
         out = o[batch, local]  # (V, H, dk)
-        a_pair = a.permute(0, 2, 3, 1).reshape(cells, hh).index_select(0, pair)
+        a_pair = rearrange(a, "g h i j -> (g i j) h").index_select(0, pair)
         out = out.index_add(0, qn, a_pair.unsqueeze(-1) * rv)
         return self.drop(self.out(out.reshape(v_total, self.hidden)))
 

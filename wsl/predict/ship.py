@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
                          "measured again with the stored weights")
     ap.add_argument("-o", "--output", required=True)
     a = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)  # entry point: card metrics and calibration in the bits `wsl predict` gives
     from wsl.predict.family import describe_family
     from wsl.train.predictor import load_predictor
     from wsl.zoo import load_zoo

@@ -249,7 +249,7 @@ def init_worker(predictors: list[tuple[str, str]], max_bytes: int) -> WorkerStat
 
     from wsl.predict import get_predictor
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # the worker process's entry: the same bits as `wsl predict`
     state = WorkerState(dict(predictors), max_bytes)
     for _, directory in predictors:
         p = get_predictor(directory)

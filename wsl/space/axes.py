@@ -8,7 +8,8 @@ positions, singleton dims) into one trailing feature dimension::
     linear after flatten (out, C*H*W)    -> (N, out, C, H*W)
     bias (out,)                           -> (N, out, 1)
 
-The map is a reshape plus a transpose, so it is exactly invertible.
+The map is one ``einops.rearrange`` (a reshape plus a transpose), so it is
+exactly invertible: ``from_canonical`` applies the reversed pattern.
 All functions take stacked tensors with a leading model dimension ``N``.
 """
 
@@ -18,6 +19,7 @@ import math
 from typing import Mapping
 
 import torch
+from einops import rearrange
 
 from wsl.space.spec import Axis, Block, Segment
 
@@ -83,17 +85,23 @@ def permute_tensor(t: torch.Tensor, axes: tuple[Axis, ...], perms: Perms, batche
     return t
 
 
-def _factor_plan(block: Block) -> tuple[list[int], list[int], list[int], list[int]]:
-    """Sizes of all factors, and the order that puts unit factors first."""
-    sizes: list[int] = []
-    unit_pos: list[int] = []
-    fixed_pos: list[int] = []
+def _patterns(block: Block) -> tuple[str, str, dict[str, int]]:
+    """einops patterns of a block and of its canonical view, and the factor sizes.
+
+    A conv weight block with factors ``((g1, 16),), ((g0, 8),), ((None, 3),), ((None, 3),)`` gives
+    ``"n (f0) (f1) (f2) (f3)"`` and ``"n f0 f1 (f2 f3)"``.
+    """
+    sizes: dict[str, int] = {}
+    axes, units, fixed = [], [], []
     for seg in block.axes:
+        names = []
         for g, n in seg:
-            (unit_pos if g is not None else fixed_pos).append(len(sizes))
-            sizes.append(n)
-    order = unit_pos + fixed_pos
-    return sizes, order, unit_pos, fixed_pos
+            name = f"f{len(sizes)}"
+            sizes[name] = n
+            names.append(name)
+            (units if g is not None else fixed).append(name)
+        axes.append(f"({' '.join(names)})")
+    return " ".join(["n", *axes]), " ".join(["n", *units, f"({' '.join(fixed)})"]), sizes
 
 
 def slice_block(t: torch.Tensor, block: Block) -> torch.Tensor:
@@ -106,22 +114,14 @@ def slice_block(t: torch.Tensor, block: Block) -> torch.Tensor:
 
 def to_canonical(t: torch.Tensor, block: Block) -> torch.Tensor:
     """Stacked full tensor ``(N, *shape)`` -> canonical block ``(N, *units, F)``."""
-    sizes, order, unit_pos, _ = _factor_plan(block)
-    x = slice_block(t, block).reshape(t.shape[0], *sizes)
-    x = x.permute(0, *[o + 1 for o in order])
-    units = [sizes[p] for p in unit_pos]
-    return x.reshape(t.shape[0], *units, block.feature_size)
+    tensor, canonical, sizes = _patterns(block)
+    return rearrange(slice_block(t, block), f"{tensor} -> {canonical}", **sizes)
 
 
 def from_canonical(c: torch.Tensor, block: Block) -> torch.Tensor:
     """Canonical block ``(N, *units, F)`` -> block tensor ``(N, *block.shape)``."""
-    sizes, order, _, _ = _factor_plan(block)
-    x = c.reshape(c.shape[0], *[sizes[o] for o in order])
-    inv = [0] * len(order)
-    for i, o in enumerate(order):
-        inv[o] = i
-    x = x.permute(0, *[i + 1 for i in inv])
-    return x.reshape(c.shape[0], *block.shape)
+    tensor, canonical, sizes = _patterns(block)
+    return rearrange(c, f"{canonical} -> {tensor}", **sizes)
 
 
 def canonical_flat_index(block: Block, tensor_shape: tuple[int, ...]) -> torch.Tensor:

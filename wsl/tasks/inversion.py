@@ -55,8 +55,10 @@ def invert_probes(nets: ProbeNets, num: int, shape: Sequence[int], *, seed: int 
 
     ``nets`` are the networks to invert (for training: the train split's
     final checkpoints, :meth:`ProbeNets.from_view`); their outputs must be
-    ``C >= 2`` class logits. Runs on one CPU thread (restored afterwards) for
-    bit-identical results.
+    ``C >= 2`` class logits. Seeded: the same inputs and torch thread count
+    give the same bits. The thread count is the caller's to choose (``wsl
+    train`` applies ``train.threads``; DDP ranks and the single-process run
+    agree when it is the same).
     """
     if num < 1 or steps < 0 or batch < 1 or lr <= 0 or tv < 0:
         raise ProbeError(f"inverted probes: need num >= 1, steps >= 0, batch >= 1, lr > 0, tv >= 0; got num={num}, "
@@ -65,36 +67,31 @@ def invert_probes(nets: ProbeNets, num: int, shape: Sequence[int], *, seed: int 
         raise ProbeError("inverted probes: no networks to invert (empty training split)")
     shape = [int(s) for s in shape]
     spatial = max(0, len(shape) - 1) if len(shape) >= 2 else 0
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        init = probe_inputs(shape, num, seed, "strokes")
-        with torch.no_grad():
-            classes = int(nets[torch.arange(1)](init[:1]).shape[-1])
-        if classes < 2:
-            raise ProbeError(f"inverted probes need classifiers (>= 2 outputs); these networks have {classes} output")
-        labels = torch.arange(num) % classes
-        raw = torch.atanh(init.clamp(-0.95, 0.95)).requires_grad_(True)
-        opt = torch.optim.Adam([raw], lr=lr)
-        gen = torch.Generator().manual_seed(int(seed) + 7919)
-        from tqdm.auto import tqdm
+    init = probe_inputs(shape, num, seed, "strokes")
+    with torch.no_grad():
+        classes = int(nets[torch.arange(1)](init[:1]).shape[-1])
+    if classes < 2:
+        raise ProbeError(f"inverted probes need classifiers (>= 2 outputs); these networks have {classes} output")
+    labels = torch.arange(num) % classes
+    raw = torch.atanh(init.clamp(-0.95, 0.95)).requires_grad_(True)
+    opt = torch.optim.Adam([raw], lr=lr)
+    gen = torch.Generator().manual_seed(int(seed) + 7919)
+    from tqdm.auto import tqdm
 
-        bar = tqdm(range(steps), desc="inverting probes", unit="step", disable=not progress, leave=False)
-        for _ in bar:
-            x = torch.tanh(raw)
-            pick = torch.randperm(len(nets), generator=gen)[:batch]
-            logits = nets[pick](x)
-            if not torch.isfinite(logits).all():
-                raise ProbeError("inverted probes: a network gives non-finite outputs while inverting")
-            ce = F.cross_entropy(logits.reshape(-1, classes), labels.repeat(len(pick)).to(logits.device))
-            loss = ce + tv * total_variation(x.reshape(num, *shape), spatial)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            bar.set_postfix(ce=f"{float(ce.detach()):.3f}")
-        return torch.tanh(raw).detach()
-    finally:
-        torch.set_num_threads(before)
+    bar = tqdm(range(steps), desc="inverting probes", unit="step", disable=not progress, leave=False)
+    for _ in bar:
+        x = torch.tanh(raw)
+        pick = torch.randperm(len(nets), generator=gen)[:batch]
+        logits = nets[pick](x)
+        if not torch.isfinite(logits).all():
+            raise ProbeError("inverted probes: a network gives non-finite outputs while inverting")
+        ce = F.cross_entropy(logits.reshape(-1, classes), labels.repeat(len(pick)).to(logits.device))
+        loss = ce + tv * total_variation(x.reshape(num, *shape), spatial)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.set_postfix(ce=f"{float(ce.detach()):.3f}")
+    return torch.tanh(raw).detach()
 
 
 def probe_set(zoo: Any, *, num: int = 0, seed: int = 0, kind: str = "mixed", invert: int = 0,

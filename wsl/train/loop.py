@@ -14,6 +14,9 @@ Determinism: the training order of epoch ``e`` is ``randperm`` seeded by
 ``weights_only=True``) carries the optimizer, scheduler, early-stopping state
 and the torch RNG states, so ``--resume`` continues the last completed epoch
 and yields the same weights as an uninterrupted run.
+
+Threads: the Trainer uses the process's torch thread setting; the entry point
+chooses it (``wsl train`` applies ``train.threads``).
 """
 
 from __future__ import annotations
@@ -82,8 +85,6 @@ class Trainer:
         from wsl.zoo import load_zoo
 
         cfg, dc = self.cfg, self.cfg.data
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
         if self.info.enabled and not self.info.is_main:
             D.barrier(self.info)  # rank 0 resolves (downloads) hf:// zoos first
         path = local_path(dc.zoo, repo_type="dataset")

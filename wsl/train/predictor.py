@@ -83,13 +83,8 @@ class Predictor:
             from wsl.tasks.probes import ProbeNets
 
             return ProbeNets.of_module(module, input_shape)  # type: ignore[return-value]
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)  # as in predict(): the same bits from the CLI, Python and wsl serve
-        try:
-            return probe_summary(module_probe_outputs(module, input_shape, int(pr["num"]), int(pr["seed"]),
-                                                      pr.get("kind", "uniform"), inputs=self.stored_probe_inputs))
-        finally:
-            torch.set_num_threads(before)
+        return probe_summary(module_probe_outputs(module, input_shape, int(pr["num"]), int(pr["seed"]),
+                                                  pr.get("kind", "uniform"), inputs=self.stored_probe_inputs))
 
     def zoo_probes(self, view: Any) -> torch.Tensor | None:
         """Probe features of the rows of a zoo view (None when this predictor reads none)."""
@@ -149,26 +144,22 @@ class Predictor:
 
     @torch.no_grad()
     def predict(self, space: Any, stacked: Mapping[str, torch.Tensor], batch_size: int = 256,
-                threads: int | None = 1, probes: torch.Tensor | None = None) -> np.ndarray:
+                probes: torch.Tensor | None = None) -> np.ndarray:
         """Predicted target (de-normalized) for ``N`` stacked state_dicts of one architecture.
 
         ``probes``: their ``(N, F)`` probe features, needed when :attr:`probes` is set.
 
-        ``threads`` (CPU; restored afterwards): float32 sums split over threads round differently, so the
-        default 1 gives bit-identical numbers in the CLI, Python and ``wsl serve``; ``None`` keeps the setting.
+        Runs with the caller's torch thread setting (library code leaves process state alone). On CPU,
+        float32 sums split over threads round differently: ``wsl predict``, ``wsl demo`` and the ``wsl
+        serve`` workers run on one thread, so a Python caller gets their exact bits after
+        ``torch.set_num_threads(1)``.
         """
         n = int(next(iter(stacked.values())).shape[0])
         out = []
-        before = torch.get_num_threads()
-        if threads is not None and self.device.type == "cpu":
-            torch.set_num_threads(int(threads))
-        try:
-            for lo in range(0, n, batch_size):
-                x = self.inputs(space, {k: v[lo:lo + batch_size] for k, v in stacked.items()},
-                                None if probes is None else probes[lo:lo + batch_size])
-                out.append(self.model(x).reshape(-1).float().cpu())
-        finally:
-            torch.set_num_threads(before)
+        for lo in range(0, n, batch_size):
+            x = self.inputs(space, {k: v[lo:lo + batch_size] for k, v in stacked.items()},
+                            None if probes is None else probes[lo:lo + batch_size])
+            out.append(self.model(x).reshape(-1).float().cpu())
         y = torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
         return self.mean + self.std * y
 
