@@ -26,8 +26,8 @@ from torch import nn
 
 from wsl.errors import ConfigError
 
-__all__ = ["MODELS", "PREDICTOR_FORMAT", "InputInfo", "ModelEntry", "Predictor", "build_model", "load_predictor",
-           "register_model", "resolve_model", "save_predictor"]
+__all__ = ["MODELS", "InputInfo", "ModelEntry", "build_model", "register_model", "resolve_model"]
+
 
 @dataclass
 class InputInfo:
