@@ -134,7 +134,7 @@ def predict(dev: torch.device, amp: bool, ctx: dict[str, Any]) -> Result:
     import wsl
     from wsl.predict.examples import load_examples
     from wsl.predict.shipped import models_dir
-    from wsl.train.registry import load_predictor
+    from wsl.train.predictor import load_predictor
 
     root = models_dir()
     examples = load_examples(root / "examples") if root else []

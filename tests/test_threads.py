@@ -75,7 +75,7 @@ def test_trainer_inversion_and_predict_leave_threads_alone(tiny_zoo: Path, tmp_p
     from wsl.tasks.inversion import invert_probes
     from wsl.tasks.probes import ProbeNets
     from wsl.train.loop import Trainer
-    from wsl.train.registry import load_predictor
+    from wsl.train.predictor import load_predictor
 
     torch.set_num_threads(MARK)
     cfg = _config(tiny_zoo, "probes.num=2", "probes.invert=2", "probes.invert_steps=2", "probes.embed=4",
