@@ -60,6 +60,50 @@ def test_shipped_card_and_calibration(shipped_dir: tuple[Path, Path]) -> None:
     assert "weight-space-learning" in card and "Kendall" in card and "Limits" in card
 
 
+def test_conformal_half_width() -> None:
+    from wsl.errors import ConfigError, WslError
+    from wsl.predict.calibrate import conformal_half_width
+
+    assert conformal_half_width(np.arange(1, 20.0), 0.9) == 18.0  # k = ceil(20 * 0.9); np.quantile gives 17.2
+    assert conformal_half_width(-np.arange(1, 10.0), 0.9) == 9.0  # absolute values; n = 9 is the least for 90%
+    with pytest.raises(ConfigError, match="8 networks are too few for a 90% split-conformal interval; give at "
+                       "least 9") as err:
+        conformal_half_width(np.arange(8.0), 0.9)
+    assert isinstance(err.value, WslError)
+    rng = np.random.default_rng(0)  # exchangeable residuals: the level holds on average over calibration draws
+    hits = [np.mean(np.abs(rng.normal(size=400)) <= conformal_half_width(rng.normal(size=50), 0.9))
+            for _ in range(200)]
+    assert 0.9 <= np.mean(hits) < 0.93
+
+
+def test_ship_calibrates_on_independent_zoo(shipped_dir: tuple[Path, Path], tmp_path: Path) -> None:
+    import shutil
+
+    import wsl
+    from wsl.predict import ship
+    from wsl.predict.calibrate import conformal_half_width, residuals
+    from wsl.train.registry import load_predictor
+
+    zoo, models = shipped_dir
+    cal_zoo = make_tiny_zoo(tmp_path / "cal", n_models=30, mixed=True, seed=1)
+    other = make_tiny_zoo(tmp_path / "other", n_models=30, mixed=True, seed=2)
+    d = tmp_path / "tiny-graph"
+    shutil.copytree(models / "tiny-graph", d)
+    ship.main([str(d), "--zoo", str(zoo), "--name", "tiny-graph", "--calibration-zoo", str(cal_zoo),
+               "--coverage-zoo", str(other), "--command", "wsl train tiny", "-o", str(d)])
+    cal = json.loads((d / "config.json").read_text())["calibration"]
+    p = load_predictor(d)
+    want = conformal_half_width(residuals(p, wsl.load_zoo(cal_zoo).latest()), 0.9)
+    assert cal["split"] == "calibration zoo" and cal["n_calibration"] == 60 and cal["abs_residual"] == want
+    assert cal["calibration_zoo"] == {"name": "tiny", "recipe_seed": None, "num_models": 60}
+    test_res = residuals(p, wsl.load_zoo(zoo).latest().split("test"))
+    assert cal["coverage"]["test"] == np.mean(test_res <= want) and cal["n"]["test"] == len(test_res)
+    assert set(cal["coverage"]) == {"test", "independent"} and cal["n"]["independent"] == 60
+    card = (d / "README.md").read_text()
+    assert "60 networks of an independent calibration zoo" in card and "wsl train tiny" in card
+    assert f"{cal['coverage']['independent']:.1%} of 60 networks of another independent zoo" in card
+
+
 def test_predict_path_module_and_state_dict_agree(shipped_dir: tuple[Path, Path], tmp_path: Path) -> None:
     import wsl
     from wsl.predict import predict
