@@ -173,7 +173,7 @@ def test_cli_predict_paths_and_zoo(shipped_dir: tuple[Path, Path], tmp_path: Pat
     main(["predict", str(path)])
     row = capsys.readouterr().out.splitlines()[1]
     pr = predict(path)
-    assert pr.interval_coverage is not None and f"90% ({pr.interval_coverage:.1%})" in row
+    assert pr.interval_coverage is not None and f"90% (test {pr.interval_coverage:.1%})" in row
 
 
 def wsl_load(zoo: Path):  # type: ignore[no-untyped-def]

@@ -51,7 +51,7 @@ def _paths(args: argparse.Namespace) -> int:
         example = torch.randn(2, *shape)
     failed = 0
     if not args.json:
-        print(f"{'checkpoint':<48} {'predicted':>9}  {'interval':<15} {'level (measured)':<17} predictor")
+        print(f"{'checkpoint':<48} {'predicted':>9}  {'interval':<15} {'level (measured)':<18} predictor")
     for path in args.paths:
         try:
             pr = predict(path, args.predictor, arch=args.arch, example_input=example)
@@ -68,7 +68,7 @@ def _paths(args: argparse.Namespace) -> int:
             print(json.dumps(d))
         else:
             iv = f"[{pr.interval[0]:.3f}, {pr.interval[1]:.3f}]" if pr.interval else ""
-            print(f"{path:<48} {pr.predicted_test_accuracy:>9.4f}  {iv:<15} {interval_level(pr):<17} {pr.predictor}")
+            print(f"{path:<48} {pr.predicted_test_accuracy:>9.4f}  {iv:<15} {interval_level(pr):<18} {pr.predictor}")
             if pr.renamed_tensors:
                 pairs = ", ".join(f"{a} -> {b}" for a, b in pr.renamed_tensors.items())
                 print(f"{'':<48} read as the predictor's training architecture: {pairs}")
@@ -80,10 +80,10 @@ def _paths(args: argparse.Namespace) -> int:
 
 
 def interval_level(pr: Any) -> str:
-    """``90% (91.2%)``: the interval's nominal level and its measured coverage of the predictor's test split."""
+    """``90% (test 91.2%)``: the interval's nominal level and its measured coverage of the predictor's test split."""
     if pr.interval_level is None:
         return ""
-    measured = f" ({pr.interval_coverage:.1%})" if pr.interval_coverage is not None else ""
+    measured = f" (test {pr.interval_coverage:.1%})" if pr.interval_coverage is not None else ""
     return f"{pr.interval_level:.0%}{measured}"
 
 

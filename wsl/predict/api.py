@@ -247,8 +247,9 @@ def predict(source: Source, predictor: Any = None, *, arch: Any = None, example_
     ``predictor`` is a predictor directory, ``hf://`` URI, shipped name or
     loaded predictor; by default the shipped predictor that can read the network
     with the fewest out-of-distribution warnings (ties: shipped priority,
-    ``digits-cnn-gs`` first; :func:`closest_predictor`). Raises :class:`~wsl.errors.PredictionError` when no
-    number can honestly be given (unsupported family, non-finite weights).
+    ``digits-cnn-gs`` first; :func:`closest_predictor`). Raises
+    :class:`~wsl.errors.PredictionError` when no number can honestly be given
+    (unsupported family, non-finite weights).
     """
     label, sd, space, module = load_network(source, arch, example_input=example_input, allow_code=allow_code,
                                             predictor=predictor)
