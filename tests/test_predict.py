@@ -54,6 +54,8 @@ def test_shipped_card_and_calibration(shipped_dir: tuple[Path, Path]) -> None:
     cfg = json.loads((models / "tiny-graph" / "config.json").read_text())
     cal = cfg["calibration"]
     assert cal["split"] == "val" and cal["abs_residual"] > 0 and 0 <= cal["test_coverage"] <= 1
+    assert cal["method"] == "split-conformal" and cal["n_calibration"] == 12 and cal["coverage"]["test"] == \
+        cal["test_coverage"]
     fam = cfg["family"]
     assert fam["input_sizes"] == [1, 64] and fam["output_sizes"] == [10] and fam["num_architectures"] == 3
     card = (models / "tiny-graph" / "README.md").read_text()

@@ -39,7 +39,8 @@ def _interval_line(cal: dict[str, Any]) -> str:
                   f"{z.get('recipe_seed')}; never used in training or model selection)")
     else:
         source = f"the {n} networks of the validation split (also used for early stopping)"
-    method = "split-conformal half-width" if cal.get("method") == "split-conformal" else "quantile of the residuals"
+    method = {"split-conformal": "split-conformal half-width", None: "quantile"}.get(cal.get("method"),
+                                                                                   cal.get("method"))
     measured = [f"{cal['coverage']['test']:.1%} of the {cal['n']['test']} test networks"] if "coverage" in cal else [
         f"{cal.get('test_coverage', float('nan')):.1%} of the test networks"]
     for name, z in (cal.get("independent_zoos") or {}).items():
