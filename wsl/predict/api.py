@@ -14,6 +14,8 @@ from torch import nn
 
 from wsl.errors import PredictionError, WslError
 from wsl.predict.family import check_family
+from wsl.predict.match import match_tensors
+from wsl.predict.shapes import trace_for_prediction
 from wsl.predict.shipped import resolve_predictor_ref, shipped
 from wsl.space import WeightSpace
 from wsl.train.predictor import Predictor, load_predictor
@@ -34,6 +36,8 @@ class Prediction:
     warnings: list[str] = field(default_factory=list)
     target: str = "test_accuracy"
     raw_prediction: float | None = None
+    interval_coverage: float | None = None
+    renamed_tensors: dict[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -70,6 +74,11 @@ def _space_for_state_dict(sd: Mapping[str, torch.Tensor]) -> WeightSpace | None:
     return None
 
 
+def _trace(module: nn.Module, example_input: Any, predictor: Any) -> WeightSpace:
+    configs = [get_predictor(predictor).config] if predictor is not None else [c for _, _, c in shipped()]
+    return trace_for_prediction(module, example_input, configs)
+
+
 def load_source(source: Source, arch: Any = None, *, example_input: Any = None, allow_code: bool = True
                 ) -> tuple[str, dict[str, torch.Tensor], WeightSpace]:
     """``(label, state_dict, space)`` for a module, a state_dict or a checkpoint path/URI."""
@@ -77,10 +86,14 @@ def load_source(source: Source, arch: Any = None, *, example_input: Any = None, 
     return label, sd, space
 
 
-def load_network(source: Source, arch: Any = None, *, example_input: Any = None, allow_code: bool = True
-                 ) -> tuple[str, dict[str, torch.Tensor], WeightSpace, nn.Module | None]:
+def load_network(source: Source, arch: Any = None, *, example_input: Any = None, allow_code: bool = True,
+                 predictor: Any = None) -> tuple[str, dict[str, torch.Tensor], WeightSpace, nn.Module | None]:
     """:func:`load_source` plus the network as a module holding those weights (None for a bare state_dict
-    without ``arch``): predictors with probe features run it."""
+    without ``arch``): predictors with probe features run it.
+
+    A module without ``example_input`` or ``wsl_input_shape`` is traced at the training input shape of
+    ``predictor`` (default: of each shipped predictor in turn), then at that shape flattened (an MLP on
+    flattened images), and only then at a shape guessed from its first layer."""
     from wsl.io import check_finite, load_model, resolve_arch
 
     if isinstance(source, nn.Module):
@@ -112,7 +125,7 @@ def load_network(source: Source, arch: Any = None, *, example_input: Any = None,
         raise PredictionError(f"{label}: non-finite weights (NaN/Inf) in {', '.join(bad[:5])}"
                               + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""))
     if module is not None:
-        space = WeightSpace.from_module(module, example_input)
+        space = _trace(module, example_input, predictor)
     space.check(sd, where=label)
     return label, sd, space, module
 
@@ -132,7 +145,18 @@ def predict_network(p: Predictor, space: WeightSpace, sd: Mapping[str, torch.Ten
         except WslError as exc:
             raise PredictionError(f"cannot run the network on the predictor's probe inputs of shape {shape} "
                                   f"(its training family's input): {exc}") from exc
+    renamed = tensor_renaming(p, space)
+    if renamed:  # the predictor's training architecture under other tensor names: read it as that
+        space, sd = p.space, {renamed.get(k, k): v for k, v in sd.items()}
     return float(p.predict(space, {k: v.unsqueeze(0) for k, v in sd.items()}, probes=probes)[0])
+
+
+def tensor_renaming(p: Predictor, space: WeightSpace) -> dict[str, str] | None:
+    """``{network's tensor name: predictor's}`` when ``p`` reads ``space`` only as its training architecture under
+    other tensor names (same order, shapes and symmetry groups); None when ``p`` reads it as is or not at all."""
+    if p.accepts(space) or p.space is None:
+        return None
+    return match_tensors(space, p.space) or None
 
 
 def choose_predictor(space: WeightSpace, predictor: Any = None) -> tuple[Predictor, list[str]]:
@@ -175,8 +199,10 @@ def closest_predictor(space: WeightSpace, candidates: Iterable[tuple[str, Any]],
 
 
 def _fit(p: Predictor, space: WeightSpace) -> tuple[list[str], list[str]]:
-    if not p.accepts(space):
-        return [f"it reads only its training architecture ({p.config['training'].get('zoo_name')})"], []
+    if not p.accepts(space) and tensor_renaming(p, space) is None:
+        return [f"it reads only its training architecture (the networks of zoo "
+                f"{p.config['training'].get('zoo_name')!r}: same tensors in the same order with the same shapes "
+                "and symmetry groups; names may differ)"], []
     return check_family(space, p.config.get("family"))
 
 
@@ -192,17 +218,24 @@ def make_prediction(label: str, p: Predictor, space: WeightSpace, raw: float, wa
     if not math.isfinite(raw):
         raise PredictionError(f"{label}: the predictor produced a non-finite value")
     cal = p.config.get("calibration") or {}
-    value = float(np.clip(raw, 0.0, 1.0)) if p.target.endswith("accuracy") else float(raw)
+    bounded = p.target.endswith("accuracy")
+    value = float(np.clip(raw, 0.0, 1.0)) if bounded else float(raw)
     interval = None
     if "abs_residual" in cal:
-        r = float(cal["abs_residual"])
-        lo, hi = raw - r, raw + r
-        if p.target.endswith("accuracy"):
-            lo, hi = max(0.0, lo), min(1.0, hi)
-        interval = (float(lo), float(hi))
+        interval = clipped_interval(raw, float(cal["abs_residual"]), bounded)
+    coverage = (cal.get("coverage") or {}).get("test", cal.get("test_coverage"))
     return Prediction(source=label, predicted_test_accuracy=value, predictor=_name(p), interval=interval,
                       interval_level=cal.get("level"), architecture=_architecture(space), warnings=list(warnings),
-                      target=p.target, raw_prediction=float(raw))
+                      target=p.target, raw_prediction=float(raw), interval_coverage=coverage,
+                      renamed_tensors=tensor_renaming(p, space))
+
+
+def clipped_interval(raw: float, half_width: float, bounded: bool) -> tuple[float, float]:
+    """``raw ± half_width``; for an accuracy both ends are clipped into [0, 1], so ``lo <= hi`` always holds."""
+    lo, hi = raw - half_width, raw + half_width
+    if bounded:
+        lo, hi = min(max(lo, 0.0), 1.0), min(max(hi, 0.0), 1.0)
+    return float(lo), float(hi)
 
 
 def predict(source: Source, predictor: Any = None, *, arch: Any = None, example_input: Any = None,
@@ -213,11 +246,14 @@ def predict(source: Source, predictor: Any = None, *, arch: Any = None, example_
     shipped predictor's architecture -- only for predictors without probe
     features, which must run the network) or a checkpoint path / ``hf://`` URI.
     ``predictor`` is a predictor directory, ``hf://`` URI, shipped name or
-    loaded predictor; by default the first shipped predictor that covers the
-    architecture is used. Raises :class:`~wsl.errors.PredictionError` when no
-    number can honestly be given (unsupported family, non-finite weights).
+    loaded predictor; by default the shipped predictor that can read the network
+    with the fewest out-of-distribution warnings (ties: shipped priority,
+    ``digits-cnn-gs`` first; :func:`closest_predictor`). Raises
+    :class:`~wsl.errors.PredictionError` when no number can honestly be given
+    (unsupported family, non-finite weights).
     """
-    label, sd, space, module = load_network(source, arch, example_input=example_input, allow_code=allow_code)
+    label, sd, space, module = load_network(source, arch, example_input=example_input, allow_code=allow_code,
+                                            predictor=predictor)
     p, warnings = choose_predictor(space, predictor)
     raw = predict_network(p, space, sd, module)
     return make_prediction(label, p, space, raw, warnings)

@@ -25,7 +25,7 @@ def run(fallback: Callable[[], int] | None = None) -> int:
     print("wsl demo: predicting the test accuracy of held-out networks from their weights alone (no data)\n")
     print(f"{'example':<34} {'zoo':<16} {'params':>7} {'predicted':>9} {'interval':>15} {'true':>6}  predictor")
     t0 = time.time()
-    errs = []
+    errs, levels = [], {}
     for e in examples:
         try:
             p = predict(root / "examples" / e["file"])
@@ -33,6 +33,9 @@ def run(fallback: Callable[[], int] | None = None) -> int:
             print(f"{e['file'][:34]:<34} error: {err}")
             continue
         lo, hi = p.interval or (float("nan"), float("nan"))
+        if p.interval_level is not None and p.interval_coverage is not None:
+            levels[p.predictor] = (f"{p.predictor} {p.interval_level:.0%} (covers {p.interval_coverage:.1%} of its "
+                                   "test split)")
         errs.append(abs(p.predicted_test_accuracy - e["test_accuracy"]))
         print(f"{e['model_id'][:34]:<34} {e['zoo'][:16]:<16} {e['num_parameters']:>7,} "
               f"{p.predicted_test_accuracy:>9.3f} {f'[{lo:.2f}, {hi:.2f}]':>15} {e['test_accuracy']:>6.3f}  "
@@ -43,4 +46,6 @@ def run(fallback: Callable[[], int] | None = None) -> int:
         print(f"\nmean absolute error {sum(errs) / len(errs):.3f} over {len(errs)} held-out networks "
               f"({time.time() - t0:.1f} s). Predictors: {', '.join(n for n, _, _ in shipped())} "
               f"(cards in {root}).")
+    if levels:
+        print(f"Intervals, nominal level and measured coverage: {'; '.join(levels.values())}.")
     return 0

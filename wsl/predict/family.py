@@ -11,6 +11,7 @@ prediction is an extrapolation: unseen activation, deeper, wider, ...).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable
 
 from wsl.space import WeightSpace
@@ -65,6 +66,16 @@ def describe_family(spaces: Iterable[WeightSpace]) -> dict[str, Any]:
     return out
 
 
+def _sizes(values: Iterable[int]) -> str:
+    v = [str(x) for x in values]
+    return v[0] if len(v) == 1 else ", ".join(v[:-1]) + " or " + v[-1]
+
+
+def _shapes_note(family: dict[str, Any]) -> str:
+    shapes = family.get("input_shapes") or []
+    return f" (inputs of shape {', '.join(map(str, map(list, shapes)))})" if shapes else ""
+
+
 def check_family(space: WeightSpace, family: dict[str, Any] | None) -> tuple[list[str], list[str]]:
     """``(errors, warnings)`` for predicting ``space`` with a predictor of ``family``."""
     if not family:
@@ -72,14 +83,20 @@ def check_family(space: WeightSpace, family: dict[str, Any] | None) -> tuple[lis
     s = summarize(space)
     errors, warnings = [], []
     if family.get("input_sizes") and not set(s["input_sizes"]) <= set(family["input_sizes"]):
-        errors.append(f"input has {s['input_sizes']} features/channels; the predictor was trained on networks "
-                      f"with {family['input_sizes']}")
+        errors.append(f"the network's first layer reads {_sizes(s['input_sizes'])} input channels (CNN) or features "
+                      f"(MLP); the predictor was trained on networks whose first layer reads "
+                      f"{_sizes(family['input_sizes'])}{_shapes_note(family)}: a network of another data set "
+                      "cannot be predicted")
     if family.get("output_sizes") and not set(s["output_sizes"]) <= set(family["output_sizes"]):
-        errors.append(f"output has {s['output_sizes']} units; the predictor was trained on networks with "
-                      f"{family['output_sizes']} outputs")
+        errors.append(f"the network has {_sizes(s['output_sizes'])} output units (classes); the predictor was "
+                      f"trained on networks with {_sizes(family['output_sizes'])} output units (classes): a network "
+                      "of another task cannot be predicted")
     shapes = [list(x) for x in family.get("input_shapes", [])]
-    if shapes and any(list(x) not in shapes for x in s["input_shapes"]):
-        warnings.append(f"example input shape {s['input_shapes']} differs from the training family's {shapes}")
+    flat = {math.prod(x) for x in shapes}
+    odd = [x for x in s["input_shapes"] if list(x) not in shapes and not (len(x) == 1 and x[0] in flat)]
+    if shapes and odd:
+        warnings.append(f"the network was traced on inputs of shape {odd}, not the training family's "
+                        f"{shapes} (or those flattened); pass the shape it really takes (CLI: --input-shape)")
     for key, what in (("activations", "activation"), ("edge_kinds", "layer/edge kind"),
                       ("node_slots", "node parameter")):
         new = sorted(set(s[key]) - set(family.get(key, [])))

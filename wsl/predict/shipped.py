@@ -3,8 +3,9 @@
 Lookup order: ``$WSL_MODELS_DIR``, then ``models/`` next to the ``wsl``
 package (a source checkout or editable install). Every sub-directory holding
 a ``config.json`` of format ``wsl.predictor/1`` is a predictor; its
-``shipped`` block gives the public name and the priority with which it is
-tried when no predictor is named (lower first).
+``shipped`` block gives the public name and the priority that breaks ties
+(lower first) when no predictor is named and several can read a network
+with equally few out-of-distribution warnings (:func:`wsl.predict.api.closest_predictor`).
 """
 
 from __future__ import annotations
