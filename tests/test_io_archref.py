@@ -146,7 +146,7 @@ def test_registry_names() -> None:
     assert isinstance(resolve_arch("small_cnn"), nn.Module)  # a bare name calls the factory's defaults
     with pytest.raises(ArchitectureError, match="'resnet999' is not registered.*known: .*mlp.*resnet18"):
         resolve_arch("resnet999")
-    with pytest.raises(ArchitectureError, match="built-in 'mlp' failed.*sizes"):
+    with pytest.raises(ArchitectureError, match=r"missing a required argument: 'sizes'; write it as 'mlp\(sizes="):
         resolve_arch("mlp(widths=[2, 3])")
     with pytest.raises(ArchitectureError, match="unrecognized"):
         resolve_arch("not a ref at all!")
