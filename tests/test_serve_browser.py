@@ -154,10 +154,11 @@ def test_example_button_and_error_display(page: Any, server: Server, serve_env: 
     assert all("415" in e for e in page.errors), page.errors  # only the browser's note about the 415 response
 
 
-def _answer(page: Any, value: float, interval: list[float]) -> None:
+def _answer(page: Any, value: float, interval: list[float], coverage: float | None = None) -> None:
     """Make /v1/predict answer ``value`` with ``interval`` (the edge cases a real tiny predictor never hits)."""
     body = {"source": "edge.safetensors", "predicted_test_accuracy": value, "interval": interval,
-            "interval_level": 0.9, "predictor": "tiny-serve", "warnings": [], "architecture": {}}
+            "interval_level": 0.9, "interval_coverage": coverage, "predictor": "tiny-serve", "warnings": [],
+            "architecture": {}}
     page.unroute("**/v1/predict")
     page.route("**/v1/predict", lambda r: r.fulfill(status=200, content_type="application/json",
                                                     body=json.dumps(body)))
@@ -187,8 +188,9 @@ def test_histogram_edges_label_interval_and_caption(page: Any, tmp_path: Path) -
         caption = page.inner_text("#histogram-caption")
         assert caption.startswith("Training zoo tiny-serve: 40 models") and "single value" in caption, caption
         page.screenshot(path=str(tmp_path / f"edge-{value}.png"), full_page=True)
-    _answer(page, 0.62, [0.55, 0.70])
+    _answer(page, 0.62, [0.55, 0.70], coverage=0.883)
     assert "single value" not in page.inner_text("#histogram-caption")
+    assert page.inner_text("#result-interval") == "90% interval: 55.0% – 70.0% (held for 88.3% of test networks)"
     assert _box(page, "#histogram svg rect.band")["width"] > 14
 
     def nameless(route: Any) -> None:  # a card whose histogram names no zoo

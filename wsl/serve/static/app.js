@@ -129,8 +129,9 @@
     const acc = $("result-accuracy");
     acc.textContent = pct(p.predicted_test_accuracy);
     acc.dataset.value = String(p.predicted_test_accuracy);
+    const measured = p.interval_coverage != null ? ` (held for ${pct(p.interval_coverage, 1)} of test networks)` : "";
     $("result-interval").textContent = p.interval
-      ? `${p.interval_level ? pct(p.interval_level, 0) + " interval" : "Interval"}: ${pct(p.interval[0])} – ${pct(p.interval[1])}`
+      ? `${p.interval_level ? pct(p.interval_level, 0) + " interval" : "Interval"}: ${pct(p.interval[0])} – ${pct(p.interval[1])}${measured}`
       : "No calibrated interval for this predictor.";
     $("result-predictor").textContent = p.predictor;
     const warn = $("result-warnings");
