@@ -185,3 +185,12 @@ def test_example_input_follows_the_module_and_leaves_the_global_rng_alone() -> N
 
 def test_errors_are_typed() -> None:
     assert issubclass(UnsupportedLayerError, WslError) and issubclass(TraceError, WslError)
+
+
+def test_prediction_tracing_builds_its_input_on_the_module_device() -> None:
+    """wsl.predict's tracing at a predictor's input shape follows the module (meta here, CUDA on a GPU)."""
+    from wsl.predict.shapes import trace_for_prediction
+
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 10)).to("meta")
+    space = trace_for_prediction(net, None, [{"family": {"input_shapes": [[1, 8, 8]]}}])
+    assert space.meta("input_shapes") == ((1, 8, 8),)

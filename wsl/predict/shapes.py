@@ -47,6 +47,10 @@ def _dtype(module: nn.Module) -> torch.dtype:
     return next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
 
 
+def _device(module: nn.Module) -> torch.device:
+    return next((p.device for p in module.parameters()), torch.device("cpu"))
+
+
 def trace_for_prediction(module: nn.Module, example_input: Any, configs: Iterable[Mapping[str, Any]]
                          ) -> WeightSpace:
     """The weight space of ``module``, traced as the module docstring describes."""
@@ -54,7 +58,7 @@ def trace_for_prediction(module: nn.Module, example_input: Any, configs: Iterabl
         return WeightSpace.from_module(module, example_input)
     gen = torch.Generator().manual_seed(0)
     for shape in candidate_shapes(configs):
-        x = torch.randn(2, *shape, generator=gen).to(_dtype(module))
+        x = torch.randn(2, *shape, generator=gen).to(device=_device(module), dtype=_dtype(module))
         try:
             return WeightSpace.from_module(module, x)
         except (WslError, RuntimeError, ValueError, TypeError, IndexError):
