@@ -26,6 +26,7 @@ from wsl.io.safetensors_check import (
     load_safetensors,
     read_safetensors_header,
 )
+from wsl.io.save_module import save_module
 
 __all__ = [
     "SUPPORTED_FORMATS",
@@ -45,5 +46,6 @@ __all__ = [
     "read_safetensors_header",
     "require_finite",
     "resolve_arch",
+    "save_module",
     "save_state_dict",
 ]
