@@ -170,13 +170,15 @@ def test_shipped_configs_parse() -> None:
                     raise
 
 
-def test_shipped_configs_read_the_readme_zoo_paths() -> None:
+def test_shipped_configs_read_the_readme_zoo_paths_on_one_thread() -> None:
     """Every shipped config reads its zoo from zoos-out/<name>, where the README's `wsl zoo generate` puts it."""
     from wsl.train.config import load_config
 
     files = sorted((REPO / "configs" / "generalization").glob("*.yaml"))
-    zoos = {f.name: load_config(f).data.zoo for f in files}
+    cfgs = {f.name: load_config(f) for f in files}
+    zoos = {name: cfg.data.zoo for name, cfg in cfgs.items()}
     assert len(zoos) == 32
+    assert {cfg.train.threads for cfg in cfgs.values()} == {1}  # the thread count of the README's numbers
     for name, zoo in zoos.items():
         want = "zoos-out/digits-cnn-gs" if name.startswith(("gs_", "tiny")) else "zoos-out/digits-cnn-wild"
         assert zoo == want, name
