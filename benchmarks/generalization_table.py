@@ -11,8 +11,8 @@ Kendall tau and R^2 on the zoos' *test* splits as mean ± std over seeds, with w
 
 Zoos (generate them first, a few minutes each):
 
-    wsl zoo generate zoos/digits-cnn-gs.yaml   -o /work/zoos/digits-cnn-gs
-    wsl zoo generate zoos/digits-cnn-wild.yaml -o /work/zoos/digits-cnn-wild
+    wsl zoo generate zoos/digits-cnn-gs.yaml   -o zoos-out/digits-cnn-gs     # from the repository root: the
+    wsl zoo generate zoos/digits-cnn-wild.yaml -o zoos-out/digits-cnn-wild   # configs read zoos-out/<zoo>
 
 Dense meta-models (NP, HNP, NFT) need one architecture, so they run on digits-cnn-gs only.
 ``*_probes`` methods add probe features (the network's outputs on 32 seeded synthetic inputs,

@@ -9,7 +9,7 @@ score on the strokes the inversion starts from (their "target classes" are
 arbitrary, so it should be near 0). Writes
 ``benchmarks/results/inverted_probes_<zoo>.png``.
 
-    python benchmarks/inverted_probes.py                       # both zoos in /work/zoos
+    python benchmarks/inverted_probes.py                       # both zoos in zoos-out/
     python benchmarks/inverted_probes.py --zoos /path/to/zoo --num 256
 """
 
@@ -34,7 +34,7 @@ def agreement(view, x: torch.Tensor) -> torch.Tensor:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--zoos", default="/work/zoos/digits-cnn-gs,/work/zoos/digits-cnn-wild")
+    ap.add_argument("--zoos", default="zoos-out/digits-cnn-gs,zoos-out/digits-cnn-wild")
     ap.add_argument("--num", type=int, default=256)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--tv", type=float, default=0.5)

@@ -84,7 +84,7 @@ def test_ship_calibrates_on_independent_zoo(shipped_dir: tuple[Path, Path], tmp_
     import wsl
     from wsl.predict import ship
     from wsl.predict.calibrate import conformal_half_width, residuals
-    from wsl.train.registry import load_predictor
+    from wsl.train.predictor import load_predictor
 
     zoo, models = shipped_dir
     cal_zoo = make_tiny_zoo(tmp_path / "cal", n_models=30, mixed=True, seed=1)
@@ -187,7 +187,7 @@ def wsl_load(zoo: Path):  # type: ignore[no-untyped-def]
 def test_interval_clipped_at_both_ends(shipped_dir: tuple[Path, Path]) -> None:
     from wsl.archs import small_cnn
     from wsl.predict import get_predictor
-    from wsl.predict.api import _finish, clipped_interval
+    from wsl.predict.api import clipped_interval, make_prediction
     from wsl.space import WeightSpace
 
     assert clipped_interval(1.089, 0.078, True) == (1.0, 1.0)
@@ -197,7 +197,7 @@ def test_interval_clipped_at_both_ends(shipped_dir: tuple[Path, Path]) -> None:
     p = get_predictor("tiny-graph")
     space = WeightSpace.from_module(small_cnn(channels=(4, 4)))
     for raw in (-0.3, -0.05, 0.5, 1.05, 1.3):
-        pr = _finish("x", p, space, raw, [])
+        pr = make_prediction("x", p, space, raw, [])
         assert pr.interval is not None
         lo, hi = pr.interval
         assert 0.0 <= lo <= pr.predicted_test_accuracy <= hi <= 1.0, (raw, pr.interval)

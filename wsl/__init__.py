@@ -19,7 +19,7 @@ from typing import Any
 from wsl.errors import WslError
 from wsl.version import __version__
 
-__all__ = ["WslError", "__version__", "load_zoo", "predict"]
+__all__ = ["WslError", "__version__", "load_zoo", "predict", "save"]
 
 
 def __getattr__(name: str) -> Any:
@@ -33,6 +33,13 @@ def load_zoo(path: Any, verify: str = "lazy") -> Any:
     from wsl.zoo import load_zoo as _load_zoo
 
     return _load_zoo(path, verify=verify)
+
+
+def save(module: Any, path: Any, **kwargs: Any) -> Any:
+    """Save a network with its architecture (see :func:`wsl.io.save_module`); returns the path."""
+    from wsl.io.save_module import save_module
+
+    return save_module(module, path, **kwargs)
 
 
 # Last, so that modules imported on the way may read the names above.

@@ -30,8 +30,10 @@ def register(sub: Any) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from wsl.tasks.baselines import BASELINES
     from wsl.train.config import load_config
+    from wsl.train.config_files import check_zoo_path
 
     cfg = load_config(args.config, args.overrides)
+    check_zoo_path(cfg.data.zoo, args.config)
     if args.output:
         cfg.output = args.output
     if cfg.train.threads:  # an entry point: the library never changes the process's thread count

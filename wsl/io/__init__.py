@@ -28,6 +28,7 @@ from wsl.io.safetensors_check import (
     load_safetensors,
     read_safetensors_header,
 )
+from wsl.io.save_module import save_module
 from wsl.io.uri import local_path, register_scheme, registered_schemes, uri_scheme
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "registered_schemes",
     "require_finite",
     "resolve_arch",
+    "save_module",
     "save_state_dict",
     "space_from_state_dict",
     "uri_scheme",

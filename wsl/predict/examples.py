@@ -2,8 +2,8 @@
 
 Usage::
 
-    python -m wsl.predict.examples --zoo /work/zoos/digits-cnn-gs --count 4 -o models/examples
-    python -m wsl.predict.examples --zoo /work/zoos/digits-cnn-wild --count 4 -o models/examples
+    python -m wsl.predict.examples --zoo zoos-out/digits-cnn-gs --count 4 -o models/examples
+    python -m wsl.predict.examples --zoo zoos-out/digits-cnn-wild --count 4 -o models/examples
 
 Picks models of the zoo's *test* split spread over the accuracy range, saves
 each as ``.safetensors`` carrying its architecture (``wsl_arch`` metadata)

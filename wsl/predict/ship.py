@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m wsl.predict.ship runs/gs_hnp/predictor --zoo /work/zoos/digits-cnn-gs \\
+    python -m wsl.predict.ship runs/gs_hnp/predictor --zoo zoos-out/digits-cnn-gs \\
         --name digits-cnn-gs --priority 0 -o models/digits-cnn-gs --command "wsl train ..."
 
 Calibration (:mod:`wsl.predict.calibrate`): the split-conformal half-width ``r``

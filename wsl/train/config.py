@@ -13,7 +13,9 @@ A config has seven sections and an output directory::
                patience, loss: mse|l1|huber, drop_last, progress, threads, find_unused_parameters}
     output:   run directory (default ``runs/<config file stem>``)
 
-Every section and key is optional except ``data.zoo`` and ``model.name``.
+Every section and key is optional except ``data.zoo`` and ``model.name``. A relative
+``data.zoo`` is read from the current directory. A file may start from others with
+``extends: base.yaml`` (or a list); see :mod:`wsl.train.config_files`.
 Overrides address nested keys with dots (``model.hidden=64 optim.lr=1e-3``);
 values are parsed as YAML scalars (``true``, ``1e-3``, ``null``, ``[1, 2]``).
 Unknown sections/keys raise :class:`~wsl.errors.ConfigError` naming the key
@@ -357,25 +359,18 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str], where: str
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
                 raw: Mapping[str, Any] | None = None) -> Config:
-    """Read a YAML config (or use ``raw``), apply overrides, validate.
+    """Read a YAML config (or use ``raw``), resolve its ``extends``, apply overrides, validate.
 
-    When ``output`` is unset it defaults to ``runs/<config file stem>``.
+    ``extends`` and merging: :mod:`wsl.train.config_files`. When ``output`` is
+    unset it defaults to ``runs/<config file stem>``.
     """
-    import yaml
+    from wsl.train.config_files import read_config_file
 
     where = str(path) if path is not None else "config"
     if raw is None:
         if path is None:
             raise ConfigError("load_config: give a YAML path or a raw dict")
-        p = Path(path)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"{p}: cannot read config: {exc}") from exc
-        try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: invalid YAML: {exc}") from exc
+        raw = read_config_file(path)
     merged = apply_overrides(raw, overrides)
     cfg = Config.from_dict(merged, where)
     if cfg.output is None and path is not None:
