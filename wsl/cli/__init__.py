@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "wsl.cli.train_cmd",
     "wsl.cli.predict_cmd",
     "wsl.cli.align_cmd",
+    "wsl.cli.merge_cmd",
     "wsl.cli.hub_cmd",
     "wsl.cli.serve_cmd",
     "wsl.cli.demo_cmd",

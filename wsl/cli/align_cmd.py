@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from wsl.cli.common import add_model_args, load_for_cli, print_json
-from wsl.errors import WslError
+from wsl.errors import SpaceMismatchError, WslError
 
 
 def register(sub: Any) -> None:
@@ -38,15 +38,17 @@ def _batches(name: str, samples: int) -> list[Any]:
 
 def run_align(args: argparse.Namespace) -> int:
     from wsl.align import activation_matching, weight_matching
-    from wsl.align.space_match import shared_space
+    from wsl.align.space_match import first_difference
 
     out = Path(args.output)
     if out.suffix.lower() != ".safetensors":
         raise WslError(f"-o {out}: the aligned model is written as safetensors; name it *.safetensors")
     ref, ref_sd, space = load_for_cli(args.ref, args.arch, args.input_shape, args.input_dtype)
-    model, model_sd, _ = load_for_cli(args.model, args.arch, args.input_shape, args.input_dtype)
+    model, model_sd, model_space = load_for_cli(args.model, args.arch, args.input_shape, args.input_dtype)
     assert ref_sd is not None and model_sd is not None
-    space = shared_space(ref, model, space)
+    diff = first_difference(space, model_space)
+    if diff is not None:
+        raise SpaceMismatchError(f"{args.ref} and {args.model} have different weight spaces: {diff}")
     if args.method == "activation":
         if not args.data:
             raise WslError("--method activation needs --data (digits or mnist1d)")
@@ -55,7 +57,7 @@ def run_align(args: argparse.Namespace) -> int:
     else:
         result = weight_matching(ref_sd, model_sd, space, max_passes=args.passes, seed=args.seed)
     aligned = result.apply(model_sd)
-    _write(model, aligned, args.model, out)
+    _write(model, aligned, out)
     summary = {"ref": args.ref, "model": args.model, "output": str(out), "method": args.method,
                **result.summary()}
     if args.json:
@@ -69,13 +71,9 @@ def run_align(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write(module: Any, state: dict, source: str, out: Path) -> None:
-    """Save with the source checkpoint's architecture record, or one described from the module."""
-    from wsl.io import local_path, read_checkpoint_metadata, save_module, save_state_dict
+def _write(module: Any, state: dict, out: Path) -> None:
+    """Save with the architecture (the module was built from a description, so it describes itself)."""
+    from wsl.io import save_module
 
-    meta = read_checkpoint_metadata(local_path(source)) if Path(local_path(source)).exists() else {}
-    if "wsl_arch" in meta:
-        save_state_dict(state, out, metadata={"wsl_arch": meta["wsl_arch"]})
-        return
     module.load_state_dict(state)
     save_module(module, out)
