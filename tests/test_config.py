@@ -135,7 +135,7 @@ def test_config_extends_errors_name_the_files(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match="'extends' must be a file name or a list"):
             load_config(write(tmp_path / "bad.yaml", bad))
     write(tmp_path / "list.yaml", "[1]\n")
-    with pytest.raises(ConfigError, match=r"list\.yaml: expected a mapping at the top level, got list"):
+    with pytest.raises(ConfigError, match=r"list\.yaml: the config must be a mapping at the top level, got list"):
         load_config(write(tmp_path / "x.yaml", "extends: list.yaml\n"))
 
 

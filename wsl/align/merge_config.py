@@ -46,17 +46,10 @@ class MergeConfig:
 
 
 def load_merge_config(path: str | Path) -> MergeConfig:
-    import yaml
+    from wsl.io.yaml_file import read_yaml_mapping
 
     p = Path(path)
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read the merge config ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: a merge config is a mapping with keys {', '.join(sorted(_KEYS))}")
+    raw = read_yaml_mapping(p, what="merge config")
     bad = sorted(set(raw) - _KEYS)
     if bad:
         raise ConfigError(f"{p}: unknown key {bad[0]!r}; valid: {', '.join(sorted(_KEYS))}")

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from wsl.errors import ConfigError
+from wsl.io.yaml_file import read_yaml_mapping
 
 __all__ = ["check_zoo_path", "deep_merge", "read_config_file"]
 
@@ -63,21 +64,7 @@ def _read(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from exc
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    return raw
+    return read_yaml_mapping(path, what="config", empty_ok=True)
 
 
 def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:

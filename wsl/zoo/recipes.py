@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from wsl.errors import ConfigError
+from wsl.io.yaml_file import read_yaml_mapping
 
 if TYPE_CHECKING:
     from wsl.zoo.vectorized import VecNet
@@ -231,17 +232,8 @@ def _check_hparams(hp: Any, arch_type: str, where: str) -> None:
 
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe YAML file."""
-    import yaml
-
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read the recipe: {exc}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    raw = read_yaml_mapping(p, what="recipe")
     return parse_recipe(raw, str(p))
 
 
