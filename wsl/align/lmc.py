@@ -105,7 +105,7 @@ def barrier(module: nn.Module, a: StateDict, b: StateDict, evaluate: Callable[[n
     """Loss barrier between ``a`` and ``b`` loaded into copies of ``module``.
 
     ``evaluate(net)`` returns the loss (or any lower-is-better number) of a
-    network in eval mode. ``bn_data`` is a callable returning a fresh iterable
+    network in eval mode; it runs under ``torch.no_grad()``. ``bn_data`` is a callable returning a fresh iterable
     of input batches; when given and the network has BatchNorm, each point is
     also evaluated after :func:`reset_batchnorm`.
     """
@@ -115,11 +115,13 @@ def barrier(module: nn.Module, a: StateDict, b: StateDict, evaluate: Callable[[n
     repair = bn_data is not None and has_batchnorm(net)
     for sd in interpolate(a, b, alist):
         net.load_state_dict(sd)
-        losses.append(float(evaluate(net.eval())))
+        with torch.no_grad():
+            losses.append(float(evaluate(net.eval())))
         if repair:
             assert bn_data is not None
             reset_batchnorm(net, bn_data())
-            repaired.append(float(evaluate(net.eval())))
+            with torch.no_grad():
+                repaired.append(float(evaluate(net.eval())))
     out = Barrier(alist, losses, barrier_height(alist, losses))
     if repair:
         out.losses_bn_reset, out.barrier_bn_reset = repaired, barrier_height(alist, repaired)
