@@ -185,26 +185,57 @@ def update(space: WeightSpace, top: int, perms: Perms, score: Callable[[int], to
     return any(not torch.equal(before[g], perms[g]) for g in before)
 
 
+def neighbours(problem: WeightProblem, tops: list[int]) -> dict[int, set[int]]:
+    """For each top group, the top groups whose similarity depends on its permutation.
+
+    Two tops are neighbours when a tensor block has units of both (a top's
+    units include those of the groups nested in it); a top that indexes two
+    axes of one block is its own neighbour.
+    """
+    space = problem.space
+    top_of = {t: t for t in tops}
+    for g in space.groups:
+        if g.parent is not None and g.parent in top_of:
+            top_of[g.id] = g.parent
+    out: dict[int, set[int]] = {t: set() for t in tops}
+    for block, _, _ in problem.blocks:
+        members = [top_of[g] for g in block.unit_groups if g in top_of]
+        for i, a in enumerate(members):
+            for j, b in enumerate(members):
+                if i != j:
+                    out[a].add(b)
+    return out
+
+
 def descend(problem: WeightProblem, perms: Perms, tops: list[int], max_passes: int, seed: int,
             progress: bool) -> tuple[int, bool]:
-    """Coordinate descent over ``tops`` (random order per pass) until no permutation changes."""
+    """Coordinate descent over ``tops`` (random order per pass) until no permutation can change.
+
+    A top is re-solved only when a neighbour (:func:`neighbours`) moved since
+    its last solve: otherwise its similarity, and so its assignment, are the
+    same as last time. Converged means every top is at that fixed point.
+    """
     gen = torch.Generator().manual_seed(seed)
     bar = _bar(max_passes, progress)
-    converged, passes = False, 0
+    near = neighbours(problem, tops)
+    dirty = set(tops)
+    passes = 0
     for passes in range(1, max_passes + 1):
         order = [tops[i] for i in torch.randperm(len(tops), generator=gen).tolist()]
-        changed = False
         for top in order:
-            changed |= update(problem.space, top, perms,
-                              lambda g: problem.similarity(g, perms) if g in problem.where else None)
+            if top not in dirty:
+                continue
+            dirty.discard(top)
+            if update(problem.space, top, perms,
+                      lambda g: problem.similarity(g, perms) if g in problem.where else None):
+                dirty |= near[top]
         if bar is not None:
             bar.update(1)
-        if not changed:
-            converged = True
+        if not dirty:
             break
     if bar is not None:
         bar.close()
-    return passes, converged
+    return passes, not dirty
 
 
 def weight_matching(ref: Any, model: Any, space: WeightSpace | None = None, *, max_passes: int = 100,
