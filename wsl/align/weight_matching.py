@@ -14,6 +14,9 @@ objective is then linear in the free group's permutation ``p``::
 
 where ``P_-g`` applies the current permutations of all other groups (and of
 ``g`` itself on any *other* axis ``g`` indexes, the usual linearization).
+Before the descent, a warm-start sweep (:func:`warm_start`) solves groups
+outward from the network's fixed inputs and outputs, using only tensors whose
+other groups are already solved.
 Everything the space knows takes part: residual-tied groups are one group,
 kernel taps and flattened positions are edge features (summed over), biases
 and norm parameters are tensors like the rest (buffers such as BN running
@@ -110,10 +113,17 @@ class WeightProblem:
                 b = b.index_select(k, perms[g].to(b.device))
         return b
 
-    def similarity(self, g: int, perms: Perms) -> torch.Tensor:
+    def informed(self, g: int, known: set[int]) -> list[tuple[int, int]]:
+        """Occurrences of ``g`` whose block's other unit axes all belong to ``known`` groups."""
+        return [(i, k) for i, k in self.where.get(g, ())
+                if all(h in known for j, h in enumerate(self.blocks[i][0].unit_groups) if j != k)]
+
+    def similarity(self, g: int, perms: Perms, known: set[int] | None = None) -> torch.Tensor:
+        """``S`` of group ``g``; with ``known``, only over blocks whose other groups are all known."""
         n = self.space.groups[g].size
         score = torch.zeros(n, n, dtype=torch.float64)
-        for i, k in self.where.get(g, ()):
+        occurrences = self.where.get(g, ()) if known is None else self.informed(g, known)
+        for i, k in occurrences:
             a = self.blocks[i][1].movedim(k, 0).reshape(n, -1)
             b = self.moved(i, perms, skip_axis=k).movedim(k, 0).reshape(n, -1)
             score += (a @ b.T).cpu().double()
@@ -207,6 +217,36 @@ def neighbours(problem: WeightProblem, tops: list[int]) -> dict[int, set[int]]:
     return out
 
 
+def warm_start(problem: WeightProblem, perms: Perms, tops: list[int]) -> None:
+    """A first sweep that solves each group from evidence that is already right.
+
+    Fixed groups (network inputs and outputs) are known from the start. A top
+    group is solved as soon as some tensor block links it only to known groups
+    (the first layer's weight links the first hidden group to the input), using
+    only such blocks; then it is known. On a chain this propagates from both
+    ends inward, where a random first pass would mix in the unsolved
+    neighbours' arbitrary order and can settle in a poor local optimum.
+    """
+    space = problem.space
+    known = {g.id for g in space.groups if not g.permutable}
+    pending = list(tops)
+    while pending:
+        ready = []
+        for top in pending:
+            members = [top] + [c.id for c in space.groups if c.parent == top]
+            if any(problem.informed(m, known) for m in members):
+                ready.append((top, members))
+        if not ready:
+            return  # the rest (a cycle of unknowns) is left to the coordinate descent
+        for top, members in ready:
+            snapshot = set(known)
+            update(space, top, perms, lambda g: problem.similarity(g, perms, snapshot)
+                   if problem.informed(g, snapshot) else None)
+        for top, members in ready:
+            known.update(members)
+            pending.remove(top)
+
+
 def descend(problem: WeightProblem, perms: Perms, tops: list[int], max_passes: int, seed: int,
             progress: bool) -> tuple[int, bool]:
     """Coordinate descent over ``tops`` (random order per pass) until no permutation can change.
@@ -253,7 +293,9 @@ def weight_matching(ref: Any, model: Any, space: WeightSpace | None = None, *, m
     perms: Perms = {g.id: torch.arange(g.size) for g in space.groups if g.permutable}
     dot0, dist0 = problem.objective(perms)
     show = progress if progress is not None else space.num_parameters > 5_000_000
-    passes, converged = descend(problem, perms, tops_of(space), max_passes, seed, show)
+    tops = tops_of(space)
+    warm_start(problem, perms, tops)
+    passes, converged = descend(problem, perms, tops, max_passes, seed, show)
     dot1, dist1 = problem.objective(perms)
     return AlignResult({g: p for g, p in perms.items() if space.groups[g].permutable}, space, dot0, dot1,
                        dist0, dist1, passes, converged)
