@@ -66,3 +66,14 @@ def test_alignment_to_the_mean_brings_independent_models_closer_and_resumes(tmp_
     again = align_zoo(tmp_path / "z", tmp_path / "aligned", progress=False)  # finished chunks are kept
     assert len(again) == len(out)
     assert all(torch.equal(again[i].state_dict()[k], v) for i in range(len(out)) for k, v in out[i].state_dict().items())
+
+
+def test_wsl_zoo_align_command(tmp_path: Path, capsys: object) -> None:
+    from wsl.cli import main
+
+    _write(tmp_path / "z", copies_of_one=True)
+    assert main(["zoo", "align", str(tmp_path / "z"), "-o", str(tmp_path / "a"), "--reference", "0"]) == 0
+    assert "wrote" in capsys.readouterr().out  # type: ignore[attr-defined]
+    out = load_zoo(tmp_path / "a")
+    assert all(torch.equal(out[2].state_dict()[k], v) for k, v in out[0].state_dict().items())
+    assert main(["zoo", "align", str(tmp_path / "z"), "-o", str(tmp_path / "b"), "--reference", "x"]) == 2

@@ -45,6 +45,16 @@ def register(sub: Any) -> None:
     m.add_argument("--no-verify", action="store_true", help="skip checksumming the input shards")
     m.set_defaults(func=run_merge)
 
+    a = zsub.add_parser("align", help="write a copy of a zoo with every model aligned to one reference",
+                        description="Align every model of ZOO (weight matching on its last checkpoint; the same "
+                        "permutation for all its checkpoints) to one reference and write the result to OUT. "
+                        "Functions, metadata and splits are unchanged; rerun to resume.")
+    a.add_argument("zoo", help="input zoo directory (or hf:// dataset)")
+    a.add_argument("-o", "--output", required=True, help="output zoo directory")
+    a.add_argument("--reference", default="mean", help="'mean' (the iterated barycentre, default) or a row number")
+    a.add_argument("--iterations", type=int, default=5, help="barycentre iterations at most (default 5)")
+    a.set_defaults(func=run_align_zoo)
+
     for module, fn in OPTIONAL_SUBCOMMANDS:
         if importlib.util.find_spec(module) is not None:
             getattr(importlib.import_module(module), fn)(zsub)
@@ -148,4 +158,15 @@ def run_merge(args: argparse.Namespace) -> int:
                      link=not args.copy, verify=not args.no_verify)
     print(f"wrote {args.out}: {len(zoo):,} rows, {len(zoo.model_ids()):,} models, "
           f"{len(zoo.card['shards']):,} shards from {len(args.inputs)} zoos")
+    return 0
+
+
+def run_align_zoo(args: argparse.Namespace) -> int:
+    from wsl.align.zoo_align import align_zoo
+
+    ref = args.reference.strip()
+    zoo = align_zoo(local_path(args.zoo, repo_type="dataset"), args.output, reference=ref,
+                    max_iterations=args.iterations)
+    print(f"wrote {args.output}: {len(zoo):,} rows of {len(zoo.model_ids()):,} models, aligned to "
+          f"{'their barycentre' if ref == 'mean' else 'row ' + ref}")
     return 0
