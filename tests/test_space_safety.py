@@ -194,3 +194,10 @@ def test_prediction_tracing_builds_its_input_on_the_module_device() -> None:
     net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 10)).to("meta")
     space = trace_for_prediction(net, None, [{"family": {"input_shapes": [[1, 8, 8]]}}])
     assert space.meta("input_shapes") == ((1, 8, 8),)
+
+
+def test_checked_layers_trace_on_the_meta_device() -> None:
+    """The run-and-compare check has no values on `meta`; tracing still works (shape rules only)."""
+    module, x = FAMILIES["gain_conv_subclass"]
+    on_meta = copy.deepcopy(module).to("meta")
+    assert WeightSpace.from_module(on_meta, x.to("meta")).signature == WeightSpace.from_module(module, x).signature
