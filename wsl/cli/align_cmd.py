@@ -63,7 +63,7 @@ def run_align(args: argparse.Namespace) -> int:
     if args.json:
         print_json(summary)
     else:
-        print(f"aligned {args.model} to {args.ref} ({args.method} matching, {result.passes} passes, "
+        print(f"aligned {args.model} to {args.ref} ({args.method} matching, {result.passes} pass{'es' if result.passes != 1 else ''}, "
               f"{'converged' if result.converged else 'not converged'}; {summary['groups_moved']} groups moved)")
         print(f"  inner product <ref, model>: {result.objective_before:.6g} -> {result.objective_after:.6g}")
         print(f"  distance ||ref - model||:  {result.distance_before:.6g} -> {result.distance_after:.6g}")
