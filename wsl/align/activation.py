@@ -26,7 +26,7 @@ from torch import nn
 from wsl.errors import WslError
 from wsl.space import WeightSpace
 
-from wsl.align.space_match import as_state_dict, shared_space
+from wsl.align.space_match import shared_space
 from wsl.align.weight_matching import AlignResult, Perms, WeightProblem, descend, tops_of, update
 
 _LAST = (nn.Linear, nn.LayerNorm, nn.Embedding)
@@ -113,7 +113,7 @@ def activation_matching(ref: nn.Module, model: nn.Module, batches: Iterable[Any]
     """
     if not (isinstance(ref, nn.Module) and isinstance(model, nn.Module)):
         raise WslError("activation matching needs both networks as nn.Modules (it runs them on data)")
-    space = shared_space(ref, model, space)
+    space, ref_sd, model_sd = shared_space(ref, model, space)
     sites = _hook_sites(space, ref)
     msites = _hook_sites(space, model)
     stats: dict[str, _Stats] = {}
@@ -133,7 +133,7 @@ def activation_matching(ref: nn.Module, model: nn.Module, batches: Iterable[Any]
     for name, st in stats.items():
         g = sites[name][0]
         corr[g] = corr.get(g, 0) + st.correlation()  # type: ignore[assignment,operator]
-    problem = WeightProblem(space, as_state_dict(ref, "reference"), as_state_dict(model, "model"), False)
+    problem = WeightProblem(space, ref_sd, model_sd, False)
     perms: Perms = {g.id: torch.arange(g.size) for g in space.groups if g.permutable}
     dot0, dist0 = problem.objective(perms)
     rest = []

@@ -99,9 +99,14 @@ class AlignedMean:
 
 @dataclass
 class Barycentre:
-    """Iterate: align every model to the current mean, average; stop when nothing moves."""
+    """Iterate: align every model to the current mean, average; stop when nothing moves.
+
+    ``start`` is where the iteration begins: ``"aligned"`` (the models
+    aligned to the first one, then averaged) or ``"mean"`` (the plain mean).
+    """
 
     max_iterations: int = 10
+    start: str = "aligned"
     name = "barycentre"
     iterations: int = 0
 
@@ -109,7 +114,9 @@ class Barycentre:
               space: WeightSpace | None = None) -> dict[str, torch.Tensor]:
         if space is None:
             raise ConfigError("merge method 'barycentre' needs the weight space (an architecture)")
-        current = AlignedMean().merge(models, space=space)
+        if self.start not in ("aligned", "mean"):
+            raise ConfigError(f"barycentre: start must be 'aligned' or 'mean', got {self.start!r}")
+        current = AlignedMean().merge(models, space=space) if self.start == "aligned" else Mean().merge(models)
         previous: list[dict[int, torch.Tensor]] | None = None
         for self.iterations in range(1, self.max_iterations + 1):
             results = [weight_matching(current, sd, space) for sd in models]

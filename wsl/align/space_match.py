@@ -42,8 +42,12 @@ def as_state_dict(x: Any, what: str) -> dict[str, torch.Tensor]:
     raise WslError(f"{what}: expected an nn.Module or a state_dict, got {type(x).__name__}")
 
 
-def shared_space(ref: Any, model: Any, space: WeightSpace | None) -> WeightSpace:
-    """The space both networks live in; refuse two networks of different spaces by their first difference."""
+def shared_space(ref: Any, model: Any, space: WeightSpace | None
+                 ) -> tuple[WeightSpace, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The space both networks live in, and their state_dicts checked against it.
+
+    Two networks of different spaces are refused by their first difference.
+    """
     if space is None:
         if not isinstance(ref, nn.Module):
             raise WslError("pass space= (a WeightSpace) when aligning state_dicts; it cannot be traced from tensors")
@@ -53,10 +57,12 @@ def shared_space(ref: Any, model: Any, space: WeightSpace | None) -> WeightSpace
             diff = first_difference(space, other)
             if diff is not None:
                 raise SpaceMismatchError(f"the two networks have different weight spaces: {diff}")
+    sds = []
     for name, x in (("reference", ref), ("model", model)):
         sd = as_state_dict(x, name)
         try:
             space.check(sd, where=name)
         except WslError as e:
             raise SpaceMismatchError(f"the {name} does not fit the weight space: {e}") from e
-    return space
+        sds.append(sd)
+    return space, sds[0], sds[1]

@@ -42,7 +42,7 @@ from wsl.space import WeightSpace
 from wsl.space.axes import to_canonical
 from wsl.space.spec import Block
 
-from wsl.align.space_match import as_state_dict, shared_space
+from wsl.align.space_match import shared_space
 
 Perms = dict[int, torch.Tensor]
 
@@ -288,8 +288,8 @@ def weight_matching(ref: Any, model: Any, space: WeightSpace | None = None, *, m
     function: the result is an element of its symmetry group. Similarities are
     computed in ``float32`` (the objective in ``float64``).
     """
-    space = shared_space(ref, model, space)
-    problem = WeightProblem(space, as_state_dict(ref, "reference"), as_state_dict(model, "model"), include_buffers)
+    space, ref_sd, model_sd = shared_space(ref, model, space)
+    problem = WeightProblem(space, ref_sd, model_sd, include_buffers)
     perms: Perms = {g.id: torch.arange(g.size) for g in space.groups if g.permutable}
     dot0, dist0 = problem.objective(perms)
     show = progress if progress is not None else space.num_parameters > 5_000_000

@@ -24,25 +24,10 @@ from wsl.zoo import load_zoo
 from wsl.zoo.format import WRITER_FIELDS
 from wsl.zoo.writer import ZooWriter
 
-from wsl.align.merge import Mean
+from wsl.align.merge import Barycentre
 from wsl.align.weight_matching import weight_matching
 
 CHUNK_ROWS = 256
-
-
-def _reference(latest: Any, space: Any, reference: Any, max_iterations: int) -> dict[str, torch.Tensor]:
-    sds = [m.state_dict() for m in latest]
-    if reference != "mean":
-        return reference
-    current = Mean().merge(sds)
-    moved: list[dict[int, torch.Tensor]] | None = None
-    for _ in range(max_iterations):
-        perms = [weight_matching(current, sd, space).perms for sd in sds]
-        current = Mean().merge([space.permute(sd, p) for sd, p in zip(sds, perms)])
-        if moved is not None and all(all(torch.equal(p[g], q[g]) for g in p) for p, q in zip(perms, moved)):
-            break
-        moved = perms
-    return current
 
 
 def align_zoo(src: str | os.PathLike[str], out: str | os.PathLike[str], *, reference: str | int = "mean",
@@ -79,7 +64,8 @@ def align_zoo(src: str | os.PathLike[str], out: str | os.PathLike[str], *, refer
             chunks = [(arch_id, k) for k in range(0, len(part), CHUNK_ROWS)]
             if all(f"{a}:{k}" in done for a, k in chunks):
                 continue
-            target = _reference(latest, space, ref, max_iterations)
+            target = ref if ref != "mean" else Barycentre(max_iterations, start="mean").merge(
+                [m.state_dict() for m in latest], space=space)
             bar = tqdm(latest, desc=f"aligning {arch_id}", unit="model", disable=not progress, leave=False)
             perm_of = {m.model_id: weight_matching(target, m.state_dict(), space).perms for m in bar}
             for a, k in chunks:
