@@ -86,6 +86,8 @@ for _n, _c, _d in (("np", "NPNet", "NP equivariant network (DWSNets/NFN-NP) + in
                    ("hnp", "HNPNet", "HNP equivariant network (hidden-neuron permutations only)"),
                    ("nft", "NFTNet", "neural functional transformer")):
     register_model(_n, "features", *_lazy("wsl.nn.dense_models", _c), description=_d)
+register_model("flat_mlp", "features", *_lazy("wsl.nn.flat", "FlatMLPNet"),
+               description="MLP on flattened weights (not permutation-invariant: a baseline)")
 for _n, _c, _d in (("nggnn", "NGGNN", "neural-graph GNN (PNA + edge updates)"),
                    ("ngt", "NGT", "neural-graph relational transformer")):
     register_model(_n, "graph", *_lazy("wsl.nn.graph_models", _c), description=_d)
