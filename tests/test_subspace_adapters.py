@@ -14,8 +14,7 @@ from safetensors.torch import save_file
 from wsl.errors import CheckpointError, SpaceMismatchError, WslError
 from wsl.io import uri as uri_mod
 from wsl.io import register_scheme
-from wsl.subspace.adapter_confounders import ConfounderWarning, adapter_confounders
-from wsl.subspace.adapters import open_adapters
+from wsl.subspace.adapters import ConfounderWarning, adapter_confounders, open_adapters
 from wsl.subspace.sources import open_source
 from wsl.subspace.spectrum import directions, overlap, spectrum
 

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from wsl.errors import WslError
-from wsl.subspace.adapters import AdapterCollection, open_adapters
+from wsl.subspace.adapter_collection import AdapterCollection, open_adapters
 from wsl.subspace.stacks import BLOCK
 
 __all__ = ["ConfounderReport", "ConfounderWarning", "adapter_confounders", "clusters", "factor_gram"]
@@ -147,7 +147,7 @@ def adapter_confounders(collection: Any, threshold: float = 0.99, *, factors: Se
     """Pairwise cosines of the adapters' ``A`` (and ``B``) per target and overall, and near-identical clusters.
 
     ``collection``: an :class:`AdapterCollection`, a Source opened from
-    adapters, or what :func:`~wsl.subspace.adapters.open_adapters` accepts.
+    adapters, or what :func:`~wsl.subspace.adapter_collection.open_adapters` accepts.
     """
     col = _collection(collection)
     if not -1.0 <= threshold <= 1.0:

@@ -34,6 +34,7 @@ import math
 import torch
 
 from wsl.errors import WslError
+from wsl.subspace.adapter_collection import AdapterCollection, AdapterStack
 from wsl.subspace.stacks import Stack
 
 __all__ = ["LoraInitStack", "init_factor"]
@@ -64,23 +65,21 @@ def init_factor(kind: str, which: str, shape: tuple[int, ...], r: int, init: obj
 class LoraInitStack(Stack):
     """The ``lora_A`` or ``lora_B`` view of a collection at initialisation (names as in the trained view)."""
 
-    def __init__(self, collection: object, view: str = "lora_A", seed: int = 0) -> None:
-        from wsl.subspace.adapters import AdapterStack
-
+    def __init__(self, collection: AdapterCollection, view: str = "lora_A", seed: int = 0) -> None:
         if view not in ("lora_A", "lora_B"):
             raise WslError(f"the init null exists for the lora_A and lora_B views, not {view!r} (dW = 0 at init)")
-        trained = AdapterStack(collection, view)  # type: ignore[arg-type]
+        trained = AdapterStack(collection, view)
         self.collection, self.view, self.seed = collection, view, int(seed)
         self.modules, self.names, self.shapes, self.ids = trained.modules, trained.names, trained.shapes, \
             [f"init-{i}" for i in trained.ids]
-        for ad in collection.adapters:  # type: ignore[attr-defined]
+        for ad in collection.adapters:
             init = ad.config.get("init_lora_weights", True)
             if str(init).lower() not in ("true", "false", "gaussian"):
                 raise WslError(f"adapter {ad.label}: init_lora_weights={init!r} has no random-init null "
                                "(data-dependent or structured init)")
 
     def _draw(self, i: int, module: str) -> torch.Tensor:
-        ad = self.collection.adapters[i]  # type: ignore[attr-defined]
+        ad = self.collection.adapters[i]
         t = ad.targets[module]
         key = f"{self.seed}:{i}:{module}:{self.view}".encode()
         gen = torch.Generator().manual_seed(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1)

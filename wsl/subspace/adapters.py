@@ -1,185 +1,60 @@
-"""Collections of PEFT LoRA adapters as stacks: the update ``dW``, and the factors ``A`` and ``B``.
+"""LoRA adapter collections in a subspace analysis: the public entry point.
 
-One adapter folder, its config rules and the maths of ``dW = s B A`` are in
-:mod:`wsl.subspace.lora_format`. A collection (:func:`open_adapters`: adapter
-folders, ``hf://`` URIs, or parent folders holding them) must agree on the
-base model (``base_model_name_or_path`` and ``revision``), the set of target
-modules and every module's kind and ``dW`` shape, else
-:class:`SpaceMismatchError` naming the adapter and the first difference.
-Ranks may differ between adapters (``dW`` keeps its shape); the ``A`` and
-``B`` views then refuse, because their shapes differ.
+A collection of PEFT LoRA adapters (folders with ``adapter_config.json`` and
+``adapter_model.safetensors``; paths, ``hf://`` URIs, or parent folders of
+them) is analysed through three streaming stacks per target module:
 
-Views (each a streaming :class:`~wsl.subspace.stacks.Stack`, one target and
-one block of rows at a time; ``dW`` rows are computed from slices of the
-factors, never a whole ``dW``): ``"delta"`` (names ``<module>.delta``),
-``"lora_A"`` and ``"lora_B"`` (``<module>.lora_A`` / ``<module>.lora_B``, in
-their stored shapes). ``A`` and ``B`` alone are defined only up to
-``B A = (B M)(M^-1 A)``; only ``dW`` is invariant, so read their spectra as
-statements about the training recipe (shared inits, drift), not about the
-update.
+* ``<module>.delta``: the update ``dW = s B A`` the adapter adds to the base
+  weight (``s = alpha / r``, or ``alpha / sqrt(r)`` with rsLoRA; see
+  :mod:`wsl.subspace.lora_format` for the exact PEFT conventions);
+* ``<module>.lora_A`` and ``<module>.lora_B``: the factors as stored.
 
-:func:`open_adapter_source` is what :func:`wsl.subspace.sources.open_source`
-returns for adapter folders; :func:`adapter_confounders` (in
-:mod:`wsl.subspace.adapter_confounders`) tests a collection for a shared
-``A`` initialisation.
+Pieces: :mod:`.lora_format` (one adapter folder), :mod:`.adapter_collection`
+(checked collections and their views), :mod:`.adapter_nulls` (the factors at
+PEFT's initialisation), :mod:`.adapter_confounders` (shared-``A`` and
+duplicate detection). :func:`adapter_source` gives what
+:func:`wsl.subspace.sources.open_source` needs to return a Source.
+
+**Nulls.** ``dW`` has no init null: PEFT's default init sets ``B = 0``, so
+every adapter's ``dW`` is 0 at init, a degenerate stack. The ``A`` view has
+one: ``A`` drawn independently per adapter from PEFT's init distribution
+(kaiming-uniform, bound ``1/sqrt(fan_in)``, by default). The most important
+control for a published collection is not a null spectrum but
+:func:`adapter_confounders`: adapters trained from one shared ``A`` make any
+"shared subspace" of ``dW`` trivial.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import torch
-
 from wsl.errors import SpaceMismatchError, WslError
-from wsl.io import local_path
-from wsl.subspace.lora_format import CONFIG, Adapter
-from wsl.subspace.stacks import Stack
+from wsl.subspace.adapter_collection import (VIEWS, AdapterCollection, AdapterStack, find_adapter_folders,
+                                             is_adapter_source, open_adapters)
+from wsl.subspace.adapter_confounders import ConfounderReport, ConfounderWarning, adapter_confounders
+from wsl.subspace.adapter_nulls import LoraInitStack
+from wsl.subspace.lora_format import Adapter, LoraTarget
 
-__all__ = ["VIEWS", "AdapterCollection", "AdapterStack", "adapter_confounders", "find_adapter_folders",
-           "is_adapter_source", "open_adapter_source", "open_adapters"]
+__all__ = ["DELTA_INIT_REASON", "VIEWS", "Adapter", "AdapterCollection", "AdapterStack", "ConfounderReport",
+           "ConfounderWarning", "LoraInitStack", "LoraTarget", "adapter_confounders", "adapter_source",
+           "find_adapter_folders", "is_adapter_source", "open_adapters"]
 
-VIEWS = ("delta", "lora_A", "lora_B")
-
-def find_adapter_folders(item: str | os.PathLike[str]) -> list[Path]:
-    """The adapter folders an item names: itself if it holds ``adapter_config.json``, else those below it."""
-    p = Path(local_path(item))
-    if (p / CONFIG).is_file():
-        return [p]
-    if p.is_dir():
-        return sorted(q.parent for q in p.rglob(CONFIG))
-    return []
+DELTA_INIT_REASON = ("LoRA initialises B = 0, so dW = s B A = 0 for every adapter at init (a degenerate null); the "
+                     "A-at-init null of the lora_A view is in info['init_views'], and adapter_confounders() tests "
+                     "for a shared A init")
 
 
-def is_adapter_source(items: Sequence[str | os.PathLike[str]]) -> bool:
-    """True when every item is (or holds) a PEFT adapter folder."""
-    try:
-        return bool(items) and all(find_adapter_folders(i) for i in items)
-    except WslError:
-        return False
+def adapter_source(items: Sequence[str | os.PathLike[str]], *, limit: int | None = None, init_seed: int = 0,
+                   adapter_name: str | None = None) -> dict[str, Any]:
+    """The parts of a Source for an adapter collection: ``label``, ``stack`` (``dW``), ``init_reason``, ``info``.
 
-
-class AdapterCollection:
-    """N LoRA adapters of one base model with the same target modules and ``dW`` shapes (see the module docs)."""
-
-    def __init__(self, adapters: Sequence[Adapter]) -> None:
-        if not adapters:
-            raise WslError("no LoRA adapters given")
-        self.adapters = list(adapters)
-        ref = self.adapters[0]
-        self.modules = list(ref.targets)
-        for ad in self.adapters[1:]:
-            self._check_same(ref, ad)
-        self.base_model = ref.base_model[0]
-        self.ids = [a.label for a in self.adapters]
-
-    @staticmethod
-    def _check_same(ref: Adapter, ad: Adapter) -> None:
-        where = f"adapter {ad.label} ({ad.folder})"
-        for field, mine, theirs in zip(("base_model_name_or_path", "revision"), ad.base_model, ref.base_model):
-            if mine != theirs:
-                raise SpaceMismatchError(f"{where}: {field} is {mine!r}, adapter {ref.label} has {theirs!r}")
-        extra = [m for m in ad.targets if m not in ref.targets]
-        missing = [m for m in ref.targets if m not in ad.targets]
-        if extra or missing:
-            what = f"has target module {extra[0]!r}" if extra else f"lacks target module {missing[0]!r}"
-            raise SpaceMismatchError(f"{where} {what} that adapter {ref.label} "
-                                     f"{'lacks' if extra else 'has'}")
-        for m, t in ref.targets.items():
-            u = ad.targets[m]
-            if (u.kind, u.shape) != (t.kind, t.shape):
-                raise SpaceMismatchError(f"{where}: module {m!r} is a {u.kind} update of shape {u.shape}, adapter "
-                                         f"{ref.label} has a {t.kind} update of shape {t.shape}")
-
-    def __len__(self) -> int:
-        return len(self.adapters)
-
-    def stack(self, view: str = "delta") -> "AdapterStack":
-        """The ``delta``, ``lora_A`` or ``lora_B`` view as a streaming stack."""
-        return AdapterStack(self, view)
-
-    def init_stack(self, view: str = "lora_A", seed: int = 0) -> Stack:
-        """The factors at initialisation, drawn from PEFT's init distribution (see :mod:`.adapter_nulls`)."""
-        from wsl.subspace.adapter_nulls import LoraInitStack
-
-        return LoraInitStack(self, view, seed)
-
-    def describe(self) -> dict[str, Any]:
-        """JSON facts: base model, targets (kind, shape, ranks and scales seen), ignored tensors."""
-        targets = {}
-        for m in self.modules:
-            ts = [a.targets[m] for a in self.adapters]
-            targets[m] = {"kind": ts[0].kind, "shape": list(ts[0].shape), "ranks": sorted({t.r for t in ts}),
-                          "scales": sorted({t.scale for t in ts})}
-        ignored = sorted({k for a in self.adapters for k in a.ignored})
-        return {"n_adapters": len(self), "base_model": self.base_model, "targets": targets, "ignored_tensors": ignored}
-
-
-class AdapterStack(Stack):
-    """One view of a collection (``delta``, ``lora_A`` or ``lora_B``), read one target and row block at a time."""
-
-    def __init__(self, collection: AdapterCollection, view: str = "delta") -> None:
-        if view not in VIEWS:
-            raise WslError(f"unknown adapter view {view!r}; choose one of {', '.join(VIEWS)}")
-        self.collection, self.view = collection, view
-        self.modules = {f"{m}.{view}": m for m in collection.modules}
-        self.names = list(self.modules)
-        self.ids = list(collection.ids)
-        self.shapes = {}
-        for name, m in self.modules.items():
-            ref = collection.adapters[0].targets[m]
-            shape = ref.shape if view == "delta" else ref.a_shape if view == "lora_A" else ref.b_shape
-            if view != "delta":
-                for ad in collection.adapters[1:]:
-                    t = ad.targets[m]
-                    other = t.a_shape if view == "lora_A" else t.b_shape
-                    if other != shape:
-                        raise SpaceMismatchError(f"adapter {ad.label}: {view} of module {m!r} has shape {other}, "
-                                                 f"adapter {collection.ids[0]} has {shape} (ranks differ: analyse "
-                                                 "the delta view, or adapters of one rank)")
-            self.shapes[name] = tuple(shape)
-
-    def read(self, name: str, r0: int, r1: int, models: list[int], dtype: torch.dtype) -> torch.Tensor:
-        m = self.modules[name]
-        ads = self.collection.adapters
-        if self.view == "delta":
-            rows = [ads[i].delta_rows(m, r0, r1, dtype).reshape(-1) for i in models]
-        else:
-            rows = [ads[i].factor_rows(m, self.view[-1], r0, r1, dtype) for i in models]
-        return torch.stack(rows)
-
-
-def open_adapters(items: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *,
-                  adapter_name: str | None = None, limit: int | None = None) -> AdapterCollection:
-    """Open adapter folders (paths, ``hf://`` URIs, or parent folders holding them) as one checked collection."""
-    items = [items] if isinstance(items, (str, os.PathLike)) else list(items)
-    folders: list[Path] = []
-    for item in items:
-        found = find_adapter_folders(item)
-        if not found:
-            raise WslError(f"{item}: no LoRA adapter here (a folder with {CONFIG}, or a folder holding such folders)")
-        folders.extend(found)
-    if limit is not None:
-        folders = folders[:int(limit)]
-    names = [f.name for f in folders]
-    labels = names if len(set(names)) == len(names) else [str(f) for f in folders]
-    return AdapterCollection([Adapter(f, adapter_name, lab) for f, lab in zip(folders, labels)])
-
-
-def open_adapter_source(items: Sequence[str | os.PathLike[str]], *, limit: int | None = None,
-                        init_seed: int = 0, adapter_name: str | None = None) -> Any:
-    """A :class:`~wsl.subspace.sources.Source` for an adapter collection: the ``dW`` stack, no ``dW`` init null.
-
-    ``info`` carries ``collection``, ``views`` (``lora_A`` / ``lora_B`` stacks,
-    None with ``views_reason`` when ranks differ) and ``init_views`` (the
-    ``lora_A`` / ``lora_B`` views drawn from PEFT's init, see
-    :mod:`wsl.subspace.adapter_nulls`; None with ``init_views_reason`` when the
-    init is not a random one).
+    ``info`` carries the collection's facts (:meth:`AdapterCollection.describe`),
+    ``collection``, ``views`` (the ``lora_A`` / ``lora_B`` stacks; None with
+    ``views_reason`` when ranks differ) and ``init_views`` (those views at
+    PEFT's init; None with ``init_views_reason`` when the init is not random).
     """
-    from wsl.subspace.sources import Source
-
     col = open_adapters(items, adapter_name=adapter_name, limit=limit)
     if len(col) < 2:
         raise WslError(f"a subspace analysis needs at least 2 adapters, got {len(col)}")
@@ -187,22 +62,13 @@ def open_adapter_source(items: Sequence[str | os.PathLike[str]], *, limit: int |
     info: dict[str, Any] = {"kind": "lora_adapters", **col.describe(), "collection": col, "views": None,
                             "init_views": None}
     try:
-        info["views"] = {v: col.stack(v) for v in ("lora_A", "lora_B")}
+        info["views"] = {v: AdapterStack(col, v) for v in ("lora_A", "lora_B")}
     except SpaceMismatchError as exc:
         info["views_reason"] = str(exc)
     if info["views"] is not None:
         try:
-            info["init_views"] = {v: col.init_stack(v, seed=init_seed) for v in ("lora_A", "lora_B")}
+            info["init_views"] = {v: LoraInitStack(col, v, seed=init_seed) for v in ("lora_A", "lora_B")}
             info["init"] = "lora_A / lora_B drawn independently per adapter from PEFT's init distribution"
         except WslError as exc:
             info["init_views_reason"] = str(exc)
-    reason = ("LoRA initialises B = 0, so dW = s B A = 0 for every adapter at init (a degenerate null); the A-at-init "
-              "null of the lora_A view is in info['init_views'], and adapter_confounders() tests for a shared A init")
-    return Source(label, col.stack("delta"), init=None, init_reason=reason, info=info)
-
-
-def adapter_confounders(collection: Any, threshold: float = 0.99, **kwargs: Any) -> Any:
-    """Shared-init and duplicate checks of a collection; see :mod:`wsl.subspace.adapter_confounders`."""
-    from wsl.subspace.adapter_confounders import adapter_confounders as run
-
-    return run(collection, threshold, **kwargs)
+    return {"label": label, "stack": AdapterStack(col, "delta"), "init_reason": DELTA_INIT_REASON, "info": info}
