@@ -136,14 +136,14 @@ def test_collection_mismatches_name_the_adapter_and_the_difference(tmp_path: Pat
     assert report["A"]["overall"]["n_pairs"] == 0  # no cosine between different shapes
 
 
-def _collection_with_shared_a(root: Path, n: int, n_shared: int, seed: int) -> list[Path]:
+def _collection_with_shared_a(root: Path, n: int, n_shared: int, seed: int, moved: float = 1e-3) -> list[Path]:
     gen = torch.Generator().manual_seed(seed)
     a0 = {m: torch.randn(4, 12, generator=gen) for m in ("q", "v")}
     folders = []
     for i in range(n):
         f = rand_factors(gen, {"q": (10, 12, 4), "v": (10, 12, 4)})
-        if i < n_shared:  # shared init, barely moved by "training"
-            f = {m: (a0[m] + 1e-3 * torch.randn(4, 12, generator=gen), b) for m, (_, b) in f.items()}
+        if i < n_shared:  # shared init, moved by "training" by `moved` per entry (A0's entries are ~1)
+            f = {m: (a0[m] + moved * torch.randn(4, 12, generator=gen), b) for m, (_, b) in f.items()}
         folders.append(write_adapter(root / f"ad{i:02d}", f))
     return folders
 
@@ -169,6 +169,15 @@ def test_confounders_find_the_half_that_shares_one_a(tmp_path: Path) -> None:
     assert "| A | (all) |" in rep.markdown()
 
 
+def test_a_shared_init_moved_by_training_is_reported_as_related(tmp_path: Path) -> None:
+    _collection_with_shared_a(tmp_path / "col", n=8, n_shared=3, seed=11, moved=0.5)  # cos ~ 1/sqrt(1.25) ~ 0.9
+    with pytest.warns(ConfounderWarning, match="3 of 8 adapters have an A with cos > 0.5"):
+        s = adapter_confounders(tmp_path / "col", threshold=0.99, related=0.5).to_dict()["A"]["overall"]
+    assert s["fraction_in_clusters"] == 0.0 and s["fraction_related"] == pytest.approx(3 / 8)
+    with pytest.raises(WslError, match="related <= threshold"):
+        adapter_confounders(tmp_path / "col", threshold=0.5, related=0.9)
+
+
 def test_independent_adapters_raise_no_warning(tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
     _collection_with_shared_a(tmp_path / "col", n=6, n_shared=0, seed=5)
     rep = adapter_confounders(tmp_path / "col")
@@ -179,7 +188,8 @@ def test_independent_adapters_raise_no_warning(tmp_path: Path, recwarn: pytest.W
 def test_spectrum_of_delta_finds_a_planted_rank2_subspace_despite_unshared_factors(tmp_path: Path) -> None:
     gen = torch.Generator().manual_seed(6)
     out, inp, r, n = 9, 7, 4, 14
-    u, v = torch.linalg.qr(torch.randn(out, 2, generator=gen))[0], torch.linalg.qr(torch.randn(inp, 2, generator=gen))[0]
+    u = torch.linalg.qr(torch.randn(out, 2, generator=gen))[0]
+    v = torch.linalg.qr(torch.randn(inp, 2, generator=gen))[0]
     planted = torch.stack([(u[:, k:k + 1] @ v[:, k:k + 1].T).reshape(-1) for k in range(2)], dim=1)  # (P, 2)
     for i in range(n):
         c = torch.randn(2, generator=gen) * torch.tensor([3.0, 1.0])

@@ -17,12 +17,15 @@ matrices). Independent random factors of ``P`` entries give ``|cos| ~
 1/sqrt(P)`` (reported as ``random_cos_scale``). Adapters ``i, j`` are joined
 when ``cos_ij > threshold``; the connected components of that graph with two
 or more members are the *clusters*, and ``fraction_in_clusters`` is the share
-of adapters in one. Pairs whose factor shapes differ (different ranks) have
+of adapters in one. The same at the lower level ``related`` (default 0.5,
+far above ``random_cos_scale`` for any real factor) gives
+``fraction_related``: adapters whose ``A`` kept a strong trace of a shared
+init that training moved. Pairs whose factor shapes differ (different ranks) have
 no cosine (NaN) and are never joined. The Gram matrices are summed over row
 blocks of the factors, so memory is ``O(N^2 + N * block)``.
 
-A non-zero ``fraction_in_clusters`` of ``A`` raises a
-:class:`ConfounderWarning` (and is listed in ``warnings``): the shared part of
+A non-zero ``fraction_in_clusters`` of ``A`` (or a ``fraction_related``
+above it) raises a :class:`ConfounderWarning` (and is listed in ``warnings``): the shared part of
 any ``dW`` subspace found in those adapters is explained by their shared init.
 Near-identical ``B`` (which starts at zero) points to duplicated adapters.
 """
@@ -97,7 +100,7 @@ def clusters(cos: torch.Tensor, threshold: float) -> list[list[int]]:
     return sorted((c for c in comps.values() if len(c) > 1), key=lambda c: (-len(c), c[0]))
 
 
-def _stats(cos: torch.Tensor, threshold: float, ids: Sequence[str], n_params: int) -> dict[str, Any]:
+def _stats(cos: torch.Tensor, threshold: float, related: float, ids: Sequence[str], n_params: int) -> dict[str, Any]:
     n = cos.shape[0]
     off = cos[~torch.eye(n, dtype=torch.bool)]
     off = off[torch.isfinite(off)]
@@ -106,6 +109,7 @@ def _stats(cos: torch.Tensor, threshold: float, ids: Sequence[str], n_params: in
     out: dict[str, Any] = {"n_params": n_params, "random_cos_scale": 1.0 / math.sqrt(max(n_params, 1)),
                            "n_pairs": int(off.numel()) // 2,
                            "fraction_in_clusters": in_clusters / n if n else 0.0,
+                           "fraction_related": sum(len(c) for c in clusters(cos, related)) / n if n else 0.0,
                            "n_clusters": len(comps), "largest_cluster": max((len(c) for c in comps), default=0),
                            "clusters": [[ids[i] for i in c] for c in comps]}
     if off.numel():
@@ -130,33 +134,36 @@ class ConfounderReport:
 
     def markdown(self) -> str:
         """A short table: per factor, overall and per target, the cosine statistics and the cluster fraction."""
-        lines = ["| factor | target | params | mean cos | median cos | max cos | random scale | in clusters | "
-                 "clusters |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines = ["| factor | target | params | mean cos | median cos | max cos | random scale | near-identical | "
+                 "related | clusters |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for which in self.summary["factors"]:
             part = self.summary[which]
             for target, s in [("(all)", part["overall"]), *part["modules"].items()]:
                 lines.append(f"| {which} | {target} | {s['n_params']} | {s.get('mean_cos', float('nan')):.3f} | "
                              f"{s.get('median_cos', float('nan')):.3f} | {s.get('max_cos', float('nan')):.3f} | "
-                             f"{s['random_cos_scale']:.3f} | {s['fraction_in_clusters']:.2f} | {s['n_clusters']} |")
+                             f"{s['random_cos_scale']:.3f} | {s['fraction_in_clusters']:.2f} | "
+                             f"{s['fraction_related']:.2f} | {s['n_clusters']} |")
         lines += [f"\n> warning: {w}" for w in self.summary["warnings"]]
         return "\n".join(lines)
 
 
-def adapter_confounders(collection: Any, threshold: float = 0.99, *, factors: Sequence[str] = ("A", "B"),
-                        block: int = BLOCK, warn: bool = True) -> ConfounderReport:
+def adapter_confounders(collection: Any, threshold: float = 0.99, *, related: float = 0.5,
+                        factors: Sequence[str] = ("A", "B"), block: int = BLOCK, warn: bool = True
+                        ) -> ConfounderReport:
     """Pairwise cosines of the adapters' ``A`` (and ``B``) per target and overall, and near-identical clusters.
 
     ``collection``: an :class:`AdapterCollection`, a Source opened from
     adapters, or what :func:`~wsl.subspace.adapter_collection.open_adapters` accepts.
     """
     col = _collection(collection)
-    if not -1.0 <= threshold <= 1.0:
-        raise WslError(f"threshold must be a cosine in [-1, 1], got {threshold}")
+    if not -1.0 <= related <= threshold <= 1.0:
+        raise WslError(f"need -1 <= related <= threshold <= 1 (cosines), got related={related}, "
+                       f"threshold={threshold}")
     bad = [f for f in factors if f not in ("A", "B")]
     if bad:
         raise WslError(f"unknown factor {bad[0]!r}; choose 'A' and/or 'B'")
-    summary: dict[str, Any] = {"threshold": threshold, "n_adapters": len(col), "ids": list(col.ids),
-                               "factors": list(factors), "warnings": []}
+    summary: dict[str, Any] = {"threshold": threshold, "related": related, "n_adapters": len(col),
+                               "ids": list(col.ids), "factors": list(factors), "warnings": []}
     cosine: dict[str, dict[str, torch.Tensor]] = {}
     for which in factors:
         total = torch.zeros((len(col), len(col)), dtype=torch.float64)
@@ -169,20 +176,21 @@ def adapter_confounders(collection: Any, threshold: float = 0.99, *, factors: Se
             n_params = math.prod(t.a_shape if which == "A" else t.b_shape)
             n_total += n_params
             cos_by[m] = _cosine(g)
-            mods[m] = _stats(cos_by[m], threshold, col.ids, n_params)
+            mods[m] = _stats(cos_by[m], threshold, related, col.ids, n_params)
         cos_by["(all)"] = _cosine(total)
-        summary[which] = {"overall": _stats(cos_by["(all)"], threshold, col.ids, n_total), "modules": mods}
+        overall = _stats(cos_by["(all)"], threshold, related, col.ids, n_total)
+        summary[which] = {"overall": overall, "modules": mods}
         cosine[which] = cos_by
-    summary["warnings"] = _warnings(summary, threshold)
+    summary["warnings"] = _warnings(summary)
     if warn:
         for w in summary["warnings"]:
             warnings.warn(w, ConfounderWarning, stacklevel=2)
     return ConfounderReport(summary, cosine)
 
 
-def _warnings(summary: dict[str, Any], threshold: float) -> list[str]:
+def _warnings(summary: dict[str, Any]) -> list[str]:
     out = []
-    n = summary["n_adapters"]
+    n, threshold, related = summary["n_adapters"], summary["threshold"], summary["related"]
     if "A" in summary:
         s = summary["A"]["overall"]
         if s["fraction_in_clusters"] > 0:
@@ -191,10 +199,11 @@ def _warnings(summary: dict[str, Any], threshold: float) -> list[str]:
                        f"{s['largest_cluster']}): a shared A initialisation. Their updates dW = s B A share A's "
                        "row space by construction, so a shared subspace found in them is not evidence of "
                        "universality")
-        elif s.get("median_cos", 0.0) > 0.5:
-            out.append(f"the adapters' A are strongly similar (median cos {s['median_cos']:.2f}, independent "
-                       f"inits give ~{s['random_cos_scale']:.3f}) though below {threshold}: a shared init moved "
-                       "by training is likely")
+        if s["fraction_related"] > s["fraction_in_clusters"]:
+            out.append(f"{round(s['fraction_related'] * n)} of {n} adapters have an A with cos > {related} to "
+                       f"another adapter's (independent inits give |cos| ~ {s['random_cos_scale']:.3f}): a shared "
+                       "A initialisation that training moved is likely; their dW row spaces overlap far more than "
+                       "independent adapters' would")
     if "B" in summary:
         s = summary["B"]["overall"]
         if s["fraction_in_clusters"] > 0:
