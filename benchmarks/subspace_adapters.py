@@ -5,7 +5,9 @@ adapters (rank 4, alpha 8, on all three Linear layers, base frozen) are
 fine-tuned from it, each on its own task: the digits with two random pairs
 of classes swapped. The first half draws every ``A`` from ONE seed (as many
 published collections did), the second half from one seed per adapter; ``B``
-starts at 0 as in PEFT. The LoRA module is written here (``dW = s B A``,
+starts at 0 as in PEFT. Regimes: A frozen at its init (LoRA-FA: the shared
+group's A are then identical), and A and B both trained with Adam at two
+learning rates (A moves away from its init). The LoRA module is written here (``dW = s B A``,
 PEFT's init), so PEFT is not needed; the adapters are saved in PEFT's format
 and read back through ``wsl.subspace.open_source`` like any collection.
 
@@ -88,7 +90,7 @@ def task_permutation(k: int) -> torch.Tensor:
     return perm
 
 
-def make_adapters(root: Path, n: int, steps: int, lr: float) -> dict[str, Any]:
+def make_adapters(root: Path, n: int, steps: int, lr: float, train_a: bool = True) -> dict[str, Any]:
     ds = load_dataset("digits")
     xtr, ytr = ds.x_train.reshape(len(ds.x_train), -1), ds.y_train
     xte, yte = ds.x_test.reshape(len(ds.x_test), -1), ds.y_test
@@ -110,7 +112,7 @@ def make_adapters(root: Path, n: int, steps: int, lr: float) -> dict[str, Any]:
             model[int(m)] = LoraLinear(lin, init_factor("linear", "A", (RANK, lin.in_features), RANK, True, gen))
         for p in model.parameters():
             p.requires_grad_(False)
-        lora = [p for n_, p in model.named_parameters() if n_.endswith((".A", ".B"))]
+        lora = [p for n_, p in model.named_parameters() if n_.endswith((".A", ".B") if train_a else ".B")]
         for p in lora:
             p.requires_grad_(True)
         perm = task_permutation(k)
@@ -200,14 +202,15 @@ def plot(cos: torch.Tensor, ids: list[str], path: Path, title: str) -> bool:
 
 
 def markdown(runs: dict[str, dict[str, Any]], args: argparse.Namespace, seconds: float) -> str:
-    lrs = " ".join(runs)
-    lines = [f"# LoRA collection with a planted shared A init ({args.n} adapters per learning rate)", "",
-             f"`python benchmarks/subspace_adapters.py --n {args.n} --steps {args.steps} --lrs {lrs}` "
+    lrs = " ".join(f"{x:g}" for x in args.lrs)
+    lines = [f"# LoRA collection with a planted shared A init ({args.n} adapters per regime)", "",
+             f"`python benchmarks/subspace_adapters.py --n {args.n} --steps {args.steps} --lrs {lrs} "
+             f"--frozen-a-lr {args.frozen_a_lr:g}` "
              f"({seconds:.0f} s on CPU, one thread). Each adapter's task: the digits with two class pairs swapped; "
              f"`shared-*` adapters drew A from one seed, `indep-*` from one seed each; {args.steps} Adam steps.", ""]
-    for lr, res in runs.items():
+    for lr, res in runs.items():  # lr: the regime's label
         acc = res["adapters"]
-        lines += [f"## learning rate {lr}", "", f"Base MLP test accuracy {res['base_test_accuracy']:.3f}.", "",
+        lines += [f"## {lr}", "", f"Base MLP test accuracy {res['base_test_accuracy']:.3f}.", "",
                   "| group | adapters | mean task accuracy | base on those tasks |", "|---|---:|---:|---:|"]
         for g in ("shared", "indep"):
             rows = [r for r in acc if r["group"] == g]
@@ -235,7 +238,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--steps", type=int, default=400)
-    ap.add_argument("--lrs", type=float, nargs="+", default=[3e-5, 3e-4, 3e-3])
+    ap.add_argument("--lrs", type=float, nargs="+", default=[3e-4, 3e-3], help="Adam learning rates (A and B "
+                    "trained)")
+    ap.add_argument("--frozen-a-lr", type=float, default=3e-3, help="also a LoRA-FA run: A frozen at its init, B "
+                    "trained at this learning rate (0: skip)")
     ap.add_argument("--adapters", type=Path, default=Path("/tmp/wsl-lora-collection"))
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
@@ -244,17 +250,20 @@ def main() -> None:
     t0 = time.perf_counter()
     runs: dict[str, dict[str, Any]] = {}
     first_cos = None
-    for lr in args.lrs:
-        root = args.adapters / f"lr{lr:g}"
-        res = make_adapters(root, args.n, args.steps, lr)
+    regimes = [(f"A frozen (LoRA-FA), Adam lr {args.frozen_a_lr:g}", f"frozenA-lr{args.frozen_a_lr:g}",
+                 args.frozen_a_lr, False)] if args.frozen_a_lr > 0 else []
+    regimes += [(f"A and B trained, Adam lr {lr:g}", f"lr{lr:g}", lr, True) for lr in args.lrs]
+    for label, folder, lr, train_a in regimes:
+        root = args.adapters / folder
+        res = make_adapters(root, args.n, args.steps, lr, train_a)
         res.update(analyse(root))
         cos = res.pop("_cos")
         first_cos = cos if first_cos is None else first_cos
-        runs[f"{lr:g}"] = res
-        print(f"lr {lr:g}: done ({time.perf_counter() - t0:.0f} s)")
+        runs[label] = res
+        print(f"{label}: done ({time.perf_counter() - t0:.0f} s)")
     args.out.mkdir(parents=True, exist_ok=True)
-    plot(first_cos, runs[f"{args.lrs[0]:g}"]["confounders"]["ids"], args.out / "subspace_adapters.png",
-         f"cosine of the adapters' A (all targets), lr {args.lrs[0]:g}")
+    plot(first_cos, runs[regimes[0][0]]["confounders"]["ids"], args.out / "subspace_adapters.png",
+         f"cosine of the adapters' A (all targets), {regimes[0][0]}")
     with atomic_write(args.out / "subspace_adapters.json") as tmp:
         tmp.write_text(json.dumps({lr: {k: v for k, v in r.items() if k != "markdown"} for lr, r in runs.items()},
                                   indent=1, default=float))
