@@ -104,6 +104,12 @@ def test_unsupported_adapters_are_refused_with_the_reason(tmp_path: Path) -> Non
         folder = write_adapter(tmp_path / tag, f, extra=extra, **cfg)
         with pytest.raises(CheckpointError, match=rf"adapter {tag} .*{msg}"):
             open_adapters(folder)
+    two = write_adapter(tmp_path / "two", f, name="default",
+                        extra={f"{P}q.lora_A.other.weight": 2 * f["q"][0], f"{P}q.lora_B.other.weight": f["q"][1].clone()})
+    with pytest.raises(CheckpointError, match=r"several adapters \['default', 'other'\]; choose one"):
+        open_adapters(two)
+    other = open_adapters(two, adapter_name="other").adapters[0]
+    torch.testing.assert_close(other.delta("q"), 2 * (8 / 4) * f["q"][1] @ f["q"][0], rtol=1e-5, atol=1e-5)
     pickle = tmp_path / "bin"
     write_adapter(pickle, f)
     (pickle / "adapter_model.safetensors").rename(pickle / "adapter_model.bin")

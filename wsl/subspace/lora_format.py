@@ -140,7 +140,7 @@ class Adapter:
                 raise self._fail(f"config field {key} must be an object (module pattern -> value)")
 
     def _parse_keys(self, adapter_name: str | None) -> tuple[dict[str, LoraTarget], list[str]]:
-        found: dict[str, dict[str, str]] = {}
+        entries: list[tuple[str, str, str]] = []
         names: set[str] = set()
         ignored: list[str] = []
         for key in self.handle.keys():
@@ -165,14 +165,15 @@ class Adapter:
                 continue
             names.add(name or "")
             module = m["module"][len(PREFIX):] if m["module"].startswith(PREFIX) else m["module"]
-            factor = m["factor"][-1]
-            slot = found.setdefault(module, {})
-            if factor in slot:
-                raise self._fail(f"two {m['factor']} tensors for module {module!r} ({slot[factor]!r}, {key!r}); "
-                                 "choose one adapter name with adapter_name=")
-            slot[factor] = key
+            entries.append((module, m["factor"], key))
         if len(names) > 1:
             raise self._fail(f"the file holds several adapters {sorted(names)}; choose one with adapter_name=")
+        found: dict[str, dict[str, str]] = {}
+        for module, factor, key in entries:
+            slot = found.setdefault(module, {})
+            if factor[-1] in slot:
+                raise self._fail(f"two {factor} tensors for module {module!r} ({slot[factor[-1]]!r}, {key!r})")
+            slot[factor[-1]] = key
         if not found:
             raise self._fail("no lora_A / lora_B tensors")
         return {mod: self._target(mod, keys) for mod, keys in found.items()}, ignored
