@@ -12,6 +12,9 @@ space for alignment, evaluate accuracy).
   null is the zoo's epoch-0 rows of the same models, written by the
   generator with the recipe's own initialisation; a zoo without epoch-0 rows
   falls back to the architecture's default initialisation (N seeds).
+* **LoRA adapters** (folders with ``adapter_config.json``, or a folder of
+  them): the update ``dW = s B A`` per target, see
+  :func:`wsl.subspace.adapters.adapter_source`.
 * **Checkpoints**: paths or URIs of safetensors / ``.pt`` files, or one
   folder holding them. Safetensors files are read block by block (memory
   mapped); others are loaded. The ``init`` null needs ``arch=`` (any
@@ -151,6 +154,10 @@ def open_source(sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str
                          arch=arch if isinstance(arch, str) or arch is None else None, limit=limit)
     if any(_is_zoo(Path(local_path(i))) for i in items):
         raise WslError("give one zoo, or checkpoints; not a mix of both")
+    from wsl.subspace.adapters import adapter_source, is_adapter_source
+
+    if is_adapter_source(items):  # PEFT LoRA adapter folders: the dW stack (see wsl.subspace.adapters)
+        return Source(**adapter_source(items, limit=limit, init_seed=init_seed))
     paths = _checkpoint_paths(items)
     if limit is not None:
         paths = paths[:int(limit)]
