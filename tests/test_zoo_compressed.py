@@ -280,3 +280,20 @@ def test_cli_compress_and_info(zoo_path: Path, tmp_path: Path, capsys: pytest.Ca
     capsys.readouterr()
     with pytest.raises(SystemExit):
         main(["zoo", "compress", str(zoo_path), "--rank", "2", "--variance", "0.5", "-o", str(tmp_path / "x")])
+
+
+def test_nonfinite_rows_are_left_out_of_the_fit(tmp_path: Path) -> None:
+    path = tmp_path / "zoo"
+    net = REGISTRY["mlp"](sizes=[4, 6, 3])
+    gen = torch.Generator().manual_seed(5)
+    stacked = {k: torch.randn(8, *v.shape, generator=gen) for k, v in net.state_dict().items()}
+    stacked["0.weight"][3, 0, 0] = float("nan")
+    with ZooWriter(path, name="nan", dataset={"name": "toy"}, recipe={}) as w:
+        w.append(w.add_architecture(net), stacked, [{"model_id": f"m{i}"} for i in range(8)])
+    with pytest.warns(UserWarning, match="non-finite"):
+        comp = compress(path, tmp_path / "c", rank=100, progress=False)
+    assert comp.card["compression"]["fit"]["nonfinite_rows"] == {"a0": [3]}
+    got = comp.stacked()
+    keep = [i for i in range(8) if i != 3]
+    close({k: v[keep] for k, v in stacked.items()}, {k: v[keep] for k, v in got.items()})
+    assert not torch.isfinite(got["0.weight"][3]).all()

@@ -7,6 +7,7 @@ import importlib
 import importlib.util
 from typing import Any
 
+from wsl.cli.common import format_bytes as _size
 from wsl.cli.common import print_json
 from wsl.cli.zoo_compress_cmd import register_compress
 from wsl.errors import ZooFormatError
@@ -72,14 +73,6 @@ def _open(path: str, verify: str = "lazy") -> Any:
     from wsl.zoo import load_zoo
 
     return load_zoo(local_path(path, repo_type="dataset"), verify=verify)
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 def run_info(args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ def register_compress(zsub: Any) -> None:
 
 
 def run_compress(args: argparse.Namespace) -> int:
-    from wsl.cli.zoo_cmd import _size
+    from wsl.cli.common import format_bytes as _size
     from wsl.subspace.compress import compress
 
     zoo = compress(local_path(args.zoo, repo_type="dataset"), args.output, rank=args.rank, variance=args.variance,

@@ -11,7 +11,10 @@ minimises the squared reconstruction error summed over what is stored. At
 ``rank >= N - 1`` every fitted row then round-trips exactly (to float32
 rounding). ``split="train"`` fits on the rows of one split only (an honest
 held-out setting: the other splits' rows are projected on a basis that never
-saw them); every row is stored either way.
+saw them); every row is stored either way. Rows with non-finite weights
+(diverged runs) are left out of the fit (they would make every direction
+NaN), listed under ``compression.fit.nonfinite_rows``, and stored as their
+(non-finite) projections.
 
 **Rank.** ``rank=k`` keeps ``k_t = min(k, P_t, rank of the stack)``
 directions per tensor; ``variance=q`` keeps, per tensor, the fewest
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +110,7 @@ def compress(zoo_path: str | os.PathLike[str], out: str | os.PathLike[str], *, r
     zoo = load_zoo(zoo_path)
     bases: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
     fitted: dict[str, int] = {}
+    skipped: dict[str, list[int]] = {}
     for aid in zoo.architectures:
         rows = zoo.filter(arch=aid)
         fit_rows = rows.split(split) if split is not None and len(rows) else rows
@@ -114,11 +119,26 @@ def compress(zoo_path: str | os.PathLike[str], out: str | os.PathLike[str], *, r
         if not len(rows):
             bases[aid], fitted[aid] = {}, 0
             continue
-        stack = TensorStack(fit_rows.stacked(), [str(r) for r in fit_rows.row_ids.tolist()])
-        basis = fit_stack(stack, rank=rank, variance=variance, progress=progress)
+        stacked = fit_rows.stacked()
+        finite = torch.ones(len(fit_rows), dtype=torch.bool)
+        for t in stacked.values():
+            if t.is_floating_point():
+                finite &= torch.isfinite(t.reshape(len(fit_rows), -1)).all(dim=1)
+        if not bool(finite.any()):
+            raise ZooFormatError(f"{zoo.root}: every row of architecture {aid} has non-finite weights; "
+                                 "nothing to fit a basis on")
+        if not bool(finite.all()):  # a NaN row would turn every mean and direction into NaN
+            bad = fit_rows.row_ids[~finite.numpy()].tolist()
+            skipped[aid] = bad
+            warnings.warn(f"{zoo.root}: {len(bad)} rows of architecture {aid} have non-finite weights (rows "
+                          f"{bad[:5]}{'...' if len(bad) > 5 else ''}); the basis is fitted without them and they "
+                          "are stored as non-finite reconstructions", stacklevel=2)
+            stacked = {k: v[finite] for k, v in stacked.items()}
+        ids = [str(r) for r in fit_rows.row_ids[finite.numpy()].tolist()]
+        basis = fit_stack(TensorStack(stacked, ids), rank=rank, variance=variance, progress=progress)
         bases[aid] = {name: (basis.means[name], basis.dirs[name]) for name in basis.names}
-        fitted[aid] = len(stack)
-    fit = {"rank": rank, "variance": variance, "split": split, "rows": fitted,
+        fitted[aid] = len(ids)
+    fit = {"rank": rank, "variance": variance, "split": split, "rows": fitted, "nonfinite_rows": skipped,
            "rows_fitted": "all rows of the architecture" if split is None else f"rows of split {split!r}"}
     path = write_compressed_zoo(out, zoo, bases, fit=fit, progress=progress)
     return load_zoo(Path(path))

@@ -101,7 +101,8 @@ def _check_basis_entry(where: str, aid: str, entry: Any, arch: dict[str, Any]) -
         if type(t["rank"]) is not int or not 0 <= t["rank"] <= p:
             raise _err(where, f"{f}.tensors.{name}.rank", f"expected an int in [0, {p}], got {t['rank']!r}")
         if t["dtype"] not in FLOAT_DTYPES:
-            raise _err(where, f"{f}.tensors.{name}.dtype", f"expected one of {sorted(FLOAT_DTYPES)}, got {t['dtype']!r}")
+            raise _err(where, f"{f}.tensors.{name}.dtype",
+                       f"expected one of {sorted(FLOAT_DTYPES)}, got {t['dtype']!r}")
 
 
 def validate_compressed_card(card: Any, where: str) -> dict[str, Any]:
