@@ -259,8 +259,9 @@ def plot_compression(results: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(2, len(results), figsize=(6 * len(results), 8), squeeze=False)
     styles = {"subspace": "o-", "svd": "s--", "float16": "^", "int8": "v", "mean only": "x"}
     for col, res in enumerate(results):
-        for row, (key, label) in enumerate((("accuracy", "mean test accuracy"),
-                                            ("within_1pt", "fraction of models within 1 point"))):
+        for row, (key, label) in enumerate((("accuracy", "mean test accuracy (all models)"),
+                                            ("within_1pt_good", f"models >= {100 * GOOD:.0f}%: fraction within "
+                                                                "1 point"))):
             ax = axes[row][col]
             for method, style in styles.items():
                 pts = sorted((m["ratio"], m[key]) for m in res["methods"] if m["method"] == method)
@@ -306,7 +307,7 @@ def plot_loo(results: list[dict[str, Any]], path: Path, show: tuple[int, ...] = 
         ax.axhline(0, color="gray", lw=1, ls=":")
         ax.set_xscale("log")
         ax.set_xlabel("k (directions per tensor; 0 plotted at 0.5 = mean only)")
-        ax.set_ylabel("mean accuracy change")
+        ax.set_ylabel("mean accuracy change (all held-out models)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

@@ -297,3 +297,12 @@ def test_nonfinite_rows_are_left_out_of_the_fit(tmp_path: Path) -> None:
     keep = [i for i in range(8) if i != 3]
     close({k: v[keep] for k, v in stacked.items()}, {k: v[keep] for k, v in got.items()})
     assert not torch.isfinite(got["0.weight"][3]).all()
+
+
+def test_push_refuses_a_compressed_zoo(zoo_path: Path, tmp_path: Path) -> None:
+    pytest.importorskip("huggingface_hub")
+    from wsl.hub.push import push_zoo
+
+    compress(zoo_path, tmp_path / "c", rank=2, progress=False)
+    with pytest.raises(ZooFormatError, match="only native zoos are pushed"):
+        push_zoo(tmp_path / "c", "hf://datasets/someone/toy-c")
