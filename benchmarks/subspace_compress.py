@@ -52,7 +52,7 @@ from wsl.zoo import load_zoo
 from wsl.zoo.data import load_dataset
 from wsl.zoo.vectorized import VecNet, evaluate
 
-ZOOS = ("digits-cnn-gs", "digits-cnn-gs-aligned", "mnist1d-mlp")
+ZOOS = ("digits-cnn-gs", "digits-cnn-gs-aligned", "mnist1d-mlp", "mnist1d-mlp-aligned")
 """Known zoo folders, in report order (``--zoos`` also takes paths; a zoo is labelled by its folder name)."""
 KS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 SVD_RANKS = (1, 2, 4, 8, 16, 32)
