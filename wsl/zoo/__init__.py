@@ -19,7 +19,8 @@ from wsl.zoo.zoo import Zoo, ZooIndexError, ZooModel, load_zoo, register_store_o
 
 register_store_opener(open_compressed_store)  # wsl.zoo-compressed/1 zoos reconstruct their rows on access
 
-__all__ = ["COMPRESSED_FORMAT", "FORMAT", "Zoo", "ZooDataset", "ZooIndexError", "ZooModel", "ZooWriter", "load_zoo", "merge_zoos"]
+__all__ = ["COMPRESSED_FORMAT", "FORMAT", "Zoo", "ZooDataset", "ZooIndexError", "ZooModel", "ZooWriter", "load_zoo",
+           "merge_zoos"]
 
 
 def __getattr__(name: str) -> Any:
