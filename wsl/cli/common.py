@@ -12,6 +12,15 @@ from torch import nn
 from wsl.errors import WslError
 
 
+def format_bytes(n: float) -> str:
+    """``1536`` -> ``"1.5 KB"`` (binary units)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
 def parse_shape(text: str | None) -> tuple[int, ...] | None:
     """``"3,32,32"`` or ``"3x32x32"`` -> ``(3, 32, 32)`` (no batch dim)."""
     if text is None:

@@ -1,4 +1,4 @@
-"""``wsl zoo``: ``info``, ``show``, ``merge`` (plus ``generate``/``convert`` when installed)."""
+"""``wsl zoo``: ``info``, ``show``, ``merge``, ``align``, ``compress`` (plus ``generate``/``convert`` when installed)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import importlib
 import importlib.util
 from typing import Any
 
+from wsl.cli.common import format_bytes as _size
 from wsl.cli.common import print_json
+from wsl.cli.zoo_compress_cmd import register_compress
 from wsl.errors import ZooFormatError
 from wsl.io import local_path
 from wsl.zoo.summary import summarize
@@ -55,6 +57,8 @@ def register(sub: Any) -> None:
     a.add_argument("--iterations", type=int, default=5, help="barycentre iterations at most (default 5)")
     a.set_defaults(func=run_align_zoo)
 
+    register_compress(zsub)
+
     for module, fn in OPTIONAL_SUBCOMMANDS:
         if importlib.util.find_spec(module) is not None:
             getattr(importlib.import_module(module), fn)(zsub)
@@ -71,14 +75,6 @@ def _open(path: str, verify: str = "lazy") -> Any:
     return load_zoo(local_path(path, repo_type="dataset"), verify=verify)
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
 def run_info(args: argparse.Namespace) -> int:
     zoo = _open(args.path, "eager" if args.verify else "lazy")
     info = summarize(zoo)
@@ -93,6 +89,13 @@ def run_info(args: argparse.Namespace) -> int:
     ds = info["dataset"].get("name") if isinstance(info["dataset"], dict) else None
     print(f"  rows {info['num_rows']:,}   models {info['num_models']:,}   shards {info['num_shards']:,}   "
           f"disk {_size(info['disk_bytes'])}" + (f"   dataset {ds}" if ds else ""))
+    comp = info.get("compression")
+    if comp:
+        fit = comp["fit"]
+        how = f"rank {fit.get('rank')}" if fit.get("rank") is not None else f"variance {fit.get('variance')}"
+        print(f"  compressed ({comp['method']}, {how}): basis {_size(comp['basis_bytes'])} + coefficients "
+              f"{_size(comp['coefficient_bytes'])}; weights were {_size(comp['source']['weight_bytes'])} "
+              f"(ratio {comp['ratio']:.2f}x)")
     print("  splits   " + ",  ".join(f"{k} {v['rows']:,} rows / {v['models']:,} models"
                                      for k, v in info["splits"].items()))
     print("  architectures")

@@ -160,6 +160,7 @@ def push_zoo(directory: str | os.PathLike[str], uri: str, *, private: bool = Fal
     """
     from wsl.hub.cards import zoo_card
     from wsl.zoo import load_zoo
+    from wsl.zoo.format import FORMAT as ZOO_FORMAT
     from wsl.zoo.store import read_metadata_lines
 
     if is_hub_uri(str(directory)):
@@ -171,6 +172,9 @@ def push_zoo(directory: str | os.PathLike[str], uri: str, *, private: bool = Fal
     zoo = load_zoo(root, verify="eager" if verify else "none")
     _check_not_being_written(root)
     card = zoo.card
+    if card["format"] != ZOO_FORMAT:
+        raise ZooFormatError(f"{root}: is a {card['format']!r} zoo; only native zoos are pushed (decompress "
+                             f"it first: wsl zoo merge OUT {root})")
     shards = [(_in_repo(ref, s["file"]), root / s["file"]) for s in card["shards"]]
     missing = [str(p) for _, p in shards if not p.is_file()]
     if missing:

@@ -6,7 +6,9 @@ their description (keeping each input's ids where they do not clash), and
 hard-links (or copies) shard files unchanged when possible; a shard is
 rewritten only if its architecture id changes or some of its rows are dropped.
 A model_id present in several inputs is an error unless its rows are identical
-(then the later copy is dropped). The output is assembled in a temp directory
+(then the later copy is dropped). Rows of compressed inputs
+(:mod:`wsl.zoo.compressed`) are reconstructed and written as native shards,
+so merging one compressed zoo alone decompresses it. The output is assembled in a temp directory
 and renamed into place at the end, so a failed merge leaves nothing behind.
 """
 
@@ -130,7 +132,7 @@ def merge_zoos(out: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[s
             entry = z.store.card["shards"][k]
             rel = shard_file(aid, k_new)
             dst = tmp / rel
-            if aid == entry["arch"] and len(kept) == entry["num_rows"]:
+            if aid == entry["arch"] and len(kept) == entry["num_rows"] and z.store.card["format"] == FORMAT:
                 _place(z.store.shard_path(k), dst, link)
                 new_entry = dict(entry, file=rel)
             else:
@@ -148,7 +150,8 @@ def merge_zoos(out: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[s
         data = b"".join(lines)
         (tmp / METADATA_FILE).write_bytes(data)
         card = zoos[0].card
-        card.update(architectures=archs, shards=shards, num_rows=n, num_models=len(owner),
+        card.pop("compression", None)  # compressed inputs were reconstructed into native shards above
+        card.update(format=FORMAT, architectures=archs, shards=shards, num_rows=n, num_models=len(owner),
                     metadata={"file": METADATA_FILE, "sha256": hashlib.sha256(data).hexdigest(), "num_rows": n})
         card["extra"] = dict(card["extra"], merged_from=[
             {"name": Path(r).name, "num_rows": len(z)} for z, r in zip(zoos, roots)])

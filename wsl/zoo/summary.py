@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from wsl.zoo.compressed import compressed_summary
 from wsl.zoo.format import METRICS, ROW_FIELDS, SPLIT_NAMES
 
 __all__ = ["summarize"]
@@ -27,6 +28,7 @@ def _quantiles(values: np.ndarray) -> dict[str, Any]:
 
 def _disk_bytes(root: Any, card: dict[str, Any]) -> int:
     total = sum(s["bytes"] for s in card["shards"])
+    total += sum(b["bytes"] for b in card.get("compression", {}).get("bases", {}).values())
     for name in ("zoo.json", "metadata.jsonl"):
         try:
             total += os.path.getsize(root / name)
@@ -42,7 +44,8 @@ def summarize(zoo: Any) -> dict[str, Any]:
     ``dataset``, ``num_rows``, ``num_models``, ``num_shards``, ``splits`` (rows,
     models, fraction per split), ``architectures`` (id, kind, parameters,
     tensors, rows, models, shards), ``metrics`` (count, nulls and quantiles of
-    every numeric metadata field) and ``disk_bytes``.
+    every numeric metadata field), ``disk_bytes`` and ``compression`` (None for
+    a native zoo; see :func:`wsl.zoo.compressed.compressed_summary`).
     """
     card = zoo.card
     rows = list(zoo.iter_metadata())
@@ -71,4 +74,5 @@ def summarize(zoo: Any) -> dict[str, Any]:
     return {"path": str(zoo.root), "format": card["format"], "name": card["name"], "version": card["version"],
             "description": card["description"], "dataset": card["dataset"], "num_rows": len(rows),
             "num_models": card["num_models"], "num_shards": len(card["shards"]), "splits": splits,
-            "architectures": archs, "metrics": metrics, "disk_bytes": _disk_bytes(zoo.root, card)}
+            "architectures": archs, "metrics": metrics, "disk_bytes": _disk_bytes(zoo.root, card),
+            "compression": compressed_summary(card)}
