@@ -32,7 +32,7 @@ from typing import Any
 
 from wsl.io import atomic_write
 
-__all__ = ["layer_table", "summary_markdown", "write_report"]
+__all__ = ["compact_summary", "layer_table", "summary_markdown", "write_report"]
 
 _COLUMNS = ("data", "init", "mp", "shuffled")
 
@@ -85,6 +85,32 @@ def layer_table(entries: dict[str, dict[str, Any]]) -> list[str]:
             rows.append(f"| {pre}split-half overlap (k = {k}; random k/P = {rand}) | "
                         + " | ".join(_overlap_cell(entry, c) for c in _COLUMNS) + " |")
     return rows
+
+
+def _compact_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    views = {"data": entry, **{k: v for k, v in entry.get("nulls", {}).items() if "skipped" not in v}}
+    out: dict[str, Any] = {
+        "n_params": entry["n_params"],
+        "effective_rank": {k: v["effective_rank"] for k, v in views.items()},
+        "rank_for_0.9": {k: v["rank_for"]["0.9"] for k, v in views.items()},
+        "top1": {k: (v["explained_variance_ratio"] or [0.0])[0] for k, v in views.items()}}
+    sh = entry.get("split_half")
+    if sh:
+        out["split_half"] = {"k": sh["k"], "data": sh["overlap"], "random": sh["random"],
+                             **{k: v.get("overlap") for k, v in sh["nulls"].items() if "skipped" not in v}}
+    return out
+
+
+def compact_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """Per layer: effective rank, rank for 90% and top-1 share of the data and each null, split-half overlaps."""
+    out: dict[str, Any] = {"source": report["source"], "n_models": report["n_models"],
+                           "seconds": report.get("seconds"),
+                           "layers": {k: _compact_entry(v) for k, v in report["layers"].items()}}
+    aligned = report.get("aligned")
+    if aligned is not None:
+        out["aligned"] = ({"skipped": aligned["skipped"]} if "skipped" in aligned else
+                          {"layers": {k: _compact_entry(v) for k, v in aligned["layers"].items()}})
+    return out
 
 
 def summary_markdown(report: dict[str, Any]) -> str:
