@@ -61,6 +61,17 @@ def _spec(name: str, shape: Sequence[int], g: torch.Tensor) -> Spectrum:
     return Spectrum(name, tuple(int(s) for s in shape), n, lam[:r].clamp_min(0).cpu())
 
 
+def _mp(data: Spectrum, cache: dict[tuple[int, int], Spectrum]) -> Spectrum:
+    """:func:`mp_spectrum`, computed once per shape: its eigenvalues are ``sigma^2`` times a shape-only curve."""
+    ref = cache.get((data.n_models, data.n_params))
+    if ref is None or not ref.extra["sigma2"] > 0:
+        ref = cache[(data.n_models, data.n_params)] = mp_spectrum(data)
+        return ref
+    sigma2 = float(data.eigenvalues.sum()) / max((data.n_models - 1) * data.n_params, 1)
+    return Spectrum(data.name, data.shape, data.n_models, ref.eigenvalues * (sigma2 / ref.extra["sigma2"]),
+                    extra={"sigma2": sigma2})
+
+
 def _excess(data: Spectrum, null: Spectrum) -> dict[str, Any]:
     k90 = data.rank_for(0.9)
     return {"k90": k90, "at_1": data.explained_at(1) - null.explained_at(1),
@@ -72,8 +83,10 @@ class _Run:
     """One analysis of a trained stack and its null stacks (unaligned or aligned)."""
 
     def __init__(self, data: Stack, stacks: dict[str, Stack | None], reasons: dict[str, str], nulls: Sequence[str],
-                 groups: dict[str, list[str]], *, split_half: bool, modes: bool, block: int, seed: int) -> None:
+                 groups: dict[str, list[str]], *, split_half: bool, modes: bool, block: int, seed: int,
+                 mp_cache: dict[tuple[int, int], Spectrum]) -> None:
         self.data, self.stacks, self.reasons, self.nulls = data, stacks, reasons, list(nulls)
+        self.mp_cache = mp_cache
         self.split_half, self.modes, self.block = split_half, modes, block
         self.halves = {key: split_halves(groups[key], seed) for key in ("data", *stacks) if key in groups}
 
@@ -91,7 +104,7 @@ class _Run:
         out["nulls"], out["excess"] = {}, {}
         for null in self.nulls:
             if null == "mp":
-                sp = mp_spectrum(data)
+                sp = _mp(data, self.mp_cache)
             elif gs.get(null) is None:
                 out["nulls"][null] = {"skipped": self.reasons[null]}
                 continue
@@ -213,6 +226,7 @@ def analyze(sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] |
     nulls = [n for n in NULLS if n in nulls]
     init_reason = src.init_reason or "no init stack"
     reasons = {"init": init_reason}
+    mp_cache: dict[tuple[int, int], Spectrum] = {}
     report: dict[str, Any] = {
         "format": REPORT_FORMAT, "source": src.label, "info": dict(src.info), "n_models": len(src.stack),
         "settings": {"nulls": nulls, "aligned": "both" if want_aligned else "none", "split_half": split_half,
@@ -236,7 +250,7 @@ def analyze(sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] |
         if init is not None:
             groups["init"] = _groups(src, init)
         return _Run(data, stacks, reasons, nulls, groups, split_half=split_half, modes=modes, block=block,
-                    seed=seed).run(desc, progress)
+                    seed=seed, mp_cache=mp_cache).run(desc, progress)
 
     report.update(run(src.stack, src.init, "subspace"))
     if want_aligned:
