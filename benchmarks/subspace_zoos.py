@@ -8,7 +8,8 @@ For every zoo: the last checkpoint of every model, one weight space:
 * digits-cnn-wild: the architecture with the most models (named in the output).
 
 Each is analysed by :func:`wsl.subspace.analyze.analyze` with the init, MP and shuffled nulls, split-half
-sharedness and alignment to the barycentre ("both"). Writes ``benchmarks/results/subspace_zoos.json``
+sharedness and alignment to the barycentre ("both"), and once more (unaligned) with every model's every layer
+scaled to norm 1 (view "unit-norm": what remains without the spread of the models' scales). Writes ``benchmarks/results/subspace_zoos.json``
 (per layer: effective rank, rank for 90%, top-1 share, excess over each null, split-half overlaps; the
 binding null; the largest layer's curves), ``subspace_zoos.md`` and ``subspace_zoos.png`` (per zoo: the
 largest layer's spectrum and cumulative curve, data vs nulls, aligned dashed). Full reports go to
@@ -87,15 +88,33 @@ def _binding(entry: dict[str, Any]) -> str | None:
     return min(ex, key=lambda k: ex[k]["at_k90"]) if ex else None
 
 
-def _zoo_result(report: dict[str, Any], note: str, seconds: float) -> dict[str, Any]:
-    summary = compact_summary(report)
+def unit_norm(src: Source) -> Source:
+    """Every model's every layer (all tensors of one module together) scaled to norm 1, trained and init alike:
+    what is left of the spectrum without the spread of the models' scales."""
+    from wsl.subspace.stacks import layer_of
+
+    def scale(stack: Any) -> TensorStack:
+        sq: dict[str, torch.Tensor] = {}
+        for n, t in stack.tensors.items():
+            sq[layer_of(n)] = sq.get(layer_of(n), 0) + t.flatten(1).pow(2).sum(1)
+        return TensorStack({n: t / sq[layer_of(n)].sqrt().clamp_min(1e-12).view(-1, *[1] * (t.dim() - 1))
+                            for n, t in stack.tensors.items()}, stack.ids)
+
+    return Source(f"{src.label} (unit norm)", scale(src.stack), init=scale(src.init) if src.init is not None else None,
+                  init_reason=src.init_reason, build=src.build, info={**src.info, "unit_norm": "per layer"})
+
+
+def _zoo_result(parts: dict[str, Any], note: str, seconds: float) -> dict[str, Any]:
+    """``parts``: view name -> a report (or its ``aligned`` part); the first is the unaligned report."""
+    report = next(iter(parts.values()))
     largest = max(report["layers"], key=lambda k: report["layers"][k]["n_params"])
     out: dict[str, Any] = {"source": report["source"], "selection": note, "n_models": report["n_models"],
                            "seconds": seconds, "largest_layer": largest, "views": {}}
-    for view, part, csum in (("unaligned", report, summary), ("aligned", report.get("aligned"), summary.get("aligned"))):
+    for view, part in parts.items():
         if part is None or "skipped" in part:
             out["views"][view] = {"skipped": (part or {}).get("skipped", "not run")}
             continue
+        csum = compact_summary({"source": report["source"], "n_models": report["n_models"], "layers": part["layers"]})
         layers = {}
         for name, entry in part["layers"].items():
             layers[name] = {**csum["layers"][name], "excess": entry["excess"], "binding_null": _binding(entry),
@@ -187,6 +206,8 @@ def main() -> None:
     ap.add_argument("--full", default="/tmp/subspace_zoos", help="folder for the full reports (not committed)")
     ap.add_argument("--rebuild", action="store_true", help="no analysis: rebuild the JSON, table and figure from "
                     "the full reports in --full (selection and time from the existing JSON)")
+    ap.add_argument("--unit-norm-only", action="store_true", help="only the unit-norm analysis (into --full); "
+                    "then run with --rebuild")
     args = ap.parse_args()
     torch.set_num_threads(1)
     plan = {"digits-cnn-gs": pooled_source, "mnist1d-mlp": pooled_source, "digits-cnn-wild": common_arch_source}
@@ -199,20 +220,32 @@ def main() -> None:
         path = Path(args.zoos) / zoo
         if args.rebuild:
             full = Path(args.full) / zoo / "report.json"
+            normed = Path(args.full) / f"{zoo}-unit-norm" / "report.json"
             if zoo in results and full.is_file():
                 old = results[zoo]
-                results[zoo] = _zoo_result(json.loads(full.read_text()), old["selection"], old["seconds"])
+                rep = json.loads(full.read_text())
+                parts = {"unaligned": rep, "aligned": rep.get("aligned")}
+                if normed.is_file():
+                    parts["unit-norm"] = json.loads(normed.read_text())
+                results[zoo] = _zoo_result(parts, old["selection"], old["seconds"])
             continue
         if not (path / "zoo.json").is_file():
             print(f"{zoo}: not generated yet ({path}); skipped")
             continue
         src, note = opener(path, args.limit)
+        if args.unit_norm_only:
+            normed = analyze(unit_norm(src), aligned=False, modes=False, seed=0, progress=True)
+            write_report(normed, Path(args.full) / f"{zoo}-unit-norm")
+            continue
         print(f"{zoo}: {len(src.stack)} models; {note}", flush=True)
         t0 = time.perf_counter()
         report = analyze(src, aligned="both", seed=0, progress=True)
-        seconds = time.perf_counter() - t0
         write_report(report, Path(args.full) / zoo)
-        results[zoo] = _zoo_result(report, note, seconds)
+        normed = analyze(unit_norm(src), aligned=False, modes=False, seed=0, progress=True)
+        write_report(normed, Path(args.full) / f"{zoo}-unit-norm")
+        seconds = time.perf_counter() - t0
+        results[zoo] = _zoo_result({"unaligned": report, "aligned": report.get("aligned"), "unit-norm": normed},
+                                   note, seconds)
         print(f"{zoo}: {seconds:.0f} s; full report in {Path(args.full) / zoo}", flush=True)
     results = {k: results[k] for k in plan if k in results}
     RESULTS.mkdir(parents=True, exist_ok=True)

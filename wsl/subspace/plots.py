@@ -7,7 +7,7 @@ there are more than :data:`MAX_PANELS` layers):
   (log y) for the data and every null;
 * ``cumulative``: the fraction of variance in the first ``r`` directions.
 
-Unaligned curves are solid, aligned ones dashed, on the same axes. A null's
+Unaligned curves are solid, aligned ones dashed (any other view dotted), on the same axes. A null's
 colour is the same everywhere. matplotlib is optional: without it nothing
 is drawn and one warning names what was skipped.
 """
@@ -58,9 +58,9 @@ def _curves(entry: dict[str, Any]) -> dict[str, np.ndarray]:
 def draw_curves(ax: Any, views: dict[str, dict[str, Any]], *, cumulative: bool, title: str) -> None:
     """One panel: every view's (``{"unaligned": entry, "aligned": entry}``) data and null curves."""
     for view, entry in views.items():
-        style = "-" if view == "unaligned" else "--"
+        style = {"unaligned": "-", "aligned": "--"}.get(view, ":")
         for key, evr in _curves(entry).items():
-            if not len(evr) or (key == "mp" and view == "aligned"):  # MP depends on the shape only: drawn once
+            if not len(evr) or (key == "mp" and view != "unaligned"):  # MP depends on the shape only: drawn once
                 continue
             y = np.cumsum(evr) if cumulative else np.where(evr > 0, evr, np.nan)
             ranks = np.arange(1, len(evr) + 1)
