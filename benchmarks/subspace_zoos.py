@@ -69,17 +69,33 @@ def pooled_source(path: Path, limit: int | None) -> tuple[Source, str]:
     return src, note
 
 
+def _describe(arch: dict[str, Any]) -> str:
+    """A short text for a sequential architecture description (else its kind and name)."""
+    if arch.get("kind") != "sequential":
+        return f"{arch.get('kind')} {arch.get('name', '')}".strip()
+    parts = []
+    for layer in arch["layers"]:
+        t = layer["type"]
+        if t == "conv2d":
+            parts.append(f"conv{layer['kernel_size']}x{layer['kernel_size']}/s{layer['stride']}->{layer['out_channels']}")
+        elif t == "linear":
+            parts.append(f"linear->{layer['out_features']}")
+        elif t != "dropout":
+            parts.append(t)
+    return ", ".join(parts)
+
+
 def common_arch_source(path: Path, limit: int | None) -> tuple[Source, str]:
-    """The zoo's architecture with the most models."""
+    """The zoo's architecture with the most models (the first in the zoo's order on a tie)."""
     import wsl
 
     zoo = wsl.load_zoo(path)
     counts = Counter(r["arch"] for r in zoo.latest().rows)
-    arch, n = counts.most_common(1)[0]
+    (arch, n), *rest = counts.most_common()
+    ties = [a for a, m in rest if m == n]
     src = open_source(path, arch=arch, limit=limit)
-    kind = zoo.architectures[arch]["arch"]
-    return src, (f"architecture {arch} ({n} models of {len(zoo.latest())}; the most common of {len(counts)}): "
-                 f"{json.dumps(kind.get('kwargs', kind))[:300]}")
+    return src, (f"architecture {arch} ({n} of {len(zoo.latest())} models; the most common of {len(counts)}"
+                 + (f", tied with {', '.join(ties)}" if ties else "") + f"): {_describe(zoo.architectures[arch]['arch'])}")
 
 
 def _binding(entry: dict[str, Any]) -> str | None:
