@@ -15,6 +15,7 @@ from wsl.space import WeightSpace
 from wsl.subspace.analyze import analyze
 from wsl.subspace.report import write_report
 from wsl.subspace.halves import split_halves
+from wsl.subspace.modes import mode_grams
 from wsl.subspace.sources import Source, open_source
 from wsl.subspace.spectrum import directions, principal_cosines
 from wsl.subspace.stacks import TensorStack
@@ -93,6 +94,10 @@ def test_layer_split_half_and_mode_numbers_match_dense_computations(zoo_report: 
                           left / left.sum(), atol=1e-8)
     assert torch.allclose(torch.tensor(modes["right"]["explained_variance_ratio"], dtype=torch.float64),
                           right / right.sum(), atol=1e-8)
+    # a few models per read (block smaller than one model's tensor: one model at a time) gives the same Grams
+    small = mode_grams(stack, "3.weight", block=50, max_side=9)
+    assert torch.allclose(small["left"], torch.einsum("nar,nbr->ab", w, w), rtol=1e-6)
+    assert isinstance(small["right"], str) and "10 > 9" in small["right"]
 
 
 def _permuted_copies(n: int, noise: float, seed: int = 0) -> tuple[TensorStack, WeightSpace]:
