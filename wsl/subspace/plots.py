@@ -1,0 +1,128 @@
+"""Figures of a subspace report: per-layer spectra of the data beside the nulls (matplotlib, Agg backend).
+
+Two kinds of figure, each with one panel per layer (one file per layer when
+there are more than :data:`MAX_PANELS` layers):
+
+* ``spectrum``: explained-variance ratio of direction ``r`` against ``r``
+  (log y) for the data and every null;
+* ``cumulative``: the fraction of variance in the first ``r`` directions.
+
+Unaligned curves are solid, aligned ones dashed (any other view dotted), on the same axes. A null's
+colour is the same everywhere. matplotlib is optional: without it nothing
+is drawn and one warning names what was skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsl.io import atomic_write
+
+__all__ = ["COLOURS", "MAX_PANELS", "draw_curves", "pyplot", "report_figures"]
+
+log = logging.getLogger("wsl.subspace")
+
+MAX_PANELS = 12
+COLOURS = {"data": "black", "init": "tab:blue", "mp": "tab:green", "shuffled": "tab:orange"}
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend, or None (with a warning) when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=True)
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("wsl: warning: matplotlib is not installed (pip install 'wsl[plot]'); no figures drawn, "
+                    "report.json and summary.md are written")
+        return None
+    return plt
+
+
+def _curves(entry: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Explained-variance curves of the data and each null of one report entry."""
+    out = {"data": np.asarray(entry["explained_variance_ratio"], dtype=float)}
+    for null, sub in entry.get("nulls", {}).items():
+        if "explained_variance_ratio" in sub:
+            out[null] = np.asarray(sub["explained_variance_ratio"], dtype=float)
+    return out
+
+
+def draw_curves(ax: Any, views: dict[str, dict[str, Any]], *, cumulative: bool, title: str) -> None:
+    """One panel: every view's (``{"unaligned": entry, "aligned": entry}``) data and null curves."""
+    for view, entry in views.items():
+        style = {"unaligned": "-", "aligned": "--"}.get(view, ":")
+        for key, evr in _curves(entry).items():
+            if not len(evr) or (key == "mp" and view != "unaligned"):  # MP depends on the shape only: drawn once
+                continue
+            y = np.cumsum(evr) if cumulative else np.where(evr > 0, evr, np.nan)
+            ranks = np.arange(1, len(evr) + 1)
+            label = key if len(views) == 1 else f"{key} ({view})"
+            ax.plot(ranks, y, style, color=COLOURS.get(key, "grey"), lw=1.6 if key == "data" else 1.1,
+                    label=label)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("rank")
+    if cumulative:
+        ax.set_xscale("log")
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel("variance explained by the first r")
+    else:
+        ax.set_yscale("log")
+        ax.set_ylabel("explained variance ratio")
+    ax.grid(alpha=0.3)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    return path
+
+
+def _layer_views(report: dict[str, Any], layer: str) -> dict[str, dict[str, Any]]:
+    views = {"unaligned": report["layers"][layer]}
+    aligned = report.get("aligned") or {}
+    if layer in aligned.get("layers", {}):
+        views["aligned"] = aligned["layers"][layer]
+    return views
+
+
+def _title(report: dict[str, Any], layer: str) -> str:
+    entry = report["layers"][layer]
+    return f"layer {layer} (P = {entry['n_params']}, N = {entry['n_models']})"
+
+
+def report_figures(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
+    """Draw ``spectrum.png`` and ``cumulative.png`` (or ``*_<layer>.png`` per layer) into ``out_dir``."""
+    plt = pyplot()
+    if plt is None:
+        return []
+    out = Path(out_dir)
+    layers = list(report["layers"])
+    written: list[Path] = []
+    for kind in ("spectrum", "cumulative"):
+        groups = [layers] if len(layers) <= MAX_PANELS else [[layer] for layer in layers]
+        for group in groups:
+            cols = min(4, len(group))
+            rows = math.ceil(len(group) / cols)
+            fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
+            try:
+                for ax, layer in zip(axes.flat, group):
+                    draw_curves(ax, _layer_views(report, layer), cumulative=kind == "cumulative",
+                                title=_title(report, layer))
+                for ax in list(axes.flat)[len(group):]:
+                    ax.set_visible(False)
+                axes.flat[0].legend(fontsize=7)
+                fig.suptitle(f"{Path(str(report['source'])).name}: {kind} of the data vs the nulls", fontsize=10)
+                fig.tight_layout()
+                name = kind if len(groups) == 1 else f"{kind}_{re.sub(r'[^A-Za-z0-9_.-]', '_', group[0])}"
+                written.append(_save(fig, out / f"{name}.png"))
+            finally:
+                plt.close(fig)
+    return written
