@@ -4,7 +4,7 @@ For each zoo (last checkpoint of every model), per architecture:
 
 * **subspace k**: the mean and top-k principal directions per tensor, fitted on
   all the zoo's last-checkpoint models of that architecture
-  (:func:`wsl.subspace.compress.fit_stack`), every model stored as its
+  (:func:`wsl.subspace.basis.fit`), every model stored as its
   coefficients; bytes = basis + coefficients (float32);
 * **mean only** (k = 0): every model replaced by the mean; bytes = the mean;
 * **float16**: every weight rounded to half precision;
@@ -46,7 +46,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from wsl.subspace.compress import fit_stack, stored_bytes
+from wsl.subspace.basis import fit
+from wsl.subspace.compress import stored_bytes
 from wsl.subspace.stacks import TensorStack
 from wsl.zoo import load_zoo
 from wsl.zoo.data import load_dataset
@@ -115,7 +116,7 @@ def subspace_sweep(stacked: Stacked, ks: tuple[int, ...]) -> list[tuple[int, Sta
     """(k, reconstruction, bytes) for each k, from one fit at the largest k (nested principal directions)."""
     floats = {k: v for k, v in stacked.items() if v.is_floating_point()}
     n = next(iter(floats.values())).shape[0]
-    basis = fit_stack(TensorStack(floats), rank=max(ks))
+    basis = fit(TensorStack(floats), rank=max(ks))
     out = []
     for k in ks:
         b = basis.truncate(k)
@@ -153,7 +154,7 @@ def loo(groups: dict[str, Any], sample: list[tuple[str, int]], ks: tuple[int, ..
         floats = {k: v for k, v in g["stacked"].items() if v.is_floating_point()}
         n = next(iter(floats.values())).shape[0]
         others = [j for j in range(n) if j != i]
-        basis = fit_stack(TensorStack(floats).subset(others), rank=max(ks))
+        basis = fit(TensorStack(floats).subset(others), rank=max(ks))
         for k in ks:
             b = basis.truncate(k)
             rec = {name: t[i:i + 1] for name, t in g["stacked"].items()}

@@ -19,7 +19,8 @@ import torch
 from subspace_fixtures import write_zoo
 from wsl.archs import REGISTRY
 from wsl.errors import ZooFormatError
-from wsl.subspace.compress import compress, fit_stack
+from wsl.subspace.basis import fit
+from wsl.subspace.compress import compress
 from wsl.subspace.stacks import TensorStack
 from wsl.zoo import ZooWriter, load_zoo
 from wsl.zoo.compressed import COMPRESSED_FORMAT
@@ -71,7 +72,7 @@ def test_full_rank_round_trip_is_exact(zoo_path: Path, tmp_path: Path) -> None:
 def test_reconstruction_is_the_basis_projection(zoo_path: Path, tmp_path: Path) -> None:
     native = load_zoo(zoo_path)
     comp = compress(zoo_path, tmp_path / "c", rank=2, progress=False)
-    basis = fit_stack(TensorStack(native.stacked()), rank=2)
+    basis = fit(TensorStack(native.stacked()), rank=2)
     got = comp.stacked()
     for row in np.random.default_rng(0).permutation(len(native))[:6].tolist():
         close(basis.roundtrip(native[row].state_dict()), {k: v[row] for k, v in got.items()}, tol=1e-5)

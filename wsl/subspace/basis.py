@@ -27,7 +27,7 @@ import torch
 
 from wsl.errors import CheckpointError, SpaceMismatchError, WslError
 from wsl.io import atomic_save_safetensors, atomic_write, load_safetensors, read_json_object
-from wsl.subspace.spectrum import directions
+from wsl.subspace.spectrum import covariance_directions, directions
 from wsl.subspace.stacks import BLOCK, Stack
 
 __all__ = ["BASIS_FORMAT", "Basis", "fit", "load_basis"]
@@ -151,13 +151,16 @@ def fit(stack: Stack, *, rank: int | None = None, variance: float | None = None,
 
     if (rank is None) == (variance is None):
         raise WslError("give exactly one of rank= and variance=")
-    if rank is not None and int(rank) < 0:
-        raise WslError(f"rank must be >= 0, got {rank}")
+    if rank is not None and (not isinstance(rank, int) or isinstance(rank, bool) or rank < 0):
+        raise WslError(f"rank must be an int >= 0, got {rank!r}")
     if variance is not None and not 0 < float(variance) <= 1:
         raise WslError(f"variance must be in (0, 1], got {variance}")
     means, dirs, shapes, ranks = {}, {}, {}, {}
+    count = len(stack) if models is None else len(models)
     for n in tqdm(stack.names, desc="fit basis", unit="tensor", disable=not progress):
-        if variance is not None:
+        if count > stack.numel(n):  # more models than entries: the P x P covariance is the smaller problem
+            mu, v = covariance_directions(stack, n, rank=rank, variance=variance, models=models)
+        elif variance is not None:
             from wsl.subspace.spectrum import gram, spectrum_from_values
 
             g = gram(stack, n, models=models, block=block)

@@ -42,52 +42,10 @@ from typing import Any
 import torch
 
 from wsl.errors import WslError, ZooFormatError
-from wsl.subspace.basis import Basis
-from wsl.subspace.spectrum import Spectrum, directions, gram, spectrum_from_values
+from wsl.subspace.basis import fit as fit_basis
 from wsl.subspace.stacks import Stack, TensorStack
 
-__all__ = ["compress", "fit_stack", "stored_bytes"]
-
-
-def _covariance_directions(stack: Stack, name: str, rank: int | None, variance: float | None
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and top directions from the ``P x P`` covariance (for ``N > P``); same threshold as the Gram route."""
-    x = stack.matrix(name, dtype=torch.float64)
-    n, p = x.shape
-    mean = x.mean(dim=0)
-    xc = x - mean
-    lam, w = torch.linalg.eigh(xc.T @ xc)
-    lam, w = lam.flip(0)[:max(min(n - 1, p), 0)].clamp_min(0), w.flip(1)
-    k = Spectrum(name, stack.shapes[name], n, lam).rank_for(float(variance)) if variance is not None else int(rank or 0)
-    s = lam.sqrt()
-    keep = int(((s > s.max() * 1e-6) & (s > 0)).sum()) if len(s) else 0
-    return mean, w[:, :max(0, min(k, keep))]
-
-
-def fit_stack(stack: Stack, *, rank: int | None = None, variance: float | None = None, progress: bool = False,
-              info: dict[str, Any] | None = None) -> Basis:
-    """A :class:`~wsl.subspace.basis.Basis` of every tensor of ``stack`` (see the module docstring for the route)."""
-    from tqdm.auto import tqdm
-
-    if (rank is None) == (variance is None):
-        raise WslError("give exactly one of rank= and variance=")
-    if rank is not None and (not isinstance(rank, int) or isinstance(rank, bool) or rank < 0):
-        raise WslError(f"rank must be an int >= 0, got {rank!r}")
-    if variance is not None and not 0 < float(variance) <= 1:
-        raise WslError(f"variance must be in (0, 1], got {variance!r}")
-    means, dirs, shapes = {}, {}, {}
-    n = len(stack)
-    for name in tqdm(stack.names, desc="fit basis", unit="tensor", disable=not progress):
-        if n > stack.numel(name):
-            mu, v = _covariance_directions(stack, name, rank, variance)
-        elif variance is not None:
-            g = gram(stack, name)
-            sp, _ = spectrum_from_values(name, stack.shapes[name], n, g)
-            _, mu, v = directions(stack, name, sp.rank_for(float(variance)), g=g)
-        else:
-            _, mu, v = directions(stack, name, int(rank))  # type: ignore[arg-type]
-        means[name], dirs[name], shapes[name] = mu.to(torch.float32), v.to(torch.float32), stack.shapes[name]
-    return Basis(means, dirs, shapes, {"n_models": n, "rank": rank, "variance": variance, **(info or {})})
+__all__ = ["compress", "stored_bytes"]
 
 
 def compress(zoo_path: str | os.PathLike[str], out: str | os.PathLike[str], *, rank: int | None = None,
@@ -135,7 +93,7 @@ def compress(zoo_path: str | os.PathLike[str], out: str | os.PathLike[str], *, r
                           "are stored as non-finite reconstructions", stacklevel=2)
             stacked = {k: v[finite] for k, v in stacked.items()}
         ids = [str(r) for r in fit_rows.row_ids[finite.numpy()].tolist()]
-        basis = fit_stack(TensorStack(stacked, ids), rank=rank, variance=variance, progress=progress)
+        basis = fit_basis(TensorStack(stacked, ids), rank=rank, variance=variance, progress=progress)
         bases[aid] = {name: (basis.means[name], basis.dirs[name]) for name in basis.names}
         fitted[aid] = len(ids)
     fit = {"rank": rank, "variance": variance, "split": split, "rows": fitted, "nonfinite_rows": skipped,

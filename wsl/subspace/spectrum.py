@@ -32,7 +32,7 @@ import torch
 
 from wsl.subspace.stacks import BLOCK, Stack
 
-__all__ = ["QUANTILES", "Spectrum", "directions", "gram", "grams", "overlap", "principal_cosines", "spectrum",
+__all__ = ["QUANTILES", "Spectrum", "covariance_directions", "directions", "gram", "grams", "overlap", "principal_cosines", "spectrum",
            "spectrum_from_values"]
 
 QUANTILES = (0.5, 0.9, 0.99)
@@ -193,6 +193,27 @@ def directions(stack: Stack, name: str, k: int, *, models: Sequence[int] | None 
         q, r = torch.linalg.qr(vecs)
         vecs = q * torch.where(torch.diagonal(r) < 0, -1.0, 1.0).to(q.dtype)
     return sp, mean, vecs
+
+
+def covariance_directions(stack: Stack, name: str, *, rank: int | None = None, variance: float | None = None,
+                          models: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean ``(P,)`` and top directions ``(P, k)`` from the ``P x P`` covariance, for stacks with ``N > P``.
+
+    The same directions as :func:`directions` (the right singular vectors of
+    the centred stack) with the same rank rule: ``rank``, or the fewest that
+    explain ``variance``; zero singular values are left out.
+    """
+    x = stack.matrix(name, models=models, dtype=torch.float64)
+    n, p = x.shape
+    mean = x.mean(dim=0)
+    xc = x - mean
+    lam, w = torch.linalg.eigh(xc.T @ xc)
+    lam, w = lam.flip(0)[:max(min(n - 1, p), 0)].clamp_min(0), w.flip(1)
+    k = Spectrum(name, stack.shapes[name], n, lam.cpu()).rank_for(float(variance)) if variance is not None \
+        else int(rank or 0)
+    s = lam.sqrt()
+    keep = int(((s > s.max() * 1e-6) & (s > 0)).sum()) if len(s) else 0
+    return mean, w[:, :max(0, min(k, keep))]
 
 
 def principal_cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
