@@ -32,6 +32,7 @@ for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # bef
 
 import argparse  # noqa: E402
 import math  # noqa: E402
+import resource  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
@@ -224,28 +225,33 @@ def minilm(args: argparse.Namespace) -> None:
                 paths = write_minilms(folder, n, dtype)
             print(f"[minilm] written in {w}")
         stack = FileStack(paths)
-        with Peak() as ours:
-            res = analyse(stack, args.nulls, args.block)
-        label = "data + shuffled + MP" if args.nulls else "data + MP"
-        mp = {k: mp_spectrum(v) for k, v in res["data"].items()}
-        print(f"[minilm] wsl spectra through FileStack ({label}, block {args.block:,}): {ours}   "
-              f"targets 300 s / 6144 MB: ratios {ours.seconds / 300:.2f} wall, {ours.cpu / 300:.2f} CPU / "
-              f"{(ours.anon + ours.file) / 6144:.2f} "
-              f"(anon + file), {ours.anon / 6144:.2f} (anon only)")
+        for nulls in (False, True) if args.nulls else (False,):
+            with Peak() as ours:
+                res = analyse(stack, nulls, args.block)
+            mp = {k: mp_spectrum(v) for k, v in res["data"].items()}
+            label = "data + shuffled + MP" if nulls else "data + MP"
+            print(f"[minilm] wsl spectra through FileStack ({label}, block {args.block:,}): {ours}   "
+                  f"targets 300 s / 6144 MB: ratios {ours.seconds / 300:.2f} wall, {ours.cpu / 300:.2f} CPU / "
+                  f"{(ours.anon + ours.file) / 6144:.2f} (anon + file)")
         fits = [k for k in stack.names if n * stack.numel(k) * 8 <= args.dense_limit * 2**30]
         left = [k for k in stack.names if k not in fits]
-        with Peak() as base:
-            ref = numpy_svd(stack, fits, compute_uv=True)
-        fit_p = sum(stack.numel(k) for k in fits)
-        print(f"[minilm] numpy svd(full_matrices=False) on the {len(fits)} tensors whose float64 stack fits in "
-              f"{args.dense_limit} GB ({fit_p:,} of {per_model:,} parameters): {base}; "
-              f"max |d eig| / eig_max {_agree(res['data'], ref):.1e}")
-        with Peak() as part:
-            spectra(stack, fits, block=args.block)
-        print(f"[minilm] wsl spectra of the same {len(fits)} tensors: {part}   numpy / wsl "
-              f"{base.seconds / part.seconds:.1f}x wall, {base.cpu / part.cpu:.1f}x CPU")
-        for k in left:
-            print(f"[minilm] no dense baseline for {k}: its float64 stack alone is {n * stack.numel(k) * 8 / 2**30:.1f} GB")
+        if fits:
+            with Peak() as base:
+                ref = numpy_svd(stack, fits, compute_uv=True)
+            fit_p = sum(stack.numel(k) for k in fits)
+            print(f"[minilm] numpy svd(full_matrices=False) on the {len(fits)} tensors whose float64 stack fits in "
+                  f"{args.dense_limit} GB ({fit_p:,} of {per_model:,} parameters): {base}; "
+                  f"max |d eig| / eig_max {_agree(res['data'], ref):.1e}")
+            with Peak() as part:
+                spectra(stack, fits, block=args.block)
+            print(f"[minilm] wsl spectra of the same {len(fits)} tensors: {part}   numpy / wsl "
+                  f"{base.seconds / part.seconds:.1f}x wall, {base.cpu / part.cpu:.1f}x CPU")
+        if not fits:
+            print(f"[minilm] dense baseline skipped (--dense-limit {args.dense_limit})")
+        else:
+            for k in left:
+                print(f"[minilm] no dense baseline for {k}: its float64 stack alone is "
+                      f"{n * stack.numel(k) * 8 / 2**30:.1f} GB")
         emb = "embeddings.word_embeddings.weight"
         print(f"[minilm] {emb}: rank for 90% {res['data'][emb].rank_for(0.9)}, effective rank "
               f"{res['data'][emb].effective_rank:.1f} (MP {mp[emb].effective_rank:.1f}; 4 planted directions + noise)")
@@ -261,7 +267,7 @@ def main() -> None:
     ap.add_argument("--models", type=int, default=None, help="number of models (default 2000 / 100)")
     ap.add_argument("--block", type=int, default=BLOCK, help=f"entries per block (default {BLOCK:,})")
     ap.add_argument("--synthetic", action="store_true", help="cnn: a synthetic stack even if the zoo exists")
-    ap.add_argument("--nulls", action="store_true", help="minilm: also the shuffled null (slow: permutes 2G entries)")
+    ap.add_argument("--nulls", action="store_true", help="minilm: then data + shuffled + MP (permutes 2.3G entries)")
     ap.add_argument("--dir", default="/tmp/wsl-subspace-bench", help="minilm: where the checkpoints go")
     ap.add_argument("--dense-limit", type=float, default=2.0, help="minilm: GB for one float64 dense stack")
     ap.add_argument("--keep", action="store_true", help="minilm: keep the checkpoint files")
@@ -275,6 +281,8 @@ def main() -> None:
           f"OMP/OPENBLAS threads {os.environ['OMP_NUM_THREADS']}/{os.environ['OPENBLAS_NUM_THREADS']}, "
           f"{os.cpu_count()} cores (shared with other jobs)")
     cnn(args) if args.case == "cnn" else minilm(args)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"process peak RSS over the whole run (ru_maxrss, incl. writing files and the dense baseline): {peak:.0f} MB")
 
 
 if __name__ == "__main__":
