@@ -82,7 +82,8 @@ class Peak:
         self._t.join()
 
     def __str__(self) -> str:
-        return f"{self.seconds:7.2f} s wall ({self.cpu:6.2f} s CPU), peak +{self.anon:6.0f} MB anon +{self.file:6.0f} MB file-backed"
+        return (f"{self.seconds:7.2f} s wall ({self.cpu:6.2f} s CPU), peak +{self.anon:6.0f} MB anon "
+                f"+{self.file:6.0f} MB file-backed")
 
 
 def _rss() -> tuple[float, float]:

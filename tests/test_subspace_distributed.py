@@ -94,6 +94,21 @@ def test_spectra_routes_match_gram_eigendecomposition() -> None:
             assert got.rank_for(0.9) == ref.rank_for(0.9) and got.shape == ref.shape
 
 
+def test_init_from_env_alone_and_bad_world(monkeypatch) -> None:
+    import pytest
+
+    from wsl.errors import WslError
+    from wsl.subspace.distributed import assemble, init_from_env, is_main, owner
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert init_from_env() == (0, 1) and is_main() and owner(5) == 0
+    t = torch.arange(3.0)
+    assert assemble(t) is t and torch.equal(t, torch.arange(3.0))  # identity in one process
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(WslError, match="WORLD_SIZE='two'"):
+        init_from_env()
+
+
 def test_two_gloo_processes_equal_one_process(tmp_path: Path) -> None:
     from subspace_fixtures import write_checkpoints
 

@@ -48,9 +48,8 @@ def init_from_env(backend: str | None = None) -> tuple[int, int]:
 
     try:
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-    except ValueError as exc:
-        raise WslError(f"WORLD_SIZE/RANK must be integers ({exc}); launch with torchrun") from None
+    except ValueError:
+        raise WslError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not an integer; launch with torchrun") from None
     if world <= 1:
         return 0, 1
     if not dist.is_available():
