@@ -5,18 +5,21 @@ The distributed test launches this very file under ``torch.distributed.run``
 zoo held three ways (in memory, as safetensors files, and its shuffled null),
 the Gram matrices, the spectra (both routes of :func:`spectra`) and the top
 principal directions with blocks of a few entries, so that every tensor is
-split across both ranks. Each rank saves what it got; the test compares both
-ranks with each other (bit for bit) and with a one-process run here.
+split across both ranks; and, once :mod:`wsl.subspace.analyze` exists, the
+whole report of a small zoo. Each rank saves what it got; the tests compare
+both ranks with each other (bit for bit) and with a one-process run here.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 HERE = Path(__file__).resolve().parent
@@ -52,7 +55,22 @@ def _compute(ckpt_dir: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def _worker(out_dir: str, ckpt_dir: str) -> None:
+def _report(zoo: Path) -> dict:
+    """The whole analysis report of a zoo (no alignment, no timings), as JSON-ready numbers."""
+    from wsl.subspace.analyze import analyze
+
+    rep = analyze(zoo, aligned=False, block=BLOCK, progress=False)
+    rep.pop("seconds", None)
+    return json.loads(json.dumps(rep, default=str))
+
+
+def _has_analyze() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("wsl.subspace.analyze") is not None
+
+
+def _worker(out_dir: str) -> None:
     from safetensors.torch import save_file
 
     from wsl.subspace.distributed import cleanup, init_from_env, is_main, rank_world
@@ -60,11 +78,44 @@ def _worker(out_dir: str, ckpt_dir: str) -> None:
     torch.set_num_threads(1)
     rank, world = init_from_env()
     assert world == 2 and rank_world() == (rank, 2) and is_main() == (rank == 0)
+    out = Path(out_dir)
     try:
-        res = _compute(Path(ckpt_dir))
-        save_file({k: v.contiguous() for k, v in res.items()}, str(Path(out_dir) / f"rank{rank}.safetensors"))
+        res = _compute(out / "ckpt")
+        save_file({k: v.contiguous() for k, v in res.items()}, str(out / f"rank{rank}.safetensors"))
+        if _has_analyze():
+            (out / f"report{rank}.json").write_text(json.dumps(_report(out / "zoo")))
     finally:
         cleanup()
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One two-process run for the tests below: checkpoints in ``ckpt/``, a zoo in ``zoo/``, results per rank."""
+    from subspace_fixtures import write_checkpoints, write_zoo
+
+    out = tmp_path_factory.mktemp("dist")
+    write_checkpoints(out / "ckpt", n=N_MODELS, seed=4)
+    write_zoo(out / "zoo", n=24, seed=6)
+    _torchrun(out)
+    return out
+
+
+def _torchrun(out_dir: Path) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(HERE.parent), str(HERE), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(Path(__file__)), str(out_dir)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, cwd=out_dir)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def _one_process(fn, *args):
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        return fn(*args)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _free_port() -> int:
@@ -94,9 +145,7 @@ def test_spectra_routes_match_gram_eigendecomposition() -> None:
             assert got.rank_for(0.9) == ref.rank_for(0.9) and got.shape == ref.shape
 
 
-def test_init_from_env_alone_and_bad_world(monkeypatch) -> None:
-    import pytest
-
+def test_init_from_env_alone_and_bad_world(monkeypatch: pytest.MonkeyPatch) -> None:
     from wsl.errors import WslError
     from wsl.subspace.distributed import assemble, init_from_env, is_main, owner
 
@@ -109,26 +158,11 @@ def test_init_from_env_alone_and_bad_world(monkeypatch) -> None:
         init_from_env()
 
 
-def test_two_gloo_processes_equal_one_process(tmp_path: Path) -> None:
-    from subspace_fixtures import write_checkpoints
-
+def test_two_gloo_processes_equal_one_process(launched: Path) -> None:
     from safetensors.torch import load_file
 
-    ckpt = tmp_path / "ckpt"
-    write_checkpoints(ckpt, n=N_MODELS, seed=4)
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(HERE.parent), str(HERE), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(Path(__file__)), str(tmp_path), str(ckpt)]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
-    ranks = [load_file(str(tmp_path / f"rank{i}.safetensors")) for i in range(2)]
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = _compute(ckpt)
-    finally:
-        torch.set_num_threads(threads)
+    ranks = [load_file(str(launched / f"rank{i}.safetensors")) for i in range(2)]
+    one = _one_process(_compute, launched / "ckpt")
     assert set(ranks[0]) == set(ranks[1]) == set(one)
     for key, ref in one.items():
         assert torch.equal(ranks[0][key], ranks[1][key]), key  # every rank holds the same numbers
@@ -140,5 +174,31 @@ def test_two_gloo_processes_equal_one_process(tmp_path: Path) -> None:
             torch.testing.assert_close(got, ref, rtol=0, atol=1e-10 * max(scale, 1e-30), msg=key)
 
 
-if __name__ == "__main__":  # one rank of the distributed test
-    _worker(sys.argv[1], sys.argv[2])
+def _numbers(x, path: str = ""):
+    """``(path, value)`` of every leaf of a JSON report."""
+    if isinstance(x, dict):
+        for k, v in x.items():
+            yield from _numbers(v, f"{path}/{k}")
+    elif isinstance(x, list):
+        for i, v in enumerate(x):
+            yield from _numbers(v, f"{path}[{i}]")
+    else:
+        yield path, x
+
+
+@pytest.mark.skipif(not _has_analyze(), reason="wsl.subspace.analyze is not there yet")
+def test_two_gloo_processes_same_report(launched: Path) -> None:
+    """The whole report of ``wsl.subspace.analyze`` (spectra, nulls, split halves, modes) under two ranks."""
+    ranks = [json.loads((launched / f"report{i}.json").read_text()) for i in range(2)]
+    assert ranks[0] == ranks[1]
+    got, want = dict(_numbers(ranks[0])), dict(_numbers(_one_process(_report, launched / "zoo")))
+    assert got.keys() == want.keys() and len(got) > 100
+    for key, ref in want.items():
+        if isinstance(ref, float):
+            assert got[key] == pytest.approx(ref, rel=1e-9, abs=1e-12), key
+        else:
+            assert got[key] == ref, key
+
+
+if __name__ == "__main__":  # one rank of a distributed test
+    _worker(sys.argv[1])
