@@ -79,11 +79,20 @@ def owner(unit: int, group: Any = None) -> int:
 
 
 def assemble(t: torch.Tensor, group: Any = None) -> torch.Tensor:
-    """Sum ``t`` over the ranks, in place (each rank zero-filled what it did not compute); identity alone."""
+    """Sum ``t`` over the ranks, in place (each rank zero-filled what it did not compute); identity alone.
+
+    With the ``nccl`` backend a CPU tensor travels through the current CUDA
+    device (nccl reduces CUDA tensors only).
+    """
     import torch.distributed as dist
 
     if rank_world(group)[1] > 1:
-        dist.all_reduce(t, group=group)
+        if dist.get_backend(group) == "nccl" and t.device.type != "cuda":
+            buf = t.to(torch.device("cuda", torch.cuda.current_device()))
+            dist.all_reduce(buf, group=group)
+            t.copy_(buf)
+        else:
+            dist.all_reduce(t, group=group)
     return t
 
 
