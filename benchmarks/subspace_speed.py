@@ -158,10 +158,35 @@ def cnn(args: argparse.Namespace) -> None:
             call = "svd(full_matrices=False)" if uv else "svd(compute_uv=False)"
             print(f"[cnn] numpy {call:25s} {label:21s}: {base}   numpy / wsl {base.seconds / ours.seconds:.1f}x wall, "
                   f"{base.cpu / ours.cpu:.1f}x CPU   max |d eig| / eig_max {_agree(res['data'], ref):.1e}")
+    routes(stack)
     top = sorted(res["data"].items(), key=lambda kv: -kv[1].n_params)[0][1]
     print(f"[cnn] e.g. {top.name}: effective rank {top.effective_rank:.1f} (shuffled "
           f"{res['shuffled'][top.name].effective_rank:.1f}, MP {res['mp'][top.name].effective_rank:.1f}), "
           f"rank for 90% {top.rank_for(0.9)}")
+
+
+def routes(stack: Stack) -> None:
+    """What :func:`spectra` saves: the Gram route for every tensor, with ``eigvalsh`` or with ``eigh``."""
+    from wsl.subspace.spectrum import grams, spectrum_from_values
+
+    def vals() -> None:
+        for v in grams(stack).values():
+            torch.linalg.eigvalsh((v + v.T) / 2)
+
+    def vecs() -> None:
+        for k, v in grams(stack).items():
+            spectrum_from_values(k, stack.shapes[k], len(stack), v)
+
+    with Peak() as a:
+        spectra(stack)
+    with Peak() as b:
+        vals()
+    with Peak() as c:
+        vecs()
+    narrow = sum(stack.numel(k) < len(stack) for k in stack.names)
+    print(f"[cnn] data spectra, CPU s: spectra() {a.cpu:.2f} (P x P scatter for the {narrow} tensors with P < N, "
+          f"eigenvalues only); N x N Gram + eigvalsh for every tensor {b.cpu:.2f}; "
+          f"N x N Gram + eigh (spectrum_from_values) {c.cpu:.2f}")
 
 
 def minilm_shapes(layers: int = 6, d: int = 384, ff: int = 1536, vocab: int = 30522) -> dict[str, tuple[int, ...]]:
