@@ -32,8 +32,8 @@ import torch
 
 from wsl.subspace.stacks import BLOCK, Stack
 
-__all__ = ["QUANTILES", "Spectrum", "covariance_directions", "directions", "gram", "grams", "overlap", "principal_cosines", "spectrum",
-           "spectrum_from_values"]
+__all__ = ["QUANTILES", "Spectrum", "covariance_directions", "directions", "gram", "grams", "overlap",
+           "principal_cosines", "spectra", "spectrum", "spectrum_from_values"]
 
 QUANTILES = (0.5, 0.9, 0.99)
 """Variance fractions reported by :meth:`Spectrum.rank_for` in reports."""
@@ -97,9 +97,9 @@ class Spectrum:
 
 
 def gram(stack: Stack, name: str, *, models: Sequence[int] | None = None, block: int = BLOCK,
-         dtype: torch.dtype = torch.float32) -> torch.Tensor:
+         dtype: torch.dtype = torch.float32, group: Any = None) -> torch.Tensor:
     """The ``N x N`` Gram matrix of the centred stack of tensor ``name`` (float64)."""
-    return grams(stack, [name], models=models, block=block, dtype=dtype)[name]
+    return grams(stack, [name], models=models, block=block, dtype=dtype, group=group)[name]
 
 
 def grams(stack: Stack, names: Sequence[str] | None = None, *, models: Sequence[int] | None = None,
@@ -163,17 +163,67 @@ def spectrum(stack: Stack, name: str, *, models: Sequence[int] | None = None, bl
     return sp
 
 
+def spectra(stack: Stack, names: Sequence[str] | None = None, *, models: Sequence[int] | None = None,
+            block: int = BLOCK, dtype: torch.dtype = torch.float32, progress: bool = False,
+            group: Any = None) -> dict[str, Spectrum]:
+    """Spectra (eigenvalues only, no directions) of many tensors, each by the cheaper of two exact routes.
+
+    * ``P >= N`` entries: the ``N x N`` Gram matrix (:func:`grams`, blocks
+      shared across ranks), then ``eigvalsh``, ``O(N^2 P + N^3)``;
+    * ``P < N`` (biases and small kernels of a large zoo): the ``P x P``
+      scatter ``C = Xc^T Xc``, whose non-zero eigenvalues are those of
+      ``G = Xc Xc^T``, in ``O(N P^2 + P^3)``. The whole ``N x P`` matrix is
+      read at once, which is fewer than the ``N^2`` entries of ``G``.
+
+    The eigendecompositions are dealt one tensor per rank (round-robin) and
+    the eigenvalues assembled with one ``all_reduce``. Equal to
+    :func:`spectrum_from_values` on :func:`grams` up to float64 rounding.
+    """
+    from wsl.subspace.distributed import assemble, rank_world
+
+    names = list(stack.names if names is None else names)
+    idx = stack._models(models)
+    n = len(idx)
+    wide = [nm for nm in names if stack.numel(nm) >= n]
+    g = grams(stack, wide, models=idx, block=block, dtype=dtype, progress=progress, group=group)
+    rank, world = rank_world(group)
+    sizes = [max(min(n - 1, stack.numel(nm)), 0) for nm in names]
+    flat = torch.zeros(sum(sizes), dtype=torch.float64)
+    at = 0
+    for j, (name, r) in enumerate(zip(names, sizes)):
+        if j % world == rank and r:
+            if name in g:
+                m = (g[name] + g[name].T) / 2
+            else:
+                x = stack.matrix(name, models=idx, dtype=dtype).to(torch.float64)
+                xc = x - x.mean(dim=0, keepdim=True)
+                m = xc.T @ xc
+            flat[at:at + r] = torch.linalg.eigvalsh(m).flip(0)[:r].clamp_min(0).cpu()
+        at += r
+    assemble(flat, group)
+    out, at = {}, 0
+    for name, r in zip(names, sizes):
+        out[name] = Spectrum(name, stack.shapes[name], n, flat[at:at + r].clone())
+        at += r
+    return out
+
+
 def directions(stack: Stack, name: str, k: int, *, models: Sequence[int] | None = None, block: int = BLOCK,
-               dtype: torch.dtype = torch.float32, g: torch.Tensor | None = None
+               dtype: torch.dtype = torch.float32, g: torch.Tensor | None = None, group: Any = None
                ) -> tuple[Spectrum, torch.Tensor, torch.Tensor]:
     """Spectrum, mean ``(P,)`` and the top-``k`` orthonormal principal directions ``(P, k)`` of tensor ``name``.
 
     Directions whose singular value is zero (k above the stack's rank) are
-    left out, so the returned ``k`` may be smaller than asked.
+    left out, so the returned ``k`` may be smaller than asked. Under
+    ``torch.distributed`` the row blocks of the mean and of ``V`` are dealt
+    round-robin to the ranks and assembled by one zero-filled ``all_reduce``
+    (exact); every rank returns the whole result.
     """
+    from wsl.subspace.distributed import assemble, rank_world
+
     n = len(stack) if models is None else len(models)
     if g is None:
-        g = gram(stack, name, models=models, block=block, dtype=dtype)
+        g = gram(stack, name, models=models, block=block, dtype=dtype, group=group)
     sp, u = spectrum_from_values(name, stack.shapes[name], n, g)
     s = sp.eigenvalues.sqrt()
     scale = s.max() if len(s) else torch.tensor(0.0, dtype=torch.float64)
@@ -181,14 +231,24 @@ def directions(stack: Stack, name: str, k: int, *, models: Sequence[int] | None 
     k = max(0, min(int(k), keep))
     p = stack.numel(name)
     dev = u.device
-    mean = torch.empty(p, dtype=torch.float64, device=dev)
-    vecs = torch.empty((p, k), dtype=dtype, device=dev)
+    mean = torch.zeros(p, dtype=torch.float64, device=dev)
+    vecs = torch.zeros((p, k), dtype=dtype, device=dev)
     uk = (u[:, :k] / s[:k].to(dev)).to(dtype)
-    for lo, x in stack.blocks(name, block, models, dtype):
+    rank, world = rank_world(group)
+    idx = stack._models(models)
+    per_row = math.prod(stack.shapes[name][1:]) if len(stack.shapes[name]) > 1 else 1
+    for j, (r0, r1) in enumerate(stack.row_ranges(name, block)):
+        if j % world != rank:
+            continue
+        x = stack.read(name, r0, r1, idx, dtype)
+        lo = r0 * per_row
         mu = x.mean(dim=0)
         mean[lo:lo + x.shape[1]] = mu.to(torch.float64)
         if k:
             vecs[lo:lo + x.shape[1]] = (x - mu).T @ uk
+    assemble(mean, group)
+    if k:
+        assemble(vecs, group)
     if k:  # re-orthonormalise (float32 blocks leave ~1e-6 drift); keep each column's sign
         q, r = torch.linalg.qr(vecs)
         vecs = q * torch.where(torch.diagonal(r) < 0, -1.0, 1.0).to(q.dtype)

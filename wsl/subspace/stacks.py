@@ -9,8 +9,10 @@ memory stays ``O(N * block)`` however large the models are.
 
 * :class:`TensorStack` -- tensors already in memory (``name -> (N, *shape)``),
   e.g. ``Zoo.stacked()``;
-* :class:`FileStack` -- a list of safetensors checkpoints, read through
-  memory-mapped slices (only the block being used is paged in);
+* :class:`FileStack` -- a list of safetensors checkpoints; a block's rows
+  are one contiguous byte range of each file, read straight into the
+  ``(N, b)`` block with ``preadv`` (no memory map, so pages already read are
+  not kept in the process's resident memory, and no per-model copies);
 * :class:`ShuffledStack` -- the *shuffled null*: each model's entries of each
   tensor permuted at random (within blocks of ``block`` entries, seeded per
   model, tensor and block), which destroys the correspondence between models
@@ -20,8 +22,10 @@ memory stays ``O(N * block)`` however large the models are.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -184,12 +188,31 @@ class FileStack(Stack):
                     raise SpaceMismatchError(f"{p}: tensor {k!r} has shape {shape}, {self.paths[0]} has "
                                              f"{self.shapes[k]}")
         self.ids = [p.stem if p.name != "model.safetensors" else p.parent.name for p in self.paths]
+        self._layout: list[dict[str, tuple[str, int]] | None] = [None] * len(self.paths)
 
     def read(self, name: str, r0: int, r1: int, models: list[int], dtype: torch.dtype) -> torch.Tensor:
-        if not self.shapes[name]:
+        shape = self.shapes[name]
+        if not shape:
             return torch.stack([self._handles[i].get_tensor(name).reshape(1) for i in models]).to(self.device, dtype)
-        parts = [self._handles[i].get_slice(name)[r0:r1].reshape(1, -1).to(dtype) for i in models]
-        return torch.cat(parts).to(self.device)
+        if not _DIRECT:  # big-endian host or no preadv: memory-mapped slices
+            parts = [self._handles[i].get_slice(name)[r0:r1].reshape(1, -1).to(dtype) for i in models]
+            return torch.cat(parts).to(self.device)
+        per_row = math.prod(shape[1:])
+        out = torch.empty((len(models), (r1 - r0) * per_row), dtype=dtype)
+        tmp = None
+        for r, i in enumerate(models):
+            if self._layout[i] is None:
+                self._layout[i] = _data_offsets(self.paths[i])
+            code, begin = self._layout[i][name]
+            src = _TORCH_DTYPES[code]
+            offset = begin + r0 * per_row * src.itemsize
+            if src == dtype:
+                _pread_into(self.paths[i], out[r], offset)
+            else:  # another dtype on disk (e.g. float16): read it, then convert
+                tmp = torch.empty(out.shape[1], dtype=src) if tmp is None or tmp.dtype != src else tmp
+                _pread_into(self.paths[i], tmp, offset)
+                out[r].copy_(tmp)
+        return out.to(self.device)
 
 
 class ShuffledStack(Stack):
@@ -203,14 +226,41 @@ class ShuffledStack(Stack):
     def _perm(self, model: int, name: str, r0: int, size: int) -> torch.Tensor:
         key = f"{self.seed}:{model}:{name}:{r0}:{size}".encode()
         g = torch.Generator().manual_seed(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1)
-        return torch.randperm(size, generator=g)
+        # int32 draws the same permutation as int64 from the same generator, about twice as fast
+        return torch.randperm(size, generator=g, dtype=torch.int32 if size < 2 ** 31 else torch.int64)
 
     def read(self, name: str, r0: int, r1: int, models: list[int], dtype: torch.dtype) -> torch.Tensor:
         x = self.base.read(name, r0, r1, models, dtype)
         out = torch.empty_like(x)
-        for r, m in enumerate(models):
-            out[r] = x[r, self._perm(m, name, r0, x.shape[1]).to(x.device)]
+        for r, m in enumerate(models):  # index_select into the row: ~4x faster than out[r] = x[r, perm]
+            torch.index_select(x[r], 0, self._perm(m, name, r0, x.shape[1]).to(x.device), out=out[r])
         return out
 
 
 _FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
+_TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+_DIRECT = sys.byteorder == "little" and hasattr(os, "preadv")
+"""Read blocks with ``preadv`` (safetensors data is little-endian)."""
+
+
+def _data_offsets(path: Path) -> dict[str, tuple[str, int]]:
+    """``name -> (dtype code, absolute byte offset of its data)`` from a safetensors header (8-byte length + JSON)."""
+    with open(path, "rb") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(size))
+    return {k: (v["dtype"], 8 + size + int(v["data_offsets"][0])) for k, v in header.items() if k != "__metadata__"}
+
+
+def _pread_into(path: Path, t: torch.Tensor, offset: int) -> None:
+    """Fill the contiguous tensor ``t`` with the bytes of ``path`` from ``offset`` on."""
+    buf = memoryview(t.view(torch.uint8).numpy()).cast("B")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        done = 0
+        while done < len(buf):
+            got = os.preadv(fd, [buf[done:]], offset + done)
+            if got <= 0:
+                raise CheckpointError(f"{path}: file ends inside a tensor's data (offset {offset + done})")
+            done += got
+    finally:
+        os.close(fd)
