@@ -123,11 +123,17 @@ def _line(entry: dict[str, Any]) -> str:
 
 def run_analyze(args: argparse.Namespace) -> int:
     from wsl.subspace.analyze import analyze
+    from wsl.subspace.distributed import cleanup, init_from_env, is_main
     from wsl.subspace.report import compact_summary, write_report
 
+    init_from_env()  # under torchrun: Gram blocks are shared out across the ranks; else a no-op
     src = _open(args)
     report = analyze(src, nulls=_nulls(args.nulls), aligned=args.align, seed=args.seed)
+    if not is_main():  # every rank holds the same report; one writes it
+        cleanup()
+        return 0
     paths = write_report(report, args.output)
+    cleanup()
     summary = compact_summary(report)
     summary["output"] = str(args.output)
     if args.json:
