@@ -19,6 +19,7 @@ from wsl.subspace.modes import mode_grams
 from wsl.subspace.sources import Source, open_source
 from wsl.subspace.spectrum import directions, principal_cosines
 from wsl.subspace.stacks import TensorStack
+from wsl.zoo import load_zoo
 
 from tests.subspace_fixtures import SIZES, write_checkpoints, write_zoo
 
@@ -171,3 +172,33 @@ def test_cli_analyze_fit_project_end_to_end(tmp_path: Path, capsys: pytest.Captu
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert needle in err and err.count("\n") == 1, (argv, err)
+
+
+def _two_arch_zoo(root: Path, second_sizes: list[int]) -> Path:
+    from wsl.archs import REGISTRY
+    from wsl.zoo.writer import ZooWriter
+
+    from tests.subspace_fixtures import DATASET, SIZES
+
+    gen = torch.Generator().manual_seed(3)
+    with ZooWriter(root, name="two", dataset=DATASET, recipe={"note": "test"}) as w:
+        for k, (sizes, act) in enumerate(((SIZES, "relu"), (second_sizes, "tanh"))):
+            aid = w.add_architecture(REGISTRY["mlp"](sizes=sizes, activation=act))
+            sd = REGISTRY["mlp"](sizes=sizes).state_dict()
+            rows = [{"model_id": f"a{k}m{i}", "epoch": 1, "seed": i, "test_accuracy": 0.5} for i in range(4)]
+            w.append(aid, {n: torch.randn(4, *v.shape, generator=gen) for n, v in sd.items()}, rows, chunk=f"c{k}")
+    return root
+
+
+def test_zoo_architectures_of_one_layout_are_pooled_others_must_be_chosen(tmp_path: Path) -> None:
+    from wsl.errors import ZooFormatError
+    from wsl.subspace.sources import open_source
+
+    from tests.subspace_fixtures import SIZES
+
+    pooled = open_source(_two_arch_zoo(tmp_path / "same", SIZES))
+    assert len(pooled.stack) == 8 and len(pooled.info["arch"]) == 2
+    other = _two_arch_zoo(tmp_path / "diff", [6, 12, 3])
+    with pytest.raises(ZooFormatError, match="different tensor shapes"):
+        open_source(other)
+    assert len(open_source(other, arch=sorted(load_zoo(other).architectures)[1]).stack) == 4

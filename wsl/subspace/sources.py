@@ -8,7 +8,9 @@ space for alignment, evaluate accuracy).
 * **A zoo** (a folder with ``zoo.json``, or ``hf://`` resolving to one): the
   rows of one architecture (``arch=``, required when the zoo has several),
   optionally one split, at the last checkpoint of each model
-  (``epochs="latest"``), at one epoch, or every row (``"all"``). Its ``init``
+  (``epochs="latest"``), at one epoch, or every row (``"all"``). Without
+  ``arch=``, architectures that share one tensor layout (e.g. differing only
+  in their activation) are pooled; different layouts must be chosen from. Its ``init``
   null is the zoo's epoch-0 rows of the same models, written by the
   generator with the recipe's own initialisation; a zoo without epoch-0 rows
   falls back to the architecture's default initialisation (N seeds).
@@ -95,13 +97,17 @@ def _open_zoo(path: Path, label: str, *, split: str | None, epochs: str | int, a
     zoo = load_zoo(path)
     archs = sorted(zoo.architectures)
     if arch is None:
-        if len(archs) > 1:
-            raise ZooFormatError(f"{label}: the zoo has {len(archs)} architectures {archs}; choose one with arch= "
-                                 "(--zoo-arch on the command line)")
+        layouts = {aid: list(zoo.store.tensors(aid).items()) for aid in archs}
+        if any(layouts[aid] != layouts[archs[0]] for aid in archs[1:]):
+            raise ZooFormatError(f"{label}: the zoo has {len(archs)} architectures {archs} with different tensor "
+                                 "shapes; choose one with arch= (--zoo-arch on the command line)")
+        view = zoo  # one tensor layout (e.g. architectures that differ only in activation): pooled
         arch = archs[0]
     elif arch not in archs:
         raise ZooFormatError(f"{label}: no architecture {arch!r}; the zoo has {archs}")
-    view = zoo.filter(arch=arch)
+    else:
+        view = zoo.filter(arch=arch)
+        archs = [arch]
     if split is not None:
         view = view.split(split)
     trained = view.latest() if epochs == "latest" else view if epochs == "all" else view.filter(epoch=int(epochs))
@@ -113,9 +119,10 @@ def _open_zoo(path: Path, label: str, *, split: str | None, epochs: str | int, a
     stack = TensorStack(trained.stacked(), ids)
     wanted = set(trained.column("model_id").tolist())
     init_rows = view.filter(lambda r: r["epoch"] == 0 and r["model_id"] in wanted)
+    info = {"kind": "zoo", "arch": arch if len(archs) == 1 else archs, "split": split, "epochs": epochs,
+            "zoo": zoo.name}
     src = Source(label, stack, zoo=zoo, rows=trained, dataset=str(zoo.card["dataset"].get("name") or "") or None,
-                 build=lambda: zoo.store.build(arch), info={"kind": "zoo", "arch": arch, "split": split,
-                                                            "epochs": epochs, "zoo": zoo.name})
+                 build=lambda: zoo.store.build(arch), info=info)
     if len(init_rows):
         src.init = TensorStack(init_rows.stacked(), [f"{r['model_id']}@0" for r in init_rows.iter_metadata()])
         src.info["init"] = "the zoo's epoch-0 rows (the recipe's initialisation)"
