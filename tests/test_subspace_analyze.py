@@ -197,7 +197,7 @@ def test_zoo_architectures_of_one_layout_are_pooled_others_must_be_chosen(tmp_pa
     from tests.subspace_fixtures import SIZES
 
     pooled = open_source(_two_arch_zoo(tmp_path / "same", SIZES))
-    assert len(pooled.stack) == 8 and len(pooled.info["arch"]) == 2
+    assert len(pooled.stack) == 8 and pooled.info["archs"] == ["a0", "a1"]
     other = _two_arch_zoo(tmp_path / "diff", [6, 12, 3])
     with pytest.raises(ZooFormatError, match="different tensor shapes"):
         open_source(other)

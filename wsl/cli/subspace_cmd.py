@@ -158,7 +158,7 @@ def _arch_of(src: Any) -> Any:
     """What rebuilds the source's architecture: a zoo's description, --arch, or a checkpoint's own metadata."""
     from wsl.io import read_checkpoint_metadata
 
-    if src.zoo is not None:
+    if src.zoo is not None:  # pooled architectures (one tensor layout): the first one rebuilds the module
         return src.zoo.architectures[src.info["arch"]]["arch"]
     stack = src.stack
     paths = getattr(stack, "paths", None)

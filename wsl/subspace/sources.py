@@ -119,8 +119,7 @@ def _open_zoo(path: Path, label: str, *, split: str | None, epochs: str | int, a
     stack = TensorStack(trained.stacked(), ids)
     wanted = set(trained.column("model_id").tolist())
     init_rows = view.filter(lambda r: r["epoch"] == 0 and r["model_id"] in wanted)
-    info = {"kind": "zoo", "arch": arch if len(archs) == 1 else archs, "split": split, "epochs": epochs,
-            "zoo": zoo.name}
+    info = {"kind": "zoo", "arch": arch, "archs": archs, "split": split, "epochs": epochs, "zoo": zoo.name}
     src = Source(label, stack, zoo=zoo, rows=trained, dataset=str(zoo.card["dataset"].get("name") or "") or None,
                  build=lambda: zoo.store.build(arch), info=info)
     if len(init_rows):
