@@ -1,4 +1,4 @@
-"""Training in a subspace: only the coefficients move, the model stays in offset + span(V), full rank = full training."""
+"""Training in a subspace: only coefficients move, the model stays in offset + span(V), full rank = full training."""
 
 from __future__ import annotations
 
