@@ -73,6 +73,7 @@ def zoo_bases(path: str, rank: int, align: bool) -> tuple[dict[str, Basis], dict
     stacked = {k: v[keep] for k, v in stacked.items()}
     info = {"zoo": str(path), "arch": arch, "models": int(len(keep)), "dropped_non_finite": int((~finite).sum()),
             "zoo_test_accuracy_mean": float(view.column("test_accuracy")[keep.numpy()].mean())}
+    info["model_norm_median"] = {k: float(v.flatten(1).norm(dim=1).median()) for k, v in stacked.items()}
     bases = {"zoo": fit(TensorStack(stacked), rank=rank)}
     if align:
         t0 = time.time()
@@ -100,6 +101,19 @@ def build(method: str, k: int, seed: int, bases: dict[str, Basis]) -> nn.Module:
     if method == "random@init":
         return SubspaceModel.random(net, k, seed=seed)
     raise ValueError(method)
+
+
+def diagnose(basis: Basis, x: torch.Tensor) -> dict[str, Any]:
+    """Per-tensor norms of the basis mean, and the fraction of its ReLUs that fire on ``x`` (is the mean alive?)."""
+    net = make_net(0)
+    net.load_state_dict({n: basis.means[n].reshape(basis.shapes[n]) for n in basis.names})
+    active, h = {}, x
+    with torch.no_grad():
+        for i, layer in enumerate(net):
+            h = layer(h)
+            if isinstance(layer, nn.ReLU):
+                active[str(i)] = float((h > 0).double().mean())
+    return {"mean_norm": {n: float(basis.means[n].norm()) for n in basis.names}, "active_relu_fraction": active}
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -215,6 +229,7 @@ def main() -> None:
     lrs = [float(v) for v in args.lrs.split(",")]
     t0 = time.time()
     bases, info = zoo_bases(args.zoo, max(ks), align=not args.no_align)
+    info["diagnostics"] = {b: diagnose(bases[b], load_dataset("digits").x_train) for b in bases}
     print(f"bases in {time.time() - t0:.0f} s: {info}", flush=True)
     results: dict[str, Any] = {"ks": ks, "lrs": lrs, "seeds": args.seeds, "epochs": args.epochs, "basis": info,
                                "tasks": {}}
