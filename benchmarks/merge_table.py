@@ -62,6 +62,22 @@ def accuracy(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return float((net(x).argmax(1) == y).double().mean())
 
 
+def networks(xtr: torch.Tensor, ytr: torch.Tensor, n: int = 8, first_seed: int = 0
+             ) -> tuple[list[torch.nn.Module], torch.nn.Module, list[torch.nn.Module]]:
+    """The two settings: ``n`` networks from scratch (seeds ``first_seed + i``), the base, ``n`` fine-tuned copies.
+
+    With the defaults these are the 17 networks of the table; other seeds give
+    more networks of the same two kinds (the base is always seed 100).
+    """
+    scratch = [train(make_net(s), xtr, ytr, 20, s) for s in range(first_seed, first_seed + n)]
+    base = train(make_net(100), xtr, ytr, 20, 100)
+    tuned = []
+    for s in range(first_seed, first_seed + n):
+        half = torch.randperm(xtr.shape[0], generator=torch.Generator().manual_seed(200 + s))[: xtr.shape[0] // 2]
+        tuned.append(train(copy.deepcopy(base), xtr[half], ytr[half], 5, 200 + s))
+    return scratch, base, tuned
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
@@ -71,12 +87,7 @@ def main() -> None:
     data = load_dataset("digits")
     xtr, ytr, xte, yte = data.x_train, data.y_train, data.x_test, data.y_test
     t0 = time.time()
-    scratch = [train(make_net(s), xtr, ytr, 20, s) for s in range(8)]
-    base = train(make_net(100), xtr, ytr, 20, 100)
-    tuned = []
-    for s in range(8):
-        half = torch.randperm(xtr.shape[0], generator=torch.Generator().manual_seed(200 + s))[: xtr.shape[0] // 2]
-        tuned.append(train(copy.deepcopy(base), xtr[half], ytr[half], 5, 200 + s))
+    scratch, base, tuned = networks(xtr, ytr)
     print(f"trained 17 networks in {time.time() - t0:.0f} s", flush=True)
     space = WeightSpace.from_module(base)
     template = copy.deepcopy(base)
