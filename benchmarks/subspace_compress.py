@@ -41,57 +41,23 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from wsl.subspace.basis import fit
-from wsl.subspace.compress import stored_bytes
+from wsl.subspace.functional import GOOD, evaluator, fp16, int8, subspace_sweep, summarise
 from wsl.subspace.stacks import TensorStack
 from wsl.zoo import load_zoo
 from wsl.zoo.data import load_dataset
-from wsl.zoo.vectorized import VecNet, evaluate
 
 ZOOS = ("digits-cnn-gs", "digits-cnn-gs-aligned", "mnist1d-mlp", "mnist1d-mlp-aligned")
 """Known zoo folders, in report order (``--zoos`` also takes paths; a zoo is labelled by its folder name)."""
 KS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 SVD_RANKS = (1, 2, 4, 8, 16, 32)
 LOO_KS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256)
-GOOD = 0.5
-"""Models with an original test accuracy of at least this are also reported on their own (near-chance
-models keep their accuracy under almost any perturbation)."""
 Stacked = dict[str, torch.Tensor]
-
-
-def evaluator(desc: dict[str, Any], data: Any) -> Callable[[Stacked], torch.Tensor]:
-    """Test accuracy ``(N,)`` of stacked state_dicts of one architecture."""
-    net = VecNet(desc)
-
-    def accuracy(stacked: Stacked) -> torch.Tensor:
-        params = net.flatten({k: v.float() for k, v in stacked.items()})
-        bufs = {k: stacked[k] for k, e in net.entries.items() if e.role == "buffer"}
-        _, ok = evaluate(net, params, bufs, None, data.x_test, data.y_test)
-        return ok.float().mean(1)
-    return accuracy
-
-
-def fp16(stacked: Stacked) -> tuple[Stacked, int]:
-    out = {k: v.half().float() if v.is_floating_point() else v for k, v in stacked.items()}
-    return out, sum(v.numel() * (2 if v.is_floating_point() else v.element_size()) for v in stacked.values())
-
-
-def int8(stacked: Stacked) -> tuple[Stacked, int]:
-    out, nbytes = {}, 0
-    for k, v in stacked.items():
-        if not v.is_floating_point():
-            out[k], nbytes = v, nbytes + v.numel() * v.element_size()
-            continue
-        flat = v.reshape(v.shape[0], -1)
-        scale = (flat.abs().amax(dim=1, keepdim=True) / 127).clamp_min(1e-30)
-        out[k] = ((flat / scale).round().clamp(-127, 127) * scale).reshape(v.shape)
-        nbytes += flat.numel() + 4 * v.shape[0]
-    return out, nbytes
 
 
 def svd(stacked: Stacked, r: int) -> tuple[Stacked, int]:
@@ -110,35 +76,6 @@ def svd(stacked: Stacked, r: int) -> tuple[Stacked, int]:
         out[k] = ((u[..., :r] * s[:, None, :r]) @ vh[:, :r]).reshape(v.shape).float()
         nbytes += 4 * n * r * (m + rest)
     return out, nbytes
-
-
-def subspace_sweep(stacked: Stacked, ks: tuple[int, ...]) -> list[tuple[int, Stacked, int]]:
-    """(k, reconstruction, bytes) for each k, from one fit at the largest k (nested principal directions)."""
-    floats = {k: v for k, v in stacked.items() if v.is_floating_point()}
-    n = next(iter(floats.values())).shape[0]
-    basis = fit(TensorStack(floats), rank=max(ks))
-    out = []
-    for k in ks:
-        b = basis.truncate(k)
-        rec = dict(stacked)
-        for name in b.names:
-            mu, v = b.means[name].double(), b.dirs[name].double()
-            x = floats[name].reshape(n, -1).double()
-            rec[name] = (mu + ((x - mu) @ v) @ v.T).reshape(floats[name].shape).float()
-        basis_b, coef_b = stored_bytes(b.shapes, {nm: b.rank(nm) for nm in b.names}, n)
-        other = sum(v.numel() * v.element_size() for kk, v in stacked.items() if kk not in floats)
-        out.append((k, rec, basis_b + coef_b + other))
-    return out
-
-
-def summarise(method: str, param: Any, nbytes: int, orig_bytes: int, acc: torch.Tensor, orig: torch.Tensor
-              ) -> dict[str, Any]:
-    diff = (acc - orig).numpy()
-    return {"method": method, "param": param, "bytes": int(nbytes), "ratio": orig_bytes / max(nbytes, 1),
-            "accuracy": float(acc.mean()), "mean_diff": float(diff.mean()), "median_diff": float(np.median(diff)),
-            "within_1pt": float((np.abs(diff) <= 0.01 + 1e-9).mean()),
-            "good_models": int((orig >= GOOD).sum()),
-            "within_1pt_good": float((np.abs(diff[(orig >= GOOD).numpy()]) <= 0.01 + 1e-9).mean())}
 
 
 def loo(groups: dict[str, Any], sample: list[tuple[str, int]], ks: tuple[int, ...]) -> dict[str, Any]:
