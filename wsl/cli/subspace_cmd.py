@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from wsl.cli.common import print_json
-from wsl.errors import WslError
+from wsl.errors import ConfigError, WslError
 
 
 def _source_args(p: Any) -> None:
@@ -39,6 +39,11 @@ def register(sub: Any) -> None:
     a.add_argument("--align", choices=("none", "yes", "both"), default="both",
                    help="also analyse the models aligned to their barycentre (yes and both: both views; default)")
     a.add_argument("--seed", type=int, default=0, help="seed of the shuffled null, the halves and init nets")
+    a.add_argument("--accuracy", action="store_true",
+                   help="zoos: also the test accuracy the models keep at each k vs the compression ratio, with "
+                   "float16/int8 beside and a leave-one-out (writes accuracy.png, loo.png)")
+    a.add_argument("--loo", type=int, default=50, metavar="N",
+                   help="with --accuracy: held-out models for the exact leave-one-out (0: none; default 50)")
     a.add_argument("--json", action="store_true", help="print a compact JSON summary")
     a.set_defaults(func=run_analyze)
 
@@ -128,7 +133,10 @@ def run_analyze(args: argparse.Namespace) -> int:
 
     init_from_env()  # under torchrun: Gram blocks are shared out across the ranks; else a no-op
     src = _open(args)
-    report = analyze(src, nulls=_nulls(args.nulls), aligned=args.align, seed=args.seed)
+    if args.loo < 0:
+        raise ConfigError(f"--loo must be >= 0, got {args.loo}")
+    report = analyze(src, nulls=_nulls(args.nulls), aligned=args.align, seed=args.seed, accuracy=args.accuracy,
+                     loo_models=args.loo)
     if not is_main():  # every rank holds the same report; one writes it
         cleanup()
         return 0
@@ -149,6 +157,14 @@ def run_analyze(args: argparse.Namespace) -> int:
             continue
         for layer, entry in part["layers"].items():
             print(f"  {view}layer {layer} (P={entry['n_params']}): {_line(entry)}")
+    acc = summary.get("accuracy")
+    if acc is not None:
+        if "skipped" in acc:
+            print(f"  accuracy skipped: {acc['skipped']}")
+        for m in acc.get("methods", []):
+            loo = "" if m.get("loo_mean_diff") is None else f", held out {100 * m['loo_mean_diff']:+.2f} pts"
+            print(f"  accuracy {m['method']}{'' if m['k'] is None else ' k=' + str(m['k'])}: ratio {m['ratio']:.1f}, "
+                  f"{100 * m['accuracy']:.2f}% ({100 * m['mean_diff']:+.2f} pts{loo})")
     print(f"wrote {paths['report']}, {paths['summary']}" + (f" and {len(paths['figures'])} figures"
                                                              if paths["figures"] else ""))
     return 0

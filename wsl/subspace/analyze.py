@@ -205,7 +205,8 @@ def _open(sources: Any, **kw: Any) -> Source:
 def analyze(sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | Source | Stack, *,
             nulls: Sequence[str] = NULLS, aligned: bool | str = "both", split_half: bool = True, modes: bool = True,
             arch: Any = None, split: str | None = None, epochs: str | int = "latest", limit: int | None = None,
-            block: int = BLOCK, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+            block: int = BLOCK, seed: int = 0, progress: bool = True, accuracy: bool = False,
+            loo_models: int = 50) -> dict[str, Any]:
     """The subspace report of a zoo, checkpoints, a :class:`Source` or a :class:`Stack` (schema: see
     :mod:`wsl.subspace.report`).
 
@@ -215,7 +216,10 @@ def analyze(sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] |
     with the reason, when no architecture is known). ``arch``, ``split``,
     ``epochs``, ``limit`` select what :func:`open_source` reads; ``seed``
     drives the shuffled null, the split into halves and the init null built
-    from an architecture.
+    from an architecture. ``accuracy``: also the test accuracy the models keep
+    when replaced by their projections, and a leave-one-out over ``loo_models``
+    held-out rows (:func:`wsl.subspace.functional.accuracy_report`; zoos only,
+    else skipped with the reason) in ``report["accuracy"]``.
     """
     t0 = time.perf_counter()
     bad = [n for n in nulls if n not in NULLS]
@@ -230,7 +234,8 @@ def analyze(sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] |
     report: dict[str, Any] = {
         "format": REPORT_FORMAT, "source": src.label, "info": dict(src.info), "n_models": len(src.stack),
         "settings": {"nulls": nulls, "aligned": "both" if want_aligned else "none", "split_half": split_half,
-                     "modes": modes, "block": block, "seed": seed, "epochs": epochs, "split": split, "limit": limit},
+                     "modes": modes, "block": block, "seed": seed, "epochs": epochs, "split": split, "limit": limit,
+                     "accuracy": accuracy, "loo_models": loo_models if accuracy else 0},
         "nulls": {}}
     for null in nulls:
         if null == "init":
@@ -255,6 +260,10 @@ def analyze(sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] |
     report.update(run(src.stack, src.init, "subspace"))
     if want_aligned:
         report["aligned"] = _aligned_report(src, nulls, run, seed, progress)
+    if accuracy:
+        from wsl.subspace.functional import accuracy_report
+
+        report["accuracy"] = accuracy_report(src, loo_models=loo_models, seed=seed, progress=progress)
     report["seconds"] = time.perf_counter() - t0
     return report
 

@@ -7,6 +7,12 @@ there are more than :data:`MAX_PANELS` layers):
   (log y) for the data and every null;
 * ``cumulative``: the fraction of variance in the first ``r`` directions.
 
+With ``report["accuracy"]`` (:mod:`wsl.subspace.functional`) also
+``accuracy.png`` (mean test accuracy, and the fraction of models >= 50% kept
+within 1 point, against the compression ratio; subspace k, mean only,
+float16, int8) and ``loo.png`` (histogram of the held-out accuracy change at
+a few k).
+
 Unaligned curves are solid, aligned ones dashed (any other view dotted), on the same axes. A null's
 colour is the same everywhere. matplotlib is optional: without it nothing
 is drawn and one warning names what was skipped.
@@ -24,7 +30,7 @@ import numpy as np
 
 from wsl.io import atomic_write
 
-__all__ = ["COLOURS", "MAX_PANELS", "draw_curves", "pyplot", "report_figures"]
+__all__ = ["COLOURS", "MAX_PANELS", "accuracy_figures", "draw_curves", "pyplot", "report_figures"]
 
 log = logging.getLogger("wsl.subspace")
 
@@ -125,4 +131,60 @@ def report_figures(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
                 written.append(_save(fig, out / f"{name}.png"))
             finally:
                 plt.close(fig)
+    acc = report.get("accuracy")
+    if acc and "skipped" not in acc:
+        written += accuracy_figures(acc, out, title=Path(str(report["source"])).name)
+    return written
+
+
+_STYLES = {"subspace": "o-", "mean only": "x", "float16": "^", "int8": "v"}
+
+
+def accuracy_figures(acc: dict[str, Any], out_dir: str | Path, *, title: str = "",
+                     show: tuple[int, ...] = (0, 1, 4, 16, 64)) -> list[Path]:
+    """Draw ``accuracy.png`` and, with a leave-one-out, ``loo.png`` from ``report["accuracy"]``."""
+    plt = pyplot()
+    if plt is None:
+        return []
+    out, written = Path(out_dir), []
+    good = f"models >= {100 * acc['good_threshold']:.0f}%"
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    try:
+        for ax, key, label in ((axes[0], "accuracy", "mean test accuracy"),
+                               (axes[1], "within_1pt_good", f"{good}: fraction within 1 point")):
+            for method, style in _STYLES.items():
+                pts = sorted((m["ratio"], m[key]) for m in acc["methods"] if m["method"] == method)
+                if pts:
+                    ax.plot(*zip(*pts), style, label=method, markersize=7)
+            if key == "accuracy":
+                ax.axhline(acc["original_accuracy"], color="gray", lw=1, ls=":", label="original")
+            ax.set_xscale("log")
+            ax.set_xlabel("compression ratio (original bytes / stored bytes)")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.suptitle(f"{title}: accuracy retained vs compression ({acc['n_models']} models, "
+                     f"{acc['dataset']} test split)", fontsize=10)
+        fig.tight_layout()
+        written.append(_save(fig, out / "accuracy.png"))
+    finally:
+        plt.close(fig)
+    loo = acc.get("loo")
+    if not loo:
+        return written
+    fig, ax = plt.subplots(figsize=(6, 4))
+    try:
+        bins = np.linspace(-1, 0.1, 45)
+        for k in [k for k in show if str(k) in loo["per_k"]] or list(loo["per_k"])[:4]:
+            d = np.clip(np.asarray(loo["per_k"][str(k)]["diffs"], dtype=float), -1, 0.1)
+            ax.hist(d, bins=bins, histtype="step", lw=1.6, label=f"k={k}")
+        ax.set_xlabel("held-out model: reconstructed - original test accuracy")
+        ax.set_ylabel("models")
+        ax.set_title(f"{title}: leave-one-out ({loo['models']} held-out models, {loo['good_models']} at "
+                     f"{good[7:]})", fontsize=9)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        written.append(_save(fig, out / "loo.png"))
+    finally:
+        plt.close(fig)
     return written

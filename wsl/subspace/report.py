@@ -7,7 +7,16 @@
     tensors {NAME: ENTRY + {layer, modes?}},
     layers  {LAYER: ENTRY + {tensors: [NAME...]}},
     aligned? {alignment {...}, init_alignment? {...}, tensors, layers} | {skipped: reason},
+    accuracy? ACCURACY | {skipped: reason}          (analyze(accuracy=True); wsl.subspace.functional)
     seconds
+
+    ACCURACY = {dataset, split, n_test, n_models, nonfinite_models_left_out, architectures [..], fit,
+                good_threshold, ks [..], original_bytes, original_accuracy, good_models, seconds,
+                methods [{method: float16|int8|"mean only"|subspace, param (k), bytes, ratio, accuracy,
+                          mean_diff, median_diff, within_1pt, good_models, within_1pt_good}],
+                loo? {method, models, rows [..], seed, seconds, original_accuracy, originals [..], good_models,
+                      per_k {K: {accuracy, mean_diff, median_diff, within_1pt, mean_diff_good, within_1pt_good,
+                                 diffs [..], in_sample_mean_diff}}}}
 
     ENTRY = SPECTRUM + {
       nulls     {init|mp|shuffled: SPECTRUM (mp adds sigma2) | {skipped: reason}},
@@ -20,7 +29,8 @@
 
 ``summary.md`` has one short table per layer (data vs each null: effective
 rank, rank for 90%, variance explained by the top direction, split-half
-overlap), aligned rows beside unaligned ones.
+overlap), aligned rows beside unaligned ones, and with ``accuracy`` one
+table of accuracy kept vs compression ratio (with the leave-one-out beside).
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ from typing import Any
 
 from wsl.io import atomic_write
 
-__all__ = ["compact_summary", "layer_table", "summary_markdown", "write_report"]
+__all__ = ["accuracy_table", "compact_summary", "layer_table", "summary_markdown", "write_report"]
 
 _COLUMNS = ("data", "init", "mp", "shuffled")
 
@@ -110,7 +120,41 @@ def compact_summary(report: dict[str, Any]) -> dict[str, Any]:
     if aligned is not None:
         out["aligned"] = ({"skipped": aligned["skipped"]} if "skipped" in aligned else
                           {"layers": {k: _compact_entry(v) for k, v in aligned["layers"].items()}})
+    acc = report.get("accuracy")
+    if acc is not None:
+        loo = acc.get("loo", {}).get("per_k", {})
+        out["accuracy"] = {"skipped": acc["skipped"]} if "skipped" in acc else {
+            "original_accuracy": acc["original_accuracy"],
+            "methods": [{"method": m["method"], "k": m["param"], "ratio": m["ratio"], "accuracy": m["accuracy"],
+                         "mean_diff": m["mean_diff"],
+                         "loo_mean_diff": loo[str(m["param"])]["mean_diff"] if str(m["param"]) in loo else None}
+                        for m in acc["methods"]]}
     return out
+
+
+def accuracy_table(acc: dict[str, Any]) -> list[str]:
+    """Markdown lines for ``report["accuracy"]``: one row per method, the leave-one-out beside each k."""
+    if "skipped" in acc:
+        return [f"Accuracy check skipped: {acc['skipped']}"]
+    pct = lambda v: "–" if v is None or v != v else f"{100 * v:+.2f}"  # noqa: E731
+    share = lambda v: "–" if v is None or v != v else f"{100 * v:.0f}%"  # noqa: E731
+    good = f">= {100 * acc['good_threshold']:.0f}%"
+    loo = acc.get("loo", {}).get("per_k", {})
+    lines = [f"{acc['n_models']} models on the {acc['dataset']} test split ({acc['n_test']} samples); original mean "
+             f"accuracy {100 * acc['original_accuracy']:.2f}%, {acc['good_models']} models {good}; "
+             f"non-finite models left out: {acc['nonfinite_models_left_out']}. Basis: {acc['fit']}.", ""]
+    if loo:
+        lines += [f"Leave-one-out: {acc['loo']['models']} held-out rows (seed {acc['loo']['seed']}), "
+                  f"{acc['loo']['method']}.", ""]
+    lines += ["| method | k | ratio | mean acc. | mean change (pts) | within 1 pt | within 1 pt (" + good + ") "
+              "| LOO mean change (pts) | LOO within 1 pt |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for m in acc["methods"]:
+        lo = loo.get(str(m["param"])) if m["param"] is not None else None
+        loo_cells = f"{pct(lo['mean_diff'])} | {share(lo['within_1pt'])}" if lo else " | "
+        lines.append(f"| {m['method']} | {'' if m['param'] is None else m['param']} | {m['ratio']:.2f} "
+                     f"| {100 * m['accuracy']:.2f} | {pct(m['mean_diff'])} | {share(m['within_1pt'])} "
+                     f"| {share(m['within_1pt_good'])} | {loo_cells} |")
+    return lines
 
 
 def summary_markdown(report: dict[str, Any]) -> str:
@@ -142,6 +186,8 @@ def summary_markdown(report: dict[str, Any]) -> str:
             views = {"unaligned": entry, "aligned": aligned["layers"][layer]}
         lines += layer_table(views)
         lines.append("")
+    if "accuracy" in report:
+        lines += ["## accuracy kept vs compression", ""] + accuracy_table(report["accuracy"]) + [""]
     return "\n".join(lines)
 
 
