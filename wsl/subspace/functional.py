@@ -23,7 +23,7 @@ models stay near chance whatever is done to them), and the compression ratio
 **Leave-one-out** (exact): for ``loo_models`` held-out rows (seeded sample)
 the basis is refitted on the other N-1 rows at the largest k, the held-out
 row projected at each k and evaluated. Rows with non-finite weights are left
-out (counted). :mod:`benchmarks/subspace_compress.py` uses the helpers here.
+out (counted). ``benchmarks/subspace_compress.py`` uses the helpers here.
 """
 
 from __future__ import annotations
