@@ -80,7 +80,7 @@ def test_shipped_configs_read_the_readme_zoo_paths_on_one_thread() -> None:
     files = sorted((REPO / "configs" / "generalization").glob("*.yaml"))
     cfgs = {f.name: load_config(f) for f in files}
     zoos = {name: cfg.data.zoo for name, cfg in cfgs.items()}
-    assert len(zoos) == 32
+    assert len(zoos) == 33
     assert {cfg.train.threads for cfg in cfgs.values()} == {1}  # the thread count of the README's numbers
     for name, zoo in zoos.items():
         want = "zoos-out/digits-cnn-gs" if name.startswith(("gs_", "tiny")) else "zoos-out/digits-cnn-wild"
