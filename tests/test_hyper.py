@@ -1,0 +1,122 @@
+"""wsl.hyper: width families, coordinates, smoothing by permutation, NeuMeta generation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from wsl.archs import mlp, small_cnn
+from wsl.archs.width import WidthFamily
+from wsl.errors import ArchitectureError
+from wsl.hyper.coords import fourier, network_coords, target_rows
+from wsl.hyper.smooth import path_length, smooth, total_variation, two_opt_path, unit_features
+from wsl.space import WeightSpace, random_permutation
+
+RATIOS = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
+
+
+def _nets():
+    return [small_cnn(), mlp([40, 100, 100, 10]), small_cnn(channels=[8, 12, 6], activation="tanh")]
+
+
+@pytest.mark.parametrize("index", range(3))
+def test_width_family_valid_at_every_ratio(index):
+    base = _nets()[index]
+    fam = WidthFamily.from_module(base)
+    knob_groups = fam.knob_groups()
+    base_space = fam.space(1.0)
+    assert [g.size for g in base_space.spec.groups] == [g.size for g in WeightSpace.from_module(base).spec.groups]
+    for r in RATIOS:
+        net = fam.build(r)
+        space = fam.space(r)
+        space.check(net.state_dict())
+        y = net(torch.randn(3, *base.wsl_input_shape))
+        assert y.shape == (3, 10)
+        for k, n in zip(fam.knobs, fam.base):
+            for g in knob_groups[k]:
+                assert space.spec.groups[g].size == max(1, int(np.floor(r * n + 0.5)))
+        for g, gb in zip(space.spec.groups, base_space.spec.groups):
+            if g.fixed:
+                assert g.size == gb.size
+
+
+def test_width_family_per_knob_and_errors():
+    fam = WidthFamily.from_module(mlp([40, 100, 100, 10]))
+    assert fam.widths({"sizes[1]": 0.5}) == (50, 100)
+    assert fam.widths([0.25, 0.75]) == (25, 75)
+    with pytest.raises(ArchitectureError, match="unknown knob"):
+        fam.widths({"sizes[9]": 0.5})
+    with pytest.raises(ArchitectureError, match="outside"):
+        fam.widths(0.0)
+    with pytest.raises(ArchitectureError, match="no width family"):
+        WidthFamily({"kind": "builtin", "name": "vit_tiny", "kwargs": {}})
+
+
+def test_coordinates_cover_every_weight_once():
+    fam = WidthFamily.from_module(small_cnn())
+    base = fam.space(1.0)
+    for r in (0.25, 1.0):
+        net = fam.build(r)
+        c = network_coords(fam.space(r), base)
+        vals, mask = target_rows(net.state_dict(), c, 9)
+        assert int(mask.sum()) == sum(p.numel() for p in net.parameters())
+        back = c.split(vals)
+        for k, v in net.state_dict().items():
+            assert torch.equal(back[k], v)
+        assert float(c.cont[:, :2].min()) >= 0.0 and float(c.cont[:, :2].max()) <= 1.0
+        assert torch.allclose(c.cont[c.tensor == 2, 2], torch.full((1,), r))  # w_out of 3.weight
+    f = fourier(torch.rand(5, 4), 3)
+    assert f.shape == (5, 4 * 7)
+
+
+@pytest.mark.parametrize("index", range(3))
+def test_smoothing_preserves_function_and_lowers_tv(index):
+    torch.manual_seed(index)
+    net = _nets()[index]
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_()
+    space = WeightSpace.from_module(net)
+    sd = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(7, *net.wsl_input_shape)
+    y = net(x)
+    for solver in ("two_opt", "fast_tsp"):
+        if solver == "fast_tsp":
+            pytest.importorskip("fast_tsp")
+        sm, perms = smooth(space, sd, solver)
+        assert any(not torch.equal(p, torch.arange(len(p))) for p in perms.values())
+        net.load_state_dict(sm)
+        torch.testing.assert_close(net(x), y, atol=1e-5, rtol=1e-5)
+        net.load_state_dict(sd)
+        assert total_variation(space, sm) < total_variation(space, sd)
+        for g, p in perms.items():
+            f = unit_features(space, sd, g).double()
+            d = torch.cdist(f, f).numpy()
+            assert path_length(d, p.numpy()) <= path_length(d, np.arange(len(p))) + 1e-9
+
+
+def test_two_opt_finds_the_line():
+    rng = np.random.default_rng(0)
+    pts = rng.permutation(30).astype(float)
+    d = np.abs(pts[:, None] - pts[None, :])
+    order = two_opt_path(d)
+    assert sorted(order.tolist()) == list(range(30))
+    assert path_length(d, order) == pytest.approx(29.0)
+
+
+def test_smoothing_is_invariant_to_relabelling():
+    """Smoothing a permuted base gives the same path length per group (same unit distances)."""
+    torch.manual_seed(3)
+    net = small_cnn()
+    space = WeightSpace.from_module(net)
+    sd = net.state_dict()
+    perm = random_permutation(space, torch.Generator().manual_seed(1))
+    a, pa = smooth(space, sd, "two_opt")
+    b, pb = smooth(space, space.permute(sd, perm), "two_opt")
+    for g in pa:
+        f = unit_features(space, sd, g).double()
+        fb = unit_features(space, space.permute(sd, perm), g).double()
+        la = path_length(torch.cdist(f, f).numpy(), pa[g].numpy())
+        lb = path_length(torch.cdist(fb, fb).numpy(), pb[g].numpy())
+        assert la == pytest.approx(lb, rel=1e-9)

@@ -1,0 +1,1 @@
+"""NeuMeta hypernetworks: one implicit function from weight coordinates to weight values."""
