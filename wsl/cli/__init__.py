@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "wsl.cli.hub_cmd",
     "wsl.cli.serve_cmd",
     "wsl.cli.demo_cmd",
+    "wsl.cli.hyper_cmd",
 )
 
 EXIT_USER_ERROR = 2
