@@ -120,3 +120,54 @@ def test_smoothing_is_invariant_to_relabelling():
         la = path_length(torch.cdist(f, f).numpy(), pa[g].numpy())
         lb = path_length(torch.cdist(fb, fb).numpy(), pb[g].numpy())
         assert la == pytest.approx(lb, rel=1e-9)
+
+
+def test_smoothing_is_canonical_for_two_opt():
+    """With 2-opt and generic weights, smooth(permuted base) == smooth(base): same coordinates' targets."""
+    torch.manual_seed(4)
+    net = small_cnn(channels=[12, 10, 14])
+    space = WeightSpace.from_module(net)
+    sd = net.state_dict()
+    a, _ = smooth(space, sd, "two_opt")
+    for seed in range(3):
+        perm = random_permutation(space, torch.Generator().manual_seed(seed))
+        b, _ = smooth(space, space.permute(sd, perm), "two_opt")
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
+
+
+def test_neumeta_reproduces_a_tiny_base_at_full_width():
+    """A short reconstruction fit on a tiny MLP: the full-width sample matches the base's outputs."""
+    from wsl.hyper.neumeta import NeuMeta, NeuMetaConfig
+    from wsl.hyper.train import HyperTrainConfig, train_neumeta
+
+    torch.manual_seed(0)
+    base = mlp([3, 5, 4, 2])
+    sd = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    hyper = NeuMeta(NeuMetaConfig(arch=base.wsl_arch, hidden=64, blocks=2, frequencies=4), sd)
+    x = torch.randn(16, 3)
+    y = base(x).argmax(1)
+    cfg = HyperTrainConfig(steps=600, lr=3e-3, p_full=1.0, coord_noise=0.0, rec_weight=1.0, task_weight=0.0,
+                           weight_decay=0.0)
+    out = train_neumeta(hyper, sd, x, y, cfg)
+    assert out["history"][-1]["rec"] < 0.02 * out["history"][0]["rec"]
+    net = hyper.sample(1.0)
+    torch.testing.assert_close(net(x), base(x), atol=0.05, rtol=0.05)
+    small = hyper.sample(0.5)
+    assert [tuple(p.shape) for p in small.parameters()][0] == (3, 3)  # floor(0.5 * 5 + 1/2) = 3
+
+
+def test_neumeta_generates_every_tensor_in_one_call_and_saves(tmp_path):
+    from wsl.hyper.neumeta import NeuMeta, NeuMetaConfig
+    from wsl.hyper.run import load_hyper, save_hyper
+
+    base = small_cnn()
+    hyper = NeuMeta(NeuMetaConfig(arch=base.wsl_arch, hidden=32, blocks=1), base.state_dict())
+    for r in (0.25, 0.6, 1.0):
+        sd = hyper.generate(r)
+        ref = hyper.family.build(r).state_dict()
+        assert {k: tuple(v.shape) for k, v in sd.items()} == {k: tuple(v.shape) for k, v in ref.items()}
+    save_hyper(hyper, tmp_path / "hyper.safetensors")
+    back = load_hyper(tmp_path)
+    x = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(back.sample(0.5)(x), hyper.sample(0.5)(x))

@@ -15,6 +15,12 @@ is ``fast-tsp`` when installed (integer costs ``round(d / max d * 65535)``: fast
 accepts edge costs up to 2^16 - 1), else :func:`two_opt_path`
 (nearest-neighbour start, then best-improvement 2-opt).
 
+The path is oriented to start at its end unit of smaller L1 norm. With the
+2-opt solver (deterministic, every start tried for up to 64 units) and no ties
+between distances, the smoothed state_dict is then the same for a network and
+any relabelling of it: smoothing picks a canonical representative of the
+permutation orbit. fast-tsp runs against a clock and carries no such promise.
+
 The permutation is applied with :meth:`WeightSpace.permute`, so the network's
 function is unchanged. The total variation of a state_dict,
 ``TV = sum_t sum_{unit axes a of t} sum |w[.., j+1, ..] - w[.., j, ..]|``,
@@ -154,7 +160,11 @@ def smoothing_permutation(space: WeightSpace, state: dict[str, torch.Tensor],
             continue  # groups with nested children (heads) keep their order
         f = unit_features(space, state, g.id).double()
         dist = torch.cdist(f, f).numpy()
-        perms[g.id] = torch.as_tensor(shortest_path(dist, solver), dtype=torch.long)
+        order = torch.as_tensor(shortest_path(dist, solver), dtype=torch.long)
+        norms = f.abs().sum(1)
+        if norms[order[0]] > norms[order[-1]]:  # orient: the path starts at the lighter end
+            order = order.flip(0)
+        perms[g.id] = order
     return perms
 
 

@@ -4,7 +4,7 @@ NeuMeta step (one optimiser step)::
 
     r ~ 1 with probability p_full, else U[r_min, 1]        one global width ratio
     W_r = NeuMeta(coords(r) + noise on u_out, u_in)        whole network, one call
-    L = CE(f(x; W_r), y)                                   task loss on a data batch
+    L = lambda_task CE(f(x; W_r), y)                       task loss on a data batch
       + lambda_rec * mean_k ||W_1[k] - W_base[k]||^2 / sigma_k^2   at full width, no noise
       (+ weight decay via AdamW)
 
@@ -72,12 +72,14 @@ class HyperTrainConfig:
     weight_decay: float = 1e-5
     min_ratio: float = 0.25
     p_full: float = 0.25
-    rec_weight: float = 1.0
+    rec_weight: float = 100.0
+    task_weight: float = 1.0
     coord_noise: float = 0.5
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or self.batch < 1 or self.lr <= 0 or self.weight_decay < 0 or self.rec_weight < 0:
+        if self.steps < 0 or self.batch < 1 or self.lr <= 0 or self.weight_decay < 0 or self.rec_weight < 0 \
+                or self.task_weight < 0:
             raise ConfigError("hyper.train: steps >= 0, batch >= 1, lr > 0, weight_decay >= 0, rec_weight >= 0 "
                               f"required; got {self}")
         if not 0 < self.min_ratio <= 1 or not 0 <= self.p_full <= 1 or not 0 <= self.coord_noise <= 2:
@@ -117,7 +119,7 @@ def train_neumeta(hyper: NeuMeta, base_state: dict[str, torch.Tensor], x: torch.
         state = hyper.generate(ratio, coord_noise=cfg.coord_noise, generator=gen)
         idx = torch.randint(0, len(y), (cfg.batch,), generator=gen)
         task = F.cross_entropy(functional_call(modules[widths], state, (x[idx],)), y[idx])
-        loss = task
+        loss = cfg.task_weight * task
         rec = torch.zeros(())
         if cfg.rec_weight > 0:
             pred = hyper(full.tensor, full.cont)
