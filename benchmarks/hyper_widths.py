@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 
-from wsl.archs.describe import build
 from wsl.archs.width import WidthFamily
 from wsl.hyper.prune import prune
 from wsl.hyper.run import RATIOS, resolve_config, run
@@ -52,7 +51,7 @@ def main() -> None:
         m = run(cfg, runs / ("smooth" if smooth_on else "plain"))
         res["neumeta_smooth" if smooth_on else "neumeta_plain"] = m["accuracy"]
         res["base"] = {"1.0": m["base_accuracy"]}
-        res.setdefault("_meta", {}).update({f"tv_before": m["tv_before"], "tv_after" if smooth_on else "tv_plain":
+        res.setdefault("_meta", {}).update({"tv_before": m["tv_before"], "tv_after" if smooth_on else "tv_plain":
                                             m["tv_after"], "hyper_bytes": m["hyper_bytes"],
                                             "family_bytes": m["family_bytes"],
                                             f"fit_seconds_{'smooth' if smooth_on else 'plain'}": m["seconds_fit"]})
@@ -102,5 +101,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    _ = build
     main()
