@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -195,3 +197,20 @@ def test_generated_function_unchanged_when_base_is_permuted_and_resmoothed():
     for other in outs[1:]:
         for a, b in zip(outs[0], other):
             torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_cli_sample_writes_a_loadable_network(tmp_path, capsys):
+    from wsl.cli import main
+    from wsl.hyper.neumeta import NeuMeta, NeuMetaConfig
+    from wsl.hyper.run import save_hyper
+    from wsl.io import load_model
+
+    base = small_cnn()
+    hyper = NeuMeta(NeuMetaConfig(arch=base.wsl_arch, hidden=16, blocks=1), base.state_dict())
+    save_hyper(hyper, tmp_path / "hyper.safetensors")
+    out = tmp_path / "net.safetensors"
+    assert main(["hyper", "sample", str(tmp_path), "--width", "0.5", "-o", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["parameters"] == 1338
+    net, _ = load_model(out)
+    assert [m.out_channels for m in net if isinstance(m, torch.nn.Conv2d)] == [8, 8, 8]
+    assert main(["hyper", "sample", str(tmp_path / "missing"), "-o", str(out)]) == 2
