@@ -3,6 +3,8 @@
     OMP_NUM_THREADS=1 python benchmarks/hyper_widths.py [--arch digits_cnn|mnist1d_mlp] [--steps 4000]
 
 Writes benchmarks/results/hyper_widths[_ARCH].{json,md,png}. One seed; one thread.
+BatchNorm networks (digits_resnet): NeuMeta samples and pruned networks get their
+running statistics recomputed on the first 1,024 training inputs.
 Budgets: the base and every individually trained net get ``--base-steps`` Adam
 steps; the pruning fine-tune gets ``--finetune-steps`` (same optimiser, lr/3).
 """
@@ -18,13 +20,16 @@ import torch
 
 from wsl.archs.width import WidthFamily
 from wsl.hyper.prune import prune
-from wsl.hyper.run import RATIOS, resolve_config, run
+from wsl.hyper.neumeta import recalibrate_batchnorm
+from wsl.hyper.run import CALIBRATION, RATIOS, resolve_config, run
 from wsl.hyper.train import accuracy, train_classifier
 from wsl.zoo.data import load_dataset
 
 ARCHS = {
     "digits_cnn": ("digits", {"name": "small_cnn", "kwargs": {"channels": [16, 16, 16]}}, 1500),
     "mnist1d_mlp": ("mnist1d", {"name": "mlp", "kwargs": {"sizes": [40, 100, 100, 10]}}, 3000),
+    "digits_resnet": ("digits", {"name": "resnet", "kwargs": {"layers": [1, 1, 1, 1], "width": 8, "in_channels": 1,
+                                                             "num_classes": 10}}, 1500),
 }
 
 
@@ -65,6 +70,8 @@ def main() -> None:
         net = train_classifier(fam.build(r), data.x_train, data.y_train, steps=base_steps, lr=3e-3, seed=0)
         res["individual"][str(r)] = accuracy(net, data.x_test, data.y_test)
         p = prune(base, r)
+        if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in p.modules()):
+            recalibrate_batchnorm(p, data.x_train[:CALIBRATION])  # as NeuMeta's samples get
         res["prune"][str(r)] = accuracy(p, data.x_test, data.y_test)
         p = train_classifier(p, data.x_train, data.y_train, steps=args.finetune_steps, lr=1e-3, seed=1)
         res["prune_finetune"][str(r)] = accuracy(p, data.x_test, data.y_test)

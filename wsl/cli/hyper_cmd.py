@@ -71,7 +71,10 @@ def run_sample(args: argparse.Namespace) -> int:
     if out.suffix.lower() != ".safetensors":
         raise WslError(f"-o {out}: the sampled network is written as safetensors; name it *.safetensors")
     hyper = load_hyper(args.run)
-    module = hyper.sample(args.width)
+    calib = None
+    if hyper.has_batchnorm:
+        calib = _calibration(Path(args.run))
+    module = hyper.sample(args.width, calib)
     save_module(module, out)
     widths = dict(zip(hyper.family.knobs, hyper.family.widths(args.width)))
     n = sum(p.numel() for p in module.parameters())
@@ -80,3 +83,17 @@ def run_sample(args: argparse.Namespace) -> int:
     else:
         print(f"sampled {hyper.family.name} at width {args.width} ({widths}, {n} parameters); wrote {out}")
     return 0
+
+
+def _calibration(run: Path) -> Any:
+    """Training inputs of the run's data set, to recompute BatchNorm statistics."""
+    import json
+
+    from wsl.hyper.run import CALIBRATION
+    from wsl.zoo.data import load_dataset
+
+    cfg_path = (run if run.is_dir() else run.parent) / "config.json"
+    if not cfg_path.is_file():
+        raise WslError(f"{run}: the network has BatchNorm and {cfg_path} (naming the data set whose inputs "
+                       "recompute its statistics) is missing")
+    return load_dataset(json.loads(cfg_path.read_text())["dataset"]).x_train[:CALIBRATION]

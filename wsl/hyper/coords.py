@@ -92,8 +92,9 @@ def tensor_layout(space: WeightSpace, index: int) -> TensorLayout:
 class NetCoords:
     """Every coordinate row of one network: tensor ids, continuous parts, and where rows go.
 
-    ``tensor`` (R,) int64, ``cont`` (R, 4) float in the order of
-    :data:`CONTINUOUS`, ``offsets`` the first row of each tensor (length T+1).
+    ``tensor`` (R,) int64 (the tensor's index in the spec), ``cont`` (R, 4) float
+    in the order of :data:`CONTINUOUS`, ``offsets`` the first row of each entry
+    of ``layouts`` (length + 1). Buffers (BatchNorm statistics) have no rows.
     """
 
     layouts: tuple[TensorLayout, ...]
@@ -128,7 +129,9 @@ def network_coords(space: WeightSpace, base: WeightSpace) -> NetCoords:
                                  f"base has {len(gb)} / {len(base.spec.tensors)}; not a member of its width family")
     ratio = [gs[g].size / gb[g].size for g in range(len(gs))]
     layouts, tids, conts, offsets = [], [], [], [0]
-    for k in range(len(space.spec.tensors)):
+    for k, spec in enumerate(space.spec.tensors):
+        if spec.buffer:
+            continue  # BatchNorm statistics are recomputed, not generated
         lay = tensor_layout(space, k)
         n_out = gs[lay.out_group].size if lay.out_group is not None else 1
         n_in = gs[lay.in_group].size if lay.in_group is not None else 1

@@ -78,18 +78,16 @@ class NeuMeta(nn.Module):
         self.family = WidthFamily(config.arch)
         self.base_space = self.family.space(1.0)
         specs = self.base_space.spec.tensors
-        for t in specs:
-            if t.buffer or t.role in ("running_mean", "running_var") or "num_batches" in t.name:
-                raise SpaceMismatchError(f"NeuMeta: {self.family.name} has buffer {t.name} (BatchNorm statistics); "
-                                         "networks with BatchNorm are not supported yet")
-        layouts = [tensor_layout(self.base_space, k) for k in range(len(specs))]
+        self.has_batchnorm = any(t.buffer for t in specs)
+        layouts = [tensor_layout(self.base_space, k) if not t.buffer else None for k, t in enumerate(specs)]
         self.names = [t.name for t in specs]
-        self.taps = [lay.taps for lay in layouts]
+        self.taps = [lay.taps if lay is not None else 1 for lay in layouts]
         self.taps_max = max(self.taps)
-        kinds = sorted({f"{t.role}:{lay.taps}" for t, lay in zip(specs, layouts)})
+        kinds = sorted({f"{t.role}:{lay.taps}" for t, lay in zip(specs, layouts) if lay is not None})
         self.kinds = kinds
-        self.kind_of = [kinds.index(f"{t.role}:{lay.taps}") for t, lay in zip(specs, layouts)]
-        self.is_weight = torch.tensor([lay.in_group is not None for lay in layouts])
+        self.kind_of = [kinds.index(f"{t.role}:{lay.taps}") if lay is not None else 0
+                        for t, lay in zip(specs, layouts)]
+        self.is_weight = torch.tensor([lay is not None and lay.in_group is not None for lay in layouts])
         n_cont = len(CONTINUOUS) * (1 + 2 * config.frequencies)
         self.embedding = nn.Embedding(len(specs), config.embed)
         self.inp = nn.Linear(n_cont + config.embed, config.hidden)
@@ -101,6 +99,8 @@ class NeuMeta(nn.Module):
         sigma = torch.ones(len(specs))
         if base_state is not None:
             for k, name in enumerate(self.names):
+                if specs[k].buffer:
+                    continue
                 if name not in base_state:
                     raise SpaceMismatchError(f"NeuMeta: base state_dict has no tensor {name}")
                 w = base_state[name].detach().float()
@@ -169,11 +169,25 @@ class NeuMeta(nn.Module):
         return out
 
     @torch.no_grad()
-    def sample(self, ratio: Ratio = 1.0) -> nn.Module:
-        """The family member at ``ratio`` with generated weights (deterministic: coordinate centres)."""
+    def sample(self, ratio: Ratio = 1.0, calibration: torch.Tensor | None = None,
+               batch: int = 256) -> nn.Module:
+        """The family member at ``ratio`` with generated weights (deterministic: coordinate centres).
+
+        BatchNorm: the affine parameters are generated; the running statistics are
+        recomputed as exact averages over ``calibration`` inputs (required then).
+        """
         state = self.generate(ratio)
         module = self.family.build(ratio)
-        module.load_state_dict({k: v.detach().cpu() for k, v in state.items()})
+        missing, unexpected = module.load_state_dict({k: v.detach().cpu() for k, v in state.items()}, strict=False)
+        buffers = {t.name for t in self.base_space.spec.tensors if t.buffer}
+        if unexpected or set(missing) - buffers:
+            raise SpaceMismatchError(f"NeuMeta.sample: generated keys do not match the module (missing "
+                                     f"{sorted(set(missing) - buffers)[:3]}, unexpected {sorted(unexpected)[:3]})")
+        if self.has_batchnorm:
+            if calibration is None:
+                raise ConfigError(f"NeuMeta.sample: {self.family.name} has BatchNorm; pass calibration inputs "
+                                  "to recompute its running statistics")
+            recalibrate_batchnorm(module, calibration, batch)
         return module.eval()
 
     def num_bytes(self) -> int:
@@ -183,3 +197,19 @@ class NeuMeta(nn.Module):
     def config_dict(self) -> dict[str, Any]:
         """The JSON config that rebuilds this hypernetwork (weights aside)."""
         return asdict(self.config)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(module: nn.Module, x: torch.Tensor, batch: int = 256) -> nn.Module:
+    """Reset every BatchNorm's running statistics to the average over ``x`` (cumulative, momentum None)."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    module.train()
+    for i in range(0, len(x), batch):
+        module(x[i:i + batch])
+    for m, mom in zip(norms, saved):
+        m.momentum = mom
+    return module.eval()

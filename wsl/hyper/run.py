@@ -6,7 +6,8 @@ Run directory layout::
       config.json        the resolved config (every default filled in)
       base.safetensors   the base network as trained/loaded (carries its architecture)
       hyper.safetensors  NeuMeta weights; metadata "wsl_hyper" = model config JSON
-      metrics.json       accuracy per width ratio, total variation before/after smoothing,
+      metrics.json       accuracy per width ratio (BatchNorm statistics recomputed on the
+                         first 1,024 training inputs), total variation before/after smoothing,
                          sizes in bytes, timings, the loss history (every 50th step)
       README.md          a short model card
 
@@ -44,6 +45,8 @@ from wsl.space import WeightSpace
 from wsl.zoo.data import load_dataset
 
 RATIOS = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
+CALIBRATION = 1024
+"""Training inputs used to recompute BatchNorm statistics of a sampled network (the first ones)."""
 _TOP = {"dataset", "base", "smooth", "solver", "model", "train", "eval_ratios", "seed"}
 
 
@@ -124,7 +127,8 @@ def run(cfg: dict[str, Any], out: str | Path, progress: Callable[[int, dict[str,
     t1 = time.perf_counter()
     fit = train_neumeta(hyper, state, data.x_train, data.y_train, HyperTrainConfig(**cfg["train"]), progress)
     t_fit = time.perf_counter() - t1
-    accs = {str(r): accuracy(hyper.sample(r), data.x_test, data.y_test) for r in cfg["eval_ratios"]}
+    calib = data.x_train[:CALIBRATION]
+    accs = {str(r): accuracy(hyper.sample(r, calib), data.x_test, data.y_test) for r in cfg["eval_ratios"]}
     family_bytes = 4 * sum(sum(p.numel() for p in hyper.family.build(r).parameters()) for r in cfg["eval_ratios"])
     metrics = {"base_accuracy": base_acc, "accuracy": accs, "tv_before": tv_before, "tv_after": tv_after,
                "hyper_bytes": hyper.num_bytes(), "family_bytes": family_bytes,
