@@ -214,3 +214,33 @@ def test_cli_sample_writes_a_loadable_network(tmp_path, capsys):
     net, _ = load_model(out)
     assert [m.out_channels for m in net if isinstance(m, torch.nn.Conv2d)] == [8, 8, 8]
     assert main(["hyper", "sample", str(tmp_path / "missing"), "-o", str(out)]) == 2
+
+
+def test_batchnorm_resnet_smoothing_and_recalibrated_sample():
+    """ResNet with BatchNorm: smoothing permutes running statistics too (function kept in eval mode);
+    a sample's recomputed statistics are the calibration inputs' own (checked on the first BatchNorm)."""
+    from wsl.archs.describe import build
+    from wsl.hyper.neumeta import NeuMeta, NeuMetaConfig
+
+    torch.manual_seed(6)
+    net = build({"format": "wsl.arch/1", "kind": "builtin", "name": "resnet",
+                 "kwargs": {"layers": [1, 1, 1, 1], "width": 4, "in_channels": 1, "num_classes": 10}})
+    x = torch.randn(64, 1, 8, 8)
+    net.train()
+    net(x)  # non-trivial running statistics
+    net.eval()
+    space = WeightSpace.from_module(net)
+    sd = {k: v.clone() for k, v in net.state_dict().items()}
+    y = net(x[:5])
+    sm, _ = smooth(space, sd, "two_opt")
+    net.load_state_dict(sm)
+    torch.testing.assert_close(net(x[:5]), y, atol=1e-5, rtol=1e-5)
+    hyper = NeuMeta(NeuMetaConfig(arch=net.wsl_arch, hidden=16, blocks=1), sd)
+    with pytest.raises(Exception, match="calibration"):
+        hyper.sample(0.5)
+    small = hyper.sample(0.5, calibration=x, batch=64)  # one batch: the statistics are exactly its own
+    with torch.no_grad():
+        h = small.conv1(x)
+    torch.testing.assert_close(small.bn1.running_mean, h.mean((0, 2, 3)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(small.bn1.running_var, h.transpose(0, 1).flatten(1).var(1), atol=1e-4, rtol=1e-3)
+    assert not small.training and small.bn1.momentum == 0.1

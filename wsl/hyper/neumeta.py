@@ -174,7 +174,8 @@ class NeuMeta(nn.Module):
         """The family member at ``ratio`` with generated weights (deterministic: coordinate centres).
 
         BatchNorm: the affine parameters are generated; the running statistics are
-        recomputed as exact averages over ``calibration`` inputs (required then).
+        recomputed over ``calibration`` inputs (required then): the average of the per-batch
+        statistics of ``batch``-sized chunks (``momentum=None``).
         """
         state = self.generate(ratio)
         module = self.family.build(ratio)
@@ -201,7 +202,7 @@ class NeuMeta(nn.Module):
 
 @torch.no_grad()
 def recalibrate_batchnorm(module: nn.Module, x: torch.Tensor, batch: int = 256) -> nn.Module:
-    """Reset every BatchNorm's running statistics to the average over ``x`` (cumulative, momentum None)."""
+    """Reset every BatchNorm's running statistics to the mean of per-batch statistics over ``x`` (momentum None)."""
     norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [m.momentum for m in norms]
     for m in norms:
