@@ -244,3 +244,28 @@ def test_batchnorm_resnet_smoothing_and_recalibrated_sample():
     torch.testing.assert_close(small.bn1.running_mean, h.mean((0, 2, 3)), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(small.bn1.running_var, h.transpose(0, 1).flatten(1).var(1), atol=1e-4, rtol=1e-3)
     assert not small.training and small.bn1.momentum == 0.1
+
+
+def test_run_writes_the_run_directory_and_resumes(tmp_path):
+    from wsl.hyper.run import load_hyper, resolve_config, run
+
+    cfg = resolve_config({"dataset": "digits", "base": {"arch": {"name": "small_cnn", "kwargs": {"channels": [4, 4, 4]}},
+                                                        "steps": 30},
+                          "model": {"hidden": 16, "blocks": 1}, "train": {"steps": 4, "batch": 16},
+                          "eval_ratios": [0.5, 1.0], "checkpoint_every": 2, "solver": "two_opt"})
+    m = run(cfg, tmp_path)
+    for f in ("config.json", "base.safetensors", "hyper.safetensors", "metrics.json", "README.md",
+              "checkpoint/hyper.safetensors", "checkpoint/optimizer.pt", "checkpoint/state.json",
+              "checkpoint/target.safetensors"):
+        assert (tmp_path / f).is_file(), f
+    assert set(m["accuracy"]) == {"0.5", "1.0"} and m["tv_after"] <= m["tv_before"]
+    assert json.loads((tmp_path / "checkpoint/state.json").read_text())["step"] == 4
+    cfg["train"]["steps"] = 6
+    m2 = run(cfg, tmp_path, resume=True)
+    assert [h["step"] for h in m2["history"]] == [] or m2["history"][0]["step"] >= 4
+    assert json.loads((tmp_path / "checkpoint/state.json").read_text())["step"] == 6
+    assert load_hyper(tmp_path).sample(0.5) is not None
+    with pytest.raises(Exception, match="nothing to resume"):
+        run(cfg, tmp_path / "empty", resume=True)
+    with pytest.raises(Exception, match="unknown key"):
+        resolve_config({"dataset": "digits", "trian": {}})

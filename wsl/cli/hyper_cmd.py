@@ -20,6 +20,7 @@ def register(sub: Any) -> None:
     t.add_argument("-o", "--output", default=None, help="run directory (default runs/hyper/<config stem>)")
     t.add_argument("--steps", type=int, default=None, help="override train.steps")
     t.add_argument("--no-smooth", action="store_true", help="skip the smoothing permutation")
+    t.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint (same config)")
     t.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     t.set_defaults(func=run_train)
     s = hs.add_parser("sample", help="generate a network at a width ratio from a run directory")
@@ -51,7 +52,13 @@ def run_train(args: argparse.Namespace) -> int:
         if step % 25 == 0:
             bar.set_postfix(task=f"{rec['task']:.3f}", rec=f"{rec['rec']:.3f}", ratio=f"{rec['ratio']:.2f}")
 
-    metrics = run(cfg, out, progress, on_phase=lambda s: bar.set_description(f"NeuMeta [{s}]"))
+    if args.resume:
+        import json
+
+        state = out / "checkpoint" / "state.json"
+        if state.is_file():
+            bar.update(int(json.loads(state.read_text())["step"]))
+    metrics = run(cfg, out, progress, on_phase=lambda s: bar.set_description(f"NeuMeta [{s}]"), resume=args.resume)
     bar.close()
     if args.json:
         print_json({k: v for k, v in metrics.items() if k != "history"} | {"run": str(out)})

@@ -10,6 +10,8 @@ Run directory layout::
                          first 1,024 training inputs), total variation before/after smoothing,
                          sizes in bytes, timings, the loss history (every 50th step)
       README.md          a short model card
+      checkpoint/        every checkpoint_every steps: hyper.safetensors, optimizer.pt,
+                         state.json (step), target.safetensors (the smoothed base); --resume reads it
 
 Config (YAML; every key optional except ``dataset``)::
 
@@ -21,6 +23,7 @@ Config (YAML; every key optional except ``dataset``)::
     train: {steps: 4000, batch: 128, lr: 0.003, ...}       # wsl.hyper.train.HyperTrainConfig
     eval_ratios: [0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0]
     seed: 0
+    checkpoint_every: 1000           # 0: no checkpoints
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from wsl.zoo.data import load_dataset
 RATIOS = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
 CALIBRATION = 1024
 """Training inputs used to recompute BatchNorm statistics of a sampled network (the first ones)."""
-_TOP = {"dataset", "base", "smooth", "solver", "model", "train", "eval_ratios", "seed"}
+_TOP = {"dataset", "base", "smooth", "solver", "model", "train", "eval_ratios", "seed", "checkpoint_every"}
 
 
 def _dataclass_from(cls: Any, d: Any, where: str) -> Any:
@@ -80,8 +83,12 @@ def resolve_config(raw: dict[str, Any]) -> dict[str, Any]:
     if solver not in ("auto", "fast_tsp", "two_opt"):
         raise ConfigError(f"hyper config: solver must be auto, fast_tsp or two_opt, got {solver!r}")
     ratios = [float(r) for r in raw.get("eval_ratios", RATIOS)]
+    every = raw.get("checkpoint_every", 1000)
+    if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+        raise ConfigError(f"hyper config: checkpoint_every must be an int >= 0 (0: never), got {every!r}")
     return {"dataset": str(raw["dataset"]), "base": base, "smooth": bool(raw.get("smooth", True)),
-            "solver": solver, "model": model, "train": train, "eval_ratios": ratios, "seed": int(raw.get("seed", 0))}
+            "solver": solver, "model": model, "train": train, "eval_ratios": ratios, "seed": int(raw.get("seed", 0)),
+            "checkpoint_every": every}
 
 
 def make_base(cfg: dict[str, Any], data: Any) -> torch.nn.Module:
@@ -101,31 +108,59 @@ def make_base(cfg: dict[str, Any], data: Any) -> torch.nn.Module:
 
 
 def run(cfg: dict[str, Any], out: str | Path, progress: Callable[[int, dict[str, float]], None] | None = None,
-        on_phase: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Execute a resolved config; write the run directory ``out``; return the metrics."""
+        on_phase: Callable[[str], None] | None = None, resume: bool = False) -> dict[str, Any]:
+    """Execute a resolved config; write the run directory ``out``; return the metrics.
+
+    Every ``checkpoint_every`` steps ``out/checkpoint/`` receives the hypernetwork, the optimizer
+    state and the step; ``resume=True`` continues from there (the base and its smoothed version
+    are read back from ``base.safetensors`` / ``checkpoint/target.safetensors``).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "checkpoint"
     say = on_phase or (lambda s: None)
     data = load_dataset(cfg["dataset"])
     t0 = time.perf_counter()
-    say("base")
-    base = make_base(cfg, data)
+    start, opt_state = 0, None
+    if resume:
+        if not (ckpt / "state.json").is_file():
+            raise CheckpointError(f"hyper: --resume: {ckpt / 'state.json'} not found; nothing to resume")
+        base, _ = load_model(out / "base.safetensors")
+        state = load_file(str(ckpt / "target.safetensors"))
+        start = int(json.loads((ckpt / "state.json").read_text())["step"])
+        opt_state = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    else:
+        say("base")
+        base = make_base(cfg, data)
+        save_module(base, out / "base.safetensors")
+        state = {k: v.detach().clone() for k, v in base.state_dict().items()}
     base_acc = accuracy(base, data.x_test, data.y_test)
-    save_module(base, out / "base.safetensors")
-    state = {k: v.detach().clone() for k, v in base.state_dict().items()}
     space = WeightSpace.from_module(base)
-    tv_before = total_variation(space, state)
-    tv_after = tv_before
-    if cfg["smooth"]:
+    tv_before = total_variation(space, base.state_dict())
+    if cfg["smooth"] and not resume:
         say("smooth")
         state, _ = smooth(space, state, cfg["solver"])
-        tv_after = total_variation(space, state)
+    tv_after = total_variation(space, state)
     t_base = time.perf_counter() - t0
     torch.manual_seed(cfg["seed"])
     hyper = NeuMeta(NeuMetaConfig(arch=dict(base.wsl_arch), **cfg["model"]), state)
+    if resume:
+        hyper.load_state_dict(load_file(str(ckpt / "hyper.safetensors")))
+
+    def checkpoint(step: int, opt: dict[str, Any]) -> None:
+        ckpt.mkdir(exist_ok=True)
+        atomic_save_safetensors({k: v.contiguous() for k, v in state.items()}, ckpt / "target.safetensors")
+        save_hyper(hyper, ckpt / "hyper.safetensors")
+        with atomic_write(ckpt / "optimizer.pt") as tmp:
+            torch.save(opt, tmp)
+        with atomic_write(ckpt / "state.json") as tmp:
+            Path(tmp).write_text(json.dumps({"step": step}))
+
     say("fit")
     t1 = time.perf_counter()
-    fit = train_neumeta(hyper, state, data.x_train, data.y_train, HyperTrainConfig(**cfg["train"]), progress)
+    fit = train_neumeta(hyper, state, data.x_train, data.y_train, HyperTrainConfig(**cfg["train"]), progress,
+                        start_step=start, optimizer_state=opt_state, on_checkpoint=checkpoint,
+                        checkpoint_every=int(cfg.get("checkpoint_every", 0)))
     t_fit = time.perf_counter() - t1
     calib = data.x_train[:CALIBRATION]
     accs = {str(r): accuracy(hyper.sample(r, calib), data.x_test, data.y_test) for r in cfg["eval_ratios"]}

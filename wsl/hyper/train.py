@@ -89,10 +89,16 @@ class HyperTrainConfig:
 
 def train_neumeta(hyper: NeuMeta, base_state: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                   cfg: HyperTrainConfig, progress: Callable[[int, dict[str, float]], None] | None = None,
-                  start_step: int = 0, optimizer_state: dict[str, Any] | None = None) -> dict[str, Any]:
+                  start_step: int = 0, optimizer_state: dict[str, Any] | None = None,
+                  on_checkpoint: Callable[[int, dict[str, Any]], None] | None = None,
+                  checkpoint_every: int = 0) -> dict[str, Any]:
     """Fit ``hyper`` (in place) to reproduce ``base_state`` at full width and solve the task at every width.
 
     Returns ``{"optimizer": state_dict, "history": [{"step", "ratio", "task", "rec"}...]}``.
+    ``on_checkpoint(steps_done, optimizer_state)`` is called every ``checkpoint_every`` steps.
+    Resuming (``start_step``, ``optimizer_state``) continues the schedule; its random draws are
+    seeded by ``seed + start_step``, so a resumed run is deterministic but not bit-identical to an
+    uninterrupted one.
     """
     gen = torch.Generator().manual_seed(cfg.seed + start_step)
     full = hyper.coords(1.0)
@@ -133,5 +139,7 @@ def train_neumeta(hyper: NeuMeta, base_state: dict[str, torch.Tensor], x: torch.
         history.append({"step": step, "ratio": ratio, "task": float(task.detach()), "rec": rec_v})
         if progress is not None:
             progress(step, history[-1])
+        if on_checkpoint is not None and checkpoint_every > 0 and (step + 1) % checkpoint_every == 0:
+            on_checkpoint(step + 1, opt.state_dict())
     hyper.eval()
     return {"optimizer": opt.state_dict(), "history": history}
