@@ -32,7 +32,6 @@ def register(sub: Any) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    import torch
     from tqdm import tqdm
 
     from wsl.hyper.run import resolve_config, run
@@ -44,7 +43,6 @@ def run_train(args: argparse.Namespace) -> int:
     if args.no_smooth:
         cfg["smooth"] = False
     out = Path(args.output) if args.output else Path("runs") / "hyper" / Path(args.config).stem
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     bar = tqdm(total=cfg["train"]["steps"], desc="NeuMeta", unit="step", disable=args.json)
 
     def progress(step: int, rec: dict[str, float]) -> None:
