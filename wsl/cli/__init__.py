@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "wsl.cli.serve_cmd",
     "wsl.cli.demo_cmd",
     "wsl.cli.subspace_cmd",
+    "wsl.cli.hyper_cmd",
 )
 
 EXIT_USER_ERROR = 2

@@ -1,0 +1,111 @@
+"""Accuracy vs width ratio: NeuMeta (with / without smoothing), individually trained nets, structured pruning.
+
+    OMP_NUM_THREADS=1 python benchmarks/hyper_widths.py [--arch digits_cnn|mnist1d_mlp] [--steps 4000]
+
+Writes benchmarks/results/hyper_widths[_ARCH].{json,md,png}. One seed; one thread.
+BatchNorm networks (digits_resnet): NeuMeta samples and pruned networks get their
+running statistics recomputed on the first 1,024 training inputs.
+Budgets: the base and every individually trained net get ``--base-steps`` Adam
+steps; the pruning fine-tune gets ``--finetune-steps`` (same optimiser, lr/3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from wsl.archs.width import WidthFamily
+from wsl.hyper.prune import prune
+from wsl.hyper.neumeta import recalibrate_batchnorm
+from wsl.hyper.run import CALIBRATION, RATIOS, resolve_config, run
+from wsl.hyper.train import accuracy, train_classifier
+from wsl.zoo.data import load_dataset
+
+ARCHS = {
+    "digits_cnn": ("digits", {"name": "small_cnn", "kwargs": {"channels": [16, 16, 16]}}, 1500),
+    "mnist1d_mlp": ("mnist1d", {"name": "mlp", "kwargs": {"sizes": [40, 100, 100, 10]}}, 3000),
+    "digits_resnet": ("digits", {"name": "resnet", "kwargs": {"layers": [1, 1, 1, 1], "width": 8, "in_channels": 1,
+                                                             "num_classes": 10}}, 1500),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--arch", default="digits_cnn", choices=sorted(ARCHS))
+    ap.add_argument("--steps", type=int, default=5000, help="NeuMeta fit steps")
+    ap.add_argument("--base-steps", type=int, default=None)
+    ap.add_argument("--finetune-steps", type=int, default=300)
+    ap.add_argument("--out", default="benchmarks/results")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    dataset, arch, base_steps = ARCHS[args.arch]
+    base_steps = args.base_steps or base_steps
+    data = load_dataset(dataset)
+    out = Path(args.out)
+    suffix = "" if args.arch == "digits_cnn" else f"_{args.arch}"
+    runs = out / f"hyper_widths{suffix}_runs"
+    res: dict[str, dict[str, float]] = {}
+    t0 = time.perf_counter()
+    for smooth_on in (True, False):
+        cfg = resolve_config({"dataset": dataset, "base": {"arch": arch, "steps": base_steps, "lr": 3e-3},
+                              "smooth": smooth_on, "train": {"steps": args.steps}, "seed": 0})
+        m = run(cfg, runs / ("smooth" if smooth_on else "plain"))
+        res["neumeta_smooth" if smooth_on else "neumeta_plain"] = m["accuracy"]
+        res["base"] = {"1.0": m["base_accuracy"]}
+        res.setdefault("_meta", {}).update({"tv_before": m["tv_before"], "tv_after" if smooth_on else "tv_plain":
+                                            m["tv_after"], "hyper_bytes": m["hyper_bytes"],
+                                            "family_bytes": m["family_bytes"],
+                                            f"fit_seconds_{'smooth' if smooth_on else 'plain'}": m["seconds_fit"]})
+        print(args.arch, "smooth" if smooth_on else "plain", m["accuracy"], flush=True)
+    from wsl.io import load_model
+    base, _ = load_model(runs / "smooth" / "base.safetensors")
+    fam = WidthFamily.from_module(base)
+    res["individual"], res["prune"], res["prune_finetune"] = {}, {}, {}
+    for r in RATIOS:
+        torch.manual_seed(0)
+        net = train_classifier(fam.build(r), data.x_train, data.y_train, steps=base_steps, lr=3e-3, seed=0)
+        res["individual"][str(r)] = accuracy(net, data.x_test, data.y_test)
+        p = prune(base, r)
+        if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in p.modules()):
+            recalibrate_batchnorm(p, data.x_train[:CALIBRATION])  # as NeuMeta's samples get
+        res["prune"][str(r)] = accuracy(p, data.x_test, data.y_test)
+        p = train_classifier(p, data.x_train, data.y_train, steps=args.finetune_steps, lr=1e-3, seed=1)
+        res["prune_finetune"][str(r)] = accuracy(p, data.x_test, data.y_test)
+        print(r, {k: v.get(str(r)) for k, v in res.items() if k != "_meta"}, flush=True)
+    res["_meta"].update({"arch": args.arch, "dataset": dataset, "neumeta_steps": args.steps, "base_steps": base_steps,
+                         "finetune_steps": args.finetune_steps, "seconds": time.perf_counter() - t0,
+                         "widths": {str(r): list(fam.widths(r)) for r in RATIOS}})
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"hyper_widths{suffix}.json").write_text(json.dumps(res, indent=2))
+    cols = ["neumeta_smooth", "neumeta_plain", "individual", "prune", "prune_finetune", "base"]
+    lines = [f"| ratio | widths | {' | '.join(cols)} |", "|" + "---|" * (len(cols) + 2)]
+    for r in RATIOS:
+        cells = [f"{res[c][str(r)]:.3f}" if str(r) in res[c] else "" for c in cols]
+        lines.append(f"| {r} | {res['_meta']['widths'][str(r)]} | {' | '.join(cells)} |")
+    (out / f"hyper_widths{suffix}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("warning: matplotlib not installed; no plot")
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for c in cols[:-1]:
+        ax.plot(RATIOS, [res[c][str(r)] for r in RATIOS], marker="o", label=c)
+    ax.scatter([1.0], [res["base"]["1.0"]], marker="*", s=120, color="k", label="base", zorder=5)
+    ax.set_xlabel("width ratio")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"{args.arch}: accuracy vs width")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / f"hyper_widths{suffix}.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()

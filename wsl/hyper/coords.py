@@ -1,0 +1,179 @@
+"""Coordinates of every weight of a network, from its WeightSpace.
+
+Each entry ``w[o, i, t...]`` of a state_dict tensor gets a coordinate made of
+
+* ``tensor`` -- the tensor's id (its position in the spec; learned embedding,
+  never a number a perturbation could move to another layer);
+* ``u_out, u_in`` -- normalised positions of its output and input units inside
+  their groups, ``index / (size - 1)`` in ``[0, 1]`` (``0.5`` for a group of
+  one unit, and for a missing axis: biases and norm parameters have no input
+  unit). Every width samples the same continuum ``[0, 1]``;
+* ``tap`` -- the flat position of the entry inside the tensor's non-unit
+  factors (kernel taps ``kh * kw``); a conv kernel is produced as one vector
+  per ``(o, i)`` pair, so the coordinate itself holds only ``(o, i)``;
+* ``w_out, w_in`` -- the widths as ratios ``size / base size`` of the two
+  groups (``1`` for fixed groups).
+
+Coordinates are built per *row*: one row per ``(o, i)`` pair (or per ``o`` for
+one-axis tensors), with the tensor's ``taps`` values as one output vector.
+:func:`network_coords` builds every row of a network at some width with one
+vectorised expression per tensor (no loop over weights).
+
+The continuous part ``c = (u_out, u_in, w_out, w_in)`` is encoded with random-
+free Fourier features ``[c, sin(2^k pi c), cos(2^k pi c)]`` for
+``k = 0..F-1`` (:func:`fourier`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from wsl.errors import SpaceMismatchError
+from wsl.space import WeightSpace
+
+CONTINUOUS = ("u_out", "u_in", "w_out", "w_in")
+"""Names of the columns of :attr:`NetCoords.cont`."""
+
+
+@dataclass(frozen=True)
+class TensorLayout:
+    """How a tensor's entries become coordinate rows.
+
+    ``out_group``/``in_group`` are group ids (``None`` when the axis is absent);
+    ``taps`` is the product of the sizes of the non-unit factors.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    out_group: int | None
+    in_group: int | None
+    taps: int
+
+    @property
+    def rows(self) -> int:
+        return math.prod(self.shape) // self.taps
+
+
+def tensor_layout(space: WeightSpace, index: int) -> TensorLayout:
+    """Layout of tensor ``index``: axis 0 = output units, axis 1 = input units, rest = taps.
+
+    Fused axes (several segments) and axes made of several unit factors are
+    refused: they have no single unit position.
+    """
+    t = space.spec.tensors[index]
+    groups: list[int | None] = []
+    taps = 1
+    for a, ax in enumerate(t.axes):
+        if len(ax) != 1:
+            raise SpaceMismatchError(f"hyper coords: tensor {t.name} axis {a} is fused ({len(ax)} segments); "
+                                     "not supported")
+        unit = [f for f in ax[0] if f[0] is not None]
+        if a < 2:
+            if len(unit) > 1 or (len(unit) == 1 and len(ax[0]) > 1):
+                raise SpaceMismatchError(f"hyper coords: tensor {t.name} axis {a} mixes unit and position "
+                                         "factors (e.g. a flatten); not supported")
+            groups.append(unit[0][0] if unit else None)
+            if not unit:
+                taps *= t.shape[a]
+        else:
+            if unit:
+                raise SpaceMismatchError(f"hyper coords: tensor {t.name} axis {a} indexes units; "
+                                         "only the first two axes may")
+            taps *= t.shape[a]
+    while len(groups) < 2:
+        groups.append(None)
+    return TensorLayout(t.name, tuple(t.shape), groups[0], groups[1], taps)
+
+
+@dataclass(frozen=True)
+class NetCoords:
+    """Every coordinate row of one network: tensor ids, continuous parts, and where rows go.
+
+    ``tensor`` (R,) int64 (the tensor's index in the spec), ``cont`` (R, 4) float
+    in the order of :data:`CONTINUOUS`, ``offsets`` the first row of each entry
+    of ``layouts`` (length + 1). Buffers (BatchNorm statistics) have no rows.
+    """
+
+    layouts: tuple[TensorLayout, ...]
+    tensor: torch.Tensor
+    cont: torch.Tensor
+    offsets: tuple[int, ...]
+
+    def split(self, values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Rows ``(R, taps_max)`` of generated values -> state_dict (tensor ``k`` keeps its first taps)."""
+        out = {}
+        for k, lay in enumerate(self.layouts):
+            block = values[self.offsets[k]:self.offsets[k + 1], :lay.taps]
+            out[lay.name] = block.reshape(lay.shape)
+        return out
+
+
+def _positions(size: int) -> torch.Tensor:
+    if size == 1:
+        return torch.full((1,), 0.5)
+    return torch.arange(size, dtype=torch.float32) / (size - 1)
+
+
+def network_coords(space: WeightSpace, base: WeightSpace) -> NetCoords:
+    """Coordinates of every weight of ``space`` (a width-family member of ``base``).
+
+    Group ``g`` of ``space`` must be group ``g`` of ``base`` (same count and kinds);
+    widths are ``size / base size`` per group.
+    """
+    gs, gb = space.spec.groups, base.spec.groups
+    if len(gs) != len(gb) or len(space.spec.tensors) != len(base.spec.tensors):
+        raise SpaceMismatchError(f"hyper coords: network has {len(gs)} groups / {len(space.spec.tensors)} tensors, "
+                                 f"base has {len(gb)} / {len(base.spec.tensors)}; not a member of its width family")
+    ratio = [gs[g].size / gb[g].size for g in range(len(gs))]
+    layouts, tids, conts, offsets = [], [], [], [0]
+    for k, spec in enumerate(space.spec.tensors):
+        if spec.buffer:
+            continue  # BatchNorm statistics are recomputed, not generated
+        lay = tensor_layout(space, k)
+        n_out = gs[lay.out_group].size if lay.out_group is not None else 1
+        n_in = gs[lay.in_group].size if lay.in_group is not None else 1
+        if lay.out_group is None and lay.shape:
+            raise SpaceMismatchError(f"hyper coords: tensor {lay.name} has no output unit axis")
+        uo = _positions(n_out) if lay.out_group is not None else torch.full((1,), 0.5)
+        ui = _positions(n_in) if lay.in_group is not None else torch.full((1,), 0.5)
+        grid_o, grid_i = torch.meshgrid(uo, ui, indexing="ij")
+        wo = ratio[lay.out_group] if lay.out_group is not None else 1.0
+        wi = ratio[lay.in_group] if lay.in_group is not None else 1.0
+        n = grid_o.numel()
+        if n != lay.rows:
+            raise SpaceMismatchError(f"hyper coords: tensor {lay.name} has {lay.rows} rows but its groups give {n}")
+        cont = torch.stack([grid_o.reshape(-1), grid_i.reshape(-1),
+                            torch.full((n,), wo), torch.full((n,), wi)], dim=1)
+        layouts.append(lay)
+        tids.append(torch.full((n,), k, dtype=torch.long))
+        conts.append(cont)
+        offsets.append(offsets[-1] + n)
+    return NetCoords(tuple(layouts), torch.cat(tids), torch.cat(conts), tuple(offsets))
+
+
+def target_rows(state: dict[str, torch.Tensor], coords: NetCoords, taps_max: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values (R, taps_max), mask (R, taps_max))`` of a state_dict laid out as coordinate rows."""
+    vals = torch.zeros(coords.offsets[-1], taps_max)
+    mask = torch.zeros(coords.offsets[-1], taps_max, dtype=torch.bool)
+    for k, lay in enumerate(coords.layouts):
+        if lay.name not in state:
+            raise SpaceMismatchError(f"hyper coords: state_dict has no tensor {lay.name}")
+        t = state[lay.name]
+        if tuple(t.shape) != lay.shape:
+            raise SpaceMismatchError(f"hyper coords: {lay.name} has shape {tuple(t.shape)}, expected {lay.shape}")
+        a, b = coords.offsets[k], coords.offsets[k + 1]
+        vals[a:b, :lay.taps] = t.detach().float().reshape(b - a, lay.taps)
+        mask[a:b, :lay.taps] = True
+    return vals, mask
+
+
+def fourier(cont: torch.Tensor, frequencies: int) -> torch.Tensor:
+    """``[c, sin(2^k pi c), cos(2^k pi c)]_{k<F}`` per column: ``(R, C) -> (R, C (1 + 2F))``."""
+    if frequencies <= 0:
+        return cont
+    scales = (2.0 ** torch.arange(frequencies, dtype=cont.dtype, device=cont.device)) * math.pi
+    ang = cont.unsqueeze(-1) * scales  # (R, C, F)
+    return torch.cat([cont, torch.sin(ang).flatten(1), torch.cos(ang).flatten(1)], dim=1)

@@ -1,0 +1,216 @@
+"""NeuMeta: an implicit network from weight coordinates to weight values, for a whole network.
+
+For a coordinate row ``(k, c)`` (tensor id ``k``, continuous part
+``c = (u_out, u_in, w_out, w_in)``, see :mod:`wsl.hyper.coords`)::
+
+    h_0     = W_in [gamma(c), E[k]] + b_in           gamma: Fourier features, E: tensor embedding
+    h_{l+1} = h_l + W_2^l silu(W_1^l LN(h_l))         residual blocks, l < L
+    v       = mu_k + sigma_k * s_k * head_{kind(k)}(LN(h_L)) / w_in^{[weight]}
+
+``head_kind`` is one linear head per tensor kind (role and number of taps:
+a 3x3 conv kernel is one 9-vector, a bias one value). ``mu_k, sigma_k`` are
+the base tensor's mean and standard deviation (buffers), ``s_k`` a learned
+per-tensor scale initialised to 1. With ``fan_in_scaling`` the weights (not
+biases) are divided by ``w_in``, the input width ratio: a layer computes a
+Riemann sum ``y(u) ~ (1/n) sum_j W(u, v_j) x(v_j)`` over its ``n`` input
+units, so a network with ``n = w_in * n_0`` inputs needs weights ``1/w_in``
+times larger for the same function.
+
+A whole network is produced by one batched call over all its coordinate rows
+(:meth:`NeuMeta.generate`); :meth:`NeuMeta.sample` returns an ``nn.Module`` of
+the width family, evaluated at the coordinates' centres (no noise).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wsl.archs.width import Ratio, WidthFamily
+from wsl.errors import ConfigError, SpaceMismatchError
+from wsl.hyper.coords import CONTINUOUS, NetCoords, fourier, network_coords, tensor_layout
+
+
+@dataclass
+class NeuMetaConfig:
+    """Hyperparameters of the implicit network (JSON-able)."""
+
+    arch: dict[str, Any] = field(default_factory=dict)
+    hidden: int = 128
+    blocks: int = 3
+    embed: int = 16
+    frequencies: int = 6
+    fan_in_scaling: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("hidden", "blocks", "embed"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"hyper.model.{name}: expected a positive int, got {v!r}")
+        if not isinstance(self.frequencies, int) or not 0 <= self.frequencies <= 16:
+            raise ConfigError(f"hyper.model.frequencies: expected an int in [0, 16], got {self.frequencies!r}")
+
+
+class _Block(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.fc1 = nn.Linear(width, width)
+        self.fc2 = nn.Linear(width, width)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.fc2(F.silu(self.fc1(self.norm(h))))
+
+
+class NeuMeta(nn.Module):
+    """Implicit network over the coordinates of a width family (see module docstring).
+
+    ``base_state`` (full width) sets the per-tensor statistics ``mu_k, sigma_k``.
+    """
+
+    def __init__(self, config: NeuMetaConfig, base_state: dict[str, torch.Tensor] | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.family = WidthFamily(config.arch)
+        self.base_space = self.family.space(1.0)
+        specs = self.base_space.spec.tensors
+        self.has_batchnorm = any(t.buffer for t in specs)
+        layouts = [tensor_layout(self.base_space, k) if not t.buffer else None for k, t in enumerate(specs)]
+        self.names = [t.name for t in specs]
+        self.taps = [lay.taps if lay is not None else 1 for lay in layouts]
+        self.taps_max = max(self.taps)
+        kinds = sorted({f"{t.role}:{lay.taps}" for t, lay in zip(specs, layouts) if lay is not None})
+        self.kinds = kinds
+        self.kind_of = [kinds.index(f"{t.role}:{lay.taps}") if lay is not None else 0
+                        for t, lay in zip(specs, layouts)]
+        self.is_weight = torch.tensor([lay is not None and lay.in_group is not None for lay in layouts])
+        n_cont = len(CONTINUOUS) * (1 + 2 * config.frequencies)
+        self.embedding = nn.Embedding(len(specs), config.embed)
+        self.inp = nn.Linear(n_cont + config.embed, config.hidden)
+        self.body = nn.Sequential(*[_Block(config.hidden) for _ in range(config.blocks)])
+        self.out_norm = nn.LayerNorm(config.hidden)
+        self.heads = nn.ModuleList(nn.Linear(config.hidden, int(k.split(":")[1])) for k in kinds)
+        self.log_scale = nn.Parameter(torch.zeros(len(specs)))
+        mu = torch.zeros(len(specs))
+        sigma = torch.ones(len(specs))
+        if base_state is not None:
+            for k, name in enumerate(self.names):
+                if specs[k].buffer:
+                    continue
+                if name not in base_state:
+                    raise SpaceMismatchError(f"NeuMeta: base state_dict has no tensor {name}")
+                w = base_state[name].detach().float()
+                mu[k] = w.mean()
+                sigma[k] = w.std() if w.numel() > 1 and float(w.std()) > 0 else max(float(w.abs().mean()), 1e-3)
+        self.register_buffer("mu", mu)
+        self.register_buffer("sigma", sigma)
+        self._coords: dict[tuple[int, ...], NetCoords] = {}
+
+    # ------------------------------------------------------------ coordinates
+    def coords(self, ratio: Ratio = 1.0) -> NetCoords:
+        """Coordinate rows of the family member at ``ratio`` (cached per widths)."""
+        widths = self.family.widths(ratio)
+        if widths not in self._coords:
+            self._coords[widths] = network_coords(self.family.space_widths(widths), self.base_space)
+        return self._coords[widths]
+
+    def forward(self, tensor: torch.Tensor, cont: torch.Tensor) -> torch.Tensor:
+        """Values ``(R, taps_max)`` for coordinate rows (unused taps are 0)."""
+        x = torch.cat([fourier(cont, self.config.frequencies), self.embedding(tensor)], dim=1)
+        h = self.out_norm(self.body(self.inp(x)))
+        kind = torch.as_tensor(self.kind_of, device=tensor.device)[tensor]
+        out = h.new_zeros(h.shape[0], self.taps_max)
+        for j, head in enumerate(self.heads):
+            rows = (kind == j).nonzero().squeeze(1)
+            if rows.numel():
+                v = head(h[rows])
+                out = out.index_put((rows.unsqueeze(1), torch.arange(v.shape[1], device=h.device).unsqueeze(0)), v)
+        scale = (self.sigma * self.log_scale.exp())[tensor].unsqueeze(1)
+        out = self.mu[tensor].unsqueeze(1) + scale * out
+        if self.config.fan_in_scaling:
+            w_in = cont[:, CONTINUOUS.index("w_in")].clamp_min(1e-6)
+            div = torch.where(self.is_weight.to(tensor.device)[tensor], w_in, torch.ones_like(w_in))
+            out = out / div.unsqueeze(1)
+        mask = torch.arange(self.taps_max, device=h.device).unsqueeze(0) < torch.as_tensor(
+            self.taps, device=h.device)[tensor].unsqueeze(1)
+        return out * mask
+
+    def generate(self, ratio: Ratio = 1.0, coord_noise: float = 0.0,
+                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """A whole state_dict at ``ratio`` in one batched call.
+
+        ``coord_noise`` jitters the unit positions ``u_out, u_in`` (only those) by
+        ``U(-a, a)`` with ``a = coord_noise / (2 (size - 1))``: a fraction of half
+        the spacing between neighbouring units.
+        """
+        c = self.coords(ratio)
+        dev = self.mu.device
+        cont = c.cont.to(dev)
+        if coord_noise > 0:
+            cont = cont.clone()
+            spacing = self._spacing(c).to(dev)
+            jitter = (torch.rand(cont.shape[0], 2, generator=generator) * 2 - 1).to(dev)
+            cont[:, :2] = (cont[:, :2] + jitter * spacing * coord_noise / 2).clamp(0.0, 1.0)
+        return c.split(self(c.tensor.to(dev), cont))
+
+    def _spacing(self, c: NetCoords) -> torch.Tensor:
+        """``(R, 2)``: ``1 / (size - 1)`` of the output and input groups (0 for a single unit)."""
+        out = torch.zeros(c.offsets[-1], 2)
+        for k, lay in enumerate(c.layouts):
+            a, b = c.offsets[k], c.offsets[k + 1]
+            n_out = lay.shape[0] if lay.out_group is not None else 1
+            n_in = lay.shape[1] if lay.in_group is not None else 1
+            out[a:b, 0] = 1.0 / (n_out - 1) if n_out > 1 else 0.0
+            out[a:b, 1] = 1.0 / (n_in - 1) if n_in > 1 else 0.0
+        return out
+
+    @torch.no_grad()
+    def sample(self, ratio: Ratio = 1.0, calibration: torch.Tensor | None = None,
+               batch: int = 256) -> nn.Module:
+        """The family member at ``ratio`` with generated weights (deterministic: coordinate centres).
+
+        BatchNorm: the affine parameters are generated; the running statistics are
+        recomputed over ``calibration`` inputs (required then): the average of the per-batch
+        statistics of ``batch``-sized chunks (``momentum=None``).
+        """
+        state = self.generate(ratio)
+        module = self.family.build(ratio)
+        missing, unexpected = module.load_state_dict({k: v.detach().cpu() for k, v in state.items()}, strict=False)
+        buffers = {t.name for t in self.base_space.spec.tensors if t.buffer}
+        if unexpected or set(missing) - buffers:
+            raise SpaceMismatchError(f"NeuMeta.sample: generated keys do not match the module (missing "
+                                     f"{sorted(set(missing) - buffers)[:3]}, unexpected {sorted(unexpected)[:3]})")
+        if self.has_batchnorm:
+            if calibration is None:
+                raise ConfigError(f"NeuMeta.sample: {self.family.name} has BatchNorm; pass calibration inputs "
+                                  "to recompute its running statistics")
+            recalibrate_batchnorm(module, calibration, batch)
+        return module.eval()
+
+    def num_bytes(self) -> int:
+        """Size of the hypernetwork's parameters and buffers in float32 bytes."""
+        return 4 * (sum(p.numel() for p in self.parameters()) + sum(b.numel() for b in self.buffers()))
+
+    def config_dict(self) -> dict[str, Any]:
+        """The JSON config that rebuilds this hypernetwork (weights aside)."""
+        return asdict(self.config)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(module: nn.Module, x: torch.Tensor, batch: int = 256) -> nn.Module:
+    """Reset every BatchNorm's running statistics to the mean of per-batch statistics over ``x`` (momentum None)."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    module.train()
+    for i in range(0, len(x), batch):
+        module(x[i:i + batch])
+    for m, mom in zip(norms, saved):
+        m.momentum = mom
+    return module.eval()

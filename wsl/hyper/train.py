@@ -1,0 +1,145 @@
+"""Training: a plain classifier (the base and the per-width references) and the NeuMeta fit.
+
+NeuMeta step (one optimiser step)::
+
+    r ~ 1 with probability p_full, else U[r_min, 1]        one global width ratio
+    W_r = NeuMeta(coords(r) + noise on u_out, u_in)        whole network, one call
+    L = lambda_task CE(f(x; W_r), y)                       task loss on a data batch
+      + lambda_rec * mean_k ||W_1[k] - W_base[k]||^2 / sigma_k^2   at full width, no noise
+      (+ weight decay via AdamW)
+
+The reconstruction targets are the (optionally smoothed) base weights; dividing
+each tensor's error by its base variance ``sigma_k^2`` weighs small and large
+tensors alike. Generated networks are evaluated with ``torch.func.functional_call``
+on the family member built once per width, so gradients flow into NeuMeta.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from wsl.errors import ConfigError
+from wsl.hyper.coords import target_rows
+from wsl.hyper.neumeta import NeuMeta
+
+
+@torch.no_grad()
+def accuracy(module: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1024) -> float:
+    """Top-1 accuracy of ``module`` (eval mode) on ``(x, y)``."""
+    was = module.training
+    module.eval()
+    hits = sum(int((module(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum()) for i in range(0, len(y), batch))
+    module.train(was)
+    return hits / max(1, len(y))
+
+
+def train_classifier(module: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int, lr: float = 3e-3,
+                     batch: int = 64, weight_decay: float = 0.0, seed: int = 0,
+                     progress: Callable[[int], None] | None = None) -> nn.Module:
+    """Adam on random mini-batches for ``steps`` steps (cosine learning rate); returns ``module``."""
+    if steps < 0 or batch < 1 or lr <= 0:
+        raise ConfigError(f"train_classifier: need steps >= 0, batch >= 1, lr > 0; got {steps}, {batch}, {lr}")
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / max(1, steps))))
+    module.train()
+    for s in range(steps):
+        idx = torch.randint(0, len(y), (batch,), generator=gen)
+        loss = F.cross_entropy(module(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if progress is not None:
+            progress(s)
+    return module.eval()
+
+
+@dataclass
+class HyperTrainConfig:
+    """Hyperparameters of the NeuMeta fit (JSON-able)."""
+
+    steps: int = 2000
+    batch: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 1e-5
+    min_ratio: float = 0.25
+    p_full: float = 0.25
+    rec_weight: float = 100.0
+    task_weight: float = 1.0
+    coord_noise: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.batch < 1 or self.lr <= 0 or self.weight_decay < 0 or self.rec_weight < 0 \
+                or self.task_weight < 0:
+            raise ConfigError("hyper.train: steps >= 0, batch >= 1, lr > 0, weight_decay >= 0, rec_weight >= 0 "
+                              f"required; got {self}")
+        if not 0 < self.min_ratio <= 1 or not 0 <= self.p_full <= 1 or not 0 <= self.coord_noise <= 2:
+            raise ConfigError("hyper.train: min_ratio in (0, 1], p_full in [0, 1], coord_noise in [0, 2] required; "
+                              f"got {self.min_ratio}, {self.p_full}, {self.coord_noise}")
+
+
+def train_neumeta(hyper: NeuMeta, base_state: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                  cfg: HyperTrainConfig, progress: Callable[[int, dict[str, float]], None] | None = None,
+                  start_step: int = 0, optimizer_state: dict[str, Any] | None = None,
+                  on_checkpoint: Callable[[int, dict[str, Any]], None] | None = None,
+                  checkpoint_every: int = 0) -> dict[str, Any]:
+    """Fit ``hyper`` (in place) to reproduce ``base_state`` at full width and solve the task at every width.
+
+    Returns ``{"optimizer": state_dict, "history": [{"step", "ratio", "task", "rec"}...]}``.
+    ``on_checkpoint(steps_done, optimizer_state)`` is called every ``checkpoint_every`` steps.
+    Resuming (``start_step``, ``optimizer_state``) continues the schedule; its random draws are
+    seeded by ``seed + start_step``, so a resumed run is deterministic but not bit-identical to an
+    uninterrupted one.
+    """
+    gen = torch.Generator().manual_seed(cfg.seed + start_step)
+    full = hyper.coords(1.0)
+    target, mask = target_rows(base_state, full, hyper.taps_max)
+    inv_var = (1.0 / hyper.sigma[full.tensor] ** 2).unsqueeze(1)
+    per_entry = torch.zeros_like(target)
+    for k, lay in enumerate(full.layouts):
+        per_entry[full.offsets[k]:full.offsets[k + 1]] = 1.0 / (len(full.layouts) * lay.rows * lay.taps)
+    weights = inv_var * per_entry * mask
+    modules: dict[tuple[int, ...], nn.Module] = {}
+    opt = torch.optim.AdamW(hyper.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if optimizer_state is not None:
+        opt.load_state_dict(optimizer_state)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, (s + start_step) / max(1, cfg.steps)))))
+    history = []
+    hyper.train()
+    for step in range(start_step, cfg.steps):
+        u = float(torch.rand((), generator=gen))
+        ratio = 1.0 if u < cfg.p_full else cfg.min_ratio + (1 - cfg.min_ratio) * float(torch.rand((), generator=gen))
+        widths = hyper.family.widths(ratio)
+        if widths not in modules:
+            modules[widths] = hyper.family.build_widths(widths).train()
+        state = hyper.generate(ratio, coord_noise=cfg.coord_noise, generator=gen)
+        idx = torch.randint(0, len(y), (cfg.batch,), generator=gen)
+        task = F.cross_entropy(functional_call(modules[widths], state, (x[idx],)), y[idx])
+        loss = cfg.task_weight * task
+        rec = torch.zeros(())
+        if cfg.rec_weight > 0:
+            pred = hyper(full.tensor, full.cont)
+            rec = ((pred - target) ** 2 * weights).sum()
+            loss = loss + cfg.rec_weight * rec
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        rec_v = float(rec.detach())
+        history.append({"step": step, "ratio": ratio, "task": float(task.detach()), "rec": rec_v})
+        if progress is not None:
+            progress(step, history[-1])
+        if on_checkpoint is not None and checkpoint_every > 0 and (step + 1) % checkpoint_every == 0:
+            on_checkpoint(step + 1, opt.state_dict())
+    hyper.eval()
+    return {"optimizer": opt.state_dict(), "history": history}
