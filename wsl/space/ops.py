@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from wsl.errors import UnsupportedLayerError
-from wsl.space import shape_ops
+from wsl.space import functional_layers, layout_ops, shape_ops
+from wsl.space.aten_names import CONSTANTS, METADATA, aten_name
 from wsl.space.builder import SpecBuilder, Val
 from wsl.space.shape_ops import group_factor
 
@@ -28,7 +29,7 @@ UNARY = {
     "alpha_dropout", "feature_alpha_dropout", "sin", "cos", "exp", "log", "abs", "neg", "sqrt", "rsqrt",
     "square", "erf", "softmax", "log_softmax", "contiguous", "float", "double", "half",
     "bfloat16", "to", "type", "type_as", "clone", "detach", "cpu", "cuda", "sign", "reciprocal",
-    "tanhshrink", "softsign", "logsigmoid", "normalize", "requires_grad", "pos", "logical_not",
+    "tanhshrink", "softsign", "logsigmoid", "normalize", "requires_grad", "pos", "logical_not", "alias",
 }
 #: Elementwise ops whose further tensor operands (a mask, a bound, a branch) meet the units one to one.
 NARY = {"masked_fill", "clamp", "clip", "clamp_min", "clamp_max", "where", "lerp", "addcmul", "addcdiv"}
@@ -45,6 +46,9 @@ META = {"size", "dim", "getattr", "numel", "len", "ndimension", "is_floating_poi
 
 
 def op_name(target: Any) -> str:
+    aten = aten_name(target)
+    if aten is not None:
+        return aten
     name = target if isinstance(target, str) else getattr(target, "__name__", str(target))
     name = name.strip("_")
     if name in ("iadd", "isub", "imul", "itruediv"):
@@ -59,11 +63,23 @@ def handle(b: SpecBuilder, path: str, target: Any, args: tuple, kwargs: dict, va
     vargs = tuple(_resolve(b, v) for v in vargs)
     vkwargs = {k: _resolve(b, v) for k, v in vkwargs.items()}
     vals = [v for v in _flat(vargs) + _flat(list(vkwargs.values())) if isinstance(v, Val)]
-    if name in META or not _has_tensor(out):
+    if name in META or name in METADATA or not _has_tensor(out):
         return None
-    if not any(v.site is not None or v.raw or v.param for v in vals):
+    if name in CONSTANTS or not any(v.site is not None or v.raw or v.param for v in vals):
         return _const(out, vals)
     x = vargs[0] if vargs else None
+    if name in ACTIVATIONS:
+        b.activations.add(name)
+    if not any(v.site is not None or v.raw for v in vals):
+        kept = _param_elementwise(name, vargs, vkwargs, out)
+        if kept is not None:
+            return kept
+    if name in functional_layers.NAMES and any(v.param for v in vals):
+        return functional_layers.handle(b, path, name, args, kwargs, vargs, vkwargs, out)
+    if layout_ops.wants(b, name, args, kwargs, vargs, vkwargs, out):
+        return layout_ops.handle(b, path, name, args, kwargs, vargs, vkwargs, out)
+    if name in ("select", "slice", "narrow") and isinstance(x, Val):
+        return shape_ops.getitem(path, x, _index(name, args, kwargs, x), out)
     if name in NARY:
         return _nary(b, path, name, _flat(vargs) + _flat(list(vkwargs.values())), out)
     if name in UNARY or (name == "expand"):
@@ -91,6 +107,32 @@ def handle(b: SpecBuilder, path: str, target: Any, args: tuple, kwargs: dict, va
     if name == "pad":
         return shape_ops.pad(path, x, args, kwargs, out)
     raise UnsupportedLayerError(path, f"function '{name}'", "wsl has no symmetry rule for this operation")
+
+
+def _param_elementwise(name: str, vargs: tuple, vkwargs: dict, out: Any) -> Val | None:
+    """A parameter through an elementwise map of its own values (``1 + w``, ``w.float()``) stays that
+    parameter: a permutation of its entries commutes with the map."""
+    vals = [v for v in _flat(vargs) + _flat(list(vkwargs.values())) if isinstance(v, Val)]
+    params = [v for v in vals if v.param]
+    if len(params) != 1 or not isinstance(out, torch.Tensor) or tuple(out.shape) != params[0].shape:
+        return None
+    if name in UNARY or (name in BINARY and all(v is params[0] or v.ndim == 0 for v in vals)):
+        return params[0]
+    return None
+
+
+def _index(name: str, args: tuple, kwargs: dict, x: Val) -> tuple:
+    """``select``/``slice``/``narrow`` (ATen) as an indexing tuple."""
+    def arg(i: int, key: str, default: Any) -> Any:
+        return kwargs.get(key, args[i] if len(args) > i else default)
+
+    d = int(arg(1, "dim", 0)) % x.ndim
+    if name == "select":
+        return (slice(None),) * d + (int(arg(2, "index", 0)),)
+    if name == "narrow":
+        start = int(arg(2, "start", 0))
+        return (slice(None),) * d + (slice(start, start + int(arg(3, "length", 0))),)
+    return (slice(None),) * d + (slice(arg(2, "start", None), arg(3, "end", None), arg(4, "step", 1)),)
 
 
 def _resolve(b: SpecBuilder, v: Any) -> Any:
@@ -232,9 +274,10 @@ def param_into(b: SpecBuilder, path: str, u: Val, p: Val, role: str) -> int:
     name = p.param
     assert name is not None and u.site is not None
     pshape = b.param_shapes[name]
-    if len(pshape) != p.ndim:
+    lead = p.ndim - len(pshape)  # leading dims added by broadcasting (expand, unsqueeze(0))
+    if lead < 0 or any(q not in (1, n) for q, n in zip(pshape, p.shape[lead:])):
         raise UnsupportedLayerError(path, "parameter", f"'{name}' is reshaped before use")
-    d = _align(u, p.ndim)
+    d = _align(u, p.ndim) - lead
     if d < 0 or pshape[d] == 1:
         b.extras.append(name)  # constant along the units: not touched by permutations
         return u.site
@@ -243,9 +286,9 @@ def param_into(b: SpecBuilder, path: str, u: Val, p: Val, role: str) -> int:
         raise UnsupportedLayerError(path, "parameter", f"'{name}' of shape {pshape} does not match the units")
     others = [i for i in range(len(pshape)) if i != d and pshape[i] > 1]
     buffer = name in b.buffer_names
-    if not others and role != "cat":
+    if not others and (role != "cat" or len(pshape) == 1):  # (a vector joined as one more token: a node feature)
         axes = tuple(((((g, n),),) if i == d else (((None, pshape[i]),),)) for i in range(len(pshape)))
-        slot = "bias" if role == "add" else "scale"
+        slot = "bias" if role in ("add", "cat") else "scale"
         b.add_tensor(name, pshape, slot, path, f"param_{role}", axes, buffer=buffer)
         return b.attach(u.site, slot, name, path, part=(0,) * len(pshape))
     cand = [i for i in range(len(pshape)) if i != d]

@@ -92,9 +92,13 @@ def transpose(path: str, name: str, x: Any, rest: tuple, kwargs: dict, out: Any)
     if not isinstance(x, Val):
         return None
     shape = _shape(out)
-    if x.fdim is None:
-        return x.with_(shape=shape)
-    n = x.ndim
+    if x.fdim is None:  # a transposed parameter is not read as stored: no rule may claim it as such
+        return Val(shape=shape, ids=x.ids) if x.param else x.with_(shape=shape)
+    return x.with_(shape=shape, fdim=dim_order(name, x.ndim, rest, kwargs).index(x.fdim))
+
+
+def dim_order(name: str, n: int, rest: tuple, kwargs: dict) -> list[int]:
+    """``order[i]``: the input dim that output dim ``i`` comes from, for transpose/permute/movedim/t."""
     order = list(range(n))
     if name == "t":
         order = order[::-1]
@@ -116,7 +120,7 @@ def transpose(path: str, name: str, x: Any, rest: tuple, kwargs: dict, out: Any)
             order[d] = s
         it = iter(rest_dims)
         order = [o if o >= 0 else next(it) for o in order]
-    return x.with_(shape=shape, fdim=order.index(x.fdim))
+    return order
 
 
 def getitem(path: str, x: Any, idx: Any, out: Any) -> Any:

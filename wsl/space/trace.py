@@ -1,18 +1,29 @@
-"""Derive a weight-space spec from an ``nn.Module`` with torch.fx.
+"""Derive a weight-space spec from an ``nn.Module``: two front ends, one rule table.
 
-The module is symbolically traced, with every layer that owns parameters kept
-as a leaf, then executed once on an example input. While it runs, each node's
-output is annotated with a :class:`~wsl.space.builder.Val` (which dim carries
-which units) by the layer handlers (:mod:`wsl.space.handlers`) and the
-functional-op rules (:mod:`wsl.space.ops`). The network's inputs and outputs
-become fixed groups; every state_dict entry must be claimed by some rule, or
-the trace fails loudly.
+The module is captured as a graph, then executed once on an example input.
+While it runs, each node's output is annotated with a
+:class:`~wsl.space.builder.Val` (which dims carry which units) by the layer
+handlers (:mod:`wsl.space.handlers`) and the operation rules
+(:mod:`wsl.space.ops`). The network's inputs and outputs become fixed groups;
+every state_dict entry must be claimed by some rule, or the trace fails loudly.
+
+Front ends (``frontend=``):
+
+* ``"fx"``: ``torch.fx`` symbolic tracing, every layer with a rule a leaf;
+* ``"export"``: ``torch.export`` (non-strict), :mod:`wsl.space.export_trace`;
+  the one that ``transformers`` models survive, and the only one for
+  keyword inputs (a dict);
+* ``"auto"`` (default): torch.fx, and torch.export when torch.fx cannot
+  capture the module. Networks torch.fx traced before keep their spec.
+
+Both run on the meta device (no weight allocated): layer checks that need
+values (:mod:`wsl.space.verify`) are skipped there.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.fx
@@ -22,6 +33,7 @@ from wsl.errors import TraceError, UnsupportedLayerError, WslError
 from wsl.space import handlers, ops
 from wsl.space.builder import SpecBuilder, Val
 from wsl.space.spec import WeightSpaceSpec
+from wsl.space.unit_layout import apply_definitions, prune_derived_sites
 from wsl.space.verify import check_layer, needs_check
 
 
@@ -30,12 +42,28 @@ class _Tracer(torch.fx.Tracer):
         return handlers.is_leaf(m)
 
 
-def guess_example_input(module: nn.Module, batch: int = 2) -> tuple[torch.Tensor, ...]:
-    """An example input: from ``module.wsl_input_shape`` or from its first layer.
+InputGuesser = Callable[[nn.Module], Any]
+_GUESSERS: list[InputGuesser] = []
+FRONTENDS = ("auto", "fx", "export")
+
+
+def register_input_guesser(fn: InputGuesser) -> None:
+    """Add ``fn(module) -> example input or None``, asked before the built-in guess (e.g. by :mod:`wsl.hub`
+    for ``transformers`` models, whose inputs are read from their config)."""
+    if fn not in _GUESSERS:
+        _GUESSERS.append(fn)
+
+
+def guess_example_input(module: nn.Module, batch: int = 2) -> Any:
+    """An example input: from a registered guesser, ``module.wsl_input_shape`` or the module's first layer.
 
     The input lives on the module's device, in its floating dtype, and is drawn
     from a private generator (the global RNG is left alone).
     """
+    for fn in _GUESSERS:
+        got = fn(module)
+        if got is not None:
+            return got
     gen = torch.Generator().manual_seed(0)
     dev, dt = _param_device(module), _param_dtype(module)
 
@@ -75,11 +103,9 @@ def _param_dtype(module: nn.Module) -> torch.dtype:
 
 
 def _param_device(module: nn.Module) -> torch.device:
-    for t in module.parameters():
-        return t.device
-    for t in module.buffers():
-        return t.device
-    return torch.device("cpu")
+    devices = [t.device for t in module.parameters()] or [t.device for t in module.buffers()]
+    meta = [d for d in devices if d.type == "meta"]  # a stray legacy ``torch.Tensor(n)`` stays on the CPU
+    return meta[0] if meta else devices[0] if devices else torch.device("cpu")
 
 
 def _first_line(e: BaseException) -> str:
@@ -163,28 +189,61 @@ class _Interpreter(torch.fx.Interpreter):
         raise TraceError(f"unexpected fx node {n.op} at '{_path(n)}'")
 
 
-def trace_spec(module: nn.Module, example_input: Any = None) -> WeightSpaceSpec:
-    """Trace ``module`` and return its :class:`WeightSpaceSpec`."""
+def trace_spec(module: nn.Module, example_input: Any = None, frontend: str = "auto") -> WeightSpaceSpec:
+    """Trace ``module`` and return its :class:`WeightSpaceSpec` (see the module docstring for ``frontend``).
+
+    ``example_input`` is a tensor, a tuple of positional inputs, or a dict of
+    keyword inputs (torch.export only).
+    """
     if not isinstance(module, nn.Module):
         raise TraceError(f"expected an nn.Module, got {type(module).__name__}")
+    if frontend not in FRONTENDS:
+        raise TraceError(f"unknown tracing front end {frontend!r}; choose one of {', '.join(FRONTENDS)}")
     inputs = example_input if example_input is not None else guess_example_input(module)
     if isinstance(inputs, torch.Tensor):
         inputs = (inputs,)
-    inputs = tuple(inputs)
-    concrete = _concrete_args(module, len(inputs))
+    inputs = dict(inputs) if isinstance(inputs, dict) else tuple(inputs)
+    if isinstance(inputs, dict) or frontend == "export":
+        if frontend == "fx":
+            raise TraceError("the torch.fx front end takes positional inputs, not a dict of keyword inputs")
+        return _export_spec(module, inputs)
     try:
-        graph = _Tracer().trace(module, concrete_args=concrete or None)
+        graph = _capture_fx(module, len(inputs))
+    except TraceError as fx_error:
+        if frontend == "fx":
+            raise
+        try:
+            return _export_spec(module, inputs)
+        except TraceError as export_error:
+            if "torch.export could not capture" not in str(export_error):
+                raise
+            raise TraceError(f"{fx_error} Neither could {str(export_error)[len('torch.export '):]}") from export_error
+    return _fx_spec(module, graph, inputs)
+
+
+def _capture_fx(module: nn.Module, n_inputs: int) -> torch.fx.Graph:
+    concrete = _concrete_args(module, n_inputs)
+    try:
+        return _Tracer().trace(module, concrete_args=concrete or None)
     except WslError:
         raise
     except Exception as e:
         raise TraceError(f"torch.fx could not trace {type(module).__name__}: {_first_line(e)}. Data-dependent "
                          "Python control flow in forward() cannot be traced; move it into a leaf layer.") from e
-    gm = torch.fx.GraphModule(module, graph)
+
+
+def _new_builder(module: nn.Module) -> tuple[SpecBuilder, dict[str, torch.Tensor]]:
     state = module.state_dict(keep_vars=True)
     b = SpecBuilder()
     b.param_shapes = {k: tuple(v.shape) for k, v in state.items()}
     b.buffer_names = {k for k, _ in module.named_buffers()}
-    interp = _Interpreter(gm, b, dict(state))
+    return b, dict(state)
+
+
+def _fx_spec(module: nn.Module, graph: torch.fx.Graph, inputs: tuple) -> WeightSpaceSpec:
+    gm = torch.fx.GraphModule(module, graph)
+    b, state = _new_builder(module)
+    interp = _Interpreter(gm, b, state)
     was_training = module.training
     module.eval()
     try:
@@ -192,17 +251,51 @@ def trace_spec(module: nn.Module, example_input: Any = None) -> WeightSpaceSpec:
             interp.run(*inputs)
     finally:
         module.train(was_training)
-    for v in _flatten_vals(interp.outputs):
-        if v.site is not None:
-            g = b.find(b.site_group(v.site))
+    return _finish(b, module, state, inputs, interp.outputs, "fx")
+
+
+def _export_spec(module: nn.Module, inputs: tuple | dict) -> WeightSpaceSpec:
+    from wsl.space.export_trace import export_run
+
+    b, state = _new_builder(module)
+    outputs = export_run(module, inputs, b, state)
+    return _finish(b, module, state, inputs, outputs, "export")
+
+
+def _output_groups(b: SpecBuilder, v: Val) -> list[int]:
+    """Every group whose units an output tensor carries (heads and their parts included)."""
+    from wsl.space.segments import leaves
+    from wsl.space.unit_layout import StaleUnits, layout_of, unit_groups
+
+    groups = [b.site_group(v.site)] if v.site is not None else []
+    try:
+        groups += [g for dim in layout_of(b, v) for g in unit_groups(dim)]
+    except StaleUnits:
+        groups += [leaf for dim in v.split or ((v.fdim, v.factors),) for f in dim[1] if f[0] is not None
+                   for _, _, leaf in leaves(b, f[0])]
+    return groups
+
+
+def _finish(b: SpecBuilder, module: nn.Module, state: dict[str, torch.Tensor], inputs: tuple | dict,
+            outputs: list[Any], frontend: str) -> WeightSpaceSpec:
+    for v in _flatten_vals(outputs):
+        for grp in (_output_groups(b, v) if v.site is not None else []):
+            g = b.find(grp)
             b.groups[g].fixed = True
             if b.groups[g].kind in ("hidden", "channel"):
                 b.groups[g].kind = "output"
     order, aliases, unread = _resolve_entries(b, module, state)
-    meta = {"input_shapes": tuple(tuple(t.shape[1:]) for t in inputs if isinstance(t, torch.Tensor)),
-            "input_dtypes": tuple(str(t.dtype).replace("torch.", "") for t in inputs if isinstance(t, torch.Tensor)),
+    tensors = list(inputs.values()) if isinstance(inputs, dict) else list(inputs)
+    meta = {"input_shapes": tuple(tuple(t.shape[1:]) for t in tensors if isinstance(t, torch.Tensor)),
+            "input_dtypes": tuple(str(t.dtype).replace("torch.", "") for t in tensors if isinstance(t, torch.Tensor)),
             "unread": tuple(unread), "tied": tuple(b.tied), "module": type(module).__name__,
             "activations": tuple(sorted(b.activations))}
+    if isinstance(inputs, dict):
+        meta["input_names"] = tuple(k for k, t in inputs.items() if isinstance(t, torch.Tensor))
+    if frontend != "fx":
+        meta["frontend"] = frontend
+    apply_definitions(b)
+    prune_derived_sites(b)
     return b.finish(order, aliases, meta)
 
 
@@ -252,8 +345,9 @@ def _resolve_entries(b: SpecBuilder, module: nn.Module, state: dict[str, torch.T
     for name, t in state.items():
         order.append((name, tuple(t.shape), name in b.buffer_names))
         if name in b.tensors:
-            if id(t) in seen:  # tied weights claimed by two layers (e.g. lm_head and wte)
+            if id(t) in seen:  # tied weights claimed by two layers (e.g. lm_head and wte): permuted alike
                 b.tied.append((name, seen[id(t)]))
+                b.unify_axes(name, b.tensors[seen[id(t)]].axes, b.tensors[name].axes, name.rsplit(".", 1)[0])
             seen.setdefault(id(t), name)
             continue
         if name in b.extras:

@@ -40,11 +40,18 @@ class WeightSpace:
 
     # ------------------------------------------------------------ construction
     @classmethod
-    def from_module(cls, module: nn.Module, example_input: Any = None) -> "WeightSpace":
-        """Trace ``module`` (torch.fx) and derive its weight space."""
+    def from_module(cls, module: nn.Module, example_input: Any = None, frontend: str = "auto") -> "WeightSpace":
+        """Trace ``module`` and derive its weight space.
+
+        ``example_input``: a tensor, a tuple of positional inputs or a dict of
+        keyword inputs (guessed when omitted). ``frontend``: ``"auto"``
+        (torch.fx, else torch.export), ``"fx"`` or ``"export"``; see
+        :mod:`wsl.space.trace`. A module on the meta device is traced without
+        allocating weights.
+        """
         from wsl.space.trace import trace_spec
 
-        return cls(trace_spec(module, example_input), arch=getattr(module, "wsl_arch", None))
+        return cls(trace_spec(module, example_input, frontend), arch=getattr(module, "wsl_arch", None))
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "WeightSpace":
@@ -248,8 +255,8 @@ def _axis_str(space: WeightSpace, axis: Any) -> str:
     segs = []
     for seg in axis:
         fs = []
-        for g, n in seg:
-            fs.append(f"{n}" if g is None else f"g{g}")
+        for f in seg:
+            fs.append(f"{f[1]}" if f[0] is None else f"g{f[0]}" if len(f) == 2 else f"g{f[0]}.{f[1]}")
         segs.append("x".join(fs) if fs else "1")
     return "+".join(segs)
 
