@@ -8,7 +8,7 @@ For every tiny ``transformers`` config of :mod:`wsl.archs.hf_tiny` and for
 * ``export cpu`` / ``export meta``: ``torch.export.export(..., strict=False)``
   of the model built on the CPU / on the meta device (capture only, seconds);
 * ``wsl fx``: ``WeightSpace`` through the torch.fx front end alone (the only
-  front end before issue 21);
+  front end before issue 21), the tensor inputs passed positionally;
 * ``wsl``: ``WeightSpace.from_module`` as it is now (export first, see
   :mod:`wsl.space.trace`) on the meta device: traced (groups / permutable
   units / seconds) or the one-line refusal.
@@ -85,7 +85,8 @@ def measure(name: str, build: Callable[[str], nn.Module], inputs: Callable[[nn.M
         kwd = inputs(model)
         _, dt, e = _timed(lambda: torch.export.export(model, (), kwd, strict=False))
         row[f"export {dev}"] = f"ok {dt:.2f}s" if e is None else _short(e)
-    _, _, e = _timed(lambda: trace_spec(cpu, kw, frontend="fx"))
+    positional = tuple(v for v in kw.values() if isinstance(v, torch.Tensor))
+    _, _, e = _timed(lambda: trace_spec(cpu, positional, frontend="fx"))
     row["wsl fx"] = "traced" if e is None else _short(e)
     meta = build("meta")
     space, dt, e = _timed(lambda: WeightSpace.from_module(meta, inputs(meta)))
