@@ -146,6 +146,14 @@ def _calls(gm: torch.fx.GraphModule, root: nn.Module, owned: dict[str, int]) -> 
     return out
 
 
+def _module_type(n: torch.fx.Node) -> str | None:
+    stack = n.meta.get("nn_module_stack")
+    if not stack:
+        return None
+    kind = next(reversed(stack.values()))[1]
+    return (kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))).rsplit(".", 1)[-1]
+
+
 def _path(n: torch.fx.Node) -> str:
     stack = n.meta.get("nn_module_stack")
     where = _strip(str(next(reversed(stack.values()))[0])) if stack else ""
@@ -158,6 +166,7 @@ class _Interpreter(torch.fx.Interpreter):
         super().__init__(ep.graph_module)
         self.extra_traceback = False
         self.b, self.module, self.state = b, module, state
+        self.root_type = type(module).__name__
         self.vals: dict[torch.fx.Node, Any] = {}
         self.outputs: list[Any] = []
         sig = ep.graph_signature
@@ -215,7 +224,10 @@ class _Interpreter(torch.fx.Interpreter):
             return self._leaf(call, n, out)
         vargs = torch.fx.node.map_arg(n.args, lambda a: self.vals.get(a))
         vkwargs = torch.fx.node.map_arg(n.kwargs, lambda a: self.vals.get(a))
-        return ops.handle(b, _path(n), n.target, args, kwargs, tuple(vargs), dict(vkwargs), out)
+        try:
+            return ops.handle(b, _path(n), n.target, args, kwargs, tuple(vargs), dict(vkwargs), out)
+        except UnsupportedLayerError as e:
+            raise ops.with_module_type(e, _path(n), n.target, _module_type(n) or self.root_type) from e
 
     def _leaf(self, call: _Call, n: torch.fx.Node, out: Any) -> Any:
         if n is not call.output:

@@ -45,6 +45,15 @@ REDUCE = {"mean", "sum", "amax", "amin", "logsumexp", "std", "var", "nansum", "n
 META = {"size", "dim", "getattr", "numel", "len", "ndimension", "is_floating_point", "nelement"}
 
 
+def with_module_type(e: UnsupportedLayerError, path: str, target: Any, module_type: str | None
+                     ) -> UnsupportedLayerError:
+    """``e`` raised at operation ``path`` as one line naming the operation and the module type it ran in."""
+    if e.path != path or " in " in e.kind:
+        return e
+    kind = e.kind if e.kind.startswith("function") else f"function '{op_name(target)}'"
+    return UnsupportedLayerError(e.path, f"{kind} in {module_type}" if module_type else kind, e.reason)
+
+
 def op_name(target: Any) -> str:
     aten = aten_name(target)
     if aten is not None:
@@ -74,7 +83,7 @@ def handle(b: SpecBuilder, path: str, target: Any, args: tuple, kwargs: dict, va
         kept = _param_elementwise(name, vargs, vkwargs, out)
         if kept is not None:
             return kept
-    if name in functional_layers.NAMES and any(v.param for v in vals):
+    if name in functional_layers.NAMES:
         return functional_layers.handle(b, path, name, args, kwargs, vargs, vkwargs, out)
     if layout_ops.wants(b, name, args, kwargs, vargs, vkwargs, out):
         return layout_ops.handle(b, path, name, args, kwargs, vargs, vkwargs, out)

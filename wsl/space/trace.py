@@ -124,11 +124,21 @@ def _path(node: torch.fx.Node) -> str:
     return f"{where}:{node.name}" if where else node.name
 
 
+def _module_type(node: torch.fx.Node) -> str | None:
+    """Class name of the module an operation ran in (from ``nn_module_stack``)."""
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return None
+    kind = next(reversed(stack.values()))[1]
+    return (kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))).rsplit(".", 1)[-1]
+
+
 class _Interpreter(torch.fx.Interpreter):
     def __init__(self, gm: torch.fx.GraphModule, builder: SpecBuilder, state: dict[str, torch.Tensor]):
         super().__init__(gm)
         self.extra_traceback = False  # fx would append "While executing ..." lines to our one-line errors
         self.b = builder
+        self.root_type = type(gm).__name__
         self.vals: dict[torch.fx.Node, Any] = {}
         self.state = state
         self.outputs: list[Any] = []
@@ -182,7 +192,10 @@ class _Interpreter(torch.fx.Interpreter):
             assert h is not None
             return h(self.b, str(n.target), mod, list(vargs), out)
         if n.op in ("call_function", "call_method"):
-            return ops.handle(self.b, _path(n), n.target, args, kwargs, vargs, vkwargs, out)
+            try:
+                return ops.handle(self.b, _path(n), n.target, args, kwargs, vargs, vkwargs, out)
+            except UnsupportedLayerError as e:
+                raise ops.with_module_type(e, _path(n), n.target, _module_type(n) or self.root_type) from e
         if n.op == "output":
             self.outputs.append(vargs[0] if vargs else None)
             return None
@@ -244,6 +257,7 @@ def _fx_spec(module: nn.Module, graph: torch.fx.Graph, inputs: tuple) -> WeightS
     gm = torch.fx.GraphModule(module, graph)
     b, state = _new_builder(module)
     interp = _Interpreter(gm, b, state)
+    interp.root_type = type(module).__name__
     was_training = module.training
     module.eval()
     try:
