@@ -62,11 +62,14 @@ def double_inputs(inputs: Any) -> Any:
 
 
 def assert_preserves(module: nn.Module, inputs: Any, frontend: str = "auto", seeds: tuple[int, ...] = (1, 2),
-                     rtol: float = 1e-9) -> WeightSpace:
-    """Trace ``module`` (made float64, randomised), then check two random permutations (see module docstring)."""
+                     rtol: float = 1e-9, space: WeightSpace | None = None) -> WeightSpace:
+    """Trace ``module`` (made float64, randomised), then check two random permutations (see module docstring).
+
+    ``space``: the module's weight space traced before (e.g. on the meta device), to check instead.
+    """
     module = randomize(copy.deepcopy(module).double())
     inputs = double_inputs(inputs)
-    space = WeightSpace.from_module(module, inputs, frontend=frontend)
+    space = space or WeightSpace.from_module(module, inputs, frontend=frontend)
     sd = module.state_dict()
     assert space.num_elements == sum(t.numel() for t in sd.values())
     ref = call(module, inputs)

@@ -69,9 +69,18 @@ def tiny_config(name: str, **overrides: Any) -> dict[str, Any]:
     return {**copy.deepcopy(TINY_CONFIGS[name]), **overrides}
 
 
-def build_tiny(name: str, device: str | torch.device | None = None, **overrides: Any) -> nn.Module:
-    """The ``transformers`` module of a tiny config, in eval mode (random weights; none on ``device="meta"``)."""
+_LAYER_KEYS = ("num_hidden_layers", "n_layer", "n_layers", "num_layers", "encoder_layers", "decoder_layers")
+
+
+def build_tiny(name: str, device: str | torch.device | None = None, layers: int | None = None,
+               **overrides: Any) -> nn.Module:
+    """The ``transformers`` module of a tiny config, in eval mode (random weights; none on ``device="meta"``).
+
+    ``layers`` sets every layer count of the config (two by default).
+    """
     cfg = tiny_config(name, **overrides)
+    if layers is not None:
+        cfg.update({k: layers for k in _LAYER_KEYS if k in cfg})
     try:
         transformers = importlib.import_module("transformers")
     except ImportError as exc:

@@ -154,6 +154,18 @@ def _module_type(n: torch.fx.Node) -> str | None:
     return (kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))).rsplit(".", 1)[-1]
 
 
+def _live(gm: torch.fx.GraphModule) -> set[torch.fx.Node]:
+    """Nodes whose value reaches the output."""
+    out = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
+    live, todo = {out}, [out]
+    while todo:
+        for i in todo.pop().all_input_nodes:
+            if i not in live:
+                live.add(i)
+                todo.append(i)
+    return live
+
+
 def _path(n: torch.fx.Node) -> str:
     stack = n.meta.get("nn_module_stack")
     where = _strip(str(next(reversed(stack.values()))[0])) if stack else ""
@@ -186,6 +198,7 @@ class _Interpreter(torch.fx.Interpreter):
                 t = state.get(self.kinds[n.name][1])
                 owned[n.name] = id(t) if t is not None else id(_lookup(module, self.kinds[n.name][1]))
         self.calls = _calls(ep.graph_module, module, owned)
+        self.live = _live(ep.graph_module)
 
     def run_node(self, n: torch.fx.Node) -> Any:
         with self._set_current_node(n):
@@ -207,7 +220,7 @@ class _Interpreter(torch.fx.Interpreter):
             if not isinstance(out, torch.Tensor):
                 return None
             if kind in ("PARAMETER", "BUFFER") and target in self.state:
-                if n.users:
+                if any(u in self.live for u in n.users):
                     b.read.add(target)
                 return Val(shape=tuple(out.shape), param=target) if out.is_floating_point() else \
                     Val(shape=tuple(out.shape), ids=True)
@@ -219,6 +232,8 @@ class _Interpreter(torch.fx.Interpreter):
             return None
         if n.op != "call_function":
             return Val(shape=tuple(out.shape)) if isinstance(out, torch.Tensor) else None
+        if n not in self.live:
+            return None  # its value reaches no output (e.g. a slice read only for its shape)
         call = self.calls.get(n)
         if call is not None:
             return self._leaf(call, n, out)

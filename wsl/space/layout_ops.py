@@ -257,6 +257,10 @@ def _elementwise(b: SpecBuilder, path: str, name: str, args: tuple, vargs: tuple
     if len(sites) == 1:
         return to_val(b, sites[0], tuple(res), shape, path)
     val = to_val(b, None, tuple(res), shape, path)
+    if val.split:  # e.g. q * rsqrt(mean(q^2)) per head: the operand that carries all the units keeps its site
+        full = list(dict.fromkeys(v.site for v, lay in zip(units, final) if list(lay) == res))
+        if len(full) == 1:
+            return val.with_(site=full[0])
     if val.split or val.site is None:
         raise UnsupportedLayerError(path, f"function '{name}'", "combines tensors of different layers whose units "
                                     "are split into heads")

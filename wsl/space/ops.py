@@ -115,7 +115,20 @@ def handle(b: SpecBuilder, path: str, target: Any, args: tuple, kwargs: dict, va
         return shape_ops.split(path, name, x, args, kwargs, out)
     if name == "pad":
         return shape_ops.pad(path, x, args, kwargs, out)
+    if name in ("roll", "flip") and isinstance(x, Val):
+        return shape_ops.roll(path, name, x, args, kwargs, out)
+    if name == "index" and isinstance(x, Val) and x.param:
+        return _param_lookup(b, path, args, vargs, out)
     raise UnsupportedLayerError(path, f"function '{name}'", "wsl has no symmetry rule for this operation")
+
+
+def _param_lookup(b: SpecBuilder, path: str, args: tuple, vargs: tuple, out: Any) -> Val:
+    """``table[ids]`` (ATen ``index``) on a 2-D parameter with one integer index on dim 0: an embedding lookup
+    (a relative-position bias table indexed by position pairs)."""
+    idx, vidx = list(args[1]), list(vargs[1])
+    if len(idx) != 1 or args[0].dim() != 2 or not isinstance(vidx[0], Val) or not vidx[0].ids:
+        raise UnsupportedLayerError(path, "function 'index'", "indexes a parameter other than by rows")
+    return functional_layers.embedding(b, path, vargs[0], vidx[0], args[0], out)
 
 
 def _param_elementwise(name: str, vargs: tuple, vkwargs: dict, out: Any) -> Val | None:

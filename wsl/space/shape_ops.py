@@ -179,6 +179,17 @@ def split(path: str, name: str, x: Any, args: tuple, kwargs: dict, out: Any) -> 
     return tuple(res)
 
 
+def roll(path: str, name: str, x: Val, args: tuple, kwargs: dict, out: Any) -> Val:
+    """``roll``/``flip`` along dims that carry no units (shifted windows) move tokens, not units."""
+    dims = kwargs.get("dims", args[2] if name == "roll" and len(args) > 2 else args[1] if len(args) > 1 else None)
+    dims = [dims] if isinstance(dims, int) else list(dims or [])
+    if x.split or (x.fdim is not None and (not dims or x.fdim in [int(d) % x.ndim for d in dims])):
+        raise UnsupportedLayerError(path, f"function '{name}'", "reorders the units")
+    if x.param:
+        return Val(shape=_shape(out))  # a reordered parameter is not read as stored
+    return x.with_(shape=_shape(out))
+
+
 def pad(path: str, x: Any, args: tuple, kwargs: dict, out: Any) -> Any:
     if not isinstance(x, Val):
         return None
