@@ -54,6 +54,22 @@ class WeightSpace:
         return cls(trace_spec(module, example_input, frontend), arch=getattr(module, "wsl_arch", None))
 
     @classmethod
+    def from_pretrained(cls, source: Any, example_input: Any = None, frontend: str = "auto") -> "WeightSpace":
+        """The weight space of a pretrained checkpoint, traced from its configuration alone.
+
+        ``source``: ``hf://ORG/NAME[@REV][/PATH]`` or a local Hugging Face
+        checkpoint folder. Only ``config.json`` and the safetensors header are
+        read (never the weights); the module is built on the meta device. The
+        readers are registered by :mod:`wsl.hub` (see :func:`register_pretrained_loader`).
+        """
+        for loader in _PRETRAINED:
+            space = loader(source, example_input=example_input, frontend=frontend)
+            if space is not None:
+                return space  # type: ignore[no-any-return]
+        raise WslError(f"{source}: no reader of pretrained checkpoints accepts it (hf:// URIs and folders with a "
+                       "config.json are read once wsl.hub is imported, as `import wsl` does)")
+
+    @classmethod
     def from_json(cls, d: dict[str, Any]) -> "WeightSpace":
         return cls(WeightSpaceSpec.from_json_dict(d))
 
@@ -273,6 +289,17 @@ def _num_edges(space: WeightSpace, c: Connection) -> int:
     if c.src_axis == c.dst_axis:
         return units[c.src_axis]
     return units[c.src_axis] * units[c.dst_axis]
+
+
+PretrainedLoader = Callable[..., "WeightSpace | None"]
+_PRETRAINED: list[PretrainedLoader] = []
+
+
+def register_pretrained_loader(fn: PretrainedLoader) -> None:
+    """Add ``fn(source, example_input=None, frontend="auto") -> WeightSpace | None`` (None: not its kind of
+    source) to :meth:`WeightSpace.from_pretrained` (``wsl.hub`` registers the ``hf://`` reader)."""
+    if fn not in _PRETRAINED:
+        _PRETRAINED.append(fn)
 
 
 def random_permutation(space: WeightSpace, generator: torch.Generator | None = None,
