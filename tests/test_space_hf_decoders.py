@@ -22,6 +22,7 @@ pytest.importorskip("transformers", reason="the optional 'transformers' package 
 from tests.space_checks import assert_preserves, output_changes, randomize  # noqa: E402
 from wsl.archs.hf_inputs import hf_example_inputs  # noqa: E402
 from wsl.archs.hf_tiny import build_tiny  # noqa: E402
+from wsl.errors import UnsupportedLayerError  # noqa: E402
 from wsl.space import WeightSpace  # noqa: E402
 
 DECODERS = ["LlamaForCausalLM", "MistralModel", "Qwen2Model", "Phi3Model", "GemmaModel", "GPT2LMHeadModel"]
@@ -99,3 +100,19 @@ def test_gpt2_lm_head_is_tied_to_the_embedding() -> None:
 def test_meta_and_cpu_traces_agree() -> None:
     cpu = build_tiny("Phi3Model", layers=1)
     assert WeightSpace.from_module(cpu, hf_example_inputs(cpu)).signature == traced("Phi3Model").signature
+
+
+def test_an_unsupported_operation_is_refused_in_one_line() -> None:
+    """Mixture-of-experts routing (top-k over experts) has no symmetry rule: the refusal names the operation,
+    the module path and its type, in one line."""
+    import transformers
+
+    cfg = transformers.MixtralConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                     num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
+                                     num_experts_per_tok=2)
+    with torch.device("meta"):
+        m = transformers.MixtralModel(cfg).eval()
+    with pytest.raises(UnsupportedLayerError) as err:
+        WeightSpace.from_module(m, hf_example_inputs(m))
+    msg = str(err.value)
+    assert "\n" not in msg and "layers.0.mlp.gate" in msg and "'topk'" in msg and "MixtralTopKRouter" in msg

@@ -7,10 +7,12 @@ names and shapes of ``model.safetensors`` (or of every shard of
 (``huggingface_hub.parse_safetensors_file_metadata``) -- never the weights.
 Offline (``HF_HUB_OFFLINE=1``), the files cached in the snapshot are read
 instead (a header-only safetensors file is enough). The module is built from
-the config on the meta device (``transformers``, the optional extra, for any
-model type it knows; without it the local BERT/ViT/GPT-2 ports), checked
-against the header (the same names and shapes, tied weights allowed to be
-absent), and traced (:meth:`wsl.space.WeightSpace.from_module`, example
+the config on the meta device (the local BERT/ViT/GPT-2 ports for their
+classes -- they carry the checkpoints' tensor names, and need no optional
+package --, ``transformers``, the optional extra, for every other model type
+it knows), checked against the header (the same names and shapes, tied
+weights allowed to be absent; names that ``transformers`` renames at load
+time are reported when the shapes still match one to one), and traced (:meth:`wsl.space.WeightSpace.from_module`, example
 inputs read from the config by :func:`wsl.archs.hf_inputs.hf_example_inputs`).
 A 7B-parameter configuration is traced without allocating its weights.
 
@@ -20,9 +22,11 @@ A 7B-parameter configuration is traced without allocating its weights.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -173,15 +177,32 @@ def checkpoint_header(source: str | os.PathLike[str]) -> tuple[dict[str, Any], d
 
 
 def _build_on_meta(config: dict[str, Any], where: str) -> nn.Module:
-    from wsl.archs.hf import build_hf_model, transformers_available
+    from wsl.archs.hf import build_hf_model
 
     if not isinstance(config.get("model_type"), str):
         raise ArchitectureError(f"{where}: config.json has no 'model_type' (not a transformers checkpoint)")
-    with torch.device("meta"):
-        return build_hf_model(config, prefer_local=not transformers_available()).eval()
+    with torch.device("meta"), _no_init():  # the local BERT/ViT/GPT-2 ports when they have the class
+        return build_hf_model(config, prefer_local=True).eval()
 
 
-def _check(module: nn.Module, shapes: dict[str, tuple[int, ...]], where: str) -> None:
+@contextlib.contextmanager
+def _no_init() -> Iterator[None]:
+    """``torch.nn.init`` as no-ops: a meta tensor has no values to initialise, and the first random fill on the
+    meta device imports torch's reference kernels (seconds)."""
+    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(torch.nn.init, n, lambda t, *a, **k: t)
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(torch.nn.init, n, fn)
+
+
+def _check(module: nn.Module, shapes: dict[str, tuple[int, ...]], where: str) -> str | None:
+    """Raise :class:`StateDictMismatchError` unless the module's tensors are the header's (a note if only the
+    names differ: ``transformers`` renames some checkpoints' tensors when it loads them)."""
     from wsl.archs.hf import normalize_hf_state_dict
 
     fake = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
@@ -194,8 +215,12 @@ def _check(module: nn.Module, shapes: dict[str, tuple[int, ...]], where: str) ->
     missing = set(want) - set(got) - tied - buffers
     unexpected = set(got) - set(want)
     mism = [(k, want[k], got[k]) for k in set(want) & set(got) if want[k] != got[k]]
-    if missing or unexpected or mism:
-        raise StateDictMismatchError(missing, unexpected, mism, where=where)
+    if not (missing or unexpected or mism):
+        return None
+    if sorted(want[k] for k in set(want) - tied - buffers) == sorted(got.values()):
+        return (f"the checkpoint names its tensors differently ({len(unexpected)} renamed, e.g. "
+                f"{sorted(unexpected)[0]!r}); the shapes match one to one")
+    raise StateDictMismatchError(missing, unexpected, mism, where=where)
 
 
 def pretrained_space(source: str | os.PathLike[str], *, example_input: Any = None,
@@ -206,11 +231,13 @@ def pretrained_space(source: str | os.PathLike[str], *, example_input: Any = Non
     where = str(source)
     config, shapes, note = checkpoint_header(source)
     module = _build_on_meta(config, where)
+    notes = [note]
     if shapes is not None:
-        _check(module, shapes, where)
+        renamed = _check(module, shapes, where)
+        notes += [renamed] if renamed else []
     inputs = example_input if example_input is not None else hf_example_inputs(module)
     space = WeightSpace.from_module(module, inputs, frontend=frontend)
-    return PretrainedSpace(space, config, type(module).__name__, shapes is not None, [note])
+    return PretrainedSpace(space, config, type(module).__name__, shapes is not None, notes)
 
 
 def load_space(source: Any, example_input: Any = None, frontend: str = "auto") -> WeightSpace | None:

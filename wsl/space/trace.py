@@ -228,9 +228,11 @@ def trace_spec(module: nn.Module, example_input: Any = None, frontend: str = "au
         try:
             return _export_spec(module, inputs)
         except TraceError as export_error:
-            if "torch.export could not capture" not in str(export_error):
+            prefix = f"torch.export could not capture {type(module).__name__}: "
+            if not str(export_error).startswith(prefix):
                 raise
-            raise TraceError(f"{fx_error} Neither could {str(export_error)[len('torch.export '):]}") from export_error
+            raise TraceError(f"{fx_error} Neither could torch.export: {str(export_error)[len(prefix):]}") \
+                from export_error
     return _fx_spec(module, graph, inputs)
 
 
