@@ -116,3 +116,13 @@ def test_an_unsupported_operation_is_refused_in_one_line() -> None:
         WeightSpace.from_module(m, hf_example_inputs(m))
     msg = str(err.value)
     assert "\n" not in msg and "layers.0.mlp.gate" in msg and "'topk'" in msg and "MixtralTopKRouter" in msg
+
+
+def test_a_key_value_cache_in_the_output_is_left_out() -> None:
+    """With ``use_cache=True`` the forward also returns a cache object: it is state for the next call, not an
+    output of this one; the space is the one traced without it, and the cache's type is recorded."""
+    m = build_tiny("LlamaForCausalLM", "meta", layers=1)
+    kw = {**hf_example_inputs(m), "use_cache": True}
+    space = WeightSpace.from_module(m, kw)
+    assert space.meta("dropped_outputs") == ("DynamicCache",)
+    assert space.signature == traced("LlamaForCausalLM").signature

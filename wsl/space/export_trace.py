@@ -29,6 +29,7 @@ Only tensors reach the program's output: a forward returning other objects
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import warnings
 from typing import Any, Iterator
@@ -48,23 +49,35 @@ _ROOT = "m"  #: attribute of the wrapper that holds the traced module
 class _Tensors(nn.Module):
     """Calls the module; returns the tensors of its output as a flat tuple (caches and other objects dropped)."""
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, dropped: list[str]) -> None:
         super().__init__()
         self.m = module
+        self.sink = lambda name: dropped.append(name)  # (a closure: export may copy the module, not this list)
 
     def forward(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, ...]:
-        return tuple(_tensors(self.m(*args, **kwargs)))
+        dropped: list[str] = []
+        out = tuple(_tensors(self.m(*args, **kwargs), dropped))
+        for name in dropped:
+            self.sink(name)
+        return out
 
 
-def _tensors(x: Any) -> Iterator[torch.Tensor]:
+def _tensors(x: Any, dropped: list[str] | None = None) -> Iterator[torch.Tensor]:
+    """The tensors of an output: through dicts (``ModelOutput``), lists, tuples and dataclasses; other
+    objects (a key/value cache: state kept between calls) are left out and their type names recorded."""
     if isinstance(x, torch.Tensor):
         yield x
     elif isinstance(x, dict):
         for v in x.values():
-            yield from _tensors(v)
+            yield from _tensors(v, dropped)
     elif isinstance(x, (list, tuple)):
         for v in x:
-            yield from _tensors(v)
+            yield from _tensors(v, dropped)
+    elif dataclasses.is_dataclass(x) and not isinstance(x, type):
+        for f in dataclasses.fields(x):
+            yield from _tensors(getattr(x, f.name), dropped)
+    elif x is not None and not isinstance(x, (bool, int, float, str)) and dropped is not None:
+        dropped.append(type(x).__name__)
 
 
 def _strip(path: str) -> str:
@@ -92,9 +105,13 @@ def capture(module: nn.Module, args: tuple, kwargs: dict) -> torch.export.Export
     """``torch.export`` (non-strict) of ``module`` on these inputs; :class:`TraceError` if it cannot."""
     was_training = module.training
     module.eval()
+    dropped: list[str] = []
+    wrapper = _Tensors(module, dropped)
     try:
         with _quiet(), torch.no_grad():
-            return torch.export.export(_Tensors(module), tuple(args), dict(kwargs), strict=False)
+            ep = torch.export.export(wrapper, tuple(args), dict(kwargs), strict=False)
+        ep.wsl_dropped_outputs = tuple(dict.fromkeys(dropped))  # type: ignore[attr-defined]
+        return ep
     except WslError:
         raise
     except Exception as e:
@@ -283,6 +300,7 @@ def export_run(module: nn.Module, inputs: tuple | dict, b: SpecBuilder, state: d
     """Capture ``module`` with torch.export and interpret it into ``b``; returns the output Vals."""
     args, kwargs = ((), dict(inputs)) if isinstance(inputs, dict) else (tuple(inputs), {})
     ep = capture(module, args, kwargs)
+    b.scratch["export.dropped_outputs"] = getattr(ep, "wsl_dropped_outputs", ())
     interp = _Interpreter(ep, module, b, state)
     try:
         flat = ep._graph_module_flat_inputs(args, kwargs)

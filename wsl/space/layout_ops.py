@@ -294,11 +294,11 @@ def _reduce(b: SpecBuilder, path: str, name: str, x: Val, args: tuple, kwargs: d
 
 
 def _join(b: SpecBuilder, path: str, name: str, args: tuple, kwargs: dict, vargs: tuple, out: Any) -> Val:
-    items = list(vargs[0])
     shape = tuple(out.shape)
     nd = len(shape)
     d = int(kwargs.get("dim", args[1] if len(args) > 1 else 0)) % nd
-    units = [v for v in items if isinstance(v, Val) and v.site is not None]
+    items = [v for v, t in zip(vargs[0], args[0]) if name == "stack" or t.numel() > 0]
+    units = [v for v in items if isinstance(v, Val) and v.site is not None]  # (empty parts: an empty cache)
     if any(isinstance(v, Val) and (v.raw or v.param) for v in items):
         raise UnsupportedLayerError(path, f"function '{name}'", "joins parameters or inputs with units split "
                                     "into heads")

@@ -310,6 +310,8 @@ def _finish(b: SpecBuilder, module: nn.Module, state: dict[str, torch.Tensor], i
         meta["input_names"] = tuple(k for k, t in inputs.items() if isinstance(t, torch.Tensor))
     if frontend != "fx":
         meta["frontend"] = frontend
+    if b.scratch.get("export.dropped_outputs"):
+        meta["dropped_outputs"] = tuple(b.scratch["export.dropped_outputs"])  # e.g. a key/value cache
     apply_definitions(b)
     prune_derived_sites(b)
     return b.finish(order, aliases, meta)
@@ -386,5 +388,10 @@ def _resolve_entries(b: SpecBuilder, module: nn.Module, state: dict[str, torch.T
         raise UnsupportedLayerError(owner, kind, f"no symmetry rule claims its tensor '{name}' of shape "
                                     f"{tuple(t.shape)}, which forward() reads and which has an axis the size of "
                                     "a permutable unit group; permuting the network could change its function")
+    both = [n for n in dict.fromkeys(b.extras) if n in b.tensors]
+    if both:  # one use needs it permuted with units, another needs it left alone
+        owner = both[0].rsplit(".", 1)[0] if "." in both[0] else ""
+        raise UnsupportedLayerError(owner, "shared tensor", f"'{both[0]}' is read both along unit axes and as a "
+                                    "constant that no permutation may move")
     b.extras = list(dict.fromkeys(b.extras))
     return order, aliases, unread
