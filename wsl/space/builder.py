@@ -149,6 +149,9 @@ class SpecBuilder:
         gc, gp = self.groups[c], self.groups[p]
         if c == p:
             return
+        if {c, p} & (set(self.defs) | set(self.segments)):
+            raise UnsupportedLayerError(where, "nested groups", "nests units that another use already fixed "
+                                        "inside their heads or split into segments")
         if gc.size % gp.size:
             raise UnsupportedLayerError(where, "nested groups", f"{gc.size} units cannot form {gp.size} equal blocks")
         if gc.size == gp.size:

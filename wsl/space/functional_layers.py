@@ -64,17 +64,20 @@ def matmul_param(b: SpecBuilder, path: str, a: Any, c: Any, ta: torch.Tensor, tc
     return linear(b, path, a, c, None, tc, None, out, op="matmul", transposed=True)
 
 
-def embedding(b: SpecBuilder, path: str, w: Any, ids: Any, tw: torch.Tensor, out: torch.Tensor) -> Val:
+def embedding(b: SpecBuilder, path: str, w: Any, ids: Any, tw: torch.Tensor, out: torch.Tensor,
+              dim: int = 0) -> Val:
+    """Rows of table ``W`` (``(tokens, d)``) picked by integer ``ids``; with ``dim=1`` columns of a
+    ``(d, tokens)`` table, the ``d`` units then coming first in the output."""
     wn = _param(b, path, "embedding", w, tw, "table", 2)
     assert wn is not None
     if not (isinstance(ids, Val) and ids.ids):
         raise UnsupportedLayerError(path, "function 'embedding'", "expects an integer index tensor")
-    v, d = int(tw.shape[0]), int(tw.shape[1])
+    v, d = int(tw.shape[dim]), int(tw.shape[1 - dim])
     where = _owner(wn)
     tok = b.new_group(v, "token", where, fixed=True)
     src = b.new_site(tok, where + ":tokens", "tokens", 0)
-    g, site = dense(b, where, "embedding", src, ((tok, v),), d, wn, (v, d), None, transposed=True)
-    return out_val(out, site, g, d)
+    g, site = dense(b, where, "embedding", src, ((tok, v),), d, wn, tuple(tw.shape), None, transposed=dim == 0)
+    return out_val(out, site, g, d, fdim=None if dim == 0 else 0)
 
 
 def _attach_norm(b: SpecBuilder, where: str, site: int, fac: tuple, params: list[tuple[str, str]]) -> int:

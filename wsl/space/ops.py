@@ -54,16 +54,20 @@ def with_module_type(e: UnsupportedLayerError, path: str, target: Any, module_ty
     return UnsupportedLayerError(e.path, f"{kind} in {module_type}" if module_type else kind, e.reason)
 
 
+ALIASES = {"concat": "cat", "concatenate": "cat", "divide": "div", "multiply": "mul", "subtract": "sub",
+           "swapaxes": "transpose", "swapdims": "transpose", "expand_as": "expand", "reshape_as": "reshape",
+           "view_as": "view"}
+
+
 def op_name(target: Any) -> str:
     aten = aten_name(target)
     if aten is not None:
-        return aten
+        return ALIASES.get(aten, aten)
     name = target if isinstance(target, str) else getattr(target, "__name__", str(target))
     name = name.strip("_")
     if name in ("iadd", "isub", "imul", "itruediv"):
         name = name[1:]
-    return {"concat": "cat", "concatenate": "cat", "divide": "div", "multiply": "mul", "subtract": "sub",
-            "swapaxes": "transpose", "swapdims": "transpose", "expand_as": "expand"}.get(name, name)
+    return ALIASES.get(name, name)
 
 
 def handle(b: SpecBuilder, path: str, target: Any, args: tuple, kwargs: dict, vargs: tuple, vkwargs: dict,
@@ -108,6 +112,11 @@ def handle(b: SpecBuilder, path: str, target: Any, args: tuple, kwargs: dict, va
     if name in ("transpose", "permute", "movedim", "t"):
         return shape_ops.transpose(path, name, x, args[1:], kwargs, out)
     if name == "getitem":
+        if isinstance(x, Val) and x.param and any(isinstance(i, torch.Tensor) for i in _flat(args[1])):
+            items = list(args[1]) if isinstance(args[1], tuple) else [args[1]]
+            vitems = list(vargs[1]) if isinstance(vargs[1], tuple) else [vargs[1]]
+            return _param_lookup(b, path, (args[0], [None if isinstance(i, slice) and i == slice(None) else i
+                                                     for i in items]), (x, vitems), out)
         return shape_ops.getitem(path, x, args[1], out)
     if name in ("cat", "stack"):
         return _join(b, path, name, args, kwargs, vargs, out)
@@ -123,12 +132,15 @@ def handle(b: SpecBuilder, path: str, target: Any, args: tuple, kwargs: dict, va
 
 
 def _param_lookup(b: SpecBuilder, path: str, args: tuple, vargs: tuple, out: Any) -> Val:
-    """``table[ids]`` (ATen ``index``) on a 2-D parameter with one integer index on dim 0: an embedding lookup
-    (a relative-position bias table indexed by position pairs)."""
+    """``table[ids]`` or ``table[:, ids]`` (ATen ``index``) on a 2-D parameter with one integer index: an
+    embedding lookup (relative-position bias tables indexed by position pairs, per head)."""
     idx, vidx = list(args[1]), list(vargs[1])
-    if len(idx) != 1 or args[0].dim() != 2 or not isinstance(vidx[0], Val) or not vidx[0].ids:
-        raise UnsupportedLayerError(path, "function 'index'", "indexes a parameter other than by rows")
-    return functional_layers.embedding(b, path, vargs[0], vidx[0], args[0], out)
+    at = [i for i, t in enumerate(idx) if t is not None]
+    if args[0].dim() != 2 or len(at) != 1 or len(idx) > 2 or not isinstance(vidx[at[0]], Val) \
+            or not vidx[at[0]].ids:
+        raise UnsupportedLayerError(path, "function 'index'", "indexes a parameter other than by one integer "
+                                    "tensor along one of its two dims")
+    return functional_layers.embedding(b, path, vargs[0], vidx[at[0]], args[0], out, dim=at[0])
 
 
 def _param_elementwise(name: str, vargs: tuple, vkwargs: dict, out: Any) -> Val | None:
