@@ -147,7 +147,6 @@ def test_heads_from_view_are_nested_groups(frontend: str, sdpa: bool) -> None:
 def test_heads_permute_inside_but_q_and_k_must_agree() -> None:
     """The property test can fail: q units permuted inside heads without k changes the function."""
     m = randomize(Decoder().double())
-    space = WeightSpace.from_module(m, ids())
     sd = dict(m.state_dict())
     d = D // H
     swap = torch.arange(D).view(H, d)

@@ -41,6 +41,7 @@ from torch import nn
 from wsl.errors import TraceError, UnsupportedLayerError, WslError
 from wsl.space import handlers, ops
 from wsl.space.builder import SpecBuilder, Val
+from wsl.space.fx_trace import module_type as _module_type
 from wsl.space.verify import check_layer, needs_check
 
 _ROOT = "m"  #: attribute of the wrapper that holds the traced module
@@ -161,14 +162,6 @@ def _calls(gm: torch.fx.GraphModule, root: nn.Module, owned: dict[str, int]) -> 
             call.input, call.output = inputs[0], outputs[0]
             out.update((n, call) for n in call.nodes)
     return out
-
-
-def _module_type(n: torch.fx.Node) -> str | None:
-    stack = n.meta.get("nn_module_stack")
-    if not stack:
-        return None
-    kind = next(reversed(stack.values()))[1]
-    return (kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))).rsplit(".", 1)[-1]
 
 
 def _live(gm: torch.fx.GraphModule) -> set[torch.fx.Node]:

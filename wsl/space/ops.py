@@ -19,6 +19,7 @@ import torch
 
 from wsl.errors import UnsupportedLayerError
 from wsl.space import functional_layers, layout_ops, shape_ops
+from wsl.space.param_ops import param_elementwise, param_into, param_lookup
 from wsl.space.aten_names import CONSTANTS, METADATA, aten_name
 from wsl.space.builder import SpecBuilder, Val
 from wsl.space.shape_ops import group_factor
@@ -84,7 +85,7 @@ def handle(b: SpecBuilder, path: str, target: Any, args: tuple, kwargs: dict, va
     if name in ACTIVATIONS:
         b.activations.add(name)
     if not any(v.site is not None or v.raw for v in vals):
-        kept = _param_elementwise(name, vargs, vkwargs, out)
+        kept = param_elementwise(name, vargs, vkwargs, out, UNARY, BINARY)
         if kept is not None:
             return kept
     if name in functional_layers.NAMES:
@@ -115,7 +116,7 @@ def handle(b: SpecBuilder, path: str, target: Any, args: tuple, kwargs: dict, va
         if isinstance(x, Val) and x.param and any(isinstance(i, torch.Tensor) for i in _flat(args[1])):
             items = list(args[1]) if isinstance(args[1], tuple) else [args[1]]
             vitems = list(vargs[1]) if isinstance(vargs[1], tuple) else [vargs[1]]
-            return _param_lookup(b, path, (args[0], [None if isinstance(i, slice) and i == slice(None) else i
+            return param_lookup(b, path, (args[0], [None if isinstance(i, slice) and i == slice(None) else i
                                                      for i in items]), (x, vitems), out)
         return shape_ops.getitem(path, x, args[1], out)
     if name in ("cat", "stack"):
@@ -127,32 +128,8 @@ def handle(b: SpecBuilder, path: str, target: Any, args: tuple, kwargs: dict, va
     if name in ("roll", "flip") and isinstance(x, Val):
         return shape_ops.roll(path, name, x, args, kwargs, out)
     if name == "index" and isinstance(x, Val) and x.param:
-        return _param_lookup(b, path, args, vargs, out)
+        return param_lookup(b, path, args, vargs, out)
     raise UnsupportedLayerError(path, f"function '{name}'", "wsl has no symmetry rule for this operation")
-
-
-def _param_lookup(b: SpecBuilder, path: str, args: tuple, vargs: tuple, out: Any) -> Val:
-    """``table[ids]`` or ``table[:, ids]`` (ATen ``index``) on a 2-D parameter with one integer index: an
-    embedding lookup (relative-position bias tables indexed by position pairs, per head)."""
-    idx, vidx = list(args[1]), list(vargs[1])
-    at = [i for i, t in enumerate(idx) if t is not None]
-    if args[0].dim() != 2 or len(at) != 1 or len(idx) > 2 or not isinstance(vidx[at[0]], Val) \
-            or not vidx[at[0]].ids:
-        raise UnsupportedLayerError(path, "function 'index'", "indexes a parameter other than by one integer "
-                                    "tensor along one of its two dims")
-    return functional_layers.embedding(b, path, vargs[0], vidx[at[0]], args[0], out, dim=at[0])
-
-
-def _param_elementwise(name: str, vargs: tuple, vkwargs: dict, out: Any) -> Val | None:
-    """A parameter through an elementwise map of its own values (``1 + w``, ``w.float()``) stays that
-    parameter: a permutation of its entries commutes with the map."""
-    vals = [v for v in _flat(vargs) + _flat(list(vkwargs.values())) if isinstance(v, Val)]
-    params = [v for v in vals if v.param]
-    if len(params) != 1 or not isinstance(out, torch.Tensor) or tuple(out.shape) != params[0].shape:
-        return None
-    if name in UNARY or (name in BINARY and all(v is params[0] or v.ndim == 0 for v in vals)):
-        return params[0]
-    return None
 
 
 def _index(name: str, args: tuple, kwargs: dict, x: Val) -> tuple:
@@ -301,42 +278,6 @@ def _nary(b: SpecBuilder, path: str, name: str, operands: list[Any], out: Any) -
         if v.param:
             b.extras.append(v.param)  # constant along the units: no permutation touches it
     return result
-
-
-def param_into(b: SpecBuilder, path: str, u: Val, p: Val, role: str) -> int:
-    """Record parameter ``p`` combined with unit tensor ``u``; returns u's (possibly new) site."""
-    name = p.param
-    assert name is not None and u.site is not None
-    pshape = b.param_shapes[name]
-    lead = p.ndim - len(pshape)  # leading dims added by broadcasting (expand, unsqueeze(0))
-    if lead < 0 or any(q not in (1, n) for q, n in zip(pshape, p.shape[lead:])):
-        raise UnsupportedLayerError(path, "parameter", f"'{name}' is reshaped before use")
-    d = _align(u, p.ndim) - lead
-    if d < 0 or pshape[d] == 1:
-        b.extras.append(name)  # constant along the units: not touched by permutations
-        return u.site
-    outer, g, n, inner = group_factor(u.factors)
-    if (outer, inner) != (1, 1) or pshape[d] != n:
-        raise UnsupportedLayerError(path, "parameter", f"'{name}' of shape {pshape} does not match the units")
-    others = [i for i in range(len(pshape)) if i != d and pshape[i] > 1]
-    buffer = name in b.buffer_names
-    if not others and (role != "cat" or len(pshape) == 1):  # (a vector joined as one more token: a node feature)
-        axes = tuple(((((g, n),),) if i == d else (((None, pshape[i]),),)) for i in range(len(pshape)))
-        slot = "bias" if role in ("add", "cat") else "scale"
-        b.add_tensor(name, pshape, slot, path, f"param_{role}", axes, buffer=buffer)
-        return b.attach(u.site, slot, name, path, part=(0,) * len(pshape))
-    cand = [i for i in range(len(pshape)) if i != d]
-    s = max(cand, key=lambda i: (pshape[i], -abs(i - d)))
-    src_g = b.new_group(pshape[s], "token", name, fixed=True)
-    src = b.new_site(src_g, name, "source", 0)
-    axes = tuple(
-        (((g, n),),) if i == d else ((((src_g, pshape[i]),),) if i == s else (((None, pshape[i]),),))
-        for i in range(len(pshape))
-    )
-    b.add_tensor(name, pshape, "embedding" if role != "mul" else "scale", path, f"param_{role}", axes, buffer=buffer)
-    b.connect(f"param_{role}", src, u.site, path, tensor=name, part=(0,) * len(pshape),
-              src_axis=0 if s < d else 1, dst_axis=1 if s < d else 0)
-    return u.site
 
 
 def _join(b: SpecBuilder, path: str, name: str, args: tuple, kwargs: dict, vargs: tuple, out: Any) -> Val:

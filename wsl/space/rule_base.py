@@ -18,7 +18,7 @@ def feature_in(b: SpecBuilder, x: Val, path: str, mod: nn.Module | str, size: in
     """Site and factors of the units a layer reads along dim ``"last"`` or ``"channel"``.
 
     Units merged back from heads may hold pieces of a group around a fixed
-    factor (grouped-query attention's output): see :func:`wsl.space.unit_layout.dense_input`.
+    factor (grouped-query attention's output): see :func:`wsl.space.definitions.dense_input`.
     """
     if isinstance(x, (tuple, list)) or not isinstance(x, Val):
         raise UnsupportedLayerError(path, kind_of(mod), "its input is not a single tensor")
@@ -31,7 +31,7 @@ def feature_in(b: SpecBuilder, x: Val, path: str, mod: nn.Module | str, size: in
     if x.site is None:
         raise UnsupportedLayerError(path, kind_of(mod), "its input carries no units (a constant or an integer tensor?)")
     if x.split or any(f[0] is not None and b.find(f[0]) in b.segments for f in x.factors):
-        from wsl.space.unit_layout import dense_input
+        from wsl.space.definitions import dense_input
 
         x = dense_input(b, x, want, path, kind_of(mod))
     if x.fdim != want:

@@ -32,15 +32,12 @@ in ``Val.split``. The operations:
   ``((kv, K), (None, r))``: ``h`` becomes ``kv x r``, so each key/value head
   moves with its ``r`` query heads.
 
-Before :meth:`SpecBuilder.finish`, :func:`apply_definitions` writes every
-definition into the tensors' axes and sites; a parent factor followed by its
-child's inner piece becomes two pieces of the child (``((kv, K), (None, r),
-(v, d, 1))`` -> ``((v, K, d), (None, r), (v, d, 1))``).
+Before :meth:`SpecBuilder.finish`, :func:`wsl.space.definitions.apply_definitions`
+writes every definition into the tensors' axes and sites.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -56,7 +53,7 @@ class StaleUnits(UnsupportedLayerError):
     """A tensor still refers to a fused output as a whole after another use split it into segments."""
 
 
-def _n(dim: Dim) -> int:
+def dim_size(dim: Dim) -> int:
     return math.prod(int(f[1]) for f in dim)
 
 
@@ -101,7 +98,7 @@ def resolve(b: SpecBuilder, dim: Dim, where: str = "") -> Dim:
         r = b.find(f[0])
         if r in b.defs:
             d = resolve(b, b.defs[r], where)
-            if len(f) == 2 and int(f[1]) == _n(d):
+            if len(f) == 2 and int(f[1]) == dim_size(d):
                 out.extend(d)
             else:
                 out.extend(digits(d, int(f[2]) if len(f) == 3 else 1, int(f[1]), where))
@@ -232,7 +229,7 @@ def reshape(b: SpecBuilder, where: str, layout: Layout, new_shape: tuple[int, ..
 
 
 # ---------------------------------------------------------------------------------- nesting, rigid
-def _pieces(layout: Layout) -> dict[int, list[tuple[int, int, Fac]]]:
+def pieces_of(layout: Layout) -> dict[int, list[tuple[int, int, Fac]]]:
     out: dict[int, list[tuple[int, int, Fac]]] = {}
     for d, dim in enumerate(layout):
         for i, f in enumerate(dim):
@@ -256,7 +253,7 @@ def _heads_of(b: SpecBuilder, g: int, n: int, where: str) -> int:
 def nest_pieces(b: SpecBuilder, where: str, layout: Layout) -> Layout:
     """Nest every group whose outer piece sits on its own, so that the piece is the parent group."""
     lay = [list(dim) for dim in layout]
-    for g, places in _pieces(layout).items():
+    for g, places in pieces_of(layout).items():
         d, i, f = max(places, key=lambda t: int(t[2][2]))
         outer, inner = int(f[1]), int(f[2])
         if outer * inner != b.size(g) or len(places) < 2:
@@ -323,75 +320,3 @@ def unify(b: SpecBuilder, where: str, da: Dim, db: Dim) -> None:
             b.defs[b.find(x[0][0])] = tuple(y)
             return
     raise UnsupportedLayerError(where, "unit axes", f"cannot match units {fmt(da)} with {fmt(db)}")
-
-
-def dense_input(b: SpecBuilder, x: Val, want: int, where: str, kind: str) -> Val:
-    """The input of a dense layer reading dim ``want`` of ``x``, its units in spec form (pieces allowed)."""
-    lay = layout_of(b, x, where)
-    if not has_units(lay[want]) or any(has_units(dim) for d, dim in enumerate(lay) if d != want):
-        raise UnsupportedLayerError(where, kind, "its input carries units on more dims than the one it reads "
-                                    "(heads that were not merged back)")
-    return Val(shape=x.shape, site=x.site, fdim=want, factors=spec_factors(b, lay[want], where))
-
-
-# ------------------------------------------------------------------------------------------- finish
-def spec_factors(b: SpecBuilder, dim: Dim, where: str) -> Dim:
-    """Factors of a tensor axis segment for the spec: a parent followed by its child's inner piece become
-    two pieces of the child."""
-    fs = list(normalize(b, resolve(b, dim, where)))
-    for g, places in _pieces((tuple(fs),)).items():
-        cover = math.prod(int(f[1]) for _, _, f in places)
-        if cover == b.size(g):
-            continue
-        p = parent(b, g)
-        at = [i for i, f in enumerate(fs) if p is not None and f[0] == p and len(f) == 2]
-        first = min(i for _, i, _ in places)
-        if p is None or not at or at[-1] > first or cover * b.size(p) != b.size(g):
-            raise UnsupportedLayerError(where, "unit axes", f"units {fmt(tuple(fs))} hold part of a group without "
-                                        "the heads it belongs to")
-        fs[at[-1]] = (g, b.size(p), cover)
-    return normalize(b, tuple(fs))
-
-
-def prune_derived_sites(b: SpecBuilder) -> None:
-    """Drop the heads sites of score tensors (:func:`site_for`) that no edge or node feature reached."""
-    derived = set(b.scratch.get("unit_layout.sites", {}).values())
-    used = {s for c in b.connections for s in (c.src, c.dst)} | {p.site for p in b.node_params}
-    used |= set(b.inputs.values())
-    drop = sorted(s for s in derived if s not in used)
-    if not drop:
-        return
-    keep = [s for s in range(len(b.sites)) if s not in set(drop)]
-    new_id = {old: i for i, old in enumerate(keep)}
-    b.sites = [b.sites[s] for s in keep]
-    b.site_slots = {new_id[s]: v for s, v in b.site_slots.items() if s in new_id}
-    b.connections = [dataclasses.replace(c, src=new_id[c.src], dst=new_id[c.dst]) for c in b.connections]
-    b.node_params = [dataclasses.replace(p, site=new_id[p.site]) for p in b.node_params]
-    b.inputs = {k: new_id[v] for k, v in b.inputs.items()}
-
-
-def apply_definitions(b: SpecBuilder) -> None:
-    """Write ``b.defs`` into every tensor axis and site (the tracer calls it before :meth:`SpecBuilder.finish`)."""
-    def defined(seg: Dim) -> bool:
-        return any(f[0] is not None and b.find(f[0]) in b.defs for f in seg)
-
-    for t in b.tensors.values():
-        if not any(defined(seg) for ax in t.axes for seg in ax):
-            continue
-        axes = []
-        for d, ax in enumerate(t.axes):
-            segs = tuple(spec_factors(b, seg, t.module) if defined(seg) else seg for seg in ax)
-            if sum(_n(s) for s in segs) != t.shape[d]:
-                raise TraceError(f"internal: axis {d} of '{t.name}' lost units while resolving heads")
-            axes.append(segs)
-        t.axes = tuple(axes)
-    for s in b.sites:
-        g = b.find(s["group"])
-        if g in b.defs:
-            units = unit_groups(resolve(b, ((g, b.size(g)),)))
-            if len(units) != 1:
-                raise TraceError(f"internal: site '{s['name']}' stands for {len(units)} unit groups")
-            s["group"] = units[0]
-    for i, grp in enumerate(b.groups):
-        if b.find(i) == i and i not in b.defs and grp.parent is not None and b.find(grp.parent) in b.defs:
-            raise TraceError(f"internal: group '{grp.name}' is nested in heads that were redefined")
