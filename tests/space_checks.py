@@ -18,7 +18,7 @@ from torch import nn
 from wsl.space import WeightSpace, invert_permutation, random_permutation
 
 
-def randomize(m: nn.Module, seed: int = 0) -> nn.Module:
+def randomize(m: nn.Module, seed: int = 0, std: float = 0.5) -> nn.Module:
     """Every float entry of ``m``'s state random (variances positive), in place; ``m`` in eval mode."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -28,7 +28,7 @@ def randomize(m: nn.Module, seed: int = 0) -> nn.Module:
             if name.endswith("running_var"):
                 t.copy_(torch.rand(t.shape, generator=g, dtype=t.dtype) + 0.5)
             else:
-                t.copy_(torch.randn(t.shape, generator=g, dtype=t.dtype) * 0.5)
+                t.copy_(torch.randn(t.shape, generator=g, dtype=t.dtype) * std)
     return m.eval()
 
 
@@ -62,12 +62,14 @@ def double_inputs(inputs: Any) -> Any:
 
 
 def assert_preserves(module: nn.Module, inputs: Any, frontend: str = "auto", seeds: tuple[int, ...] = (1, 2),
-                     rtol: float = 1e-9, space: WeightSpace | None = None) -> WeightSpace:
+                     rtol: float = 1e-9, space: WeightSpace | None = None, std: float = 0.5) -> WeightSpace:
     """Trace ``module`` (made float64, randomised), then check two random permutations (see module docstring).
 
     ``space``: the module's weight space traced before (e.g. on the meta device), to check instead.
+    ``std``: spread of the random weights (deep networks need a smaller one to keep activations finite
+    and attention away from ties that rounding decides).
     """
-    module = randomize(copy.deepcopy(module).double())
+    module = randomize(copy.deepcopy(module).double(), std=std)
     inputs = double_inputs(inputs)
     space = space or WeightSpace.from_module(module, inputs, frontend=frontend)
     sd = module.state_dict()

@@ -81,16 +81,22 @@ CASES = {
 @pytest.mark.parametrize("arch", sorted(CASES))
 def test_timm_vits_preserve_their_function(timm: Any, arch: str, frontend: str) -> None:
     m = timm.create_model(arch, pretrained=False, **CASES[arch]).eval()
-    space = assert_preserves(m, torch.randn(2, 3, 32, 32), frontend)
+    space = assert_preserves(m, torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)), frontend)
     qkv = space.tensors["blocks.0.attn.qkv.weight"].axes[0]
     assert len(qkv) == 3 and qkv[0] == qkv[1] != qkv[2]  # q and k share a group, v has its own
     q, v = qkv[0][0][0], qkv[2][0][0]
     assert space.groups[q].parent == space.groups[v].parent is not None
 
 
-def test_levit_per_head_bias_tables(timm: Any) -> None:
+def test_levit_per_head_bias_tables(timm: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     m = timm.create_model("levit_128s", pretrained=False, num_classes=5, img_size=64).eval()
-    space = assert_preserves(m, torch.randn(2, 3, 64, 64), "fx", rtol=1e-7)
+    for attn in {type(a) for a in m.modules() if hasattr(a, "attention_bias_cache")}:
+        # In eval mode LeViT caches its gathered bias tables: a copy loaded with other weights would keep the
+        # old ones. Gather them on every call (what it does in training), so the comparison sees the new weights.
+        monkeypatch.setattr(attn, "get_attention_biases",
+                            lambda self, device: self.attention_biases[:, self.attention_bias_idxs])
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    space = assert_preserves(m, x, "fx", std=0.1)
     bias = space.tensors["stages.0.blocks.0.attn.attention_biases"]
     heads = bias.axes[0][0][0][0]
     assert space.groups[heads].kind == "head" and not space.groups[heads].fixed  # rows follow the heads
