@@ -10,7 +10,10 @@ the wall time of the whole command (Python start-up and imports included),
 the time inside ``main`` and the process's peak resident memory.
 Targets (issue 21): the 1B Llama under 30 s and 1 GB, the MiniLM under 2 s of tracing.
 
-Usage: ``python benchmarks/pretrained_scale.py [--out benchmarks/results/pretrained_scale.md]``
+Usage: ``python benchmarks/pretrained_scale.py [--out benchmarks/results/pretrained_scale.md]``;
+``--in-process`` times only ``WeightSpace.from_module`` of the two configurations built on the meta device
+with ``transformers``, in one process that has imported everything (the first trace pays torch.export's
+warm-up).
 """
 
 from __future__ import annotations
@@ -60,10 +63,34 @@ def header_only(config: dict) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
+def in_process() -> None:
+    """Time ``WeightSpace.from_module`` on the meta device in this process (torch and transformers imported)."""
+    import resource
+
+    import torch
+    from wsl.archs.hf import build_hf_model
+    from wsl.archs.hf_inputs import hf_example_inputs
+    from wsl.space import WeightSpace
+
+    torch.set_num_threads(1)
+    for name, cfg in CONFIGS.items():
+        with torch.device("meta"):
+            model = build_hf_model(cfg, prefer_local=False)
+        t = time.perf_counter()
+        space = WeightSpace.from_module(model, hf_example_inputs(model))
+        print(f"{name}: {type(model).__name__} traced on meta in {time.perf_counter() - t:.2f} s, "
+              f"{space.num_parameters:,} parameters, peak RSS "
+              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", help="also write the Markdown table here")
+    ap.add_argument("--in-process", action="store_true", help="only time the traces inside this process")
     args = ap.parse_args()
+    if args.in_process:
+        in_process()
+        return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, cfg in CONFIGS.items():
