@@ -5,8 +5,8 @@
   attention networks, read by class-name rules under torch.fx and by the
   generic operation rules under torch.export, the same tensors, groups,
   sites and edges up to the names of graph nodes).
-* With ``transformers`` installed, its BERT (with classifier), GPT-2 and
-  GPT-2 LM modules get the structure of the local ports, and compute the same
+* With ``transformers`` installed, its BERT (with classifier) and GPT-2 LM
+  modules get the structure of the local ports, and compute the same
   function on the same weights.
 * Front-end selection and its errors.
 """
@@ -98,8 +98,6 @@ LOCAL_PORTS = {
                         "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
                         "intermediate_size": 64, "max_position_embeddings": 32, "type_vocab_size": 2,
                         "num_labels": 3},
-    "gpt2": {"model_type": "gpt2", "architectures": ["GPT2Model"], "vocab_size": 100, "n_embd": 32, "n_layer": 2,
-             "n_head": 4, "n_positions": 32},
     "gpt2_lm": {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": 100, "n_embd": 32,
                 "n_layer": 2, "n_head": 4, "n_positions": 32},
 }

@@ -3,8 +3,9 @@
 Each entry is a configuration ``transformers`` builds in milliseconds (hidden
 size 32, two layers, four heads, grouped-query attention with two key/value
 heads where the family has it) with the field names of a real Hub
-``config.json``. :func:`build_tiny` builds one (optionally on the meta
-device, where no weight is allocated); :func:`wsl.archs.hf_inputs.hf_example_inputs`
+``config.json`` (one per model class: ``T5Model`` and ``T5ForConditionalGeneration``
+share a configuration). :func:`build_tiny` builds one (optionally on the meta
+device, where no weight is allocated, and with ``layers=`` layers); :func:`wsl.archs.hf_inputs.hf_example_inputs`
 gives its example input. Building needs the optional ``transformers`` extra.
 """
 
