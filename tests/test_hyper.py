@@ -269,3 +269,57 @@ def test_run_writes_the_run_directory_and_resumes(tmp_path):
         run(cfg, tmp_path / "empty", resume=True)
     with pytest.raises(Exception, match="unknown key"):
         resolve_config({"dataset": "digits", "trian": {}})
+
+
+def _tiny_run_config(**train):
+    from wsl.hyper.run import resolve_config
+
+    return resolve_config({"dataset": "digits",
+                           "base": {"arch": {"name": "small_cnn", "kwargs": {"channels": [4, 4, 4]}}, "steps": 30},
+                           "model": {"hidden": 16, "blocks": 1, "width_frequencies": 1},
+                           "train": {"steps": 6, "batch": 16, "kd_weight": 0.5, **train},
+                           "eval_ratios": [0.5, 1.0], "checkpoint_every": 3, "solver": "two_opt"})
+
+
+def test_resumed_fit_is_identical_to_an_uninterrupted_one():
+    """Draws are seeded per (step, width): stopping after 3 steps and resuming gives the same weights."""
+    import copy
+
+    from wsl.hyper.neumeta import NeuMeta, NeuMetaConfig
+    from wsl.hyper.train import HyperTrainConfig, train_neumeta
+
+    torch.manual_seed(0)
+    base = small_cnn(channels=[4, 4, 4])
+    for p in base.parameters():
+        p.data.normal_()
+    sd = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    cfg = HyperTrainConfig(steps=6, batch=8, widths_per_step=2, kd_weight=0.5, coord_noise=1.0)
+    make = lambda: NeuMeta(NeuMetaConfig(arch=base.wsl_arch, hidden=16, blocks=1, width_frequencies=2), sd)  # noqa: E731
+    torch.manual_seed(1)
+    whole = make()
+    saved = {}
+
+    def keep(step, opt):
+        if step == 3:
+            saved.update(hyper=copy.deepcopy(whole.state_dict()), opt=copy.deepcopy(opt))
+
+    train_neumeta(whole, sd, x, y, cfg, on_checkpoint=keep, checkpoint_every=3)
+    resumed = make()
+    resumed.load_state_dict(saved["hyper"])
+    out = train_neumeta(resumed, sd, x, y, cfg, start_step=3, optimizer_state=saved["opt"])
+    assert [h["step"] for h in out["history"]] == [3, 4, 5] and all(h["kd"] > 0 for h in out["history"])
+    for k, v in whole.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[k], v, rtol=0, atol=0)
+    with pytest.raises(Exception, match="widths_per_step"):
+        HyperTrainConfig(widths_per_step=0)
+
+
+def test_run_writes_plots_and_a_card(tmp_path):
+    from wsl.hyper.run import run
+
+    pytest.importorskip("matplotlib")
+    m = run(_tiny_run_config(), tmp_path)
+    for f in ("loss.png", "accuracy.png"):
+        assert (tmp_path / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f
+    assert {"task", "kd", "rec", "ratio"} <= set(m["history"][0])

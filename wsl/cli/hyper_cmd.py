@@ -36,6 +36,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     from wsl.hyper.run import resolve_config, run
     from wsl.io.yaml_file import read_yaml_mapping
+    from wsl.train import distributed as D
 
     cfg = resolve_config(read_yaml_mapping(args.config, what="hyper config"))
     if args.steps is not None:
@@ -43,21 +44,29 @@ def run_train(args: argparse.Namespace) -> int:
     if args.no_smooth:
         cfg["smooth"] = False
     out = Path(args.output) if args.output else Path("runs") / "hyper" / Path(args.config).stem
-    bar = tqdm(total=cfg["train"]["steps"], desc="NeuMeta", unit="step", disable=args.json)
+    info = D.setup("cpu")  # torchrun: gloo process group; the widths of each step are dealt across ranks
+    try:
+        bar = tqdm(total=cfg["train"]["steps"], desc="NeuMeta", unit="step", disable=args.json or not info.is_main)
 
-    def progress(step: int, rec: dict[str, float]) -> None:
-        bar.update(1)
-        if step % 25 == 0:
-            bar.set_postfix(task=f"{rec['task']:.3f}", rec=f"{rec['rec']:.3f}", ratio=f"{rec['ratio']:.2f}")
+        def progress(step: int, rec: dict[str, float]) -> None:
+            bar.update(1)
+            if step % 25 == 0:
+                bar.set_postfix(task=f"{rec['task']:.3f}", rec=f"{rec['rec']:.3f}", ratio=f"{rec['ratio']:.2f}")
 
-    if args.resume:
-        import json
+        if args.resume:
+            import json
 
-        state = out / "checkpoint" / "state.json"
-        if state.is_file():
-            bar.update(int(json.loads(state.read_text())["step"]))
-    metrics = run(cfg, out, progress, on_phase=lambda s: bar.set_description(f"NeuMeta [{s}]"), resume=args.resume)
-    bar.close()
+            state = out / "checkpoint" / "state.json"
+            if state.is_file():
+                bar.update(int(json.loads(state.read_text())["step"]))
+        metrics = run(cfg, out, progress, on_phase=lambda s: bar.set_description(f"NeuMeta [{s}]"),
+                      resume=args.resume)
+        bar.close()
+        D.barrier(info)
+    finally:
+        D.cleanup()
+    if not info.is_main:
+        return 0
     if args.json:
         print_json({k: v for k, v in metrics.items() if k != "history"} | {"run": str(out)})
     else:
@@ -75,10 +84,12 @@ def run_sample(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.suffix.lower() != ".safetensors":
         raise WslError(f"-o {out}: the sampled network is written as safetensors; name it *.safetensors")
+    from wsl.io import local_path
+
     hyper = load_hyper(args.run)
     calib = None
     if hyper.has_batchnorm:
-        calib = _calibration(Path(args.run))
+        calib = _calibration(Path(local_path(args.run)))
     module = hyper.sample(args.width, calib)
     save_module(module, out)
     widths = dict(zip(hyper.family.knobs, hyper.family.widths(args.width)))

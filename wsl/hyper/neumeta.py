@@ -3,10 +3,13 @@
 For a coordinate row ``(k, c)`` (tensor id ``k``, continuous part
 ``c = (u_out, u_in, w_out, w_in)``, see :mod:`wsl.hyper.coords`)::
 
-    h_0     = W_in [gamma(c), E[k]] + b_in           gamma: Fourier features, E: tensor embedding
+    h_0     = W_in [gamma_F(u), gamma_Fw(w), E[k]] + b_in    gamma: Fourier features, E: tensor embedding
     h_{l+1} = h_l + W_2^l silu(W_1^l LN(h_l))         residual blocks, l < L
     v       = mu_k + sigma_k * s_k * head_{kind(k)}(LN(h_L)) / w_in^{[weight]}
 
+Positions ``u = (u_out, u_in)`` get ``frequencies`` octaves, widths
+``w = (w_out, w_in)`` get ``width_frequencies`` (default: the same): few
+octaves in ``w`` make neighbouring widths share what they learn.
 ``head_kind`` is one linear head per tensor kind (role and number of taps:
 a 3x3 conv kernel is one 9-vector, a bias one value). ``mu_k, sigma_k`` are
 the base tensor's mean and standard deviation (buffers), ``s_k`` a learned
@@ -45,14 +48,24 @@ class NeuMetaConfig:
     embed: int = 16
     frequencies: int = 6
     fan_in_scaling: bool = True
+    width_frequencies: int | None = None
+
+    def continuous_size(self) -> int:
+        """Width of the encoded continuous part (positions with ``frequencies``, widths with ``width_frequencies``)."""
+        fw = self.frequencies if self.width_frequencies is None else self.width_frequencies
+        return 2 * (1 + 2 * self.frequencies) + 2 * (1 + 2 * fw)
 
     def __post_init__(self) -> None:
         for name in ("hidden", "blocks", "embed"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"hyper.model.{name}: expected a positive int, got {v!r}")
-        if not isinstance(self.frequencies, int) or not 0 <= self.frequencies <= 16:
-            raise ConfigError(f"hyper.model.frequencies: expected an int in [0, 16], got {self.frequencies!r}")
+        for name in ("frequencies", "width_frequencies"):
+            v = getattr(self, name)
+            if v is None and name == "width_frequencies":
+                continue
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 16:
+                raise ConfigError(f"hyper.model.{name}: expected an int in [0, 16], got {v!r}")
 
 
 class _Block(nn.Module):
@@ -88,7 +101,7 @@ class NeuMeta(nn.Module):
         self.kind_of = [kinds.index(f"{t.role}:{lay.taps}") if lay is not None else 0
                         for t, lay in zip(specs, layouts)]
         self.is_weight = torch.tensor([lay is not None and lay.in_group is not None for lay in layouts])
-        n_cont = len(CONTINUOUS) * (1 + 2 * config.frequencies)
+        n_cont = config.continuous_size()
         self.embedding = nn.Embedding(len(specs), config.embed)
         self.inp = nn.Linear(n_cont + config.embed, config.hidden)
         self.body = nn.Sequential(*[_Block(config.hidden) for _ in range(config.blocks)])
@@ -120,7 +133,12 @@ class NeuMeta(nn.Module):
 
     def forward(self, tensor: torch.Tensor, cont: torch.Tensor) -> torch.Tensor:
         """Values ``(R, taps_max)`` for coordinate rows (unused taps are 0)."""
-        x = torch.cat([fourier(cont, self.config.frequencies), self.embedding(tensor)], dim=1)
+        fw = self.config.width_frequencies
+        if fw is None:  # one encoding for all four columns (the layout of hypernetworks saved before the option)
+            enc = fourier(cont, self.config.frequencies)
+        else:
+            enc = torch.cat([fourier(cont[:, :2], self.config.frequencies), fourier(cont[:, 2:], fw)], dim=1)
+        x = torch.cat([enc, self.embedding(tensor)], dim=1)
         h = self.out_norm(self.body(self.inp(x)))
         kind = torch.as_tensor(self.kind_of, device=tensor.device)[tensor]
         out = h.new_zeros(h.shape[0], self.taps_max)
