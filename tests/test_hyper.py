@@ -294,7 +294,7 @@ def test_resumed_fit_is_identical_to_an_uninterrupted_one():
         p.data.normal_()
     sd = {k: v.detach().clone() for k, v in base.state_dict().items()}
     x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
-    cfg = HyperTrainConfig(steps=6, batch=8, widths_per_step=2, kd_weight=0.5, coord_noise=1.0)
+    cfg = HyperTrainConfig(steps=6, batch=8, widths_per_step=2, kd_weight=0.5, coord_noise=1.0, rec_rows=50)
     make = lambda: NeuMeta(NeuMetaConfig(arch=base.wsl_arch, hidden=16, blocks=1, width_frequencies=2), sd)  # noqa: E731
     torch.manual_seed(1)
     whole = make()
@@ -323,3 +323,24 @@ def test_run_writes_plots_and_a_card(tmp_path):
     for f in ("loss.png", "accuracy.png"):
         assert (tmp_path / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f
     assert {"task", "kd", "rec", "ratio"} <= set(m["history"][0])
+
+
+def test_sample_averaging_many_noisy_generations():
+    """samples=K: the mean of K jittered generations (deterministic per seed); K=1 is the centre sample."""
+    from wsl.hyper.neumeta import NeuMeta, NeuMetaConfig
+
+    torch.manual_seed(0)
+    base = mlp([3, 6, 4, 2])
+    hyper = NeuMeta(NeuMetaConfig(arch=base.wsl_arch, hidden=16, blocks=1), base.state_dict())
+    x = torch.randn(5, 3)
+    centre = hyper.sample(0.5)
+    avg = hyper.sample(0.5, samples=4, coord_noise=1.0, seed=3)
+    again = hyper.sample(0.5, samples=4, coord_noise=1.0, seed=3)
+    torch.testing.assert_close(avg(x), again(x))
+    assert not torch.allclose(avg(x), centre(x))
+    gen = torch.Generator().manual_seed(3)
+    draws = [hyper.generate(0.5, coord_noise=1.0, generator=gen) for _ in range(4)]
+    for k, v in avg.state_dict().items():
+        torch.testing.assert_close(v, torch.stack([d[k] for d in draws]).mean(0).detach())
+    with pytest.raises(Exception, match="samples"):
+        hyper.sample(0.5, samples=0)

@@ -23,7 +23,8 @@ HERE = Path(__file__).resolve().parent
 CONFIG = {"dataset": "digits", "seed": 0,
           "base": {"arch": {"name": "small_cnn", "kwargs": {"channels": [4, 4, 4]}}, "steps": 30},
           "model": {"hidden": 16, "blocks": 1, "width_frequencies": 1},
-          "train": {"steps": 5, "batch": 16, "widths_per_step": 2, "kd_weight": 0.5, "coord_noise": 1.0},
+          "train": {"steps": 5, "batch": 16, "widths_per_step": 2, "kd_weight": 0.5, "coord_noise": 1.0,
+                    "rec_rows": 100},
           "eval_ratios": [0.5, 1.0], "checkpoint_every": 0, "solver": "two_opt"}
 
 

@@ -24,9 +24,12 @@ def register(sub: Any) -> None:
     t.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     t.set_defaults(func=run_train)
     s = hs.add_parser("sample", help="generate a network at a width ratio from a run directory")
-    s.add_argument("run", help="run directory written by 'wsl hyper train' (or its hyper.safetensors)")
+    s.add_argument("run", help="run directory written by 'wsl hyper train', its hyper.safetensors, or hf://ORG/NAME")
     s.add_argument("--width", type=float, default=1.0, help="global width ratio in (0, 4] (default 1)")
     s.add_argument("-o", "--output", required=True, help="output .safetensors (carries the architecture)")
+    s.add_argument("--samples", type=int, default=1, metavar="K",
+                   help="average the weights of K generations with jittered unit positions (K times the cost; "
+                   "default 1: one deterministic generation at the coordinates' centres)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=run_sample)
 
@@ -90,7 +93,7 @@ def run_sample(args: argparse.Namespace) -> int:
     calib = None
     if hyper.has_batchnorm:
         calib = _calibration(Path(local_path(args.run)))
-    module = hyper.sample(args.width, calib)
+    module = hyper.sample(args.width, calib, samples=args.samples)
     save_module(module, out)
     widths = dict(zip(hyper.family.knobs, hyper.family.widths(args.width)))
     n = sum(p.numel() for p in module.parameters())

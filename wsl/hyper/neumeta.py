@@ -188,14 +188,26 @@ class NeuMeta(nn.Module):
 
     @torch.no_grad()
     def sample(self, ratio: Ratio = 1.0, calibration: torch.Tensor | None = None,
-               batch: int = 256) -> nn.Module:
-        """The family member at ``ratio`` with generated weights (deterministic: coordinate centres).
+               batch: int = 256, samples: int = 1, coord_noise: float = 0.5, seed: int = 0) -> nn.Module:
+        """The family member at ``ratio`` with generated weights.
+
+        Default: one deterministic evaluation at the coordinates' centres. With
+        ``samples = K > 1`` the weights are the mean of ``K`` generations with
+        unit positions jittered by ``coord_noise`` (as in training, seeded by
+        ``seed``): K times the cost of one generation.
 
         BatchNorm: the affine parameters are generated; the running statistics are
         recomputed over ``calibration`` inputs (required then): the average of the per-batch
         statistics of ``batch``-sized chunks (``momentum=None``).
         """
-        state = self.generate(ratio)
+        if not isinstance(samples, int) or samples < 1:
+            raise ConfigError(f"NeuMeta.sample: samples must be a positive int, got {samples!r}")
+        if samples == 1:
+            state = self.generate(ratio)
+        else:
+            gen = torch.Generator().manual_seed(seed)
+            draws = [self.generate(ratio, coord_noise=coord_noise, generator=gen) for _ in range(samples)]
+            state = {k: torch.stack([d[k] for d in draws]).mean(0) for k in draws[0]}
         module = self.family.build(ratio)
         missing, unexpected = module.load_state_dict({k: v.detach().cpu() for k, v in state.items()}, strict=False)
         buffers = {t.name for t in self.base_space.spec.tensors if t.buffer}
