@@ -344,3 +344,42 @@ def test_sample_averaging_many_noisy_generations():
         torch.testing.assert_close(v, torch.stack([d[k] for d in draws]).mean(0).detach())
     with pytest.raises(Exception, match="samples"):
         hyper.sample(0.5, samples=0)
+
+
+def test_generated_batchnorm_statistics():
+    """generate_statistics: running mean/var get coordinate rows, are fitted by reconstruction, and a sample
+    without calibration uses them (variances positive); with calibration they are recomputed instead."""
+    from wsl.archs.describe import build
+    from wsl.hyper.neumeta import NeuMeta, NeuMetaConfig
+    from wsl.hyper.train import HyperTrainConfig, train_neumeta
+
+    torch.manual_seed(7)
+    net = build({"format": "wsl.arch/1", "kind": "builtin", "name": "resnet",
+                 "kwargs": {"layers": [1, 1, 1, 1], "width": 2, "in_channels": 1, "num_classes": 10}})
+    x = torch.randn(64, 1, 8, 8)
+    net.train()
+    net(x)
+    net.eval()
+    sd = {k: v.clone() for k, v in net.state_dict().items()}
+    plain = NeuMeta(NeuMetaConfig(arch=net.wsl_arch, hidden=16, blocks=1), sd)
+    hyper = NeuMeta(NeuMetaConfig(arch=net.wsl_arch, hidden=32, blocks=1, generate_statistics=True), sd)
+    stats = [t.name for t in hyper.base_space.spec.tensors if t.role in ("running_mean", "running_var")]
+    assert stats and set(stats) <= set(hyper.generate(0.5)) and not set(stats) & set(plain.generate(0.5))
+    cfg = HyperTrainConfig(steps=300, lr=3e-3, p_full=1.0, coord_noise=0.0, rec_weight=1.0, task_weight=0.0,
+                           weight_decay=0.0)
+    out = train_neumeta(hyper, sd, x, torch.randint(0, 10, (64,)), cfg)
+    assert out["history"][-1]["rec"] < 0.25 * out["history"][0]["rec"]
+    full = hyper.sample(1.0)  # generated statistics, no calibration needed
+    gen = hyper.generate(1.0)
+    for name in stats:
+        got = full.state_dict()[name]
+        if name.endswith("running_var"):
+            assert bool((got >= 1e-5).all())
+        torch.testing.assert_close(got, gen[name].detach().clamp_min(1e-5) if name.endswith("var") else
+                                   gen[name].detach())
+    err = max(float((full.state_dict()[n] - sd[n]).abs().max() / sd[n].abs().max()) for n in stats)
+    assert err < 0.3, err
+    recal = hyper.sample(1.0, calibration=x, batch=64)
+    with torch.no_grad():
+        h = recal.conv1(x)
+    torch.testing.assert_close(recal.bn1.running_mean, h.mean((0, 2, 3)), atol=1e-5, rtol=1e-5)

@@ -30,6 +30,9 @@ def register(sub: Any) -> None:
     s.add_argument("--samples", type=int, default=1, metavar="K",
                    help="average the weights of K generations with jittered unit positions (K times the cost; "
                    "default 1: one deterministic generation at the coordinates' centres)")
+    s.add_argument("--generated-statistics", action="store_true",
+                   help="BatchNorm: keep the generated running statistics (hypernetworks trained with "
+                   "model.generate_statistics) instead of recomputing them on the run's training inputs")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=run_sample)
 
@@ -91,7 +94,10 @@ def run_sample(args: argparse.Namespace) -> int:
 
     hyper = load_hyper(args.run)
     calib = None
-    if hyper.has_batchnorm:
+    if args.generated_statistics and not hyper.config.generate_statistics:
+        raise WslError(f"{args.run}: --generated-statistics: this hypernetwork does not generate BatchNorm "
+                       "statistics (train it with model.generate_statistics: true)")
+    if hyper.has_batchnorm and not args.generated_statistics:
         calib = _calibration(Path(local_path(args.run)))
     module = hyper.sample(args.width, calib, samples=args.samples)
     save_module(module, out)

@@ -35,7 +35,7 @@ from torch import nn
 
 from wsl.archs.width import Ratio, WidthFamily
 from wsl.errors import ConfigError, SpaceMismatchError
-from wsl.hyper.coords import CONTINUOUS, NetCoords, fourier, network_coords, tensor_layout
+from wsl.hyper.coords import CONTINUOUS, STATISTICS, NetCoords, fourier, network_coords, tensor_layout
 
 
 @dataclass
@@ -49,6 +49,7 @@ class NeuMetaConfig:
     frequencies: int = 6
     fan_in_scaling: bool = True
     width_frequencies: int | None = None
+    generate_statistics: bool = False
 
     def continuous_size(self) -> int:
         """Width of the encoded continuous part (positions with ``frequencies``, widths with ``width_frequencies``)."""
@@ -92,7 +93,8 @@ class NeuMeta(nn.Module):
         self.base_space = self.family.space(1.0)
         specs = self.base_space.spec.tensors
         self.has_batchnorm = any(t.buffer for t in specs)
-        layouts = [tensor_layout(self.base_space, k) if not t.buffer else None for k, t in enumerate(specs)]
+        self.generated = [not t.buffer or (config.generate_statistics and t.role in STATISTICS) for t in specs]
+        layouts = [tensor_layout(self.base_space, k) if g else None for k, g in enumerate(self.generated)]
         self.names = [t.name for t in specs]
         self.taps = [lay.taps if lay is not None else 1 for lay in layouts]
         self.taps_max = max(self.taps)
@@ -112,7 +114,7 @@ class NeuMeta(nn.Module):
         sigma = torch.ones(len(specs))
         if base_state is not None:
             for k, name in enumerate(self.names):
-                if specs[k].buffer:
+                if not self.generated[k]:
                     continue
                 if name not in base_state:
                     raise SpaceMismatchError(f"NeuMeta: base state_dict has no tensor {name}")
@@ -128,7 +130,8 @@ class NeuMeta(nn.Module):
         """Coordinate rows of the family member at ``ratio`` (cached per widths)."""
         widths = self.family.widths(ratio)
         if widths not in self._coords:
-            self._coords[widths] = network_coords(self.family.space_widths(widths), self.base_space)
+            self._coords[widths] = network_coords(self.family.space_widths(widths), self.base_space,
+                                                  self.config.generate_statistics)
         return self._coords[widths]
 
     def forward(self, tensor: torch.Tensor, cont: torch.Tensor) -> torch.Tensor:
@@ -197,8 +200,10 @@ class NeuMeta(nn.Module):
         ``seed``): K times the cost of one generation.
 
         BatchNorm: the affine parameters are generated; the running statistics are
-        recomputed over ``calibration`` inputs (required then): the average of the per-batch
-        statistics of ``batch``-sized chunks (``momentum=None``).
+        recomputed over ``calibration`` inputs: the average of the per-batch statistics of
+        ``batch``-sized chunks (``momentum=None``). ``calibration`` is required unless the
+        hypernetwork was built with ``generate_statistics`` (then, without calibration, the
+        generated statistics are used, variances clamped to at least 1e-5).
         """
         if not isinstance(samples, int) or samples < 1:
             raise ConfigError(f"NeuMeta.sample: samples must be a positive int, got {samples!r}")
@@ -209,12 +214,16 @@ class NeuMeta(nn.Module):
             draws = [self.generate(ratio, coord_noise=coord_noise, generator=gen) for _ in range(samples)]
             state = {k: torch.stack([d[k] for d in draws]).mean(0) for k in draws[0]}
         module = self.family.build(ratio)
-        missing, unexpected = module.load_state_dict({k: v.detach().cpu() for k, v in state.items()}, strict=False)
+        state = {k: v.detach().cpu() for k, v in state.items()}
+        for t in self.base_space.spec.tensors:
+            if t.name in state and t.role == "running_var":
+                state[t.name] = state[t.name].clamp_min(1e-5)  # a variance stays positive
+        missing, unexpected = module.load_state_dict(state, strict=False)
         buffers = {t.name for t in self.base_space.spec.tensors if t.buffer}
         if unexpected or set(missing) - buffers:
             raise SpaceMismatchError(f"NeuMeta.sample: generated keys do not match the module (missing "
                                      f"{sorted(set(missing) - buffers)[:3]}, unexpected {sorted(unexpected)[:3]})")
-        if self.has_batchnorm:
+        if self.has_batchnorm and (calibration is not None or not self.config.generate_statistics):
             if calibration is None:
                 raise ConfigError(f"NeuMeta.sample: {self.family.name} has BatchNorm; pass calibration inputs "
                                   "to recompute its running statistics")

@@ -182,8 +182,12 @@ def run(cfg: dict[str, Any], out: str | Path, progress: Callable[[int, dict[str,
         return {"rank": rank}
     calib = data.x_train[:CALIBRATION]
     accs = {str(r): accuracy(hyper.sample(r, calib), data.x_test, data.y_test) for r in cfg["eval_ratios"]}
+    extra = {}
+    if hyper.has_batchnorm and hyper.config.generate_statistics:  # both BatchNorm routes, measured
+        extra["accuracy_generated_statistics"] = {str(r): accuracy(hyper.sample(r), data.x_test, data.y_test)
+                                                  for r in cfg["eval_ratios"]}
     family_bytes = 4 * sum(sum(p.numel() for p in hyper.family.build(r).parameters()) for r in cfg["eval_ratios"])
-    metrics = {"base_accuracy": base_acc, "accuracy": accs, "tv_before": tv_before, "tv_after": tv_after,
+    metrics = {"base_accuracy": base_acc, "accuracy": accs, **extra, "tv_before": tv_before, "tv_after": tv_after,
                "hyper_bytes": hyper.num_bytes(), "family_bytes": family_bytes,
                "widths": {str(r): list(hyper.family.widths(r)) for r in cfg["eval_ratios"]},
                "seconds_base": t_base, "seconds_fit": t_fit,

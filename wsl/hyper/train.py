@@ -150,6 +150,7 @@ def train_neumeta(hyper: NeuMeta, base_state: dict[str, torch.Tensor], x: torch.
         per_entry[full.offsets[k]:full.offsets[k + 1]] = 1.0 / (len(full.layouts) * lay.rows * lay.taps)
     weights = inv_var * per_entry * mask
     modules: dict[tuple[int, ...], nn.Module] = {}
+    statistics = {t.name for t in hyper.base_space.spec.tensors if t.buffer}  # BN in train mode: batch statistics
     teacher = None
     if cfg.kd_weight > 0:
         teacher = hyper.family.build(1.0).to(dev)
@@ -186,6 +187,7 @@ def train_neumeta(hyper: NeuMeta, base_state: dict[str, torch.Tensor], x: torch.
             if widths not in modules:
                 modules[widths] = hyper.family.build_widths(widths).to(dev).train()
             state = hyper.generate(ratio, coord_noise=cfg.coord_noise, generator=gen)
+            state = {k: v for k, v in state.items() if k not in statistics}  # generated ones learn by reconstruction
             idx = torch.randint(0, len(y), (cfg.batch,), generator=gen).to(dev)
             logits = functional_call(modules[widths], state, (x[idx],))
             task = F.cross_entropy(logits, y[idx])
