@@ -55,6 +55,8 @@ def main() -> None:
         cfg = resolve_config({**raw, "smooth": smooth_on})
         m = run(cfg, runs / ("smooth" if smooth_on else "plain"))
         res["neumeta_smooth" if smooth_on else "neumeta_plain"] = m["accuracy"]
+        if "accuracy_generated_statistics" in m:  # BatchNorm: generated running statistics instead of recomputed
+            res["neumeta_smooth_genstats" if smooth_on else "neumeta_plain_genstats"] = m["accuracy_generated_statistics"]
         res["base"] = {"1.0": m["base_accuracy"]}
         res.setdefault("_meta", {}).update({"tv_before": m["tv_before"], "tv_after" if smooth_on else "tv_plain":
                                             m["tv_after"], "hyper_bytes": m["hyper_bytes"],
@@ -81,7 +83,8 @@ def main() -> None:
                          "widths": {str(r): list(fam.widths(r)) for r in RATIOS}})
     out.mkdir(parents=True, exist_ok=True)
     (out / f"hyper_widths{suffix}.json").write_text(json.dumps(res, indent=2))
-    cols = ["neumeta_smooth", "neumeta_plain", "individual", "prune", "prune_finetune", "base"]
+    cols = [c for c in ("neumeta_smooth", "neumeta_smooth_genstats", "neumeta_plain", "neumeta_plain_genstats")
+            if c in res] + ["individual", "prune", "prune_finetune", "base"]
     lines = [f"| ratio | widths | {' | '.join(cols)} |", "|" + "---|" * (len(cols) + 2)]
     for r in RATIOS:
         cells = [f"{res[c][str(r)]:.3f}" if str(r) in res[c] else "" for c in cols]
