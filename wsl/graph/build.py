@@ -25,7 +25,7 @@ from torch_geometric.data import Batch
 from wsl.errors import WslError
 from wsl.graph.data import ParameterGraph, make_batch, to_graphs
 from wsl.graph.layout import NUM_SLOTS, GraphLayout
-from wsl.space.axes import to_canonical
+from wsl.space.axes import to_compact
 from wsl.space.weightspace import WeightSpace
 
 __all__ = ["build", "build_one", "to_graphs", "feature_dtype"]
@@ -122,7 +122,7 @@ def _copy_blocks(lay: GraphLayout, stacked: Mapping[str, torch.Tensor], n: int, 
     x = torch.zeros(n, v, NUM_SLOTS, dtype=fdt, device=dev)
     edge = torch.empty(n, e, k, dtype=fdt, device=dev)
     for st in lay.copy_steps:
-        canon = to_canonical(stacked[st.tensor], st.block).reshape(n, st.stop - st.start, st.width)
+        canon = to_compact(stacked[st.tensor], st.block).reshape(n, st.stop - st.start, st.width)
         if st.target == "x":
             x[:, st.start:st.stop, st.col] = canon[..., 0]
         else:

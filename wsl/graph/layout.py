@@ -17,7 +17,9 @@ Edges
     Connections in spec order. A tensor connection enumerates the elements of
     its block's canonical view (:func:`wsl.space.axes.to_canonical`) in
     row-major order: edge ``e`` of a ``(out, in, F)`` block is ``(e // in,
-    e % in)``; its ``F`` non-unit entries (kernel taps ``kh*kw`` row-major,
+    e % in)`` (a grouped conv's block uses its compact view ``(out, in/G, F)``:
+    edge ``(o, j)`` joins input unit ``b(o) in/G + j`` to ``o``, see
+    :mod:`wsl.space.diagonal`); its ``F`` non-unit entries (kernel taps ``kh*kw`` row-major,
     flattened positions) fill ``edge_attr[e, :F]``; columns ``F..K-1`` are 0
     with ``edge_mask`` False (``K`` = the widest block of the architecture,
     kernels are padded at the end, not centered). **Zero weights are edges.**
@@ -43,6 +45,7 @@ import torch
 
 from wsl.errors import WslError
 from wsl.space.axes import canonical_flat_index
+from wsl.space.diagonal import unit_indices
 from wsl.space.spec import NODE_SLOTS, Block, TensorSpec
 from wsl.space.weightspace import WeightSpace
 
@@ -306,7 +309,18 @@ def _identity_edges(kind: str, ns: int, nd: int, heads: int, where: str) -> tupl
 
 
 def _tensor_edges(blk: Block, sa: int, da: int, ns: int, nd: int, where: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(src_unit, dst_unit) per element of a block's canonical unit grid, row-major."""
+    """(src_unit, dst_unit) per element of a block's canonical unit grid, row-major.
+
+    A block with a diagonal axis (grouped conv) has edges only inside its
+    blocks: one per stored weight, enumerated over the compact grid.
+    """
+    if blk.diagonal:
+        units = blk.unit_shape
+        if len(units) != 2 or {sa, da} != {0, 1} or units[sa] != ns or units[da] != nd:
+            raise GraphLayoutError(f"{where}: block-diagonal block '{blk.tensor}' with units {units} does not "
+                                   f"join sites of {ns} and {nd} units")
+        coords = unit_indices(blk)
+        return coords[sa], coords[da]
     units = blk.unit_shape
     if len(units) == 1 and sa == da == 0:
         if units[0] != ns or units[0] != nd:

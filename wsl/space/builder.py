@@ -78,6 +78,7 @@ class _Tensor:
     op: str
     axes: tuple[Axis, ...]
     buffer: bool = False
+    diagonal: tuple[tuple[int, int, int], ...] = ()
 
 
 @dataclass
@@ -199,14 +200,15 @@ class SpecBuilder:
 
     # ---------------------------------------------------------------- tensors
     def add_tensor(self, name: str, shape: tuple[int, ...], role: str, module: str, op: str,
-                   axes: tuple[Axis, ...], buffer: bool = False) -> None:
+                   axes: tuple[Axis, ...], buffer: bool = False,
+                   diagonal: tuple[tuple[int, int, int], ...] = ()) -> None:
         if name in self.tensors:
             raise TraceError(f"tensor '{name}' is used by more than one layer; shared weights are not supported")
         for d, ax in enumerate(axes):
             n = sum(_prod(f[1] for f in seg) for seg in ax)
             if n != shape[d]:
                 raise TraceError(f"internal: axis {d} of '{name}' has size {shape[d]} but its factors give {n}")
-        self.tensors[name] = _Tensor(name, tuple(shape), role, module, op, axes, buffer)
+        self.tensors[name] = _Tensor(name, tuple(shape), role, module, op, axes, buffer, diagonal)
 
     def resolve_raw(self, v: Val) -> Val:
         """A raw input whose unit dim is already known (from an earlier layer) as a unit Val."""
@@ -277,7 +279,7 @@ class SpecBuilder:
                 t = self.tensors[aliases[name]]
                 tensors.append(TensorSpec(name, t.shape, t.role, t.module, t.op,
                                           tuple(tuple(tuple(fac(f) for f in seg) for seg in ax) for ax in t.axes),
-                                          is_buf))
+                                          is_buf, t.diagonal))
                 continue
             if name in self.extras:
                 tensors.append(TensorSpec(name, shape, "extra", name.rsplit(".", 1)[0], "extra",
@@ -288,7 +290,7 @@ class SpecBuilder:
                 raise TraceError(f"internal: '{name}' traced with shape {t.shape}, state_dict has {shape}")
             tensors.append(TensorSpec(name, t.shape, t.role, t.module, t.op,
                                       tuple(tuple(tuple(fac(f) for f in seg) for seg in ax) for ax in t.axes),
-                                      is_buf))
+                                      is_buf, t.diagonal))
         sites = [Site(i, gid(s["group"]), s["name"], s["kind"], s["depth"]) for i, s in enumerate(self.sites)]
         for i in range(len(self.groups)):  # parents that index no axis still get ids
             gid(i)

@@ -9,7 +9,8 @@ What is permutable, by layer
 * ``Linear``/``Conv*d`` (``groups=1``): the output units form a new group;
   the input axis reuses the input's group (and flatten factors).
 * Depthwise ``Conv*d`` (``groups == in == out``): output channels *are* the
-  input channels (same group); edges are one-to-one.
+  input channels (same group); edges are one-to-one. Other grouped convs
+  (``groups = G``): nested groups, see :mod:`wsl.space.grouped_conv`.
 * ``BatchNorm``/``InstanceNorm``/``LayerNorm`` (over the feature dim):
   per-unit statistics are permutation-equivariant; parameters become node
   features. ``GroupNorm(G, C)`` with ``1 < G < C`` nests the channels in ``G``
@@ -35,6 +36,7 @@ from torch import nn
 from wsl.errors import UnsupportedLayerError
 from wsl.space.builder import SpecBuilder, Val
 from wsl.space.attention_rules import h_gpt2_attention, h_multihead_attention, h_self_attention_qkv
+from wsl.space.grouped_conv import h_grouped_conv
 from wsl.space.layer_params import claim_extras, weight_name
 from wsl.space.rule_base import dense, feature_in, kind_of, out_val
 
@@ -103,8 +105,7 @@ def h_conv(b: SpecBuilder, path: str, mod: nn.Module, xs: list[Any], out: Any) -
             site = b.attach(site, "bias", bias, path, part=(0,))
         site = claim_extras(b, path, mod, src, w, b.tensors[w].axes, g, site, "depthwise_conv", attrs)
         return out_val(out, site, g, mod.out_channels, fdim=1)
-    raise UnsupportedLayerError(path, kind_of(mod), f"grouped convolution with groups={mod.groups} "
-                                "(only groups=1 and depthwise groups=in=out are supported)")
+    return h_grouped_conv(b, path, mod, src, fac, attrs, kernel_axes, out)
 
 
 def _pad(p: Any) -> Any:

@@ -120,7 +120,7 @@ def check_layer(b: SpecBuilder, path: str, mod: nn.Module, args: tuple, kwargs: 
             if rel in mstate:
                 axes = spec.axes
                 mstate[rel].copy_(permute_tensor(mstate[rel].detach(), axes, perms.for_factors(
-                    [seg for ax in axes for seg in ax]), batched=False))
+                    [seg for ax in axes for seg in ax]), batched=False, diagonal=spec.diagonal))
         y = _first(ref(*args, **kwargs))
         y_moved = _first(moved(*pargs, **kwargs))
     want = _permute_unit_tensor(y, ov, perms)
