@@ -301,14 +301,16 @@ def test_spec_json_round_trip() -> None:
 
 
 class _Concat(nn.Module):
+    """Joins a learned tensor to the units (concatenating two layers' units is supported: test_space_concat)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.a = nn.Linear(4, 3)
-        self.b = nn.Linear(4, 3)
+        self.p = nn.Parameter(torch.randn(1, 3))
         self.c = nn.Linear(6, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c(torch.cat([self.a(x), self.b(x)], dim=-1))
+        return self.c(torch.cat([self.a(x), self.p.expand(x.shape[0], 3)], dim=-1))
 
 
 class _Matmul(nn.Module):

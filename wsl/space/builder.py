@@ -34,7 +34,12 @@ class Val:
     units of ``site``, composed as ``factors`` (more than one factor after a
     flatten). ``raw`` names a network input whose feature dim is not known
     until a layer consumes it. ``param`` names a parameter read directly.
-    ``ids`` marks an integer tensor (token ids, positions).
+    ``ids`` marks an integer tensor (token ids, positions). ``parts`` describes
+    a concatenation along the unit axis (:mod:`wsl.space.concat`): dim
+    ``fdim`` holds the units of several sites one after the other, as
+    ``(site, factors)`` pairs; ``site`` is then ``None`` (rules that do not
+    know concatenations see no units and refuse) and :attr:`segments` is the
+    axis a consumer's weight gets.
     """
 
     shape: tuple[int, ...] = ()
@@ -44,6 +49,7 @@ class Val:
     raw: str | None = None
     param: str | None = None
     ids: bool = False
+    parts: tuple[tuple[int, tuple[Factor, ...]], ...] = ()
 
     @property
     def ndim(self) -> int:
@@ -51,11 +57,25 @@ class Val:
 
     @property
     def has_units(self) -> bool:
-        return self.site is not None
+        return self.site is not None or bool(self.parts)
+
+    @property
+    def unit_sites(self) -> list[int]:
+        """Every site whose units this tensor carries (one, several for a concatenation, or none)."""
+        if self.parts:
+            return [s for s, _ in self.parts]
+        return [] if self.site is None else [self.site]
+
+    @property
+    def segments(self) -> Axis:
+        """The unit axis as segments: one per concatenated part (one if not concatenated)."""
+        if self.parts:
+            return tuple(tuple(f) for _, f in self.parts)
+        return () if self.site is None else (tuple(self.factors),)
 
     def with_(self, **kw: Any) -> "Val":
         d = dict(shape=self.shape, site=self.site, fdim=self.fdim, factors=self.factors,
-                 raw=self.raw, param=self.param, ids=self.ids)
+                 raw=self.raw, param=self.param, ids=self.ids, parts=self.parts)
         d.update(kw)
         return Val(**d)
 

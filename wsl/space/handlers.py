@@ -15,6 +15,7 @@ What is permutable, by layer
   per-unit statistics are permutation-equivariant; parameters become node
   features. ``GroupNorm(G, C)`` with ``1 < G < C`` nests the channels in ``G``
   blocks: channels permute only within a block, blocks permute as a whole.
+* ``ConvTranspose*d`` (``groups=1``): a dense layer stored input-first.
 * ``Embedding``: rows index tokens (a fixed group, the network input), columns
   a new group.
 * Self-attention (``BertSelfAttention``/``ViTSelfAttention``,
@@ -36,6 +37,8 @@ from torch import nn
 from wsl.errors import UnsupportedLayerError
 from wsl.space.builder import SpecBuilder, Val
 from wsl.space.attention_rules import h_gpt2_attention, h_multihead_attention, h_self_attention_qkv
+from wsl.space.concat_layers import accepting_parts
+from wsl.space.conv_transpose import CONV_TRANSPOSE, h_conv_transpose
 from wsl.space.grouped_conv import h_grouped_conv
 from wsl.space.layer_params import claim_extras, weight_name
 from wsl.space.rule_base import dense, feature_in, kind_of, out_val
@@ -213,7 +216,19 @@ def h_prelu(b: SpecBuilder, path: str, mod: nn.Module, xs: list[Any], out: Any) 
 
 
 def handler_for(mod: nn.Module) -> Handler | None:
-    """The handler of a leaf module, or ``None`` if ``wsl`` has no rule for it."""
+    """The handler of a leaf module, or ``None`` if ``wsl`` has no rule for it.
+
+    Every handler also takes inputs concatenated along their units, or refuses
+    them by name (:mod:`wsl.space.concat_layers`).
+    """
+    h = _handler_for(mod)
+    if h is None:
+        return None
+    return accepting_parts(h, mod, passes=isinstance(mod, PASSTHROUGH_MODULES + (nn.PReLU,)),
+                           pools=isinstance(mod, POOL_MODULES))
+
+
+def _handler_for(mod: nn.Module) -> Handler | None:
     name = type(mod).__name__
     if name in ATTENTION_QKV_CLASSES:
         return h_self_attention_qkv
@@ -226,6 +241,8 @@ def handler_for(mod: nn.Module) -> Handler | None:
         return h_linear
     if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         return h_conv
+    if isinstance(mod, CONV_TRANSPOSE):
+        return h_conv_transpose
     if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d,
                         nn.InstanceNorm2d, nn.InstanceNorm3d)):
         return h_batchnorm
