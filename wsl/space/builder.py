@@ -39,7 +39,9 @@ class Val:
     ``fdim`` holds the units of several sites one after the other, as
     ``(site, factors)`` pairs; ``site`` is then ``None`` (rules that do not
     know concatenations see no units and refuse) and :attr:`segments` is the
-    axis a consumer's weight gets.
+    axis a consumer's weight gets. ``side`` is a second unit axis ``(dim, group,
+    site)``: the hidden units of a token-mixing Linear, which sit on the last
+    dim while the channel units stay on ``fdim`` (:mod:`wsl.space.token_mixing`).
     """
 
     shape: tuple[int, ...] = ()
@@ -50,6 +52,7 @@ class Val:
     param: str | None = None
     ids: bool = False
     parts: tuple[tuple[int, tuple[Factor, ...]], ...] = ()
+    side: tuple[int, int, int] | None = None
 
     @property
     def ndim(self) -> int:
@@ -62,9 +65,8 @@ class Val:
     @property
     def unit_sites(self) -> list[int]:
         """Every site whose units this tensor carries (one, several for a concatenation, or none)."""
-        if self.parts:
-            return [s for s, _ in self.parts]
-        return [] if self.site is None else [self.site]
+        sites = [s for s, _ in self.parts] if self.parts else [] if self.site is None else [self.site]
+        return sites + ([self.side[2]] if self.side is not None else [])
 
     @property
     def segments(self) -> Axis:
@@ -75,7 +77,7 @@ class Val:
 
     def with_(self, **kw: Any) -> "Val":
         d = dict(shape=self.shape, site=self.site, fdim=self.fdim, factors=self.factors,
-                 raw=self.raw, param=self.param, ids=self.ids, parts=self.parts)
+                 raw=self.raw, param=self.param, ids=self.ids, parts=self.parts, side=self.side)
         d.update(kw)
         return Val(**d)
 

@@ -126,6 +126,11 @@ def norm_parts(b: SpecBuilder, path: str, mod: nn.Module, x: Val, out: Any) -> V
                                             "concatenated parts")
             blocks = b.new_group(fac[0][1] // per, "norm_groups", path)
             b.nest(fac[0][0], blocks, path)
+    return Val(shape=tuple(out.shape), fdim=dim, parts=tuple(attach_norm(b, path, mod, parts)))
+
+
+def attach_norm(b: SpecBuilder, path: str, mod: nn.Module, parts: list[tuple[int, tuple]]) -> list[tuple[int, tuple]]:
+    """Record a norm layer's per-unit tensors (one segment per part) as node features; returns the new parts."""
     segs = tuple(tuple(f) for _, f in parts)
     own = dict(mod.named_parameters(recurse=False))
     own.update(dict(mod.named_buffers(recurse=False)))
@@ -146,7 +151,7 @@ def norm_parts(b: SpecBuilder, path: str, mod: nn.Module, x: Val, out: Any) -> V
         new.append((site, fac))
     if own.get("num_batches_tracked") is not None:
         b.extras.append(f"{path}.num_batches_tracked")
-    return Val(shape=tuple(out.shape), fdim=dim, parts=tuple(new))
+    return new
 
 
 def _rule(mod: nn.Module) -> Callable[..., Val] | None:

@@ -37,9 +37,11 @@ from torch import nn
 from wsl.errors import UnsupportedLayerError
 from wsl.space.builder import SpecBuilder, Val
 from wsl.space.attention_rules import h_gpt2_attention, h_multihead_attention, h_self_attention_qkv
+from wsl.space.channels_last import layernorm_off_last
 from wsl.space.concat_layers import accepting_parts
 from wsl.space.conv_transpose import CONV_TRANSPOSE, h_conv_transpose
 from wsl.space.grouped_conv import h_grouped_conv
+from wsl.space.token_mixing import accepting_tokens
 from wsl.space.layer_params import claim_extras, weight_name
 from wsl.space.rule_base import dense, feature_in, kind_of, out_val
 
@@ -148,6 +150,9 @@ def h_batchnorm(b: SpecBuilder, path: str, mod: nn.Module, xs: list[Any], out: A
 def h_layernorm(b: SpecBuilder, path: str, mod: nn.Module, xs: list[Any], out: Any) -> Val:
     assert isinstance(mod, nn.LayerNorm)
     x = xs[0]
+    off_last = layernorm_off_last(b, path, mod, b.resolve_raw(x) if isinstance(x, Val) else x, out)
+    if off_last is not None:  # over tokens, or a channels-first LayerNorm2d (wsl.space.channels_last)
+        return off_last
     ns = tuple(mod.normalized_shape)
     has_params = mod.weight is not None or getattr(mod, "bias", None) is not None
     if len(ns) != 1:
@@ -218,14 +223,15 @@ def h_prelu(b: SpecBuilder, path: str, mod: nn.Module, xs: list[Any], out: Any) 
 def handler_for(mod: nn.Module) -> Handler | None:
     """The handler of a leaf module, or ``None`` if ``wsl`` has no rule for it.
 
-    Every handler also takes inputs concatenated along their units, or refuses
-    them by name (:mod:`wsl.space.concat_layers`).
+    Every handler also takes inputs concatenated along their units
+    (:mod:`wsl.space.concat_layers`) and token-mixing inputs
+    (:mod:`wsl.space.token_mixing`), or refuses them by name.
     """
     h = _handler_for(mod)
     if h is None:
         return None
-    return accepting_parts(h, mod, passes=isinstance(mod, PASSTHROUGH_MODULES + (nn.PReLU,)),
-                           pools=isinstance(mod, POOL_MODULES))
+    passes = isinstance(mod, PASSTHROUGH_MODULES + (nn.PReLU,))
+    return accepting_tokens(accepting_parts(h, mod, passes=passes, pools=isinstance(mod, POOL_MODULES)), mod, passes)
 
 
 def _handler_for(mod: nn.Module) -> Handler | None:

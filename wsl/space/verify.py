@@ -74,7 +74,10 @@ class _Perms:
 def _permute_unit_tensor(t: torch.Tensor, v: Val, perms: _Perms) -> torch.Tensor:
     assert v.fdim is not None
     idx = axis_index(v.segments, perms.for_factors(v.segments))  # one segment, or one per concatenated part
-    return t.index_select(v.fdim, idx.to(t.device))
+    t = t.index_select(v.fdim, idx.to(t.device))
+    if v.side is not None:  # token-mixing hidden units on a second axis
+        t = t.index_select(v.side[0], perms(v.side[1]).to(t.device))
+    return t
 
 
 def _randomize(t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
