@@ -16,6 +16,8 @@ What is permutable, by layer
   features. ``GroupNorm(G, C)`` with ``1 < G < C`` nests the channels in ``G``
   blocks: channels permute only within a block, blocks permute as a whole.
 * ``ConvTranspose*d`` (``groups=1``): a dense layer stored input-first.
+* LoRA layers (PEFT's, recognised by structure): a rank group per adapter on
+  top of the base layer's groups, see :mod:`wsl.space.lora_rules`.
 * ``Embedding``: rows index tokens (a fixed group, the network input), columns
   a new group.
 * Self-attention (``BertSelfAttention``/``ViTSelfAttention``,
@@ -43,6 +45,7 @@ from wsl.space.conv_transpose import CONV_TRANSPOSE, h_conv_transpose
 from wsl.space.grouped_conv import h_grouped_conv
 from wsl.space.token_mixing import accepting_tokens
 from wsl.space.layer_params import claim_extras, weight_name
+from wsl.space.lora_rules import is_lora_layer, lora_handler
 from wsl.space.rule_base import dense, feature_in, kind_of, out_val
 
 Handler = Callable[[SpecBuilder, str, nn.Module, list[Any], Any], Any]
@@ -236,6 +239,8 @@ def handler_for(mod: nn.Module) -> Handler | None:
 
 def _handler_for(mod: nn.Module) -> Handler | None:
     name = type(mod).__name__
+    if is_lora_layer(mod):
+        return lora_handler(handler_for)
     if name in ATTENTION_QKV_CLASSES:
         return h_self_attention_qkv
     if name == "GPT2Attention":
