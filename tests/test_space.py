@@ -326,7 +326,7 @@ class _Matmul(nn.Module):
 @pytest.mark.parametrize("module,x,where,kind", [
     (nn.Sequential(nn.Linear(3, 4), nn.LSTM(4, 4)), torch.randn(2, 3), "1", "LSTM"),
     (nn.Sequential(nn.Conv2d(4, 6, 1), nn.GroupNorm(3, 6), nn.Conv2d(6, 6, 3, groups=2)), torch.randn(1, 4, 6, 6),
-     "2", "nested groups"),  # norm blocks of 2 and conv blocks of 3 channels cannot nest
+     "grouped convolution (groups=2)", "Conv2d"),  # norm blocks of 2 and conv blocks of 3 channels cannot nest
     (nn.Sequential(nn.Linear(3, 4), nn.Bilinear(4, 4, 2)), torch.randn(2, 3), "1", "Bilinear"),
     (_Concat(), torch.randn(2, 4), "cat", "cat"),
     (_Matmul(), torch.randn(2, 5, 4), "matmul", "matmul"),

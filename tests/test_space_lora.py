@@ -12,6 +12,7 @@ import copy
 import importlib.util
 import json
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -171,7 +172,7 @@ def test_read_lora_computes_the_adapted_function(tmp_path: Path, merge: bool) ->
     (lambda d: save_file({"base_model.model.fc1.weight": torch.zeros(12, 8)}, str(d / "adapter_model.safetensors")),
      "not a LoRA factor"),
 ])
-def test_bad_adapters_are_refused_by_file_and_key(tmp_path: Path, change, match: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_adapters_are_refused_by_file_and_key(tmp_path: Path, change: Callable[[Path], object], match: str) -> None:
     _write_adapter(tmp_path, Net(), {"r": 4, "lora_alpha": 8})
     change(tmp_path)
     with pytest.raises(CheckpointError, match=match):

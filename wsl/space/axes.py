@@ -129,6 +129,12 @@ def to_compact(t: torch.Tensor, block: Block) -> torch.Tensor:
     return rearrange(slice_block(t, block), f"{tensor} -> {canonical}", **sizes)
 
 
+def from_compact(c: torch.Tensor, block: Block) -> torch.Tensor:
+    """``(N, *compact_units, F)`` -> block tensor ``(N, *block.shape)`` (inverse of :func:`to_compact`)."""
+    tensor, canonical, sizes = _patterns(block)
+    return rearrange(c, f"{canonical} -> {tensor}", **sizes)
+
+
 def to_canonical(t: torch.Tensor, block: Block) -> torch.Tensor:
     """Stacked full tensor ``(N, *shape)`` -> canonical block ``(N, *units, F)``."""
     c = to_compact(t, block)

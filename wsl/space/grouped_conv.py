@@ -43,7 +43,12 @@ def h_grouped_conv(b: SpecBuilder, path: str, mod: nn.Module, src: int, fac: tup
     n_in = c_in // n_blocks
     g_in = fac[0][0]
     blocks = b.new_group(n_blocks, "conv_groups", path + ":groups")
-    b.nest(g_in, blocks, path)
+    try:
+        b.nest(g_in, blocks, path)
+    except UnsupportedLayerError as e:  # e.g. GroupNorm blocks of 2 channels before conv blocks of 3
+        raise UnsupportedLayerError(path, kind_of(mod), f"grouped convolution (groups={n_blocks}): its blocks of "
+                                    f"{n_in} input channels conflict with other blocks of those channels "
+                                    f"({e.args[0].split(': ', 1)[-1]})") from e
     g_out = b.new_group(c_out, "hidden", path)
     b.nest(g_out, blocks, path)
     site = b.new_site(g_out, path, "neurons", b.depth(src) + 1)
