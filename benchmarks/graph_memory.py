@@ -6,7 +6,9 @@ subprocess (so peak RSS is per format) and reports: the estimate :func:`wsl.grap
 makes from the spec before building, the bytes of the graph's tensors, of the layout's index tensors,
 build time, peak RSS, and whether the graph decodes back bit-exactly. The last lines print the ratios.
 
-Usage: ``OMP_NUM_THREADS=1 python benchmarks/graph_memory.py [--arch resnet18]``
+Usage: ``OMP_NUM_THREADS=1 python benchmarks/graph_memory.py [--arch resnet18]``. With
+``PYTHONPATH=<an older checkout> python benchmarks/graph_memory.py --one padded`` it measures that code's
+(padded-only) graph and prints one JSON row.
 """
 
 from __future__ import annotations
@@ -30,24 +32,29 @@ def _tensor_bytes(obj: object) -> int:
 
 def measure(arch: str, edges: str) -> dict[str, object]:
     from wsl.archs.registry import REGISTRY
-    from wsl.graph import GraphLayout, build_one, decode, estimate_graph_bytes, is_ragged
+    from wsl.graph import GraphLayout, build_one, decode
     from wsl.space import WeightSpace
+
+    try:
+        from wsl.graph import estimate_graph_bytes
+    except ImportError:  # code from before ragged graphs (run with PYTHONPATH=<older checkout> ... --one padded)
+        estimate_graph_bytes = None
 
     torch.set_num_threads(1)
     module = REGISTRY[arch](num_classes=1000)
     space = WeightSpace.from_module(module, torch.randn(1, 3, 64, 64))
     sd = module.state_dict()
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    estimate = estimate_graph_bytes(space, edges)
+    estimate = estimate_graph_bytes(space, edges) if estimate_graph_bytes else 0
     t0 = time.perf_counter()
-    graph = build_one(space, sd, edges=edges)
+    graph = build_one(space, sd, edges=edges) if estimate_graph_bytes else build_one(space, sd)
     t_build = time.perf_counter() - t0
     lay = GraphLayout.of(space)
     graph_bytes = sum(v.numel() * v.element_size() for _, v in graph.items() if isinstance(v, torch.Tensor))
-    layout_bytes = _tensor_bytes(lay) + sum(v.numel() * v.element_size() for v in lay._padded.values())
+    layout_bytes = _tensor_bytes(lay) + sum(v.numel() * v.element_size() for v in getattr(lay, "_padded", {}).values())
     back = decode(graph, space)
     exact = all(torch.equal(back[k], sd[k]) for k in sd)
-    return {"edges": "ragged" if is_ragged(graph) else "padded", "params": space.num_parameters,
+    return {"edges": "ragged" if "edge_values" in graph else "padded", "params": space.num_parameters,
             "nodes": graph.num_nodes, "num_edges": graph.num_edges, "estimate": estimate, "graph": graph_bytes,
             "layout": layout_bytes, "build_s": t_build, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             * 1024, "rss_before_build": base_rss, "exact": exact}
@@ -56,7 +63,7 @@ def measure(arch: str, edges: str) -> dict[str, object]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arch", default="resnet18")
-    p.add_argument("--one", choices=["padded", "ragged"], help=argparse.SUPPRESS)
+    p.add_argument("--one", choices=["padded", "ragged"], help="measure one format in this process (JSON row)")
     args = p.parse_args()
     if args.one:
         print(json.dumps(measure(args.arch, args.one)))

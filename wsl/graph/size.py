@@ -129,5 +129,6 @@ def check_graph_fits(space: WeightSpace, edges: str = "auto", itemsize: int = 4,
         raise GraphTooLargeError(
             f"{where + ': ' if where else ''}the parameter graph would take about {_gib(need)} ({d.num_nodes:,} "
             f"nodes, {d.num_edges:,} edges, {fmt} edges of up to {d.edge_dim} entries), more than the "
-            f"{_gib(limit)} available; use edges='ragged' if padded, or a machine with more memory")
+            f"{_gib(limit)} available; " + ("build it with edges='ragged' (CLI: --edges ragged)" if fmt == "padded"
+                                             else "it needs a machine with more memory"))
     return need
