@@ -1,8 +1,10 @@
 """Accuracy vs width ratio: NeuMeta (with / without smoothing), individually trained nets, structured pruning.
 
-    OMP_NUM_THREADS=1 python benchmarks/hyper_widths.py [--arch digits_cnn|mnist1d_mlp] [--steps 4000]
+    OMP_NUM_THREADS=1 python benchmarks/hyper_widths.py [--arch digits_cnn|mnist1d_mlp|digits_resnet] [--steps N]
 
-Writes benchmarks/results/hyper_widths[_ARCH].{json,md,png}. One seed; one thread.
+The NeuMeta recipe (base, model, fit) is the shipped config ``configs/hyper/<arch>.yaml``, so
+``wsl hyper train configs/hyper/<arch>.yaml`` reproduces the smoothed column; ``--steps`` overrides
+its ``train.steps``. Writes benchmarks/results/hyper_widths[_ARCH].{json,md,png}. One seed; one thread.
 BatchNorm networks (digits_resnet): NeuMeta samples and pruned networks get their
 running statistics recomputed on the first 1,024 training inputs.
 Budgets: the base and every individually trained net get ``--base-steps`` Adam
@@ -23,38 +25,48 @@ from wsl.hyper.prune import prune
 from wsl.hyper.neumeta import recalibrate_batchnorm
 from wsl.hyper.run import CALIBRATION, RATIOS, resolve_config, run
 from wsl.hyper.train import accuracy, train_classifier
+from wsl.io.yaml_file import read_yaml_mapping
 from wsl.zoo.data import load_dataset
 
-ARCHS = {
-    "digits_cnn": ("digits", {"name": "small_cnn", "kwargs": {"channels": [16, 16, 16]}}, 1500),
-    "mnist1d_mlp": ("mnist1d", {"name": "mlp", "kwargs": {"sizes": [40, 100, 100, 10]}}, 3000),
-    "digits_resnet": ("digits", {"name": "resnet", "kwargs": {"layers": [1, 1, 1, 1], "width": 8, "in_channels": 1,
-                                                             "num_classes": 10}}, 1500),
-}
+ARCHS = ("digits_cnn", "mnist1d_mlp", "digits_resnet")
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "hyper"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--arch", default="digits_cnn", choices=sorted(ARCHS))
-    ap.add_argument("--steps", type=int, default=5000, help="NeuMeta fit steps")
-    ap.add_argument("--base-steps", type=int, default=None)
+    ap.add_argument("--arch", default="digits_cnn", choices=ARCHS)
+    ap.add_argument("--steps", type=int, default=None, help="NeuMeta fit steps (default: the config's)")
     ap.add_argument("--finetune-steps", type=int, default=300)
+    ap.add_argument("--variants", default="smooth,plain", help="NeuMeta fits to run: smooth, plain or both")
+    ap.add_argument("--reuse", action="store_true",
+                    help="read a variant's finished run directory (metrics.json) instead of fitting it again")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    dataset, arch, base_steps = ARCHS[args.arch]
-    base_steps = args.base_steps or base_steps
+    raw = read_yaml_mapping(CONFIGS / f"{args.arch}.yaml", what="hyper config")
+    if args.steps is not None:
+        raw.setdefault("train", {})["steps"] = args.steps
+    raw["eval_ratios"] = list(RATIOS)
+    dataset, base_steps = raw["dataset"], int(raw["base"]["steps"])
     data = load_dataset(dataset)
     out = Path(args.out)
     suffix = "" if args.arch == "digits_cnn" else f"_{args.arch}"
     runs = out / f"hyper_widths{suffix}_runs"
     res: dict[str, dict[str, float]] = {}
     t0 = time.perf_counter()
-    for smooth_on in (True, False):
-        cfg = resolve_config({"dataset": dataset, "base": {"arch": arch, "steps": base_steps, "lr": 3e-3},
-                              "smooth": smooth_on, "train": {"steps": args.steps}, "seed": 0})
-        m = run(cfg, runs / ("smooth" if smooth_on else "plain"))
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not variants or set(variants) - {"smooth", "plain"}:
+        ap.error("--variants: a comma-separated subset of smooth,plain")
+    for smooth_on in [v == "smooth" for v in variants]:
+        cfg = resolve_config({**raw, "smooth": smooth_on})
+        rd = runs / ("smooth" if smooth_on else "plain")
+        if args.reuse and (rd / "metrics.json").is_file():
+            m = json.loads((rd / "metrics.json").read_text())
+        else:
+            m = run(cfg, rd)
         res["neumeta_smooth" if smooth_on else "neumeta_plain"] = m["accuracy"]
+        if "accuracy_generated_statistics" in m:  # BatchNorm: generated running statistics instead of recomputed
+            res["neumeta_smooth_genstats" if smooth_on else "neumeta_plain_genstats"] = m["accuracy_generated_statistics"]
         res["base"] = {"1.0": m["base_accuracy"]}
         res.setdefault("_meta", {}).update({"tv_before": m["tv_before"], "tv_after" if smooth_on else "tv_plain":
                                             m["tv_after"], "hyper_bytes": m["hyper_bytes"],
@@ -62,7 +74,7 @@ def main() -> None:
                                             f"fit_seconds_{'smooth' if smooth_on else 'plain'}": m["seconds_fit"]})
         print(args.arch, "smooth" if smooth_on else "plain", m["accuracy"], flush=True)
     from wsl.io import load_model
-    base, _ = load_model(runs / "smooth" / "base.safetensors")
+    base, _ = load_model(runs / variants[0] / "base.safetensors")
     fam = WidthFamily.from_module(base)
     res["individual"], res["prune"], res["prune_finetune"] = {}, {}, {}
     for r in RATIOS:
@@ -76,12 +88,13 @@ def main() -> None:
         p = train_classifier(p, data.x_train, data.y_train, steps=args.finetune_steps, lr=1e-3, seed=1)
         res["prune_finetune"][str(r)] = accuracy(p, data.x_test, data.y_test)
         print(r, {k: v.get(str(r)) for k, v in res.items() if k != "_meta"}, flush=True)
-    res["_meta"].update({"arch": args.arch, "dataset": dataset, "neumeta_steps": args.steps, "base_steps": base_steps,
+    res["_meta"].update({"arch": args.arch, "dataset": dataset, "config": raw, "base_steps": base_steps,
                          "finetune_steps": args.finetune_steps, "seconds": time.perf_counter() - t0,
-                         "widths": {str(r): list(fam.widths(r)) for r in RATIOS}})
+                         "widths": {str(r): list(fam.widths(r)) for r in RATIOS}, "variants": variants})
     out.mkdir(parents=True, exist_ok=True)
     (out / f"hyper_widths{suffix}.json").write_text(json.dumps(res, indent=2))
-    cols = ["neumeta_smooth", "neumeta_plain", "individual", "prune", "prune_finetune", "base"]
+    cols = [c for c in ("neumeta_smooth", "neumeta_smooth_genstats", "neumeta_plain", "neumeta_plain_genstats")
+            if c in res] + ["individual", "prune", "prune_finetune", "base"]
     lines = [f"| ratio | widths | {' | '.join(cols)} |", "|" + "---|" * (len(cols) + 2)]
     for r in RATIOS:
         cells = [f"{res[c][str(r)]:.3f}" if str(r) in res[c] else "" for c in cols]

@@ -402,3 +402,37 @@ def test_network_guard_blocks_non_loopback() -> None:
     with FakeHub() as server:  # loopback stays allowed
         with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1]))):
             pass
+
+
+# ----------------------------------------------------------------------------------- NeuMeta runs
+def test_push_and_pull_hypernetwork(hub: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`wsl push RUN` on a `wsl hyper train` run directory; `load_hyper` / `wsl hyper sample` read it back."""
+    from wsl.hyper.run import load_hyper, resolve_config, run as hyper_run
+
+    cfg = resolve_config({"dataset": "digits", "solver": "two_opt", "eval_ratios": [0.5, 1.0],
+                          "base": {"arch": {"name": "small_cnn", "kwargs": {"channels": [4, 4, 4]}}, "steps": 5},
+                          "model": {"hidden": 8, "blocks": 1}, "train": {"steps": 2, "batch": 8},
+                          "checkpoint_every": 1})
+    hyper_run(cfg, tmp_path / "run")
+    rc, out, err = run(capsys, "push", str(tmp_path / "run"), "hf://org/neumeta")
+    assert rc == 0, err
+    remote = hub.files("org/neumeta")
+    assert {"hyper.safetensors", "base.safetensors", "config.json", "metrics.json", "README.md"} <= set(remote)
+    assert not any(name.startswith("checkpoint/") for name in remote)
+    meta, body = split_front_matter(remote["README.md"].decode())
+    assert meta["library_name"] == "wsl" and {"hypernetwork", "neumeta", "small_cnn"} <= set(meta["tags"])
+    accs = json.loads(remote["metrics.json"])["accuracy"]
+    assert [m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]] == [accs["0.5"], accs["1.0"]]
+    assert "wsl hyper sample hf://org/neumeta" in body
+    x = torch.randn(3, 1, 8, 8)
+    want = load_hyper(tmp_path / "run").sample(0.5)(x)
+    torch.testing.assert_close(load_hyper("hf://org/neumeta").sample(0.5)(x), want)
+    rc, out, err = run(capsys, "hyper", "sample", "hf://org/neumeta", "--width", "0.5", "-o", str(tmp_path / "n.safetensors"))
+    assert rc == 0, err
+    from wsl.io import load_model
+
+    torch.testing.assert_close(load_model(tmp_path / "n.safetensors")[0](x), want)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "hyper.safetensors").write_bytes(b"junk")
+    rc, out, err = run(capsys, "push", str(tmp_path / "bad"), "hf://org/bad")
+    assert rc != 0 and "config.json" in err

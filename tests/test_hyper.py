@@ -269,3 +269,161 @@ def test_run_writes_the_run_directory_and_resumes(tmp_path):
         run(cfg, tmp_path / "empty", resume=True)
     with pytest.raises(Exception, match="unknown key"):
         resolve_config({"dataset": "digits", "trian": {}})
+
+
+def _tiny_run_config(**train):
+    from wsl.hyper.run import resolve_config
+
+    return resolve_config({"dataset": "digits",
+                           "base": {"arch": {"name": "small_cnn", "kwargs": {"channels": [4, 4, 4]}}, "steps": 30},
+                           "model": {"hidden": 16, "blocks": 1, "width_frequencies": 1},
+                           "train": {"steps": 6, "batch": 16, "kd_weight": 0.5, **train},
+                           "eval_ratios": [0.5, 1.0], "checkpoint_every": 3, "solver": "two_opt"})
+
+
+def test_resumed_fit_is_identical_to_an_uninterrupted_one():
+    """Draws are seeded per (step, width): stopping after 3 steps and resuming gives the same weights."""
+    import copy
+
+    from wsl.hyper.neumeta import NeuMeta, NeuMetaConfig
+    from wsl.hyper.train import HyperTrainConfig, train_neumeta
+
+    torch.manual_seed(0)
+    base = small_cnn(channels=[4, 4, 4])
+    for p in base.parameters():
+        p.data.normal_()
+    sd = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    cfg = HyperTrainConfig(steps=6, batch=8, widths_per_step=2, kd_weight=0.5, coord_noise=1.0, rec_rows=50)
+    make = lambda: NeuMeta(NeuMetaConfig(arch=base.wsl_arch, hidden=16, blocks=1, width_frequencies=2), sd)  # noqa: E731
+    torch.manual_seed(1)
+    whole = make()
+    saved = {}
+
+    def keep(step, opt):
+        if step == 3:
+            saved.update(hyper=copy.deepcopy(whole.state_dict()), opt=copy.deepcopy(opt))
+
+    train_neumeta(whole, sd, x, y, cfg, on_checkpoint=keep, checkpoint_every=3)
+    resumed = make()
+    resumed.load_state_dict(saved["hyper"])
+    out = train_neumeta(resumed, sd, x, y, cfg, start_step=3, optimizer_state=saved["opt"])
+    assert [h["step"] for h in out["history"]] == [3, 4, 5] and all(h["kd"] > 0 for h in out["history"])
+    for k, v in whole.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[k], v, rtol=0, atol=0)
+    with pytest.raises(Exception, match="widths_per_step"):
+        HyperTrainConfig(widths_per_step=0)
+
+
+def test_run_writes_plots_and_a_card(tmp_path):
+    from wsl.hyper.run import run
+
+    pytest.importorskip("matplotlib")
+    m = run(_tiny_run_config(), tmp_path)
+    for f in ("loss.png", "accuracy.png"):
+        assert (tmp_path / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f
+    assert {"task", "kd", "rec", "ratio"} <= set(m["history"][0])
+
+
+def test_sample_averaging_many_noisy_generations():
+    """samples=K: the mean of K jittered generations (deterministic per seed); K=1 is the centre sample."""
+    from wsl.hyper.neumeta import NeuMeta, NeuMetaConfig
+
+    torch.manual_seed(0)
+    base = mlp([3, 6, 4, 2])
+    hyper = NeuMeta(NeuMetaConfig(arch=base.wsl_arch, hidden=16, blocks=1), base.state_dict())
+    x = torch.randn(5, 3)
+    centre = hyper.sample(0.5)
+    avg = hyper.sample(0.5, samples=4, coord_noise=1.0, seed=3)
+    again = hyper.sample(0.5, samples=4, coord_noise=1.0, seed=3)
+    torch.testing.assert_close(avg(x), again(x))
+    assert not torch.allclose(avg(x), centre(x))
+    gen = torch.Generator().manual_seed(3)
+    draws = [hyper.generate(0.5, coord_noise=1.0, generator=gen) for _ in range(4)]
+    for k, v in avg.state_dict().items():
+        torch.testing.assert_close(v, torch.stack([d[k] for d in draws]).mean(0).detach())
+    with pytest.raises(Exception, match="samples"):
+        hyper.sample(0.5, samples=0)
+
+
+def test_generated_batchnorm_statistics():
+    """generate_statistics: running mean/var get coordinate rows, are fitted by reconstruction, and a sample
+    without calibration uses them (variances positive); with calibration they are recomputed instead."""
+    from wsl.archs.describe import build
+    from wsl.hyper.neumeta import NeuMeta, NeuMetaConfig
+    from wsl.hyper.train import HyperTrainConfig, train_neumeta
+
+    torch.manual_seed(7)
+    net = build({"format": "wsl.arch/1", "kind": "builtin", "name": "resnet",
+                 "kwargs": {"layers": [1, 1, 1, 1], "width": 2, "in_channels": 1, "num_classes": 10}})
+    x = torch.randn(64, 1, 8, 8)
+    net.train()
+    net(x)
+    net.eval()
+    sd = {k: v.clone() for k, v in net.state_dict().items()}
+    plain = NeuMeta(NeuMetaConfig(arch=net.wsl_arch, hidden=16, blocks=1), sd)
+    hyper = NeuMeta(NeuMetaConfig(arch=net.wsl_arch, hidden=32, blocks=1, generate_statistics=True), sd)
+    stats = [t.name for t in hyper.base_space.spec.tensors if t.role in ("running_mean", "running_var")]
+    assert stats and set(stats) <= set(hyper.generate(0.5)) and not set(stats) & set(plain.generate(0.5))
+    cfg = HyperTrainConfig(steps=300, lr=3e-3, p_full=1.0, coord_noise=0.0, rec_weight=1.0, task_weight=0.0,
+                           weight_decay=0.0)
+    out = train_neumeta(hyper, sd, x, torch.randint(0, 10, (64,)), cfg)
+    assert out["history"][-1]["rec"] < 0.25 * out["history"][0]["rec"]
+    full = hyper.sample(1.0)  # generated statistics, no calibration needed
+    gen = hyper.generate(1.0)
+    for name in stats:
+        got = full.state_dict()[name]
+        if name.endswith("running_var"):
+            assert bool((got >= 1e-5).all())
+        torch.testing.assert_close(got, gen[name].detach().clamp_min(1e-5) if name.endswith("var") else
+                                   gen[name].detach())
+    err = max(float((full.state_dict()[n] - sd[n]).abs().max() / sd[n].abs().max()) for n in stats)
+    assert err < 0.3, err
+    recal = hyper.sample(1.0, calibration=x, batch=64)
+    with torch.no_grad():
+        h = recal.conv1(x)
+    torch.testing.assert_close(recal.bn1.running_mean, h.mean((0, 2, 3)), atol=1e-5, rtol=1e-5)
+
+
+def test_unit_grid_interpolates_between_base_units():
+    """phi_g(j/(n-1)) is unit j's vector; between two units it is their linear interpolation; no axis -> 0."""
+    from wsl.hyper.grid import UnitGrid
+
+    torch.manual_seed(0)
+    grid = UnitGrid([1, 5, 3], dim=4)
+    table = grid.table.detach()
+    u = torch.tensor([0.0, 0.25, 1.0, 0.375, 0.5, 0.9, 0.3, 0.7])
+    g = torch.tensor([1, 1, 1, 1, 2, -1, 0, 2])
+    got = grid(g, u).detach()
+    want = torch.stack([table[1], table[2], table[5], (table[2] + table[3]) / 2, table[7], torch.zeros(4), table[0],
+                        0.6 * table[7] + 0.4 * table[8]])
+    torch.testing.assert_close(got, want)
+    loss = grid(g, u).sum()
+    loss.backward()
+    assert grid.table.grad[4].abs().sum() == 0 and grid.table.grad[2].abs().sum() > 0  # unit 3 of group 1 unused
+
+
+def test_grid_features_raise_the_rank_of_the_first_generated_network(tmp_path):
+    """Without a grid the initial generated matrices have low effective rank; with one they are near full rank.
+    The grid is saved and loaded with the hypernetwork."""
+    from wsl.hyper.neumeta import NeuMeta, NeuMetaConfig
+    from wsl.hyper.run import load_hyper, save_hyper
+
+    base = mlp([20, 48, 48, 10])
+    sd = {k: v.detach().clone() for k, v in base.state_dict().items()}
+
+    def eff_rank(m):
+        s = torch.linalg.svdvals(m - m.mean(0))
+        return float(s.sum() ** 2 / (s ** 2).sum())
+
+    ranks = {}
+    for grid in (0, 16):
+        torch.manual_seed(0)
+        hyper = NeuMeta(NeuMetaConfig(arch=base.wsl_arch, hidden=64, blocks=2, grid_features=grid), sd)
+        w = hyper.generate(1.0)[[k for k in sd if sd[k].shape == (48, 48)][0]].detach()
+        ranks[grid] = eff_rank(w)
+    assert ranks[16] > 3 * ranks[0], ranks
+    save_hyper(hyper, tmp_path / "h.safetensors")
+    back = load_hyper(tmp_path / "h.safetensors")
+    x = torch.randn(3, 20)
+    torch.testing.assert_close(back.sample(0.5)(x), hyper.sample(0.5)(x))

@@ -123,3 +123,16 @@ def test_transformers_modules_get_the_local_ports_structure(name: str) -> None:
         z = hf(**kw)
     y = y[0] if isinstance(y, tuple) else y
     torch.testing.assert_close(z[0], y, atol=1e-5, rtol=1e-5)
+
+
+def test_a_torch_nn_layer_without_a_rule_is_read_through_its_operations() -> None:
+    """torch.fx keeps ``nn.TransformerEncoder`` whole (no layer rule); ``auto`` then reads it with torch.export."""
+    from tests.space_checks import assert_preserves
+
+    layer = nn.TransformerEncoderLayer(16, 4, 24, batch_first=True)
+    net = nn.Sequential(nn.Linear(5, 16), nn.TransformerEncoder(layer, 2, enable_nested_tensor=False),
+                        nn.Linear(16, 3))
+    space = assert_preserves(net, torch.randn(2, 6, 5))
+    assert space.meta("frontend") == "export"
+    heads = {g.id for g in space.groups if g.kind == "head"}
+    assert len(heads) == 2 and all(not space.groups[h].fixed for h in heads)

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["DEFAULT_LICENSE", "TAGS", "front_matter", "predictor_card", "split_front_matter", "zoo_card"]
+__all__ = ["DEFAULT_LICENSE", "TAGS", "front_matter", "hyper_card", "predictor_card", "split_front_matter", "zoo_card"]
 
 TAGS = ("weight-space-learning", "wsl")
 DEFAULT_LICENSE = "apache-2.0"
@@ -237,3 +237,43 @@ accuracy = train.column("test_accuracy")
 ```
 """
     return front_matter(meta) + "\n" + body
+
+
+def hyper_card(config: Mapping[str, Any], metrics: Mapping[str, Any], hyper_config: Mapping[str, Any],
+               repo_id: str | None = None, *, license: str = DEFAULT_LICENSE) -> str:
+    """The model card of a NeuMeta run directory (``config.json``, ``metrics.json``, the hypernetwork's config)."""
+    arch = hyper_config.get("arch", {}) or {}
+    family = str(arch.get("name", "network"))
+    ds = str(config.get("dataset", "data"))
+    name = repo_id.split("/")[-1] if repo_id else f"wsl-neumeta-{family}"
+    acc = metrics.get("accuracy", {}) or {}
+    widths = metrics.get("widths", {}) or {}
+    results = [{"type": "accuracy", "value": _num(a), "name": f"test accuracy at width ratio {r}"}
+               for r, a in sorted(acc.items(), key=lambda kv: float(kv[0])) if _num(a) is not None]
+    meta: dict[str, Any] = {"license": license, "library_name": "wsl",
+                            "tags": [*TAGS, "hypernetwork", "neumeta", family]}
+    if results:
+        meta["model-index"] = [{"name": name, "results": [{
+            "task": {"type": "image-classification", "name": f"{family} on {ds} generated at any width"},
+            "dataset": {"type": ds, "name": f"{ds} (test split)"}, "metrics": results}]}]
+    rows = "\n".join(f"| {r} | {widths.get(r, 'n/a')} | {_fmt(a, '.4f')} |"
+                     for r, a in sorted(acc.items(), key=lambda kv: float(kv[0])))
+    tv = ""
+    if _num(metrics.get("tv_before")) is not None:
+        tv = (f" Units were reordered along shortest paths before the fit (total variation "
+              f"{_fmt(metrics.get('tv_before'), '.1f')} -> {_fmt(metrics.get('tv_after'), '.1f')}).")
+    uri = f"hf://{repo_id}" if repo_id else "RUN"
+    body = (f"# {name}\n\nA NeuMeta hypernetwork (`wsl.hyper`): one implicit network from weight coordinates to "
+            f"weight values that generates the whole `{family}` (architecture `{json.dumps(arch, sort_keys=True)}`) "
+            f"at any width ratio, trained on `{ds}` from a base network of test accuracy "
+            f"{_fmt(metrics.get('base_accuracy'), '.4f')}.{tv}\n\n"
+            f"| width ratio | widths | test accuracy |\n|---|---|---|\n{rows}\n\n"
+            f"Hypernetwork: {metrics.get('hyper_bytes', 'n/a')} bytes; the networks at the evaluated widths: "
+            f"{metrics.get('family_bytes', 'n/a')} bytes.\n\n"
+            f"## Use\n\n```bash\nwsl hyper sample {uri} --width 0.5 -o net.safetensors\n```\n\n"
+            f"```python\nfrom wsl.hyper.run import load_hyper\nnet = load_hyper(\"{uri}\").sample(0.5)\n```\n\n"
+            f"## Limits\n\nAccuracy is measured on the data set's test split, one deterministic sample per width "
+            f"(coordinate centres). Widths outside the trained range (`train.min_ratio` = "
+            f"{(config.get('train') or {}).get('min_ratio', 'n/a')} to 1) are extrapolation. Networks with "
+            f"BatchNorm get their running statistics recomputed on the first training inputs of `{ds}`.\n")
+    return front_matter(meta) + body

@@ -12,6 +12,10 @@
   holds a card that lists missing shards. Re-running after an interruption
   re-sends nothing already there: the Hub's preupload answer carries each
   remote file's id and unchanged files are dropped from the commit.
+* :func:`push_hyper` (``wsl push RUN hf://ORG/NAME`` on a ``wsl hyper train``
+  run directory): ``hyper.safetensors``, ``base.safetensors``, ``config.json``,
+  ``metrics.json``, the plots and a generated model card, in one commit;
+  ``load_hyper("hf://ORG/NAME")`` reads it back.
 * :class:`HubPredictor`: ``from_pretrained`` / ``save_pretrained`` /
   ``push_to_hub`` for predictors, in the style of ``PyTorchModelHubMixin``.
 
@@ -33,7 +37,7 @@ from typing import Any
 from wsl.errors import WslError, ZooFormatError
 from wsl.hub.uri import HubAccessError, HubOfflineError, HubRef, is_commit, is_hub_uri, parse_target, parse_uri
 
-__all__ = ["HubPredictor", "PushReport", "push_predictor", "push_zoo", "register_push"]
+__all__ = ["HubPredictor", "PushReport", "push_hyper", "push_predictor", "push_zoo", "register_push"]
 
 MAX_FILES_PER_COMMIT = 100
 
@@ -134,6 +138,39 @@ def push_predictor(directory: str | os.PathLike[str], uri: str, *, private: bool
     api = _hf_api(ref)
     _prepare(api, ref, private)
     message = commit_message or f"Upload wsl predictor {config['model']['name']} ({config['target']['name']})"
+    return _commit(api, ref, [files], message, PushReport(ref.uri))
+
+
+HYPER_FILES = ("hyper.safetensors", "base.safetensors", "config.json", "metrics.json", "loss.png", "accuracy.png")
+"""Files of a NeuMeta run directory that are pushed (the ``checkpoint/`` folder is not)."""
+
+
+def push_hyper(directory: str | os.PathLike[str], uri: str, *, private: bool = False,
+               revision: str | None = None, commit_message: str | None = None,
+               license: str | None = None) -> PushReport:
+    """Upload a NeuMeta run directory (``wsl hyper train``) to the model repository ``uri`` with a model card."""
+    from wsl.hub.cards import DEFAULT_LICENSE, hyper_card
+    from wsl.hyper.run import load_hyper
+
+    d = Path(directory)
+    if is_hub_uri(str(directory)) or not d.is_dir():
+        raise WslError(f"{directory}: not a local NeuMeta run directory")
+    for need in ("hyper.safetensors", "config.json", "metrics.json"):
+        if not (d / need).is_file():
+            raise WslError(f"{d}: no {need}; push a finished run directory of `wsl hyper train`")
+    hyper = load_hyper(d)  # validates the weights and their config before anything is sent
+    try:
+        config = json.loads((d / "config.json").read_text(encoding="utf-8"))
+        metrics = json.loads((d / "metrics.json").read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise WslError(f"{d}: config.json or metrics.json is not valid JSON ({exc})") from None
+    ref = parse_target(uri, "model", revision)
+    card = hyper_card(config, metrics, hyper.config_dict(), ref.repo_id, license=license or DEFAULT_LICENSE)
+    files: list[tuple[str, Any]] = [(_in_repo(ref, n), d / n) for n in HYPER_FILES if (d / n).is_file()]
+    files.append((_in_repo(ref, "README.md"), card.encode()))
+    api = _hf_api(ref)
+    _prepare(api, ref, private)
+    message = commit_message or f"Upload wsl NeuMeta hypernetwork ({hyper.family.name} on {config.get('dataset')})"
     return _commit(api, ref, [files], message, PushReport(ref.uri))
 
 

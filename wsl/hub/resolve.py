@@ -16,6 +16,8 @@ and returns a path inside the cache snapshot (``HF_HUB_CACHE``,
   ``README.md``, ``space.json`` and the weights: ``model.safetensors``, else the
   ``model.safetensors.index.json`` and its shards, else ``pytorch_model.bin``
   (or its index and shards);
+* a folder holding ``hyper.safetensors`` (a NeuMeta run): the hypernetwork,
+  ``base.safetensors``, ``config.json``, ``metrics.json`` and ``README.md``;
 * any other folder: everything in it.
 
 Offline (``HF_HUB_OFFLINE=1``) or when the Hub cannot be reached, the cached
@@ -48,6 +50,7 @@ _CHECKPOINT_EXTRAS = ("README.md", "space.json")
 _WEIGHTS = (("model.safetensors",), ("model.safetensors.index.json",), ("pytorch_model.bin",),
             ("pytorch_model.bin.index.json",))
 _ZOO_FILES = ("zoo.json", "metadata.jsonl", "README.md")
+_HYPER_FILES = ("hyper.safetensors", "base.safetensors", "config.json", "metrics.json", "README.md")
 _FEW_FILES = 8  #: up to this many files are fetched one by one, more with snapshot_download
 _CACHE_REPO = re.compile(r"^(model|dataset)s--([^/]+?)--([^/]+)$")
 
@@ -136,6 +139,8 @@ def _join(folder: str, name: str) -> str:
 
 def _folder_selection(folder: str, names: set[str]) -> list[str]:
     """Files (relative to ``folder``) to fetch for a folder, by what it holds (see module docstring)."""
+    if "hyper.safetensors" in names:
+        return [n for n in _HYPER_FILES if n in names]
     if "zoo.json" in names:
         return [n for n in _ZOO_FILES if n in names]
     if "config.json" in names:

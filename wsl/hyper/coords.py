@@ -64,6 +64,8 @@ def tensor_layout(space: WeightSpace, index: int) -> TensorLayout:
     refused: they have no single unit position.
     """
     t = space.spec.tensors[index]
+    if t.diagonal:
+        raise SpaceMismatchError(f"hyper coords: tensor {t.name} is a grouped (block-diagonal) weight; not supported")
     groups: list[int | None] = []
     taps = 1
     for a, ax in enumerate(t.axes):
@@ -117,11 +119,16 @@ def _positions(size: int) -> torch.Tensor:
     return torch.arange(size, dtype=torch.float32) / (size - 1)
 
 
-def network_coords(space: WeightSpace, base: WeightSpace) -> NetCoords:
+STATISTICS = ("running_mean", "running_var")
+"""Roles of the normalisation statistics that ``network_coords(..., statistics=True)`` gives rows."""
+
+
+def network_coords(space: WeightSpace, base: WeightSpace, statistics: bool = False) -> NetCoords:
     """Coordinates of every weight of ``space`` (a width-family member of ``base``).
 
     Group ``g`` of ``space`` must be group ``g`` of ``base`` (same count and kinds);
-    widths are ``size / base size`` per group.
+    widths are ``size / base size`` per group. Buffers get no rows, except the
+    BatchNorm running statistics when ``statistics`` (per output unit, like biases).
     """
     gs, gb = space.spec.groups, base.spec.groups
     if len(gs) != len(gb) or len(space.spec.tensors) != len(base.spec.tensors):
@@ -130,8 +137,8 @@ def network_coords(space: WeightSpace, base: WeightSpace) -> NetCoords:
     ratio = [gs[g].size / gb[g].size for g in range(len(gs))]
     layouts, tids, conts, offsets = [], [], [], [0]
     for k, spec in enumerate(space.spec.tensors):
-        if spec.buffer:
-            continue  # BatchNorm statistics are recomputed, not generated
+        if spec.buffer and not (statistics and spec.role in STATISTICS):
+            continue  # BatchNorm statistics are recomputed, not generated (unless statistics=True)
         lay = tensor_layout(space, k)
         n_out = gs[lay.out_group].size if lay.out_group is not None else 1
         n_in = gs[lay.in_group].size if lay.in_group is not None else 1

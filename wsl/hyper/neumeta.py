@@ -3,10 +3,14 @@
 For a coordinate row ``(k, c)`` (tensor id ``k``, continuous part
 ``c = (u_out, u_in, w_out, w_in)``, see :mod:`wsl.hyper.coords`)::
 
-    h_0     = W_in [gamma(c), E[k]] + b_in           gamma: Fourier features, E: tensor embedding
+    h_0     = W_in [gamma_F(u), gamma_Fw(w), E[k], phi(u_out), phi(u_in), phi(u_out) * phi(u_in)] + b_in
+              gamma: Fourier features, E: tensor embedding, phi: optional learned unit grid
     h_{l+1} = h_l + W_2^l silu(W_1^l LN(h_l))         residual blocks, l < L
     v       = mu_k + sigma_k * s_k * head_{kind(k)}(LN(h_L)) / w_in^{[weight]}
 
+Positions ``u = (u_out, u_in)`` get ``frequencies`` octaves, widths
+``w = (w_out, w_in)`` get ``width_frequencies`` (default: the same): few
+octaves in ``w`` make neighbouring widths share what they learn.
 ``head_kind`` is one linear head per tensor kind (role and number of taps:
 a 3x3 conv kernel is one 9-vector, a bias one value). ``mu_k, sigma_k`` are
 the base tensor's mean and standard deviation (buffers), ``s_k`` a learned
@@ -32,7 +36,8 @@ from torch import nn
 
 from wsl.archs.width import Ratio, WidthFamily
 from wsl.errors import ConfigError, SpaceMismatchError
-from wsl.hyper.coords import CONTINUOUS, NetCoords, fourier, network_coords, tensor_layout
+from wsl.hyper.grid import UnitGrid
+from wsl.hyper.coords import CONTINUOUS, STATISTICS, NetCoords, fourier, network_coords, tensor_layout
 
 
 @dataclass
@@ -45,14 +50,28 @@ class NeuMetaConfig:
     embed: int = 16
     frequencies: int = 6
     fan_in_scaling: bool = True
+    width_frequencies: int | None = None
+    generate_statistics: bool = False
+    grid_features: int = 0
+
+    def continuous_size(self) -> int:
+        """Width of the encoded continuous part (positions with ``frequencies``, widths with ``width_frequencies``)."""
+        fw = self.frequencies if self.width_frequencies is None else self.width_frequencies
+        return 2 * (1 + 2 * self.frequencies) + 2 * (1 + 2 * fw)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.grid_features, int) or isinstance(self.grid_features, bool) or self.grid_features < 0:
+            raise ConfigError(f"hyper.model.grid_features: expected an int >= 0, got {self.grid_features!r}")
         for name in ("hidden", "blocks", "embed"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"hyper.model.{name}: expected a positive int, got {v!r}")
-        if not isinstance(self.frequencies, int) or not 0 <= self.frequencies <= 16:
-            raise ConfigError(f"hyper.model.frequencies: expected an int in [0, 16], got {self.frequencies!r}")
+        for name in ("frequencies", "width_frequencies"):
+            v = getattr(self, name)
+            if v is None and name == "width_frequencies":
+                continue
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 16:
+                raise ConfigError(f"hyper.model.{name}: expected an int in [0, 16], got {v!r}")
 
 
 class _Block(nn.Module):
@@ -79,7 +98,8 @@ class NeuMeta(nn.Module):
         self.base_space = self.family.space(1.0)
         specs = self.base_space.spec.tensors
         self.has_batchnorm = any(t.buffer for t in specs)
-        layouts = [tensor_layout(self.base_space, k) if not t.buffer else None for k, t in enumerate(specs)]
+        self.generated = [not t.buffer or (config.generate_statistics and t.role in STATISTICS) for t in specs]
+        layouts = [tensor_layout(self.base_space, k) if g else None for k, g in enumerate(self.generated)]
         self.names = [t.name for t in specs]
         self.taps = [lay.taps if lay is not None else 1 for lay in layouts]
         self.taps_max = max(self.taps)
@@ -88,9 +108,17 @@ class NeuMeta(nn.Module):
         self.kind_of = [kinds.index(f"{t.role}:{lay.taps}") if lay is not None else 0
                         for t, lay in zip(specs, layouts)]
         self.is_weight = torch.tensor([lay is not None and lay.in_group is not None for lay in layouts])
-        n_cont = len(CONTINUOUS) * (1 + 2 * config.frequencies)
+        n_cont = config.continuous_size()
         self.embedding = nn.Embedding(len(specs), config.embed)
-        self.inp = nn.Linear(n_cont + config.embed, config.hidden)
+        self.grid = None
+        if config.grid_features:
+            groups = self.base_space.spec.groups
+            self.grid = UnitGrid([g.size for g in groups], config.grid_features)
+            self.register_buffer("out_group", torch.tensor([lay.out_group if lay is not None and lay.out_group
+                                                            is not None else -1 for lay in layouts]), persistent=False)
+            self.register_buffer("in_group", torch.tensor([lay.in_group if lay is not None and lay.in_group
+                                                           is not None else -1 for lay in layouts]), persistent=False)
+        self.inp = nn.Linear(n_cont + config.embed + 3 * config.grid_features, config.hidden)
         self.body = nn.Sequential(*[_Block(config.hidden) for _ in range(config.blocks)])
         self.out_norm = nn.LayerNorm(config.hidden)
         self.heads = nn.ModuleList(nn.Linear(config.hidden, int(k.split(":")[1])) for k in kinds)
@@ -99,7 +127,7 @@ class NeuMeta(nn.Module):
         sigma = torch.ones(len(specs))
         if base_state is not None:
             for k, name in enumerate(self.names):
-                if specs[k].buffer:
+                if not self.generated[k]:
                     continue
                 if name not in base_state:
                     raise SpaceMismatchError(f"NeuMeta: base state_dict has no tensor {name}")
@@ -115,12 +143,22 @@ class NeuMeta(nn.Module):
         """Coordinate rows of the family member at ``ratio`` (cached per widths)."""
         widths = self.family.widths(ratio)
         if widths not in self._coords:
-            self._coords[widths] = network_coords(self.family.space_widths(widths), self.base_space)
+            self._coords[widths] = network_coords(self.family.space_widths(widths), self.base_space,
+                                                  self.config.generate_statistics)
         return self._coords[widths]
 
     def forward(self, tensor: torch.Tensor, cont: torch.Tensor) -> torch.Tensor:
         """Values ``(R, taps_max)`` for coordinate rows (unused taps are 0)."""
-        x = torch.cat([fourier(cont, self.config.frequencies), self.embedding(tensor)], dim=1)
+        fw = self.config.width_frequencies
+        if fw is None:  # one encoding for all four columns (the layout of hypernetworks saved before the option)
+            enc = fourier(cont, self.config.frequencies)
+        else:
+            enc = torch.cat([fourier(cont[:, :2], self.config.frequencies), fourier(cont[:, 2:], fw)], dim=1)
+        parts = [enc, self.embedding(tensor)]
+        if self.grid is not None:
+            go, gi = self.grid(self.out_group[tensor], cont[:, 0]), self.grid(self.in_group[tensor], cont[:, 1])
+            parts += [go, gi, go * gi]  # the product gives W(o, i) = sum_d a_d(o) b_d(i): rank up to d
+        x = torch.cat(parts, dim=1)
         h = self.out_norm(self.body(self.inp(x)))
         kind = torch.as_tensor(self.kind_of, device=tensor.device)[tensor]
         out = h.new_zeros(h.shape[0], self.taps_max)
@@ -170,21 +208,39 @@ class NeuMeta(nn.Module):
 
     @torch.no_grad()
     def sample(self, ratio: Ratio = 1.0, calibration: torch.Tensor | None = None,
-               batch: int = 256) -> nn.Module:
-        """The family member at ``ratio`` with generated weights (deterministic: coordinate centres).
+               batch: int = 256, samples: int = 1, coord_noise: float = 0.5, seed: int = 0) -> nn.Module:
+        """The family member at ``ratio`` with generated weights.
+
+        Default: one deterministic evaluation at the coordinates' centres. With
+        ``samples = K > 1`` the weights are the mean of ``K`` generations with
+        unit positions jittered by ``coord_noise`` (as in training, seeded by
+        ``seed``): K times the cost of one generation.
 
         BatchNorm: the affine parameters are generated; the running statistics are
-        recomputed over ``calibration`` inputs (required then): the average of the per-batch
-        statistics of ``batch``-sized chunks (``momentum=None``).
+        recomputed over ``calibration`` inputs: the average of the per-batch statistics of
+        ``batch``-sized chunks (``momentum=None``). ``calibration`` is required unless the
+        hypernetwork was built with ``generate_statistics`` (then, without calibration, the
+        generated statistics are used, variances clamped to at least 1e-5).
         """
-        state = self.generate(ratio)
+        if not isinstance(samples, int) or samples < 1:
+            raise ConfigError(f"NeuMeta.sample: samples must be a positive int, got {samples!r}")
+        if samples == 1:
+            state = self.generate(ratio)
+        else:
+            gen = torch.Generator().manual_seed(seed)
+            draws = [self.generate(ratio, coord_noise=coord_noise, generator=gen) for _ in range(samples)]
+            state = {k: torch.stack([d[k] for d in draws]).mean(0) for k in draws[0]}
         module = self.family.build(ratio)
-        missing, unexpected = module.load_state_dict({k: v.detach().cpu() for k, v in state.items()}, strict=False)
+        state = {k: v.detach().cpu() for k, v in state.items()}
+        for t in self.base_space.spec.tensors:
+            if t.name in state and t.role == "running_var":
+                state[t.name] = state[t.name].clamp_min(1e-5)  # a variance stays positive
+        missing, unexpected = module.load_state_dict(state, strict=False)
         buffers = {t.name for t in self.base_space.spec.tensors if t.buffer}
         if unexpected or set(missing) - buffers:
             raise SpaceMismatchError(f"NeuMeta.sample: generated keys do not match the module (missing "
                                      f"{sorted(set(missing) - buffers)[:3]}, unexpected {sorted(unexpected)[:3]})")
-        if self.has_batchnorm:
+        if self.has_batchnorm and (calibration is not None or not self.config.generate_statistics):
             if calibration is None:
                 raise ConfigError(f"NeuMeta.sample: {self.family.name} has BatchNorm; pass calibration inputs "
                                   "to recompute its running statistics")

@@ -10,6 +10,8 @@ Run directory layout::
                          first 1,024 training inputs), total variation before/after smoothing,
                          sizes in bytes, timings, the loss history (every 50th step)
       README.md          a short model card
+      loss.png           task / distillation / reconstruction loss vs step (with matplotlib)
+      accuracy.png       test accuracy vs width ratio, the base marked (with matplotlib)
       checkpoint/        every checkpoint_every steps: hyper.safetensors, optimizer.pt,
                          state.json (step), target.safetensors (the smoothed base); --resume reads it
 
@@ -24,6 +26,11 @@ Config (YAML; every key optional except ``dataset``)::
     eval_ratios: [0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0]
     seed: 0
     checkpoint_every: 1000           # 0: no checkpoints
+
+Under ``torchrun`` (process group initialised by the caller, e.g. ``wsl hyper
+train``) every rank builds the same base, rank 0's smoothed base and
+hypernetwork initialisation are broadcast, the widths of each step are dealt
+across ranks (:func:`wsl.hyper.train.train_neumeta`), and only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -43,7 +50,8 @@ from wsl.errors import CheckpointError, ConfigError
 from wsl.hyper.neumeta import NeuMeta, NeuMetaConfig
 from wsl.hyper.smooth import smooth, total_variation
 from wsl.hyper.train import HyperTrainConfig, accuracy, train_classifier, train_neumeta
-from wsl.io import atomic_save_safetensors, atomic_write, load_model, save_module
+from wsl.hyper.plots import plot_run
+from wsl.io import atomic_save_safetensors, atomic_write, load_model, local_path, save_module
 from wsl.space import WeightSpace
 from wsl.zoo.data import load_dataset
 
@@ -116,7 +124,10 @@ def run(cfg: dict[str, Any], out: str | Path, progress: Callable[[int, dict[str,
     are read back from ``base.safetensors`` / ``checkpoint/target.safetensors``).
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    rank = _rank()
+    writer = rank == 0
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint"
     say = on_phase or (lambda s: None)
     data = load_dataset(cfg["dataset"])
@@ -132,7 +143,8 @@ def run(cfg: dict[str, Any], out: str | Path, progress: Callable[[int, dict[str,
     else:
         say("base")
         base = make_base(cfg, data)
-        save_module(base, out / "base.safetensors")
+        if writer:
+            save_module(base, out / "base.safetensors")
         state = {k: v.detach().clone() for k, v in base.state_dict().items()}
     base_acc = accuracy(base, data.x_test, data.y_test)
     space = WeightSpace.from_module(base)
@@ -140,14 +152,18 @@ def run(cfg: dict[str, Any], out: str | Path, progress: Callable[[int, dict[str,
     if cfg["smooth"] and not resume:
         say("smooth")
         state, _ = smooth(space, state, cfg["solver"])
+    _broadcast(state)  # fast-tsp is time-limited: ranks could smooth differently
     tv_after = total_variation(space, state)
     t_base = time.perf_counter() - t0
     torch.manual_seed(cfg["seed"])
     hyper = NeuMeta(NeuMetaConfig(arch=dict(base.wsl_arch), **cfg["model"]), state)
     if resume:
         hyper.load_state_dict(load_file(str(ckpt / "hyper.safetensors")))
+    _broadcast(hyper.state_dict())
 
     def checkpoint(step: int, opt: dict[str, Any]) -> None:
+        if not writer:
+            return
         ckpt.mkdir(exist_ok=True)
         atomic_save_safetensors({k: v.contiguous() for k, v in state.items()}, ckpt / "target.safetensors")
         save_hyper(hyper, ckpt / "hyper.safetensors")
@@ -162,10 +178,16 @@ def run(cfg: dict[str, Any], out: str | Path, progress: Callable[[int, dict[str,
                         start_step=start, optimizer_state=opt_state, on_checkpoint=checkpoint,
                         checkpoint_every=int(cfg.get("checkpoint_every", 0)))
     t_fit = time.perf_counter() - t1
+    if not writer:
+        return {"rank": rank}
     calib = data.x_train[:CALIBRATION]
     accs = {str(r): accuracy(hyper.sample(r, calib), data.x_test, data.y_test) for r in cfg["eval_ratios"]}
+    extra = {}
+    if hyper.has_batchnorm and hyper.config.generate_statistics:  # both BatchNorm routes, measured
+        extra["accuracy_generated_statistics"] = {str(r): accuracy(hyper.sample(r), data.x_test, data.y_test)
+                                                  for r in cfg["eval_ratios"]}
     family_bytes = 4 * sum(sum(p.numel() for p in hyper.family.build(r).parameters()) for r in cfg["eval_ratios"])
-    metrics = {"base_accuracy": base_acc, "accuracy": accs, "tv_before": tv_before, "tv_after": tv_after,
+    metrics = {"base_accuracy": base_acc, "accuracy": accs, **extra, "tv_before": tv_before, "tv_after": tv_after,
                "hyper_bytes": hyper.num_bytes(), "family_bytes": family_bytes,
                "widths": {str(r): list(hyper.family.widths(r)) for r in cfg["eval_ratios"]},
                "seconds_base": t_base, "seconds_fit": t_fit,
@@ -177,7 +199,24 @@ def run(cfg: dict[str, Any], out: str | Path, progress: Callable[[int, dict[str,
         Path(tmp).write_text(json.dumps(metrics, indent=2))
     with atomic_write(out / "README.md") as tmp:
         Path(tmp).write_text(_card(cfg, metrics, hyper))
+    plot_run(metrics, fit["history"], out, title=f"{hyper.family.name} on {cfg['dataset']}")
     return metrics
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _broadcast(tensors: dict[str, torch.Tensor]) -> None:
+    """Rank 0's values into every rank's tensors (in place); nothing without a process group."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    for name in sorted(tensors):
+        dist.broadcast(tensors[name].data, 0)
 
 
 def save_hyper(hyper: NeuMeta, path: str | Path) -> Path:
@@ -188,8 +227,8 @@ def save_hyper(hyper: NeuMeta, path: str | Path) -> Path:
 
 
 def load_hyper(path: str | Path) -> NeuMeta:
-    """A NeuMeta from a run directory or its ``hyper.safetensors``."""
-    p = Path(path)
+    """A NeuMeta from a run directory, its ``hyper.safetensors``, or an ``hf://ORG/NAME`` model repository."""
+    p = Path(local_path(path))
     if p.is_dir():
         p = p / "hyper.safetensors"
     if not p.is_file():

@@ -2,11 +2,24 @@
 
 NeuMeta step (one optimiser step)::
 
-    r ~ 1 with probability p_full, else U[r_min, 1]        one global width ratio
-    W_r = NeuMeta(coords(r) + noise on u_out, u_in)        whole network, one call
-    L = lambda_task CE(f(x; W_r), y)                       task loss on a data batch
+    for j < J (widths_per_step):
+        r_j ~ 1 with probability p_full, else U[r_min, 1]   one global width ratio
+        W_j = NeuMeta(coords(r_j) + noise on u_out, u_in)   whole network, one call
+        L_j = lambda_task CE(f(x_j; W_j), y_j)              task loss on a data batch
+            + lambda_kd T^2 KL(softmax(f(x_j; W_base)/T) || softmax(f(x_j; W_j)/T))   distillation
+    L = mean_j L_j
       + lambda_rec * mean_k ||W_1[k] - W_base[k]||^2 / sigma_k^2   at full width, no noise
       (+ weight decay via AdamW)
+
+With ``rec_rows > 0`` the reconstruction term is estimated each step from that
+many random coordinate rows (scaled to stay unbiased), which makes a step on a
+network of many rows several times cheaper.
+
+Every draw of step ``s``, width ``j`` (ratio, batch, noise) comes from its own
+generator seeded by ``(seed, s, j)``: a resumed fit is identical to an
+uninterrupted one, and under ``torchrun`` rank ``q`` of ``W`` computes the
+widths ``j = q, q + W, ...`` and the gradients are summed over ranks, which
+gives the one-process step with the same ``widths_per_step`` (tested).
 
 The reconstruction targets are the (optionally smoothed) base weights; dividing
 each tensor's error by its base variance ``sigma_k^2`` weighs small and large
@@ -75,16 +88,37 @@ class HyperTrainConfig:
     rec_weight: float = 100.0
     task_weight: float = 1.0
     coord_noise: float = 0.5
+    kd_weight: float = 0.0
+    kd_temperature: float = 2.0
+    widths_per_step: int = 1
+    rec_rows: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch < 1 or self.lr <= 0 or self.weight_decay < 0 or self.rec_weight < 0 \
-                or self.task_weight < 0:
-            raise ConfigError("hyper.train: steps >= 0, batch >= 1, lr > 0, weight_decay >= 0, rec_weight >= 0 "
-                              f"required; got {self}")
+                or self.task_weight < 0 or self.kd_weight < 0 or self.kd_temperature <= 0:
+            raise ConfigError("hyper.train: steps >= 0, batch >= 1, lr > 0, weight_decay >= 0, rec_weight >= 0, "
+                              f"task_weight >= 0, kd_weight >= 0, kd_temperature > 0 required; got {self}")
+        if not isinstance(self.widths_per_step, int) or not 1 <= self.widths_per_step <= 64:
+            raise ConfigError(f"hyper.train.widths_per_step: expected an int in [1, 64], got {self.widths_per_step!r}")
+        if not isinstance(self.rec_rows, int) or self.rec_rows < 0:
+            raise ConfigError(f"hyper.train.rec_rows: expected an int >= 0 (0: every row), got {self.rec_rows!r}")
         if not 0 < self.min_ratio <= 1 or not 0 <= self.p_full <= 1 or not 0 <= self.coord_noise <= 2:
             raise ConfigError("hyper.train: min_ratio in (0, 1], p_full in [0, 1], coord_noise in [0, 2] required; "
                               f"got {self.min_ratio}, {self.p_full}, {self.coord_noise}")
+
+
+def _draw_generator(cfg: HyperTrainConfig, step: int, j: int) -> torch.Generator:
+    """The generator of width ``j`` at step ``step`` (independent of resuming and of the number of ranks)."""
+    return torch.Generator().manual_seed(((cfg.seed * 1_000_003 + step) * 128 + j) % (2 ** 63))
+
+
+def _rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def train_neumeta(hyper: NeuMeta, base_state: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
@@ -94,21 +128,34 @@ def train_neumeta(hyper: NeuMeta, base_state: dict[str, torch.Tensor], x: torch.
                   checkpoint_every: int = 0) -> dict[str, Any]:
     """Fit ``hyper`` (in place) to reproduce ``base_state`` at full width and solve the task at every width.
 
-    Returns ``{"optimizer": state_dict, "history": [{"step", "ratio", "task", "rec"}...]}``.
-    ``on_checkpoint(steps_done, optimizer_state)`` is called every ``checkpoint_every`` steps.
-    Resuming (``start_step``, ``optimizer_state``) continues the schedule; its random draws are
-    seeded by ``seed + start_step``, so a resumed run is deterministic but not bit-identical to an
-    uninterrupted one.
+    Returns ``{"optimizer": state_dict, "history": [{"step", "ratio", "task", "kd", "rec"}...]}``
+    (``ratio``/``task``/``kd`` of this rank's first width). ``on_checkpoint(steps_done, optimizer_state)``
+    is called every ``checkpoint_every`` steps. Resuming (``start_step``, ``optimizer_state``)
+    continues the schedule and the random draws exactly. Under an initialised process group the
+    widths of a step are dealt across ranks (``widths_per_step`` must be a multiple of the world
+    size) and gradients are summed; every rank keeps identical parameters.
     """
-    gen = torch.Generator().manual_seed(cfg.seed + start_step)
+    rank, world = _rank_world()
+    if cfg.widths_per_step % world:
+        raise ConfigError(f"hyper.train.widths_per_step={cfg.widths_per_step} must be a multiple of the "
+                          f"number of processes ({world})")
+    dev = hyper.mu.device
+    x, y = x.to(dev), y.to(dev)
     full = hyper.coords(1.0)
     target, mask = target_rows(base_state, full, hyper.taps_max)
-    inv_var = (1.0 / hyper.sigma[full.tensor] ** 2).unsqueeze(1)
+    target, mask = target.to(dev), mask.to(dev)
+    inv_var = (1.0 / hyper.sigma[full.tensor.to(dev)] ** 2).unsqueeze(1)
     per_entry = torch.zeros_like(target)
     for k, lay in enumerate(full.layouts):
         per_entry[full.offsets[k]:full.offsets[k + 1]] = 1.0 / (len(full.layouts) * lay.rows * lay.taps)
     weights = inv_var * per_entry * mask
     modules: dict[tuple[int, ...], nn.Module] = {}
+    statistics = {t.name for t in hyper.base_space.spec.tensors if t.buffer}  # BN in train mode: batch statistics
+    teacher = None
+    if cfg.kd_weight > 0:
+        teacher = hyper.family.build(1.0).to(dev)
+        teacher.load_state_dict({k: v.detach() for k, v in base_state.items()})
+        teacher.eval()
     opt = torch.optim.AdamW(hyper.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if optimizer_state is not None:
         opt.load_state_dict(optimizer_state)
@@ -116,30 +163,66 @@ def train_neumeta(hyper: NeuMeta, base_state: dict[str, torch.Tensor], x: torch.
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, (s + start_step) / max(1, cfg.steps)))))
     history = []
     hyper.train()
+    mine = range(rank, cfg.widths_per_step, world)
     for step in range(start_step, cfg.steps):
-        u = float(torch.rand((), generator=gen))
-        ratio = 1.0 if u < cfg.p_full else cfg.min_ratio + (1 - cfg.min_ratio) * float(torch.rand((), generator=gen))
-        widths = hyper.family.widths(ratio)
-        if widths not in modules:
-            modules[widths] = hyper.family.build_widths(widths).train()
-        state = hyper.generate(ratio, coord_noise=cfg.coord_noise, generator=gen)
-        idx = torch.randint(0, len(y), (cfg.batch,), generator=gen)
-        task = F.cross_entropy(functional_call(modules[widths], state, (x[idx],)), y[idx])
-        loss = cfg.task_weight * task
-        rec = torch.zeros(())
+        loss = torch.zeros((), device=dev)
+        rec_v = 0.0
         if cfg.rec_weight > 0:
-            pred = hyper(full.tensor, full.cont)
-            rec = ((pred - target) ** 2 * weights).sum()
-            loss = loss + cfg.rec_weight * rec
+            n_rows = full.tensor.shape[0]
+            if 0 < cfg.rec_rows < n_rows:  # an unbiased estimate from a random subset of rows
+                rows = torch.randperm(n_rows, generator=_draw_generator(cfg, step, 127))[:cfg.rec_rows].to(dev)
+                pred = hyper(full.tensor.to(dev)[rows], full.cont.to(dev)[rows])
+                rec = ((pred - target[rows]) ** 2 * weights[rows]).sum() * (n_rows / cfg.rec_rows)
+            else:
+                pred = hyper(full.tensor.to(dev), full.cont.to(dev))
+                rec = ((pred - target) ** 2 * weights).sum()
+            loss = loss + cfg.rec_weight * rec / world
+            rec_v = float(rec.detach())
+        first: dict[str, float] = {}
+        for j in mine:
+            gen = _draw_generator(cfg, step, j)
+            u = float(torch.rand((), generator=gen))
+            ratio = 1.0 if u < cfg.p_full else cfg.min_ratio + (1 - cfg.min_ratio) * float(torch.rand((), generator=gen))
+            widths = hyper.family.widths(ratio)
+            if widths not in modules:
+                modules[widths] = hyper.family.build_widths(widths).to(dev).train()
+            state = hyper.generate(ratio, coord_noise=cfg.coord_noise, generator=gen)
+            state = {k: v for k, v in state.items() if k not in statistics}  # generated ones learn by reconstruction
+            idx = torch.randint(0, len(y), (cfg.batch,), generator=gen).to(dev)
+            logits = functional_call(modules[widths], state, (x[idx],))
+            task = F.cross_entropy(logits, y[idx])
+            term = cfg.task_weight * task
+            kd_v = 0.0
+            if teacher is not None:
+                t = cfg.kd_temperature
+                with torch.no_grad():
+                    soft = F.softmax(teacher(x[idx]) / t, dim=1)
+                kd = F.kl_div(F.log_softmax(logits / t, dim=1), soft, reduction="batchmean") * t * t
+                term = term + cfg.kd_weight * kd
+                kd_v = float(kd.detach())
+            loss = loss + term / cfg.widths_per_step
+            if not first:
+                first = {"ratio": ratio, "task": float(task.detach()), "kd": kd_v}
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if world > 1:
+            _sum_gradients(hyper)
         opt.step()
         sched.step()
-        rec_v = float(rec.detach())
-        history.append({"step": step, "ratio": ratio, "task": float(task.detach()), "rec": rec_v})
+        history.append({"step": step, **first, "rec": rec_v})
         if progress is not None:
             progress(step, history[-1])
         if on_checkpoint is not None and checkpoint_every > 0 and (step + 1) % checkpoint_every == 0:
             on_checkpoint(step + 1, opt.state_dict())
     hyper.eval()
     return {"optimizer": opt.state_dict(), "history": history}
+
+
+def _sum_gradients(module: nn.Module) -> None:
+    """All-reduce (sum) every parameter's gradient; a missing gradient counts as zeros."""
+    import torch.distributed as dist
+
+    for p in module.parameters():
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)

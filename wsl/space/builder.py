@@ -37,7 +37,14 @@ class Val:
     ``ids`` marks an integer tensor (token ids, positions).
     ``split``: units spread over several dims (attention heads after a
     ``view`` of the unit axis): ``(dim, factors)`` pairs, see
-    :mod:`wsl.space.unit_layout`; then ``fdim`` is None.
+    :mod:`wsl.space.unit_layout`; then ``fdim`` is None. ``parts`` describes
+    a concatenation along the unit axis (:mod:`wsl.space.concat`): dim
+    ``fdim`` holds the units of several sites one after the other, as
+    ``(site, factors)`` pairs; ``site`` is then ``None`` (rules that do not
+    know concatenations see no units and refuse) and :attr:`segments` is the
+    axis a consumer's weight gets. ``side`` is a second unit axis ``(dim, group,
+    site)``: the hidden units of a token-mixing Linear, which sit on the last
+    dim while the channel units stay on ``fdim`` (:mod:`wsl.space.token_mixing`).
     """
 
     shape: tuple[int, ...] = ()
@@ -48,6 +55,8 @@ class Val:
     param: str | None = None
     ids: bool = False
     split: tuple[tuple[int, tuple[Any, ...]], ...] = ()
+    parts: tuple[tuple[int, tuple[Factor, ...]], ...] = ()
+    side: tuple[int, int, int] | None = None
 
     @property
     def ndim(self) -> int:
@@ -55,11 +64,25 @@ class Val:
 
     @property
     def has_units(self) -> bool:
-        return self.site is not None
+        return self.site is not None or bool(self.parts)
+
+    @property
+    def unit_sites(self) -> list[int]:
+        """Every site whose units this tensor carries (one, several for a concatenation, or none)."""
+        sites = [s for s, _ in self.parts] if self.parts else [] if self.site is None else [self.site]
+        return sites + ([self.side[2]] if self.side is not None else [])
+
+    @property
+    def segments(self) -> Axis:
+        """The unit axis as segments: one per concatenated part (one if not concatenated)."""
+        if self.parts:
+            return tuple(tuple(f) for _, f in self.parts)
+        return () if self.site is None else (tuple(self.factors),)
 
     def with_(self, **kw: Any) -> "Val":
         d = dict(shape=self.shape, site=self.site, fdim=self.fdim, factors=self.factors,
-                 raw=self.raw, param=self.param, ids=self.ids, split=self.split)
+                 raw=self.raw, param=self.param, ids=self.ids, split=self.split, parts=self.parts,
+                 side=self.side)
         d.update(kw)
         return Val(**d)
 
@@ -82,6 +105,7 @@ class _Tensor:
     op: str
     axes: tuple[Axis, ...]
     buffer: bool = False
+    diagonal: tuple[tuple[int, int, int], ...] = ()
 
 
 @dataclass
@@ -220,11 +244,15 @@ class SpecBuilder:
 
     # ---------------------------------------------------------------- tensors
     def add_tensor(self, name: str, shape: tuple[int, ...], role: str, module: str, op: str,
-                   axes: tuple[Axis, ...], buffer: bool = False) -> None:
+                   axes: tuple[Axis, ...], buffer: bool = False,
+                   diagonal: tuple[tuple[int, int, int], ...] = ()) -> None:
         """Record a tensor's axes. A tensor used again (a layer called twice, a tied weight read by name)
         stays one tensor: the groups of its two uses are tied axis by axis, and the second use adds no
         edges or node features for it (:meth:`connect`, :meth:`attach`)."""
         if name in self.tensors:
+            if tuple(self.tensors[name].diagonal) != tuple(diagonal):
+                raise UnsupportedLayerError(module, "shared tensor", f"tensor '{name}' is used twice, with "
+                                            "different block-diagonal structure")
             self.unify_axes(name, self.tensors[name].axes, axes, module)
             self.reused.add(name)
             return
@@ -232,7 +260,7 @@ class SpecBuilder:
             n = sum(_prod(f[1] for f in seg) for seg in ax)
             if n != shape[d]:
                 raise TraceError(f"internal: axis {d} of '{name}' has size {shape[d]} but its factors give {n}")
-        self.tensors[name] = _Tensor(name, tuple(shape), role, module, op, axes, buffer)
+        self.tensors[name] = _Tensor(name, tuple(shape), role, module, op, axes, buffer, diagonal)
 
     def unify_axes(self, name: str, a: tuple[Axis, ...], c: tuple[Axis, ...], where: str) -> None:
         """Two uses of tensor ``name`` must permute it alike: tie their groups factor by factor (two fixed
@@ -321,7 +349,7 @@ class SpecBuilder:
                 t = self.tensors[aliases[name]]
                 tensors.append(TensorSpec(name, t.shape, t.role, t.module, t.op,
                                           tuple(tuple(tuple(fac(f) for f in seg) for seg in ax) for ax in t.axes),
-                                          is_buf))
+                                          is_buf, t.diagonal))
                 continue
             if name in self.extras:
                 tensors.append(TensorSpec(name, shape, "extra", name.rsplit(".", 1)[0], "extra",
@@ -332,7 +360,7 @@ class SpecBuilder:
                 raise TraceError(f"internal: '{name}' traced with shape {t.shape}, state_dict has {shape}")
             tensors.append(TensorSpec(name, t.shape, t.role, t.module, t.op,
                                       tuple(tuple(tuple(fac(f) for f in seg) for seg in ax) for ax in t.axes),
-                                      is_buf))
+                                      is_buf, t.diagonal))
         sites = [Site(i, gid(s["group"]), s["name"], s["kind"], s["depth"]) for i, s in enumerate(self.sites)]
         for i in range(len(self.groups)):  # parents that index no axis still get ids
             if self.find(i) not in self.defs and self.find(i) not in self.segments:  # (not groups replaced)

@@ -31,7 +31,13 @@ def dense_input(b: SpecBuilder, x: Val, want: int, where: str, kind: str) -> Val
     if not has_units(lay[want]) or any(has_units(dim) for d, dim in enumerate(lay) if d != want):
         raise UnsupportedLayerError(where, kind, "its input carries units on more dims than the one it reads "
                                     "(heads that were not merged back)")
-    return Val(shape=x.shape, site=x.site, fdim=want, factors=spec_factors(b, lay[want], where))
+    fac = spec_factors(b, lay[want], where)
+    for g in unit_groups(fac):
+        strides = [int(f[2]) for f in fac if f[0] == g and len(f) == 3]
+        if strides != sorted(strides, reverse=True):
+            raise UnsupportedLayerError(where, kind, "a reshape splits the unit axis and reorders its parts (a "
+                                        "channel shuffle?); layers reading units in that order are not supported")
+    return Val(shape=x.shape, site=x.site, fdim=want, factors=fac)
 
 
 def spec_factors(b: SpecBuilder, dim: Dim, where: str) -> Dim:

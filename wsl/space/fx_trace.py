@@ -24,6 +24,11 @@ from wsl.space.builder import SpecBuilder, Val
 from wsl.space.verify import check_layer, needs_check
 
 
+class NoLayerRule(UnsupportedLayerError):
+    """A ``torch.nn`` layer kept whole by torch.fx that no layer rule reads (``nn.TransformerEncoder``, ``nn.LSTM``):
+    the torch.export front end may still read it through its operations."""
+
+
 class _Tracer(torch.fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return handlers.is_leaf(m)
@@ -69,8 +74,7 @@ class _Interpreter(torch.fx.Interpreter):
         if n.op == "call_module":
             mod = self.module.get_submodule(str(n.target))
             if handlers.handler_for(mod) is None:
-                raise UnsupportedLayerError(str(n.target), type(mod).__name__,
-                                            "wsl has no symmetry rule for this layer")
+                raise NoLayerRule(str(n.target), type(mod).__name__, "wsl has no symmetry rule for this layer")
             prefix = f"{n.target}." if n.target else ""
             self.b.read.update(prefix + k for k in mod.state_dict(keep_vars=True))
         elif n.op == "get_attr":

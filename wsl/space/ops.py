@@ -6,9 +6,10 @@ of two unit-carrying tensors *tie* their groups (a residual connection forces
 both operands into one group) and open a new site joined by identity edges.
 Reductions over the unit axis produce unit-free (invariant) tensors. A
 parameter read directly (``x + self.pos_embedding``) is recorded with the
-unit axis it is broadcast against. Anything else -- a matmul between
-activations outside a known attention layer, a concatenation along the unit
-axis, indexing single units -- raises :class:`UnsupportedLayerError`.
+unit axis it is broadcast against. A concatenation along the unit axis keeps
+its operands' groups as parts (:mod:`wsl.space.concat`). Anything else -- a
+matmul between activations outside a known attention layer, indexing single
+units -- raises :class:`UnsupportedLayerError`.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from typing import Any
 import torch
 
 from wsl.errors import UnsupportedLayerError
-from wsl.space import functional_layers, layout_ops, shape_ops
-from wsl.space.param_ops import param_elementwise, param_into, param_lookup
+from wsl.space import concat, functional_layers, layout_ops, shape_ops, token_mixing
 from wsl.space.aten_names import CONSTANTS, METADATA, aten_name
+from wsl.space.param_ops import param_elementwise, param_into, param_lookup
 from wsl.space.builder import SpecBuilder, Val
 from wsl.space.shape_ops import group_factor
 
@@ -79,6 +80,11 @@ def handle(b: SpecBuilder, path: str, target: Any, args: tuple, kwargs: dict, va
     vals = [v for v in _flat(vargs) + _flat(list(vkwargs.values())) if isinstance(v, Val)]
     if name in META or name in METADATA or not _has_tensor(out):
         return None
+    if any(v.side is not None for v in vals):  # token-mixing hidden units on a second axis
+        return token_mixing.handle_side(path, name, args, kwargs, vargs, vkwargs, out)
+    if any(v.parts for v in vals):  # an operand concatenated along its units
+        family = "pool" if name in POOLS else "reduce" if name in REDUCE else ""
+        return concat.handle_parts(b, path, name, family, args, kwargs, vargs, vkwargs, out)
     if name in CONSTANTS or not any(v.site is not None or v.raw or v.param for v in vals):
         return _const(out, vals)
     x = vargs[0] if vargs else None
@@ -294,7 +300,7 @@ def _join(b: SpecBuilder, path: str, name: str, args: tuple, kwargs: dict, vargs
     dim = int(dim) % (nd + (1 if name == "stack" else 0))
     assert u.fdim is not None
     if name == "cat" and dim == u.fdim:
-        raise UnsupportedLayerError(path, "function 'cat'", "concatenation along the unit axis is not supported")
+        return concat.join(b, path, items, dim, out)
     for w in units[1:]:
         if w.fdim != u.fdim:
             raise UnsupportedLayerError(path, f"function '{name}'", "operands carry units on different axes")

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from wsl.errors import UnsupportedLayerError
-from wsl.space import functional_layers
+from wsl.space import functional_layers, param_view
 from wsl.space.builder import SpecBuilder, Val
 from wsl.space.shape_ops import group_factor
 
@@ -41,10 +41,15 @@ def param_into(b: SpecBuilder, path: str, u: Val, p: Val, role: str) -> int:
     name = p.param
     assert name is not None and u.site is not None
     pshape = b.param_shapes[name]
+    d = _align(u, p.ndim)
     lead = p.ndim - len(pshape)  # leading dims added by broadcasting (expand, unsqueeze(0))
-    if lead < 0 or any(q not in (1, n) for q, n in zip(pshape, p.shape[lead:])):
-        raise UnsupportedLayerError(path, "parameter", f"'{name}' is reshaped before use")
-    d = _align(u, p.ndim) - lead
+    if lead >= 0 and all(q in (1, n) for q, n in zip(pshape, p.shape[lead:])):
+        d -= lead
+    else:  # read through a view that adds or drops singleton dims (e.g. gamma.reshape(1, -1, 1, 1))
+        view_d = param_view.stored_dim(pshape, p.shape, d)
+        if view_d is None:
+            raise UnsupportedLayerError(path, "parameter", f"'{name}' is reshaped before use")
+        d = view_d
     if d < 0 or pshape[d] == 1:
         b.extras.append(name)  # constant along the units: not touched by permutations
         return u.site

@@ -30,6 +30,15 @@ Vocabulary
     axis has one segment. Fused projections (``c_attn`` of GPT-2, the
     ``in_proj_weight`` of ``nn.MultiheadAttention``) have an output axis with
     three segments (q, k and v).
+*Diagonal axis*
+    ``TensorSpec.diagonal`` lists ``(axis, base, blocks)``: tensor axis
+    ``axis`` holds only the units of one of ``blocks`` blocks of its group,
+    the block its index along axis ``base`` falls in. The weight of a grouped
+    convolution (``groups=G``, shape ``(out, in/G, k...)``) is the compact
+    form of a block-diagonal ``(out, in, k...)`` matrix: its axis 1 is the
+    factor ``(g_in, in/G)`` with ``diagonal=((1, 0, G),)``. Both unit groups
+    are nested in one block group of size ``G`` (see
+    :mod:`wsl.space.diagonal`).
 *Site*
     A place in the dataflow holding a set of units, indexed by one group. Sites
     become node sets of the parameter graph. Several sites may share a group
@@ -89,6 +98,7 @@ class TensorSpec:
     op: str
     axes: tuple[Axis, ...]
     buffer: bool = False
+    diagonal: tuple[tuple[int, int, int], ...] = ()
 
     @property
     def numel(self) -> int:
@@ -108,13 +118,17 @@ class Block:
     """A rectangular piece of a tensor in which every axis has a single segment.
 
     ``index`` selects the block (``slices[i]`` is ``(start, stop)`` on axis i).
-    ``axes[i]`` are the factors of axis i inside the block.
+    ``axes[i]`` are the factors of axis i inside the block. ``diagonal`` is the
+    tensor's (see :class:`TensorSpec`): its canonical view is the expanded
+    block-diagonal one, :attr:`unit_shape` the expanded sizes and
+    :attr:`compact_unit_shape` the stored ones.
     """
 
     tensor: str
     part: tuple[int, ...]
     slices: tuple[tuple[int, int], ...]
     axes: tuple[Segment, ...]
+    diagonal: tuple[tuple[int, int, int], ...] = ()
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -123,11 +137,19 @@ class Block:
     @property
     def unit_groups(self) -> tuple[int, ...]:
         """Groups of the unit axes of the canonical view, in axis order (the pieces of a group are one axis)."""
-        return tuple(g for g, _ in unit_axes(self.axes))
+        return tuple(g for _, g, _ in unit_axes(self.axes))
 
     @property
     def unit_shape(self) -> tuple[int, ...]:
-        return tuple(n for _, n in unit_axes(self.axes))
+        """Sizes of the unit axes of the canonical view (a diagonal axis counts all its group's units; the
+        pieces of a group in one axis count as one axis of the group's size)."""
+        mult = {a: nb for a, _, nb in self.diagonal}
+        return tuple(n * mult.get(a, 1) for a, _, n in unit_axes(self.axes))
+
+    @property
+    def compact_unit_shape(self) -> tuple[int, ...]:
+        """Sizes of the unit axes as stored (a diagonal axis counts one block's units)."""
+        return tuple(n for _, _, n in unit_axes(self.axes))
 
     @property
     def feature_size(self) -> int:
@@ -196,7 +218,11 @@ class WeightSpaceSpec:
     meta: tuple[tuple[str, Any], ...] = field(default=())
 
     def to_json_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
+        d = _jsonable(asdict(self))
+        for t in d["tensors"]:  # absent when empty: specs without diagonal axes keep their signature
+            if not t["diagonal"]:
+                del t["diagonal"]
+        return d  # type: ignore[no-any-return]
 
     @staticmethod
     def from_json_dict(d: dict[str, Any]) -> "WeightSpaceSpec":
@@ -209,6 +235,7 @@ class WeightSpaceSpec:
                 TensorSpec(
                     name=t["name"], shape=tuple(t["shape"]), role=t["role"], module=t["module"],
                     op=t["op"], axes=axes(t["axes"]), buffer=bool(t["buffer"]),
+                    diagonal=tuple(tuple(int(v) for v in dg) for dg in t.get("diagonal", ())),  # type: ignore[misc]
                 )
                 for t in d["tensors"]
             ),
@@ -258,25 +285,27 @@ def _tuplify(x: Any) -> Any:
     return x
 
 
-def unit_axes(segments: tuple[Segment, ...]) -> list[tuple[int, int]]:
-    """(group, size) of each unit axis of a canonical view: one per whole-group factor, one per piece set.
+def unit_axes(segments: tuple[Segment, ...]) -> list[tuple[int, int, int]]:
+    """(tensor axis, group, size) of each unit axis of a canonical view: one per whole-group factor, one per
+    set of pieces of a group.
 
     The pieces of a group within a segment (see *Factor*) merge into one axis
     of the group's full size, placed where its first piece is.
     """
-    out: list[tuple[int, int]] = []
-    for seg in segments:
+    out: list[tuple[int, int, int]] = []
+    for a, seg in enumerate(segments):
         pieces: dict[int, int] = {}
         for f in seg:
             if f[0] is None:
                 continue
             if len(f) == 2:
-                out.append((f[0], f[1]))
+                out.append((a, f[0], f[1]))
             elif f[0] in pieces:
-                out[pieces[f[0]]] = (f[0], out[pieces[f[0]]][1] * f[1])
+                k = pieces[f[0]]
+                out[k] = (a, f[0], out[k][2] * f[1])
             else:
                 pieces[f[0]] = len(out)
-                out.append((f[0], f[1]))
+                out.append((a, f[0], f[1]))
     return out
 
 
@@ -300,6 +329,7 @@ def _blocks(t: TensorSpec) -> Iterator[Block]:
             part=tuple(c[0] for c in combo),
             slices=tuple(c[1] for c in combo),
             axes=tuple(c[2] for c in combo),
+            diagonal=t.diagonal,
         )
 
 

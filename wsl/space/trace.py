@@ -14,7 +14,9 @@ Front ends (``frontend=``):
   the one that ``transformers`` models survive, and the only one for
   keyword inputs (a dict);
 * ``"auto"`` (default): torch.fx, and torch.export when torch.fx cannot
-  capture the module. Networks torch.fx traced before keep their spec.
+  capture the module or keeps whole a ``torch.nn`` layer that has no rule
+  (``nn.TransformerEncoder``: torch.export reads its operations). Networks
+  torch.fx traced before keep their spec.
 
 Both run on the meta device (no weight allocated): layer checks that need
 values (:mod:`wsl.space.verify`) are skipped there.
@@ -28,8 +30,8 @@ import torch
 import torch.fx
 from torch import nn
 
-from wsl.errors import TraceError
-from wsl.space.fx_trace import capture_fx, fx_run
+from wsl.errors import TraceError, UnsupportedLayerError
+from wsl.space.fx_trace import NoLayerRule, capture_fx, fx_run
 from wsl.space.spec import WeightSpaceSpec
 from wsl.space.trace_finish import finish_spec, new_builder
 
@@ -131,7 +133,15 @@ def trace_spec(module: nn.Module, example_input: Any = None, frontend: str = "au
                 raise
             raise TraceError(f"{fx_error} Neither could torch.export: {str(export_error)[len(prefix):]}") \
                 from export_error
-    return _fx_spec(module, graph, inputs)
+    try:
+        return _fx_spec(module, graph, inputs)
+    except NoLayerRule as fx_refusal:  # a torch.nn layer without a rule: its operations may have rules
+        if frontend == "fx":
+            raise
+        try:
+            return _export_spec(module, inputs)
+        except (TraceError, UnsupportedLayerError):
+            raise fx_refusal from None
 
 
 def _fx_spec(module: nn.Module, graph: torch.fx.Graph, inputs: tuple) -> WeightSpaceSpec:

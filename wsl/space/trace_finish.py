@@ -34,7 +34,9 @@ def _output_groups(b: SpecBuilder, v: Val) -> list[int]:
     from wsl.space.segments import leaves
     from wsl.space.unit_layout import StaleUnits, layout_of, unit_groups
 
-    groups = [b.site_group(v.site)] if v.site is not None else []
+    groups = [b.site_group(s) for s in v.unit_sites]  # several for an output concatenated along its units
+    if v.site is None and not v.split:
+        return groups
     try:
         groups += [g for dim in layout_of(b, v) for g in unit_groups(dim)]
     except StaleUnits:
@@ -46,7 +48,7 @@ def _output_groups(b: SpecBuilder, v: Val) -> list[int]:
 def finish_spec(b: SpecBuilder, module: nn.Module, state: dict[str, torch.Tensor], inputs: tuple | dict,
             outputs: list[Any], frontend: str) -> WeightSpaceSpec:
     for v in _flatten_vals(outputs):
-        for grp in (_output_groups(b, v) if v.site is not None else []):
+        for grp in (_output_groups(b, v) if v.has_units or v.split else []):
             g = b.find(grp)
             b.groups[g].fixed = True
             if b.groups[g].kind in ("hidden", "channel"):

@@ -127,7 +127,8 @@ class Trainer:
         self.y_std = float(y.std()) if len(y) > 1 and float(y.std()) > 1e-12 else 1.0
         edge_dim = None
         if kind == "graph":
-            edge_dim = max(int(g.cache.per_model["edge_attr"].shape[-1]) for g in tr.groups)
+            edge_dim = max(int(g.cache.per_model["edge_attr"].shape[-1]) if "edge_attr" in g.cache.per_model
+                           else max(int(g.cache.shared["edge_width"].max()), 1) for g in tr.groups)  # ragged
         space = tr.groups[0].space if len(tr.groups) == 1 else None
         pc = cfg.probes
         probes = None
