@@ -376,3 +376,33 @@ def test_tracing_on_the_meta_device_gives_the_same_spec() -> None:
     meta = WeightSpace.from_module(meta_model, ids().to("meta"), frontend="export")
     assert meta.signature == cpu.signature
     assert all(t.device.type == "meta" for t in meta_model.state_dict().values())
+
+
+class MaskedAttention(Attention):
+    """SDPA with a constant mask: ``per_head`` varies across heads (as ALiBi's slopes do), else a window mask
+    expanded over the heads (as Swin's shifted windows build it)."""
+
+    def __init__(self, per_head: bool) -> None:
+        super().__init__()
+        self.per_head = per_head
+        self.register_buffer("slopes", torch.arange(1.0, H + 1)[:, None, None] * torch.ones(T, T), persistent=False)
+        self.register_buffer("causal", torch.triu(torch.ones(T, T), 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = (lin(x).view(b, t, self.h, self.d).transpose(1, 2) for lin in (self.q, self.k, self.v))
+        if self.per_head:
+            mask = self.slopes.to(x.dtype)
+        else:
+            mask = self.causal.to(x.dtype).view(1, 1, T, T).expand(b, H, T, T).reshape(b, H, T, T)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=-mask)
+        return self.o(a.transpose(1, 2).reshape(b, t, D))
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_a_constant_mask_may_not_tell_heads_apart(frontend: str) -> None:
+    x = torch.randn(2, T, 5)
+    with pytest.raises(UnsupportedLayerError, match="mask varies along dim 1"):
+        WeightSpace.from_module(nn.Sequential(nn.Linear(5, D), MaskedAttention(True)), x, frontend=frontend)
+    space = assert_preserves(nn.Sequential(nn.Linear(5, D), MaskedAttention(False)), x, frontend)
+    assert any(g.kind == "head" and not g.fixed for g in space.groups)

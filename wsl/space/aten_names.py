@@ -31,9 +31,13 @@ RENAME: dict[str, str] = {
 CONSTANTS = frozenset({"full_like", "zeros_like", "ones_like", "empty_like", "rand_like", "randn_like", "new_ones",
                        "new_zeros", "new_full", "new_empty", "scalar_tensor", "arange", "zeros", "ones", "full"})
 
+#: Of those, the ones whose every element is the same value (constant along every dim).
+FILLS = frozenset({"full_like", "zeros_like", "ones_like", "new_ones", "new_zeros", "new_full", "scalar_tensor",
+                   "zeros", "ones", "full"})
+
 #: ATen operators that only assert or read metadata (no tensor result to follow).
 METADATA = frozenset({"_assert_tensor_metadata", "_assert_scalar", "sym_size", "sym_numel", "sym_stride",
-                      "sym_constrain_range", "sym_constrain_range_for_size", "_assert_async", "copy_"})
+                      "sym_constrain_range", "sym_constrain_range_for_size", "_assert_async"})
 
 
 def aten_name(target: Any) -> str | None:

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from wsl.errors import UnsupportedLayerError
+from wsl.space.broadcast import constant_along
 from wsl.space.builder import SpecBuilder, Val
 from wsl.space.unit_layout import Layout, has_units, layout_of, nest_pieces, normalize, parent, to_val, unify
 
@@ -118,6 +119,14 @@ def _sdpa(b: SpecBuilder, path: str, args: tuple, kwargs: dict, vargs: tuple, vk
             _meet(b, path, where, x, y)
     elif isinstance(vmask, Val) and (vmask.raw or vmask.param):
         raise UnsupportedLayerError(path, where, "the attention mask is a network input or a parameter")
+    elif isinstance(mask, torch.Tensor):  # a constant mask must not tell heads (or units) apart
+        lq = _lay(b, path, vq, q)
+        off = nd - mask.dim()
+        for i, dim in enumerate(_batch(lq[:-2], nd - 2)):
+            k = i - off
+            if has_units(dim) and 0 <= k < mask.dim() and mask.shape[k] > 1 and not constant_along(vmask, k):
+                raise UnsupportedLayerError(path, where, f"the constant attention mask varies along dim {i}, which "
+                                            "carries units (heads)")
     lq, lv = _lay(b, path, vq, q), _lay(b, path, vv, v)
     batch = [x if has_units(x) else y for x, y in zip(_batch(lq[:-2], nd - 2), _batch(lv[:-2], nd - 2))]
     lay = tuple(batch) + (lq[-2], lv[-1])

@@ -45,6 +45,7 @@ class Val:
     axis a consumer's weight gets. ``side`` is a second unit axis ``(dim, group,
     site)``: the hidden units of a token-mixing Linear, which sit on the last
     dim while the channel units stay on ``fdim`` (:mod:`wsl.space.token_mixing`).
+    ``bcast``: dims along which a constant takes one value (:mod:`wsl.space.broadcast`).
     """
 
     shape: tuple[int, ...] = ()
@@ -55,6 +56,7 @@ class Val:
     param: str | None = None
     ids: bool = False
     split: tuple[tuple[int, tuple[Any, ...]], ...] = ()
+    bcast: tuple[int, ...] = ()
     parts: tuple[tuple[int, tuple[Factor, ...]], ...] = ()
     side: tuple[int, int, int] | None = None
 
@@ -81,8 +83,8 @@ class Val:
 
     def with_(self, **kw: Any) -> "Val":
         d = dict(shape=self.shape, site=self.site, fdim=self.fdim, factors=self.factors,
-                 raw=self.raw, param=self.param, ids=self.ids, split=self.split, parts=self.parts,
-                 side=self.side)
+                 raw=self.raw, param=self.param, ids=self.ids, split=self.split, bcast=self.bcast,
+                 parts=self.parts, side=self.side)
         d.update(kw)
         return Val(**d)
 

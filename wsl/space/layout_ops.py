@@ -28,6 +28,7 @@ import torch
 
 from wsl.errors import UnsupportedLayerError
 from wsl.space import attention_ops, unit_select
+from wsl.space.broadcast import constant_along
 from wsl.space.builder import SpecBuilder, Val
 from wsl.space.shape_ops import dim_order, reshape_fdim
 from wsl.space.unit_layout import (
@@ -241,7 +242,7 @@ def _elementwise(b: SpecBuilder, path: str, name: str, args: tuple, vargs: tuple
         vs = (1,) * (nd - v.ndim) + tuple(v.shape)
         for lay in lays:
             for d in range(nd):
-                if vs[d] > 1 and has_units(lay[d]):
+                if vs[d] > 1 and has_units(lay[d]) and not constant_along(v, d - (nd - v.ndim)):
                     if v.raw:
                         raise UnsupportedLayerError(path, f"function '{name}'", "combines units with a network "
                                                     "input that varies along them")

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 
 from wsl.errors import UnsupportedLayerError
-from wsl.space import concat, functional_layers, layout_ops, shape_ops, token_mixing
-from wsl.space.aten_names import CONSTANTS, METADATA, aten_name
+from wsl.space import broadcast, concat, functional_layers, layout_ops, shape_ops, token_mixing
+from wsl.space.aten_names import CONSTANTS, FILLS, METADATA, aten_name
 from wsl.space.param_ops import param_elementwise, param_into, param_lookup
 from wsl.space.builder import SpecBuilder, Val
 from wsl.space.shape_ops import group_factor
@@ -86,7 +86,13 @@ def handle(b: SpecBuilder, path: str, target: Any, args: tuple, kwargs: dict, va
         family = "pool" if name in POOLS else "reduce" if name in REDUCE else ""
         return concat.handle_parts(b, path, name, family, args, kwargs, vargs, vkwargs, out)
     if name in CONSTANTS or not any(v.site is not None or v.raw or v.param for v in vals):
-        return _const(out, vals)
+        val = _const(out, vals)
+        if isinstance(val, Val) and name in FILLS:  # zeros, ones, full: one value everywhere
+            return val.with_(bcast=tuple(d for d, n in enumerate(val.shape) if n > 1))
+        if isinstance(val, Val) and name not in CONSTANTS:
+            elementwise = name in UNARY or name in BINARY or name in NARY
+            return val.with_(bcast=broadcast.propagate(name, args, kwargs, vargs, out, elementwise))
+        return val
     x = vargs[0] if vargs else None
     if name in ACTIVATIONS:
         b.activations.add(name)
@@ -114,6 +120,14 @@ def handle(b: SpecBuilder, path: str, target: Any, args: tuple, kwargs: dict, va
         return x.with_(shape=tuple(out.shape)) if isinstance(x, Val) else None
     if name in REDUCE:
         return shape_ops.reduce(path, name, x, args, kwargs, out)
+    if name in ("unsqueeze", "squeeze") and isinstance(x, Val) and x.fdim is not None and x.site is not None:
+        d = kwargs.get("dim", args[1] if len(args) > 1 else None)
+        if isinstance(d, int):  # the dim is known: no guessing from shapes (a unit axis of size 1 is ambiguous)
+            d = d % (x.ndim + 1) if name == "unsqueeze" else d % x.ndim
+            if name == "unsqueeze":
+                return x.with_(shape=tuple(out.shape), fdim=x.fdim + (1 if d <= x.fdim else 0))
+            if x.shape[d] == 1 and d != x.fdim:
+                return x.with_(shape=tuple(out.shape), fdim=x.fdim - (1 if d < x.fdim else 0))
     if name in ("flatten", "view", "reshape", "unflatten", "squeeze", "unsqueeze"):
         return shape_ops.reshape(path, name, x, out)
     if name in ("transpose", "permute", "movedim", "t"):
@@ -240,7 +254,7 @@ def _binary(b: SpecBuilder, path: str, name: str, a: Any, c: Any, out: Any) -> V
             site = param_into(b, path, u, other, role)
         elif isinstance(other, Val):
             d = _align(u, other.ndim)
-            if 0 <= d < other.ndim and other.shape[d] != 1:
+            if 0 <= d < other.ndim and other.shape[d] != 1 and not broadcast.constant_along(other, d):
                 raise UnsupportedLayerError(path, f"function '{name}'",
                                             "combines the units with a constant tensor that varies along them")
         return u.with_(shape=shape, fdim=fdim, site=site)
@@ -276,7 +290,7 @@ def _nary(b: SpecBuilder, path: str, name: str, operands: list[Any], out: Any) -
         if v.site is not None:
             continue
         d = _align(result, v.ndim)
-        varies = 0 <= d < v.ndim and v.shape[d] != 1
+        varies = 0 <= d < v.ndim and v.shape[d] != 1 and not broadcast.constant_along(v, d)
         what = f"parameter '{v.param}'" if v.param else "a network input" if v.raw else "a constant tensor"
         if varies or v.raw:
             raise UnsupportedLayerError(path, f"function '{name}'", f"its operand {what} of shape {v.shape} varies "
