@@ -314,13 +314,16 @@ class _Concat(nn.Module):
 
 
 class _Matmul(nn.Module):
+    """Mixes hidden units with a fixed matrix (``h @ h^T`` is allowed: it sums over the units, an invariant)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.a = nn.Linear(4, 4)
+        self.register_buffer("mix", torch.randn(4, 4), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.a(x)
-        return h @ h.transpose(-1, -2)
+        return h @ self.mix
 
 
 @pytest.mark.parametrize("module,x,where,kind", [

@@ -19,12 +19,14 @@ from typing import Any
 from wsl.errors import WslError
 from wsl.version import __version__
 
-__all__ = ["WslError", "__version__", "load_zoo", "predict", "save"]
+__all__ = ["WeightSpace", "WslError", "__version__", "load_zoo", "predict", "save"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "predict":  # ``wsl.predict(net, predictor=None)``: the callable subpackage, imported on first use
         return importlib.import_module("wsl.predict")
+    if name == "WeightSpace":  # ``wsl.WeightSpace.from_pretrained("hf://...")``, ``.from_module(net)``
+        return importlib.import_module("wsl.space").WeightSpace
     raise AttributeError(f"module 'wsl' has no attribute {name!r}")
 
 

@@ -20,6 +20,7 @@ class UnsupportedLayerError(WslError):
     def __init__(self, path: str, kind: str, reason: str = "") -> None:
         self.path = path
         self.kind = kind
+        self.reason = reason
         msg = f"unsupported layer at '{path or '<root>'}' ({kind})"
         if reason:
             msg += f": {reason}"

@@ -7,12 +7,19 @@ parameter names as ``transformers``, traceable by :class:`wsl.space.WeightSpace`
 dict, file or folder and uses a local port when there is one; any other model
 type needs the optional extra (``pip install 'wsl[transformers]'``) and is
 built with ``transformers.AutoModel.from_config`` (or the class named in
-``architectures``) -- no weight download, no remote code. Such modules load
-and expose their weights, but the weight-space tracer cannot follow
-``transformers`` (>= 5) forwards yet (``torch.fx`` stops at their ``**kwargs``
-decorators), so ``WeightSpace.from_module`` raises a
-:class:`~wsl.errors.TraceError` on them. Loading the weights too is
-:func:`wsl.hub.load_hf_model`.
+``architectures``) -- no weight download, no remote code. ``WeightSpace.from_module``
+traces them through ``torch.export`` (``torch.fx`` stops at their ``**kwargs``
+decorators; see :mod:`wsl.space.trace`), their example inputs read from the
+config (:mod:`wsl.archs.hf_inputs`). Loading the weights too is
+:func:`wsl.hub.load_hf_model`; the weight space of a Hub checkpoint without
+its weights is ``WeightSpace.from_pretrained`` (:mod:`wsl.hub.pretrained`).
+
+The local ports stay beside ``transformers``: they need no optional package,
+they keep the tensor names of the checkpoints on the Hub (``transformers`` 5
+renames ViT's, e.g. ``layers.0.attention.k_proj``), and torch.fx traces them
+without the seconds that ``torch.export`` and ``transformers`` take to import.
+The generic rules give them the same tensors, groups, sites and edges as the
+torch.fx path (tests/test_space_export.py).
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ from wsl.cli.common import add_model_args, load_for_cli, print_json
 
 def register(sub: Any) -> None:
     p = sub.add_parser("inspect", help="print a network's weight space: tensors, groups, graph size",
-                       description="Trace a checkpoint's architecture and print its weight space.")
+                       description="Trace a checkpoint's architecture and print its weight space. For hf:// "
+                       "checkpoints of transformers model types only config.json and the safetensors header are "
+                       "downloaded; the model is traced on the meta device.")
     p.add_argument("path", nargs="?", help="checkpoint (.safetensors, .pt, .bin, directory, hf://...)")
     add_model_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -29,14 +31,41 @@ def register(sub: Any) -> None:
     g.set_defaults(func=run_graph)
 
 
+def _from_config(path: str | None, args: argparse.Namespace) -> Any:
+    """For ``hf://`` checkpoints of ``transformers`` model types: the space from config.json and the safetensors
+    header (no weights downloaded), else None (then the weights are loaded as for any checkpoint)."""
+    from wsl.errors import ArchitectureError
+    from wsl.hub import HubFileNotFoundError, is_hub_uri
+
+    if path is None or args.arch is not None or args.input_shape is not None or not is_hub_uri(path):
+        return None
+    from wsl.hub.pretrained import pretrained_space
+
+    try:
+        return pretrained_space(path)
+    except (ArchitectureError, HubFileNotFoundError):  # no config.json, or not a transformers config
+        return None
+
+
 def run_inspect(args: argparse.Namespace) -> int:
-    _, _, space = load_for_cli(args.path, args.arch, args.input_shape, args.input_dtype)
+    got = _from_config(args.path, args)
+    if got is not None:
+        space = got.space
+        note = f"{got.module_type} built on the meta device from config.json; {'; '.join(got.notes)}"
+    else:
+        _, _, space = load_for_cli(args.path, args.arch, args.input_shape, args.input_dtype)
+        note = None
     if args.json:
         d = space.describe()
         d["path"] = args.path
+        if got is not None:
+            d["checkpoint"] = {"module": got.module_type, "weights_read": False, "header_checked": got.checked,
+                               "note": "; ".join(got.notes)}
         print_json(d)
     else:
         print(space.summary())
+        if note:
+            print(note)
     return 0
 
 

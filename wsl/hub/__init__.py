@@ -21,6 +21,11 @@
 * :func:`load_hf_model` (:mod:`wsl.hub.transformers_compat`) loads Hub
   checkpoints; model types without a local port are built by
   :mod:`wsl.archs.hf` with the optional ``transformers`` extra.
+* :func:`pretrained_space` (:mod:`wsl.hub.pretrained`), registered as
+  ``WeightSpace.from_pretrained``: the weight space of a Hub checkpoint from
+  ``config.json`` and its safetensors header only, traced on the meta device.
+  Importing this package also registers :func:`wsl.archs.hf_inputs.hf_example_inputs`,
+  so ``WeightSpace.from_module`` finds the inputs of ``transformers`` models.
 
 ``huggingface_hub`` is imported on first use, not with this package.
 """
@@ -40,13 +45,21 @@ from wsl.hub.resolve import HubZooStore, ZooFetcher, cached_zoo_store, resolve, 
 from wsl.io.uri import register_scheme  # noqa: E402
 from wsl.zoo.zoo import register_store_opener  # noqa: E402
 
+from wsl.archs.hf_inputs import hf_example_inputs  # noqa: E402
+from wsl.hub.pretrained import load_space  # noqa: E402
+from wsl.space.trace import register_input_guesser  # noqa: E402
+from wsl.space.weightspace import register_pretrained_loader  # noqa: E402
+
 register_scheme(PROTOCOL, resolve_local)
 register_store_opener(cached_zoo_store)
+register_pretrained_loader(load_space)  # WeightSpace.from_pretrained("hf://...")
+register_input_guesser(hf_example_inputs)  # WeightSpace.from_module(transformers model): inputs from its config
 
 _LAZY = {
     "push_predictor": "wsl.hub.push", "push_zoo": "wsl.hub.push", "HubPredictor": "wsl.hub.push",
     "predictor_card": "wsl.hub.cards", "zoo_card": "wsl.hub.cards",
     "load_hf_model": "wsl.hub.transformers_compat", "build_hf_model": "wsl.archs.hf",
+    "pretrained_space": "wsl.hub.pretrained", "checkpoint_header": "wsl.hub.pretrained",
     "transformers_available": "wsl.archs.hf",
 }
 

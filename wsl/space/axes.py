@@ -36,8 +36,10 @@ def segment_index(seg: Segment, perms: Perms, batch: int | None = None) -> torch
     Returns a LongTensor of shape ``(n,)`` (or ``(batch, n)`` when perms are
     batched) such that ``permuted[..., i, ...] = original[..., idx[i], ...]``.
     """
+    if any(len(f) == 3 for f in seg):
+        return _pieces_index(seg, perms, batch)
     idx: torch.Tensor | None = None
-    for g, n in seg:
+    for g, n in seg:  # type: ignore[misc]
         p = perms.get(g) if g is not None else None
         if p is None:
             p = torch.arange(n)
@@ -53,6 +55,43 @@ def segment_index(seg: Segment, perms: Perms, batch: int | None = None) -> torch
             idx = (idx.unsqueeze(-1) * n + p.unsqueeze(-2)).flatten(-2)
     assert idx is not None
     return idx
+
+
+def _pieces_index(seg: Segment, perms: Perms, batch: int | None) -> torch.Tensor:
+    """:func:`segment_index` of a segment holding pieces ``(g, n, stride)`` of a group (see :mod:`wsl.space.spec`).
+
+    Each position's digits are read per factor; the pieces of group ``g`` give
+    its unit ``u = sum(digit * stride)``, which the permutation maps to
+    ``p[u]``, whose digits are written back into the same pieces. A
+    whole-group factor's digit is its unit.
+    """
+    sizes = [int(f[1]) for f in seg]
+    total = math.prod(sizes)
+    rows = batch or 1
+    pos = torch.arange(total)
+    place = [math.prod(sizes[i + 1:]) for i in range(len(sizes))]
+    digits = [((pos // place[i]) % sizes[i]).expand(rows, total) for i in range(len(sizes))]
+    new = list(digits)
+    groups: dict[int, list[int]] = {}
+    for i, f in enumerate(seg):
+        if f[0] is not None:
+            groups.setdefault(f[0], []).append(i)
+    for g, where in groups.items():
+        p = perms.get(g)
+        if p is None:
+            continue
+        p = p.expand(rows, -1)
+        for i in where:
+            if len(seg[i]) == 2:
+                new[i] = torch.gather(p, 1, digits[i])
+        pieces = [i for i in where if len(seg[i]) == 3]
+        if pieces:
+            unit = sum(digits[i] * int(seg[i][2]) for i in pieces)  # type: ignore[misc]
+            old = torch.gather(p, 1, unit)
+            for i in pieces:
+                new[i] = (old // int(seg[i][2])) % sizes[i]  # type: ignore[misc]
+    idx = sum(new[i] * place[i] for i in range(len(sizes)))
+    return idx[0] if batch is None else idx  # type: ignore[index]
 
 
 def axis_index(axis: Axis, perms: Perms, batch: int | None = None) -> torch.Tensor:
@@ -106,13 +145,22 @@ def _patterns(block: Block) -> tuple[str, str, dict[str, int]]:
     axes, units, fixed = [], [], []
     for seg in block.axes:
         names = []
-        for g, n in seg:
+        pieces: dict[int, int] = {}  # group -> index in ``units`` of the axis its pieces form
+        for f in seg:
             name = f"f{len(sizes)}"
-            sizes[name] = n
+            sizes[name] = f[1]
             names.append(name)
-            (units if g is not None else fixed).append(name)
+            if f[0] is None:
+                fixed.append(name)
+            elif len(f) == 3 and f[0] in pieces:
+                units[pieces[f[0]]].append(name)
+            else:
+                if len(f) == 3:
+                    pieces[f[0]] = len(units)
+                units.append([name])
         axes.append(f"({' '.join(names)})")
-    return " ".join(["n", *axes]), " ".join(["n", *units, f"({' '.join(fixed)})"]), sizes
+    return (" ".join(["n", *axes]), " ".join(["n", *(f"({' '.join(u)})" for u in units), f"({' '.join(fixed)})"]),
+            sizes)
 
 
 def slice_block(t: torch.Tensor, block: Block) -> torch.Tensor:

@@ -34,7 +34,10 @@ class Val:
     units of ``site``, composed as ``factors`` (more than one factor after a
     flatten). ``raw`` names a network input whose feature dim is not known
     until a layer consumes it. ``param`` names a parameter read directly.
-    ``ids`` marks an integer tensor (token ids, positions). ``parts`` describes
+    ``ids`` marks an integer tensor (token ids, positions).
+    ``split``: units spread over several dims (attention heads after a
+    ``view`` of the unit axis): ``(dim, factors)`` pairs, see
+    :mod:`wsl.space.unit_layout`; then ``fdim`` is None. ``parts`` describes
     a concatenation along the unit axis (:mod:`wsl.space.concat`): dim
     ``fdim`` holds the units of several sites one after the other, as
     ``(site, factors)`` pairs; ``site`` is then ``None`` (rules that do not
@@ -42,6 +45,7 @@ class Val:
     axis a consumer's weight gets. ``side`` is a second unit axis ``(dim, group,
     site)``: the hidden units of a token-mixing Linear, which sit on the last
     dim while the channel units stay on ``fdim`` (:mod:`wsl.space.token_mixing`).
+    ``bcast``: dims along which a constant takes one value (:mod:`wsl.space.broadcast`).
     """
 
     shape: tuple[int, ...] = ()
@@ -51,6 +55,8 @@ class Val:
     raw: str | None = None
     param: str | None = None
     ids: bool = False
+    split: tuple[tuple[int, tuple[Any, ...]], ...] = ()
+    bcast: tuple[int, ...] = ()
     parts: tuple[tuple[int, tuple[Factor, ...]], ...] = ()
     side: tuple[int, int, int] | None = None
 
@@ -77,7 +83,8 @@ class Val:
 
     def with_(self, **kw: Any) -> "Val":
         d = dict(shape=self.shape, site=self.site, fdim=self.fdim, factors=self.factors,
-                 raw=self.raw, param=self.param, ids=self.ids, parts=self.parts, side=self.side)
+                 raw=self.raw, param=self.param, ids=self.ids, split=self.split, bcast=self.bcast,
+                 parts=self.parts, side=self.side)
         d.update(kw)
         return Val(**d)
 
@@ -120,6 +127,12 @@ class SpecBuilder:
     tied: list[tuple[str, str]] = field(default_factory=list)
     read: set[str] = field(default_factory=set)  #: state_dict names the traced forward() reads
     activations: set[str] = field(default_factory=set)
+    #: group root -> factors it stands for (rigid heads, grouped-query heads): :mod:`wsl.space.unit_layout`
+    defs: dict[int, tuple[Any, ...]] = field(default_factory=dict)
+    #: group -> [(start, size, group)]: a fused output split into segments (:mod:`wsl.space.segments`)
+    segments: dict[int, list[tuple[int, int, int]]] = field(default_factory=dict)
+    scratch: dict[str, Any] = field(default_factory=dict)  #: bookkeeping of rule modules, keyed by module
+    reused: set[str] = field(default_factory=set)  #: tensors recorded by more than one use
 
     # ----------------------------------------------------------------- groups
     def new_group(self, size: int, kind: str, name: str, fixed: bool = False) -> int:
@@ -140,6 +153,9 @@ class SpecBuilder:
         a, b = self.find(a), self.find(b)
         if a == b:
             return a
+        if a in self.defs or b in self.defs or a in self.segments or b in self.segments:
+            raise UnsupportedLayerError(where, "unit groups", "ties units that another use already fixed inside "
+                                        "their heads or split into segments")
         if b < a:  # the earliest group names the union
             a, b = b, a
         ga, gb = self.groups[a], self.groups[b]
@@ -159,6 +175,9 @@ class SpecBuilder:
         gc, gp = self.groups[c], self.groups[p]
         if c == p:
             return
+        if {c, p} & (set(self.defs) | set(self.segments)):
+            raise UnsupportedLayerError(where, "nested groups", "nests units that another use already fixed "
+                                        "inside their heads or split into segments")
         if gc.size % gp.size:
             raise UnsupportedLayerError(where, "nested groups", f"{gc.size} units cannot form {gp.size} equal blocks")
         if gc.size == gp.size:
@@ -202,6 +221,9 @@ class SpecBuilder:
         return -1 if site is None else int(self.sites[site]["depth"])
 
     def connect(self, kind: str, src: int, dst: int, module: str, **kw: Any) -> None:
+        t, part = kw.get("tensor"), tuple(kw.get("part", ()))
+        if t in self.reused and any(c.tensor == t and c.part == part for c in self.connections):
+            return  # a second use of a shared tensor: its entries are edges once
         self.connections.append(Connection(kind=kind, src=src, dst=dst, module=module, **kw))
 
     def attach(self, site: int, slot: str, tensor: str, where: str, part: tuple[int, ...] = ()) -> int:
@@ -212,6 +234,8 @@ class SpecBuilder:
         Returns the site that holds the parameter (the new value site).
         """
         assert slot in NODE_SLOTS, slot
+        if tensor in self.reused and any(p.tensor == tensor and p.part == tuple(part) for p in self.node_params):
+            return site  # a second use of a shared tensor: its entries are node features once
         if slot in self.site_slots[site]:
             old = site
             site = self.new_site(self.site_group(old), where, "hidden", self.depth(old))
@@ -224,13 +248,37 @@ class SpecBuilder:
     def add_tensor(self, name: str, shape: tuple[int, ...], role: str, module: str, op: str,
                    axes: tuple[Axis, ...], buffer: bool = False,
                    diagonal: tuple[tuple[int, int, int], ...] = ()) -> None:
+        """Record a tensor's axes. A tensor used again (a layer called twice, a tied weight read by name)
+        stays one tensor: the groups of its two uses are tied axis by axis, and the second use adds no
+        edges or node features for it (:meth:`connect`, :meth:`attach`)."""
         if name in self.tensors:
-            raise TraceError(f"tensor '{name}' is used by more than one layer; shared weights are not supported")
+            if tuple(self.tensors[name].diagonal) != tuple(diagonal):
+                raise UnsupportedLayerError(module, "shared tensor", f"tensor '{name}' is used twice, with "
+                                            "different block-diagonal structure")
+            self.unify_axes(name, self.tensors[name].axes, axes, module)
+            self.reused.add(name)
+            return
         for d, ax in enumerate(axes):
             n = sum(_prod(f[1] for f in seg) for seg in ax)
             if n != shape[d]:
                 raise TraceError(f"internal: axis {d} of '{name}' has size {shape[d]} but its factors give {n}")
         self.tensors[name] = _Tensor(name, tuple(shape), role, module, op, axes, buffer, diagonal)
+
+    def unify_axes(self, name: str, a: tuple[Axis, ...], c: tuple[Axis, ...], where: str) -> None:
+        """Two uses of tensor ``name`` must permute it alike: tie their groups factor by factor (two fixed
+        groups are left as they are: no permutation moves either)."""
+        flat_a = [(len(ax), len(seg), f) for ax in a for seg in ax for f in seg]
+        flat_c = [(len(ax), len(seg), f) for ax in c for seg in ax for f in seg]
+        if len(a) != len(c) or [(x, y, f[1:]) for x, y, f in flat_a] != [(x, y, f[1:]) for x, y, f in flat_c]:
+            raise UnsupportedLayerError(where, "shared tensor", f"tensor '{name}' is used twice with different "
+                                        "unit structure")
+        for (_, _, f), (_, _, g) in zip(flat_a, flat_c):
+            if (f[0] is None) != (g[0] is None):
+                raise UnsupportedLayerError(where, "shared tensor", f"tensor '{name}' is used twice, once with "
+                                            "units where the other use has none")
+            if f[0] is not None and self.find(f[0]) != self.find(g[0]) and not (
+                    self.groups[self.find(f[0])].fixed and self.groups[self.find(g[0])].fixed):
+                self.tie(f[0], g[0], where)
 
     def resolve_raw(self, v: Val) -> Val:
         """A raw input whose unit dim is already known (from an earlier layer) as a unit Val."""
@@ -270,7 +318,9 @@ class SpecBuilder:
         """Resolve the union-find and renumber everything.
 
         ``order`` lists (name, shape, is_buffer) of the state_dict in order;
-        every entry must have been claimed by a layer, be an extra, or an alias.
+        every entry must have been claimed by a layer, be an extra, or an alias. Group definitions
+        (``defs``) must have been written into the tensors first
+        (:func:`wsl.space.unit_layout.apply_definitions`).
         """
         # Fixedness flows from a nested group to its parent (heads cannot move
         # if the units of one head's q/k cannot).
@@ -293,7 +343,7 @@ class SpecBuilder:
             return roots[r]
 
         def fac(f: Factor) -> Factor:
-            return (None if f[0] is None else gid(f[0]), f[1])
+            return (None if f[0] is None else gid(f[0]), *f[1:])  # type: ignore[return-value]
 
         tensors = []
         for name, shape, is_buf in order:
@@ -315,7 +365,8 @@ class SpecBuilder:
                                       is_buf, t.diagonal))
         sites = [Site(i, gid(s["group"]), s["name"], s["kind"], s["depth"]) for i, s in enumerate(self.sites)]
         for i in range(len(self.groups)):  # parents that index no axis still get ids
-            gid(i)
+            if self.find(i) not in self.defs and self.find(i) not in self.segments:  # (not groups replaced)
+                gid(i)
         groups: list[Group | None] = [None] * len(roots)
         for r, new in roots.items():
             g = self.groups[r]

@@ -57,7 +57,9 @@ def weight_name(path: str, mod: nn.Module) -> str:
 
 
 def _check_norm_dim(path: str, kind: str, dim: Any) -> None:
-    if dim not in (None, -1, 0):
+    """``dim=0`` (per output unit), ``None``/``-1`` (one scalar) and a kernel dim ``>= 2`` (per tap, as in
+    wav2vec 2.0's positional convolution: constant along both unit axes) are supported."""
+    if dim == 1:
         raise UnsupportedLayerError(path, kind, f"weight normalization over dim={dim} (per input unit) is not "
                                     "supported; use dim=0 (per output unit, the default) or dim=None")
 

@@ -19,7 +19,9 @@ from typing import Any
 import torch
 
 from wsl.errors import UnsupportedLayerError
-from wsl.space import concat, param_view, shape_ops, token_mixing
+from wsl.space import broadcast, concat, functional_layers, layout_ops, shape_ops, token_mixing
+from wsl.space.aten_names import CONSTANTS, FILLS, METADATA, aten_name
+from wsl.space.param_ops import param_elementwise, param_into, param_lookup
 from wsl.space.builder import SpecBuilder, Val
 from wsl.space.shape_ops import group_factor
 
@@ -29,7 +31,7 @@ UNARY = {
     "alpha_dropout", "feature_alpha_dropout", "sin", "cos", "exp", "log", "abs", "neg", "sqrt", "rsqrt",
     "square", "erf", "softmax", "log_softmax", "contiguous", "float", "double", "half",
     "bfloat16", "to", "type", "type_as", "clone", "detach", "cpu", "cuda", "sign", "reciprocal",
-    "tanhshrink", "softsign", "logsigmoid", "normalize", "requires_grad", "pos", "logical_not",
+    "tanhshrink", "softsign", "logsigmoid", "normalize", "requires_grad", "pos", "logical_not", "alias",
 }
 #: Elementwise ops whose further tensor operands (a mask, a bound, a branch) meet the units one to one.
 NARY = {"masked_fill", "clamp", "clip", "clamp_min", "clamp_max", "where", "lerp", "addcmul", "addcdiv"}
@@ -45,13 +47,29 @@ REDUCE = {"mean", "sum", "amax", "amin", "logsumexp", "std", "var", "nansum", "n
 META = {"size", "dim", "getattr", "numel", "len", "ndimension", "is_floating_point", "nelement"}
 
 
+def with_module_type(e: UnsupportedLayerError, path: str, target: Any, module_type: str | None
+                     ) -> UnsupportedLayerError:
+    """``e`` raised at operation ``path`` as one line naming the operation and the module type it ran in."""
+    if e.path != path or " in " in e.kind:
+        return e
+    kind = e.kind if e.kind.startswith("function") else f"function '{op_name(target)}'"
+    return UnsupportedLayerError(e.path, f"{kind} in {module_type}" if module_type else kind, e.reason)
+
+
+ALIASES = {"concat": "cat", "concatenate": "cat", "divide": "div", "multiply": "mul", "subtract": "sub",
+           "swapaxes": "transpose", "swapdims": "transpose", "expand_as": "expand", "reshape_as": "reshape",
+           "view_as": "view"}
+
+
 def op_name(target: Any) -> str:
+    aten = aten_name(target)
+    if aten is not None:
+        return ALIASES.get(aten, aten)
     name = target if isinstance(target, str) else getattr(target, "__name__", str(target))
     name = name.strip("_")
     if name in ("iadd", "isub", "imul", "itruediv"):
         name = name[1:]
-    return {"concat": "cat", "concatenate": "cat", "divide": "div", "multiply": "mul", "subtract": "sub",
-            "swapaxes": "transpose", "swapdims": "transpose", "expand_as": "expand"}.get(name, name)
+    return ALIASES.get(name, name)
 
 
 def handle(b: SpecBuilder, path: str, target: Any, args: tuple, kwargs: dict, vargs: tuple, vkwargs: dict,
@@ -60,16 +78,34 @@ def handle(b: SpecBuilder, path: str, target: Any, args: tuple, kwargs: dict, va
     vargs = tuple(_resolve(b, v) for v in vargs)
     vkwargs = {k: _resolve(b, v) for k, v in vkwargs.items()}
     vals = [v for v in _flat(vargs) + _flat(list(vkwargs.values())) if isinstance(v, Val)]
-    if name in META or not _has_tensor(out):
+    if name in META or name in METADATA or not _has_tensor(out):
         return None
     if any(v.side is not None for v in vals):  # token-mixing hidden units on a second axis
         return token_mixing.handle_side(path, name, args, kwargs, vargs, vkwargs, out)
     if any(v.parts for v in vals):  # an operand concatenated along its units
         family = "pool" if name in POOLS else "reduce" if name in REDUCE else ""
         return concat.handle_parts(b, path, name, family, args, kwargs, vargs, vkwargs, out)
-    if not any(v.site is not None or v.raw or v.param for v in vals):
-        return _const(out, vals)
+    if name in CONSTANTS or not any(v.site is not None or v.raw or v.param for v in vals):
+        val = _const(out, vals)
+        if isinstance(val, Val) and name in FILLS:  # zeros, ones, full: one value everywhere
+            return val.with_(bcast=tuple(d for d, n in enumerate(val.shape) if n > 1))
+        if isinstance(val, Val) and name not in CONSTANTS:
+            elementwise = name in UNARY or name in BINARY or name in NARY
+            return val.with_(bcast=broadcast.propagate(name, args, kwargs, vargs, out, elementwise))
+        return val
     x = vargs[0] if vargs else None
+    if name in ACTIVATIONS:
+        b.activations.add(name)
+    if not any(v.site is not None or v.raw for v in vals):
+        kept = param_elementwise(name, vargs, vkwargs, out, UNARY, BINARY)
+        if kept is not None:
+            return kept
+    if name in functional_layers.NAMES:
+        return functional_layers.handle(b, path, name, args, kwargs, vargs, vkwargs, out)
+    if layout_ops.wants(b, name, args, kwargs, vargs, vkwargs, out):
+        return layout_ops.handle(b, path, name, args, kwargs, vargs, vkwargs, out)
+    if name in ("select", "slice", "narrow") and isinstance(x, Val):
+        return shape_ops.getitem(path, x, _index(name, args, kwargs, x), out)
     if name in NARY:
         return _nary(b, path, name, _flat(vargs) + _flat(list(vkwargs.values())), out)
     if name in UNARY or (name == "expand"):
@@ -84,11 +120,24 @@ def handle(b: SpecBuilder, path: str, target: Any, args: tuple, kwargs: dict, va
         return x.with_(shape=tuple(out.shape)) if isinstance(x, Val) else None
     if name in REDUCE:
         return shape_ops.reduce(path, name, x, args, kwargs, out)
+    if name in ("unsqueeze", "squeeze") and isinstance(x, Val) and x.fdim is not None and x.site is not None:
+        d = kwargs.get("dim", args[1] if len(args) > 1 else None)
+        if isinstance(d, int):  # the dim is known: no guessing from shapes (a unit axis of size 1 is ambiguous)
+            d = d % (x.ndim + 1) if name == "unsqueeze" else d % x.ndim
+            if name == "unsqueeze":
+                return x.with_(shape=tuple(out.shape), fdim=x.fdim + (1 if d <= x.fdim else 0))
+            if x.shape[d] == 1 and d != x.fdim:
+                return x.with_(shape=tuple(out.shape), fdim=x.fdim - (1 if d < x.fdim else 0))
     if name in ("flatten", "view", "reshape", "unflatten", "squeeze", "unsqueeze"):
         return shape_ops.reshape(path, name, x, out)
     if name in ("transpose", "permute", "movedim", "t"):
         return shape_ops.transpose(path, name, x, args[1:], kwargs, out)
     if name == "getitem":
+        if isinstance(x, Val) and x.param and any(isinstance(i, torch.Tensor) for i in _flat(args[1])):
+            items = list(args[1]) if isinstance(args[1], tuple) else [args[1]]
+            vitems = list(vargs[1]) if isinstance(vargs[1], tuple) else [vargs[1]]
+            return param_lookup(b, path, (args[0], [None if isinstance(i, slice) and i == slice(None) else i
+                                                     for i in items]), (x, vitems), out)
         return shape_ops.getitem(path, x, args[1], out)
     if name in ("cat", "stack"):
         return _join(b, path, name, args, kwargs, vargs, out)
@@ -96,7 +145,25 @@ def handle(b: SpecBuilder, path: str, target: Any, args: tuple, kwargs: dict, va
         return shape_ops.split(path, name, x, args, kwargs, out)
     if name == "pad":
         return shape_ops.pad(path, x, args, kwargs, out)
+    if name in ("roll", "flip") and isinstance(x, Val):
+        return shape_ops.roll(path, name, x, args, kwargs, out)
+    if name == "index" and isinstance(x, Val) and x.param:
+        return param_lookup(b, path, args, vargs, out)
     raise UnsupportedLayerError(path, f"function '{name}'", "wsl has no symmetry rule for this operation")
+
+
+def _index(name: str, args: tuple, kwargs: dict, x: Val) -> tuple:
+    """``select``/``slice``/``narrow`` (ATen) as an indexing tuple."""
+    def arg(i: int, key: str, default: Any) -> Any:
+        return kwargs.get(key, args[i] if len(args) > i else default)
+
+    d = int(arg(1, "dim", 0)) % x.ndim
+    if name == "select":
+        return (slice(None),) * d + (int(arg(2, "index", 0)),)
+    if name == "narrow":
+        start = int(arg(2, "start", 0))
+        return (slice(None),) * d + (slice(start, start + int(arg(3, "length", 0))),)
+    return (slice(None),) * d + (slice(arg(2, "start", None), arg(3, "end", None), arg(4, "step", 1)),)
 
 
 def _resolve(b: SpecBuilder, v: Any) -> Any:
@@ -187,7 +254,7 @@ def _binary(b: SpecBuilder, path: str, name: str, a: Any, c: Any, out: Any) -> V
             site = param_into(b, path, u, other, role)
         elif isinstance(other, Val):
             d = _align(u, other.ndim)
-            if 0 <= d < other.ndim and other.shape[d] != 1:
+            if 0 <= d < other.ndim and other.shape[d] != 1 and not broadcast.constant_along(other, d):
                 raise UnsupportedLayerError(path, f"function '{name}'",
                                             "combines the units with a constant tensor that varies along them")
         return u.with_(shape=shape, fdim=fdim, site=site)
@@ -223,7 +290,7 @@ def _nary(b: SpecBuilder, path: str, name: str, operands: list[Any], out: Any) -
         if v.site is not None:
             continue
         d = _align(result, v.ndim)
-        varies = 0 <= d < v.ndim and v.shape[d] != 1
+        varies = 0 <= d < v.ndim and v.shape[d] != 1 and not broadcast.constant_along(v, d)
         what = f"parameter '{v.param}'" if v.param else "a network input" if v.raw else "a constant tensor"
         if varies or v.raw:
             raise UnsupportedLayerError(path, f"function '{name}'", f"its operand {what} of shape {v.shape} varies "
@@ -231,44 +298,6 @@ def _nary(b: SpecBuilder, path: str, name: str, operands: list[Any], out: Any) -
         if v.param:
             b.extras.append(v.param)  # constant along the units: no permutation touches it
     return result
-
-
-def param_into(b: SpecBuilder, path: str, u: Val, p: Val, role: str) -> int:
-    """Record parameter ``p`` combined with unit tensor ``u``; returns u's (possibly new) site."""
-    name = p.param
-    assert name is not None and u.site is not None
-    pshape = b.param_shapes[name]
-    d = _align(u, p.ndim)
-    if not param_view.broadcasts(pshape, p.shape):  # read through a view (e.g. gamma.reshape(1, -1, 1, 1))
-        view_d = param_view.stored_dim(pshape, p.shape, d)
-        if view_d is None:
-            raise UnsupportedLayerError(path, "parameter", f"'{name}' is reshaped before use")
-        d = view_d
-    if d < 0 or pshape[d] == 1:
-        b.extras.append(name)  # constant along the units: not touched by permutations
-        return u.site
-    outer, g, n, inner = group_factor(u.factors)
-    if (outer, inner) != (1, 1) or pshape[d] != n:
-        raise UnsupportedLayerError(path, "parameter", f"'{name}' of shape {pshape} does not match the units")
-    others = [i for i in range(len(pshape)) if i != d and pshape[i] > 1]
-    buffer = name in b.buffer_names
-    if not others and role != "cat":
-        axes = tuple(((((g, n),),) if i == d else (((None, pshape[i]),),)) for i in range(len(pshape)))
-        slot = "bias" if role == "add" else "scale"
-        b.add_tensor(name, pshape, slot, path, f"param_{role}", axes, buffer=buffer)
-        return b.attach(u.site, slot, name, path, part=(0,) * len(pshape))
-    cand = [i for i in range(len(pshape)) if i != d]
-    s = max(cand, key=lambda i: (pshape[i], -abs(i - d)))
-    src_g = b.new_group(pshape[s], "token", name, fixed=True)
-    src = b.new_site(src_g, name, "source", 0)
-    axes = tuple(
-        (((g, n),),) if i == d else ((((src_g, pshape[i]),),) if i == s else (((None, pshape[i]),),))
-        for i in range(len(pshape))
-    )
-    b.add_tensor(name, pshape, "embedding" if role != "mul" else "scale", path, f"param_{role}", axes, buffer=buffer)
-    b.connect(f"param_{role}", src, u.site, path, tensor=name, part=(0,) * len(pshape),
-              src_axis=0 if s < d else 1, dst_axis=1 if s < d else 0)
-    return u.site
 
 
 def _join(b: SpecBuilder, path: str, name: str, args: tuple, kwargs: dict, vargs: tuple, out: Any) -> Val:

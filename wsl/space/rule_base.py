@@ -10,12 +10,16 @@ from wsl.errors import UnsupportedLayerError
 from wsl.space.builder import SpecBuilder, Val
 
 
-def kind_of(mod: nn.Module) -> str:
-    return type(mod).__name__
+def kind_of(mod: nn.Module | str) -> str:
+    return mod if isinstance(mod, str) else type(mod).__name__
 
 
-def feature_in(b: SpecBuilder, x: Val, path: str, mod: nn.Module, size: int, dim: str) -> tuple[int, tuple]:
-    """Site and factors of the units a layer reads along dim ``"last"`` or ``"channel"``."""
+def feature_in(b: SpecBuilder, x: Val, path: str, mod: nn.Module | str, size: int, dim: str) -> tuple[int, tuple]:
+    """Site and factors of the units a layer reads along dim ``"last"`` or ``"channel"``.
+
+    Units merged back from heads may hold pieces of a group around a fixed
+    factor (grouped-query attention's output): see :func:`wsl.space.definitions.dense_input`.
+    """
     if isinstance(x, (tuple, list)) or not isinstance(x, Val):
         raise UnsupportedLayerError(path, kind_of(mod), "its input is not a single tensor")
     want = x.ndim - 1 if dim == "last" else 1
@@ -26,6 +30,10 @@ def feature_in(b: SpecBuilder, x: Val, path: str, mod: nn.Module, size: int, dim
         x = b.resolve_raw_at(x, want, path)
     if x.site is None:
         raise UnsupportedLayerError(path, kind_of(mod), "its input carries no units (a constant or an integer tensor?)")
+    if x.split or any(f[0] is not None and b.find(f[0]) in b.segments for f in x.factors):
+        from wsl.space.definitions import dense_input
+
+        x = dense_input(b, x, want, path, kind_of(mod))
     if x.fdim != want:
         raise UnsupportedLayerError(
             path, kind_of(mod), f"it mixes dim {want} of its input, but the units are on dim {x.fdim} "

@@ -92,9 +92,13 @@ def transpose(path: str, name: str, x: Any, rest: tuple, kwargs: dict, out: Any)
     if not isinstance(x, Val):
         return None
     shape = _shape(out)
-    if x.fdim is None:
-        return x.with_(shape=shape)
-    n = x.ndim
+    if x.fdim is None:  # a transposed parameter is not read as stored: no rule may claim it as such
+        return Val(shape=shape, ids=x.ids) if x.param else x.with_(shape=shape)
+    return x.with_(shape=shape, fdim=dim_order(name, x.ndim, rest, kwargs).index(x.fdim))
+
+
+def dim_order(name: str, n: int, rest: tuple, kwargs: dict) -> list[int]:
+    """``order[i]``: the input dim that output dim ``i`` comes from, for transpose/permute/movedim/t."""
     order = list(range(n))
     if name == "t":
         order = order[::-1]
@@ -116,7 +120,7 @@ def transpose(path: str, name: str, x: Any, rest: tuple, kwargs: dict, out: Any)
             order[d] = s
         it = iter(rest_dims)
         order = [o if o >= 0 else next(it) for o in order]
-    return x.with_(shape=shape, fdim=order.index(x.fdim))
+    return order
 
 
 def getitem(path: str, x: Any, idx: Any, out: Any) -> Any:
@@ -173,6 +177,17 @@ def split(path: str, name: str, x: Any, args: tuple, kwargs: dict, out: Any) -> 
             fd -= 1
         res.append(x.with_(shape=tuple(o.shape), fdim=fd))
     return tuple(res)
+
+
+def roll(path: str, name: str, x: Val, args: tuple, kwargs: dict, out: Any) -> Val:
+    """``roll``/``flip`` along dims that carry no units (shifted windows) move tokens, not units."""
+    dims = kwargs.get("dims", args[2] if name == "roll" and len(args) > 2 else args[1] if len(args) > 1 else None)
+    dims = [dims] if isinstance(dims, int) else list(dims or [])
+    if x.split or (x.fdim is not None and (not dims or x.fdim in [int(d) % x.ndim for d in dims])):
+        raise UnsupportedLayerError(path, f"function '{name}'", "reorders the units")
+    if x.param:
+        return Val(shape=_shape(out))  # a reordered parameter is not read as stored
+    return x.with_(shape=_shape(out))
 
 
 def pad(path: str, x: Any, args: tuple, kwargs: dict, out: Any) -> Any:

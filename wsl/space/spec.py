@@ -18,6 +18,13 @@ Vocabulary
     product of factors: the input axis of a Linear layer that follows a flatten
     of ``C`` channels over ``H*W`` positions is ``((g, C), (None, H*W))``.
     Factors with ``None`` are never permuted (kernel taps, flattened positions).
+    A *piece* ``(group_id, size, stride)`` is one digit of a group's unit
+    index: unit ``u`` of the group has digit ``(u // stride) % size``. The
+    pieces of one group in a segment, read in order, make up its whole index;
+    other factors may sit between them. The output projection of grouped-query
+    attention reads ``K`` key/value heads of ``d`` value units, each repeated
+    for ``r`` query heads: its input axis is ``((v, K, d), (None, r), (v, d, 1))``
+    -- the value group ``v`` of size ``K*d`` split around the fixed repeat.
 *Segment*
     A tuple of factors. An axis is a concatenation of segments; almost every
     axis has one segment. Fused projections (``c_attn`` of GPT-2, the
@@ -56,7 +63,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Sequence
 
-Factor = tuple[int | None, int]
+Factor = tuple[int | None, int] | tuple[int, int, int]
 Segment = tuple[Factor, ...]
 Axis = tuple[Segment, ...]
 
@@ -129,19 +136,20 @@ class Block:
 
     @property
     def unit_groups(self) -> tuple[int, ...]:
-        """Groups of the unit axes of the canonical view, in axis order."""
-        return tuple(f[0] for seg in self.axes for f in seg if f[0] is not None)
+        """Groups of the unit axes of the canonical view, in axis order (the pieces of a group are one axis)."""
+        return tuple(g for _, g, _ in unit_axes(self.axes))
 
     @property
     def unit_shape(self) -> tuple[int, ...]:
-        """Sizes of the unit axes of the canonical view (a diagonal axis counts all its group's units)."""
+        """Sizes of the unit axes of the canonical view (a diagonal axis counts all its group's units; the
+        pieces of a group in one axis count as one axis of the group's size)."""
         mult = {a: nb for a, _, nb in self.diagonal}
-        return tuple(f[1] * mult.get(a, 1) for a, seg in enumerate(self.axes) for f in seg if f[0] is not None)
+        return tuple(n * mult.get(a, 1) for a, _, n in unit_axes(self.axes))
 
     @property
     def compact_unit_shape(self) -> tuple[int, ...]:
         """Sizes of the unit axes as stored (a diagonal axis counts one block's units)."""
-        return tuple(f[1] for seg in self.axes for f in seg if f[0] is not None)
+        return tuple(n for _, _, n in unit_axes(self.axes))
 
     @property
     def feature_size(self) -> int:
@@ -219,7 +227,8 @@ class WeightSpaceSpec:
     @staticmethod
     def from_json_dict(d: dict[str, Any]) -> "WeightSpaceSpec":
         def axes(a: Any) -> tuple[Axis, ...]:
-            return tuple(tuple(tuple((f[0], int(f[1])) for f in seg) for seg in ax) for ax in a)
+            return tuple(tuple(tuple((f[0], *(int(x) for x in f[1:])) for f in seg) for seg in ax)  # type: ignore[misc]
+                         for ax in a)
 
         return WeightSpaceSpec(
             tensors=tuple(
@@ -274,6 +283,30 @@ def _tuplify(x: Any) -> Any:
     if isinstance(x, list):
         return tuple(_tuplify(v) for v in x)
     return x
+
+
+def unit_axes(segments: tuple[Segment, ...]) -> list[tuple[int, int, int]]:
+    """(tensor axis, group, size) of each unit axis of a canonical view: one per whole-group factor, one per
+    set of pieces of a group.
+
+    The pieces of a group within a segment (see *Factor*) merge into one axis
+    of the group's full size, placed where its first piece is.
+    """
+    out: list[tuple[int, int, int]] = []
+    for a, seg in enumerate(segments):
+        pieces: dict[int, int] = {}
+        for f in seg:
+            if f[0] is None:
+                continue
+            if len(f) == 2:
+                out.append((a, f[0], f[1]))
+            elif f[0] in pieces:
+                k = pieces[f[0]]
+                out[k] = (a, f[0], out[k][2] * f[1])
+            else:
+                pieces[f[0]] = len(out)
+                out.append((a, f[0], f[1]))
+    return out
 
 
 def axis_size(axis: Axis) -> int:

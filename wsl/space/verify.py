@@ -98,6 +98,9 @@ def check_layer(b: SpecBuilder, path: str, mod: nn.Module, args: tuple, kwargs: 
         return  # no values to compare (tracing a configuration without weights): the shape rules stand alone
     if any(isinstance(v, Val) and v.has_units for v in _flat(list(kwargs.values()))):
         return
+    if any(isinstance(v, Val) and v.split for v in _flat(list(vargs))) or (isinstance(ov, Val) and ov.split):
+        raise UnsupportedLayerError(path, type(mod).__name__, "its input or output holds units split into heads; "
+                                    "wsl checks layers outside torch.nn only on single-axis units")
     gen = torch.Generator().manual_seed(seed)
     perms = _Perms(b, gen)
     pargs = []

@@ -40,11 +40,34 @@ class WeightSpace:
 
     # ------------------------------------------------------------ construction
     @classmethod
-    def from_module(cls, module: nn.Module, example_input: Any = None) -> "WeightSpace":
-        """Trace ``module`` (torch.fx) and derive its weight space."""
+    def from_module(cls, module: nn.Module, example_input: Any = None, frontend: str = "auto") -> "WeightSpace":
+        """Trace ``module`` and derive its weight space.
+
+        ``example_input``: a tensor, a tuple of positional inputs or a dict of
+        keyword inputs (guessed when omitted). ``frontend``: ``"auto"``
+        (torch.fx, else torch.export), ``"fx"`` or ``"export"``; see
+        :mod:`wsl.space.trace`. A module on the meta device is traced without
+        allocating weights.
+        """
         from wsl.space.trace import trace_spec
 
-        return cls(trace_spec(module, example_input), arch=getattr(module, "wsl_arch", None))
+        return cls(trace_spec(module, example_input, frontend), arch=getattr(module, "wsl_arch", None))
+
+    @classmethod
+    def from_pretrained(cls, source: Any, example_input: Any = None, frontend: str = "auto") -> "WeightSpace":
+        """The weight space of a pretrained checkpoint, traced from its configuration alone.
+
+        ``source``: ``hf://ORG/NAME[@REV][/PATH]`` or a local Hugging Face
+        checkpoint folder. Only ``config.json`` and the safetensors header are
+        read (never the weights); the module is built on the meta device. The
+        readers are registered by :mod:`wsl.hub` (see :func:`register_pretrained_loader`).
+        """
+        for loader in _PRETRAINED:
+            space = loader(source, example_input=example_input, frontend=frontend)
+            if space is not None:
+                return space  # type: ignore[no-any-return]
+        raise WslError(f"{source}: no reader of pretrained checkpoints accepts it (hf:// URIs and folders with a "
+                       "config.json are read once wsl.hub is imported, as `import wsl` does)")
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "WeightSpace":
@@ -248,8 +271,8 @@ def _axis_str(space: WeightSpace, axis: Any) -> str:
     segs = []
     for seg in axis:
         fs = []
-        for g, n in seg:
-            fs.append(f"{n}" if g is None else f"g{g}")
+        for f in seg:
+            fs.append(f"{f[1]}" if f[0] is None else f"g{f[0]}" if len(f) == 2 else f"g{f[0]}.{f[1]}")
         segs.append("x".join(fs) if fs else "1")
     return "+".join(segs)
 
@@ -266,6 +289,17 @@ def _num_edges(space: WeightSpace, c: Connection) -> int:
     if c.src_axis == c.dst_axis:
         return units[c.src_axis]
     return units[c.src_axis] * units[c.dst_axis]
+
+
+PretrainedLoader = Callable[..., "WeightSpace | None"]
+_PRETRAINED: list[PretrainedLoader] = []
+
+
+def register_pretrained_loader(fn: PretrainedLoader) -> None:
+    """Add ``fn(source, example_input=None, frontend="auto") -> WeightSpace | None`` (None: not its kind of
+    source) to :meth:`WeightSpace.from_pretrained` (``wsl.hub`` registers the ``hf://`` reader)."""
+    if fn not in _PRETRAINED:
+        _PRETRAINED.append(fn)
 
 
 def random_permutation(space: WeightSpace, generator: torch.Generator | None = None,
