@@ -6,6 +6,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.wsl-installed
+EXTRAS := $(VENV)/.wsl-test-extras
+# Optional libraries the test suite covers when present (tests skip without them): transformers and peft
+# (pinned to the installed torch by a constraints file), timm without its dependencies (its torchvision
+# import is stubbed inside the tests that need it; torchvision is never installed).
+TEST_EXTRAS ?= transformers peft
+TIMM        ?= timm==1.0.31
 
 .PHONY: venv demo test bench clean
 
@@ -15,12 +21,18 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+$(EXTRAS): $(STAMP)
+	echo "$(TORCH)" > $(VENV)/constraints.txt
+	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt $(TEST_EXTRAS)
+	$(BIN)/python -m pip install -q --no-deps "$(TIMM)"
+	touch $(EXTRAS)
+
 venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/wsl demo
 
-test: $(STAMP)
+test: $(STAMP) $(EXTRAS)
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
