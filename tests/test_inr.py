@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from inr_fixtures import make_inr_zoo
-from wsl.errors import WslError
 
 
 @pytest.fixture(autouse=True)

@@ -157,6 +157,92 @@ def run_render(args: argparse.Namespace) -> int:
 
 
 def run_edit(args: argparse.Namespace) -> int:
-    from wsl.train.inr_editor import edit_command
+    import time
 
-    return edit_command(args)
+    import torch
+
+    from wsl.io import save_module
+    from wsl.tasks.inr import render
+    from wsl.train.inr_editor import load_inr_model
+
+    torch.set_num_threads(1)
+    if not str(args.output).lower().endswith(".safetensors"):
+        raise WslError(f"-o {args.output}: the edited INR is written as safetensors with its architecture; "
+                       "name it *.safetensors")
+    editor = load_inr_model(args.model)
+    if editor.task != "inr_editing":
+        raise WslError(f"--model {args.model}: trained for {editor.task}, not inr_editing")
+    if args.edit != editor.edit_name:
+        raise WslError(f"--edit {args.edit}: model {args.model} was trained for {editor.edit_name!r}; train one for "
+                       f"{args.edit!r} with inr.edit={args.edit}")
+    module, recorded, label = load_inr(args.inr, args.arch)
+    t0 = time.perf_counter()
+    edited = editor.edit_module(module)
+    ms = (time.perf_counter() - t0) * 1000
+    shape = editor.shape
+    if recorded is not None and tuple(recorded) != tuple(shape):
+        raise WslError(f"{args.inr}: recorded grid {recorded} differs from the model's {shape}")
+    meta = {"wsl_inr": json.dumps({"shape": list(shape), "edit": args.edit, "model": str(args.model),
+                                   "source": str(args.inr)})}
+    out = save_module(edited, args.output, metadata=meta)
+    summary = {"input": str(args.inr), "output": str(out), "edit": args.edit, "model": str(args.model),
+               "shape": list(shape), "edit_ms": ms}
+    if args.png:
+        from wsl.tasks.inr_edits import apply_edit
+        from wsl.tasks.inr_plots import edit_grid
+
+        before = render(module, shape)
+        edit_grid({"INR": before.unsqueeze(0), "edited INR": render(edited, shape).unsqueeze(0),
+                   f"target ({args.edit})": apply_edit(args.edit, before.unsqueeze(0))}, args.png, row_labels=[label])
+        summary["png"] = str(args.png)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"wrote {out}: {label} edited ({args.edit}) by {args.model} in {ms:.1f} ms")
+    return 0
+
+
+def inr_baseline_names(task: str) -> tuple[str, ...]:
+    """The baselines ``wsl train`` runs without the Trainer for an INR task."""
+    from wsl.tasks.inr_baselines import INR_BASELINES
+
+    return INR_BASELINES.get(task, ())
+
+
+def run_inr_baseline(cfg: Any) -> int:
+    """``wsl train`` of an INR baseline config: run it, write ``metrics.json``, print the result."""
+    import time
+    from pathlib import Path
+
+    from wsl.io import atomic_open, local_path
+    from wsl.tasks.inr_baselines import run_inr_baseline as run
+    from wsl.tasks.metrics import to_json
+    from wsl.zoo import load_zoo
+
+    dc = cfg.data
+    t0 = time.perf_counter()
+    zoo = load_zoo(local_path(dc.zoo, repo_type="dataset"), verify=dc.verify)
+    res = run(cfg.task, cfg.model.name, zoo, dict(cfg.model.params), seed=cfg.train.seed, edit=cfg.inr.edit,
+              checkpoints=dc.checkpoints, splits=(dc.train_split, dc.val_split, dc.test_split), arch=dc.arch,
+              max_train=dc.max_train)
+    res.update(wall_time_s=time.perf_counter() - t0, model=cfg.model.name, config=cfg.to_dict())
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_open(out / "metrics.json", "w", encoding="utf-8") as fh:
+        json.dump(to_json(res), fh, indent=1)
+    return print_inr_result(cfg, res)
+
+
+def print_inr_result(cfg: Any, m: dict[str, Any]) -> int:
+    """One line: the test metric of an INR run."""
+    import os
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    key = "accuracy" if cfg.task == "inr_classification" else "mse"
+    rate = m.get("models_per_s")
+    extra = f", no edit {m['test']['identity_mse']:.5f}" if key == "mse" else ""
+    print(f"{cfg.model.name} ({cfg.task}{', ' + cfg.inr.edit if key == 'mse' else ''}): val {key} "
+          f"{m['val'][key]:.4f}, test {key} {m['test'][key]:.4f}{extra}"
+          + (f", {rate:.0f} models/s" if rate else "") + f", {m['wall_time_s']:.0f}s -> {cfg.output}")
+    return 0
