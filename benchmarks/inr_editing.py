@@ -78,11 +78,15 @@ def _train_in_process(argv: list[str], out: Path) -> tuple[int, str]:
     return rc, buf.getvalue().strip()
 
 
+def _num(v: float) -> str:
+    return f"{v:.4f}" if v >= 1e-3 else f"{v:.1e}"
+
+
 def fmt(vals: list[float]) -> str:
     if not vals:
         return "-"
     a = np.asarray(vals)
-    return f"{a.mean():.4f} ± {a.std(ddof=1):.4f}" if len(a) > 1 else f"{a.mean():.4f}"
+    return f"{_num(a.mean())} ± {_num(a.std(ddof=1))}" if len(a) > 1 else _num(a.mean())
 
 
 def figure(path: Path, model: str, args: argparse.Namespace, count: int = 5) -> None:
@@ -113,8 +117,8 @@ def figure(path: Path, model: str, args: argparse.Namespace, count: int = 5) -> 
             cols[f"{model}: {edit}"] = rend(load_inr_model(run).edit(raw))
             cols[f"target: {edit}"] = apply_edit(edit, before)
     labels = [f"label {m.metadata['label']}" for m in view]
-    edit_grid(cols, path, row_labels=labels, title=f"digits-siren test INRs edited by {LABELS.get(model, model)} "
-              "(weights in, weights out) vs. the edited renders")
+    edit_grid(cols, path, row_labels=labels, title=f"digits-siren test INRs: {LABELS.get(model, model)} edits "
+              "(weights in, weights out) vs. targets")
 
 
 def main() -> int:
@@ -135,7 +139,7 @@ def main() -> int:
         print(f"missing zoo {args.zoo}: wsl zoo generate zoos/digits-siren.yaml -o zoos-out/digits-siren")
         return 2
     edits, models = args.edits.split(","), args.models.split(",")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     table: dict[str, dict[str, dict]] = {}
     for e in edits:
         for m in models:
@@ -161,7 +165,8 @@ def main() -> int:
         Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
         figure(Path(args.figure), fig_model, args)
         print(f"\nfigure: {args.figure} ({LABELS.get(fig_model, fig_model)}, seed {args.seeds[0]})")
-    print(f"total {(time.perf_counter() - t0) / 60:.1f} min (runs reused from {args.runs} are not re-timed)")
+    print(f"total {(time.perf_counter() - t0) / 60:.1f} min wall, {(time.process_time() - c0) / 60:.1f} min CPU of this "
+          f"process (one thread; runs reused from {args.runs} are not re-timed)")
     if args.json:
         Path(args.json).write_text(json.dumps({"table": table, "seeds": args.seeds, "max_train": args.max_train},
                                               indent=1))

@@ -242,7 +242,7 @@ def _cfg(zoo: Path, out: Path, task: str, model: dict[str, Any], **over: Any) ->
                                    {"name": "render_cnn", "channels": [8], "hidden": 16}])
 def test_classification_trainer(zoo_path: Path, tmp_path: Path, model: dict[str, Any]) -> None:
     from wsl.train.inr_editor import load_inr_model
-    from wsl.train.loop import train
+    from wsl.train.run import train
     from wsl.zoo import load_zoo
 
     m = train(_cfg(zoo_path, tmp_path / "run", "inr_classification", model))
@@ -261,7 +261,7 @@ def test_editing_trainer_and_saved_editor(zoo_path: Path, tmp_path: Path, model:
     from wsl.tasks.inr import Renderer, zoo_shape
     from wsl.tasks.inr_edits import apply_edit
     from wsl.train.inr_editor import load_inr_model
-    from wsl.train.loop import train
+    from wsl.train.run import train
     from wsl.zoo import load_zoo
 
     cfg = _cfg(zoo_path, tmp_path / "run", "inr_editing", model, edit="erode")
@@ -282,3 +282,19 @@ def test_editing_trainer_and_saved_editor(zoo_path: Path, tmp_path: Path, model:
     with torch.no_grad():
         mse = float((rend(editor.edit(raw)) - apply_edit("erode", before)).square().flatten(1).mean(1).mean())
     assert abs(mse - m["test"]["mse"]) < 1e-5
+
+
+def test_editing_resume_equals_uninterrupted_run(zoo_path: Path, tmp_path: Path) -> None:
+    """The INR trainers keep the Trainer's exact resume (augmentation RNG included)."""
+    from wsl.io import load_safetensors
+    from wsl.train.inr_trainers import INREditingTrainer
+
+    cfg = _cfg(zoo_path, tmp_path / "full", "inr_editing", {"name": "np", "channels": [8]}, edit="gaussian_blur")
+    cfg.train.epochs = 3
+    full = INREditingTrainer(cfg, tmp_path / "full").fit()
+    INREditingTrainer(cfg, tmp_path / "part").fit(stop_after=1)
+    resumed = INREditingTrainer(cfg, tmp_path / "part", resume=True).fit()
+    assert resumed["test"] == full["test"]
+    a = load_safetensors(tmp_path / "full" / "inr_model" / "model.safetensors")
+    b = load_safetensors(tmp_path / "part" / "inr_model" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

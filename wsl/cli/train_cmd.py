@@ -49,7 +49,7 @@ def run_train(args: argparse.Namespace) -> int:
             return run_inr_baseline(cfg)
     elif cfg.model.name in BASELINES:
         return _run_baseline(cfg)
-    from wsl.train.loop import train
+    from wsl.train.run import train
 
     m = train(cfg, cfg.output, resume=args.resume)
     if cfg.task != "generalization":

@@ -122,15 +122,21 @@ class INRModel:
         return self.model(self._inputs(stacked)).float()
 
     def edit_module(self, module: nn.Module) -> nn.Module:
-        """A new module of the INRs' architecture holding the edit of ``module``'s weights."""
-        from wsl.archs.describe import build
+        """A new module of the INRs' architecture holding the edit of ``module``'s weights.
 
-        from wsl.space import WeightSpace
+        ``module`` must have exactly the training INRs' architecture description (layers, widths,
+        activations): a cheap check (no tracing) that is stricter than comparing weight spaces.
+        """
+        from wsl.archs.describe import build, describe, validate
+        from wsl.errors import ArchitectureError
 
-        space = WeightSpace.from_module(module)
-        if not self.accepts(space):
-            raise INRModelError(f"{self.path or 'this model'} edits INRs of architecture {self.config['signature']}, "
-                                f"got {space.signature}")
+        try:
+            got = validate(describe(module))
+        except ArchitectureError as exc:
+            raise INRModelError(f"cannot describe the INR to edit: {exc}") from None
+        if got != validate(dict(self.config["arch"])):
+            raise INRModelError(f"{self.path or 'this model'} edits INRs of architecture "
+                                f"{json.dumps(self.config['arch'])}, got {json.dumps(got)}")
         sd = {k: v.detach().float().unsqueeze(0) for k, v in module.state_dict().items()}
         edited = {k: v[0] for k, v in self.edit(sd).items()}
         out = build(self.config["arch"])

@@ -40,7 +40,7 @@ from wsl.train.checkpoints import load_checkpoint, save_checkpoint
 from wsl.train.config import Config
 from wsl.train.generalization_task import GeneralizationTask
 
-__all__ = ["Trainer", "train", "trainer_class"]
+__all__ = ["Trainer", "train"]
 
 
 def _lr_lambda(cfg: Config, steps_per_epoch: int) -> Callable[[int], float]:
@@ -295,20 +295,15 @@ class Trainer(GeneralizationTask):
 
 
 
-def trainer_class(task: str) -> type[Trainer]:
-    """The Trainer of a config's ``task`` (generalization: :class:`Trainer` itself)."""
-    if task == "generalization":
-        return Trainer
-    from wsl.train.inr_trainers import TRAINERS
-
-    if task not in TRAINERS:
-        raise ConfigError(f"task {task!r} has no trainer; valid: generalization, {', '.join(TRAINERS)}")
-    return TRAINERS[task]
-
-
 def train(cfg: Config, output: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
-    """Run one experiment (the Trainer of ``cfg.task``); cleans up the process group afterwards."""
+    """Run one generalization experiment; cleans up the process group afterwards.
+
+    Any task: :func:`wsl.train.run.train` (what ``wsl train`` and ``wsl.train.train`` call).
+    """
+    if cfg.task != "generalization":
+        raise ConfigError(f"wsl.train.loop.train runs task generalization; task {cfg.task!r} runs with "
+                          "wsl.train.run.train (or wsl.train.train)")
     try:
-        return trainer_class(cfg.task)(cfg, output, resume=resume).fit()
+        return Trainer(cfg, output, resume=resume).fit()
     finally:
         D.cleanup()
