@@ -37,6 +37,9 @@ def main() -> None:
     ap.add_argument("--arch", default="digits_cnn", choices=ARCHS)
     ap.add_argument("--steps", type=int, default=None, help="NeuMeta fit steps (default: the config's)")
     ap.add_argument("--finetune-steps", type=int, default=300)
+    ap.add_argument("--variants", default="smooth,plain", help="NeuMeta fits to run: smooth, plain or both")
+    ap.add_argument("--reuse", action="store_true",
+                    help="read a variant's finished run directory (metrics.json) instead of fitting it again")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -51,10 +54,19 @@ def main() -> None:
     runs = out / f"hyper_widths{suffix}_runs"
     res: dict[str, dict[str, float]] = {}
     t0 = time.perf_counter()
-    for smooth_on in (True, False):
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not variants or set(variants) - {"smooth", "plain"}:
+        ap.error("--variants: a comma-separated subset of smooth,plain")
+    for smooth_on in [v == "smooth" for v in variants]:
         cfg = resolve_config({**raw, "smooth": smooth_on})
-        m = run(cfg, runs / ("smooth" if smooth_on else "plain"))
+        rd = runs / ("smooth" if smooth_on else "plain")
+        if args.reuse and (rd / "metrics.json").is_file():
+            m = json.loads((rd / "metrics.json").read_text())
+        else:
+            m = run(cfg, rd)
         res["neumeta_smooth" if smooth_on else "neumeta_plain"] = m["accuracy"]
+        if "accuracy_generated_statistics" in m:  # BatchNorm: generated running statistics instead of recomputed
+            res["neumeta_smooth_genstats" if smooth_on else "neumeta_plain_genstats"] = m["accuracy_generated_statistics"]
         res["base"] = {"1.0": m["base_accuracy"]}
         res.setdefault("_meta", {}).update({"tv_before": m["tv_before"], "tv_after" if smooth_on else "tv_plain":
                                             m["tv_after"], "hyper_bytes": m["hyper_bytes"],
@@ -62,7 +74,7 @@ def main() -> None:
                                             f"fit_seconds_{'smooth' if smooth_on else 'plain'}": m["seconds_fit"]})
         print(args.arch, "smooth" if smooth_on else "plain", m["accuracy"], flush=True)
     from wsl.io import load_model
-    base, _ = load_model(runs / "smooth" / "base.safetensors")
+    base, _ = load_model(runs / variants[0] / "base.safetensors")
     fam = WidthFamily.from_module(base)
     res["individual"], res["prune"], res["prune_finetune"] = {}, {}, {}
     for r in RATIOS:
@@ -78,10 +90,11 @@ def main() -> None:
         print(r, {k: v.get(str(r)) for k, v in res.items() if k != "_meta"}, flush=True)
     res["_meta"].update({"arch": args.arch, "dataset": dataset, "config": raw, "base_steps": base_steps,
                          "finetune_steps": args.finetune_steps, "seconds": time.perf_counter() - t0,
-                         "widths": {str(r): list(fam.widths(r)) for r in RATIOS}})
+                         "widths": {str(r): list(fam.widths(r)) for r in RATIOS}, "variants": variants})
     out.mkdir(parents=True, exist_ok=True)
     (out / f"hyper_widths{suffix}.json").write_text(json.dumps(res, indent=2))
-    cols = ["neumeta_smooth", "neumeta_plain", "individual", "prune", "prune_finetune", "base"]
+    cols = [c for c in ("neumeta_smooth", "neumeta_smooth_genstats", "neumeta_plain", "neumeta_plain_genstats")
+            if c in res] + ["individual", "prune", "prune_finetune", "base"]
     lines = [f"| ratio | widths | {' | '.join(cols)} |", "|" + "---|" * (len(cols) + 2)]
     for r in RATIOS:
         cells = [f"{res[c][str(r)]:.3f}" if str(r) in res[c] else "" for c in cols]

@@ -338,8 +338,10 @@ def test_non_finite_weights(client: TestClient, serve_env: ServeEnv) -> None:  #
 
 
 def test_unsupported_layers_and_code_references(client: TestClient, serve_env: ServeEnv) -> None:  # noqa: F811
-    grouped = {"format": "wsl.arch/1", "kind": "sequential", "input_shape": [2, 8, 8],
-               "layers": [{"type": "conv2d", "out_channels": 4, "kernel_size": 3, "groups": 2}, {"type": "flatten"},
+    grouped = {"format": "wsl.arch/1", "kind": "sequential", "input_shape": [2, 8, 8],  # conv blocks of 3 channels
+               "layers": [{"type": "conv2d", "out_channels": 6, "kernel_size": 1},  # after norm blocks of 2: refused
+                          {"type": "groupnorm", "num_groups": 3},
+                          {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "groups": 2}, {"type": "flatten"},
                           {"type": "linear", "out_features": 10}]}
     from wsl.archs.describe import build
 

@@ -301,14 +301,16 @@ def test_spec_json_round_trip() -> None:
 
 
 class _Concat(nn.Module):
+    """Joins a learned tensor to the units (concatenating two layers' units is supported: test_space_concat)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.a = nn.Linear(4, 3)
-        self.b = nn.Linear(4, 3)
+        self.p = nn.Parameter(torch.randn(1, 3))
         self.c = nn.Linear(6, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c(torch.cat([self.a(x), self.b(x)], dim=-1))
+        return self.c(torch.cat([self.a(x), self.p.expand(x.shape[0], 3)], dim=-1))
 
 
 class _Matmul(nn.Module):
@@ -323,7 +325,8 @@ class _Matmul(nn.Module):
 
 @pytest.mark.parametrize("module,x,where,kind", [
     (nn.Sequential(nn.Linear(3, 4), nn.LSTM(4, 4)), torch.randn(2, 3), "1", "LSTM"),
-    (nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)), torch.randn(1, 4, 6, 6), "0", "Conv2d"),
+    (nn.Sequential(nn.Conv2d(4, 6, 1), nn.GroupNorm(3, 6), nn.Conv2d(6, 6, 3, groups=2)), torch.randn(1, 4, 6, 6),
+     "grouped convolution (groups=2)", "Conv2d"),  # norm blocks of 2 and conv blocks of 3 channels cannot nest
     (nn.Sequential(nn.Linear(3, 4), nn.Bilinear(4, 4, 2)), torch.randn(2, 3), "1", "Bilinear"),
     (_Concat(), torch.randn(2, 4), "cat", "cat"),
     (_Matmul(), torch.randn(2, 5, 4), "matmul", "matmul"),

@@ -21,6 +21,11 @@ def register(sub: Any) -> None:
     g.add_argument("path", help="checkpoint (.safetensors, .pt, .bin, directory, hf://...)")
     add_model_args(g)
     g.add_argument("-o", "--output", required=True, help="output file (.pt or .safetensors)")
+    g.add_argument("--edges", choices=["auto", "padded", "ragged"], default="auto",
+                   help="edge storage: padded edge_attr (E, K), ragged edge_values (memory ~ weights), or auto "
+                        "(ragged for big architectures)")
+    g.add_argument("--max-memory", type=float, default=None, metavar="GIB",
+                   help="refuse graphs estimated above this many GiB (default: the memory available)")
     g.set_defaults(func=run_graph)
 
 
@@ -38,8 +43,16 @@ def run_inspect(args: argparse.Namespace) -> int:
 def run_graph(args: argparse.Namespace) -> int:
     from wsl.graph import build_one, save_graph
 
+    from wsl.graph import check_graph_fits, is_ragged
+
     module, sd, space = load_for_cli(args.path, args.arch, args.input_shape, args.input_dtype)
-    graph = build_one(space, sd if sd is not None else module.state_dict())
+    sd = sd if sd is not None else module.state_dict()
+    itemsize = max((t.element_size() for t in sd.values() if t.is_floating_point()), default=4)
+    limit = None if args.max_memory is None else int(args.max_memory * 2 ** 30)
+    need = check_graph_fits(space, args.edges, itemsize, limit=limit, where=f"wsl graph {args.path or args.arch}")
+    graph = build_one(space, sd, edges=args.edges)
     save_graph(graph, args.output)
-    print(f"wrote {args.output}: {graph.num_nodes:,} nodes, {graph.num_edges:,} edges")
+    kind = "ragged" if is_ragged(graph) else "padded"
+    print(f"wrote {args.output}: {graph.num_nodes:,} nodes, {graph.num_edges:,} edges ({kind} edges, "
+          f"estimated {need / 2 ** 20:,.1f} MiB to build)")
     return 0

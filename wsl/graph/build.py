@@ -13,6 +13,9 @@ Dtypes: node/edge features use the promoted dtype of the stored parameter
 tensors (float16 + float32 -> float32, exact); ``extras`` are float64 (exact
 for every float dtype and for integers up to 2**53). The original dtype of
 every tensor is recorded in ``dtypes`` so decoding is bit-exact.
+
+Edges are stored padded (``edge_attr`` ``(E, K)``) or, for big architectures,
+ragged (``edge_values``: every real entry once; :mod:`wsl.graph.ragged`).
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ from torch_geometric.data import Batch
 from wsl.errors import WslError
 from wsl.graph.data import ParameterGraph, make_batch, to_graphs
 from wsl.graph.layout import NUM_SLOTS, GraphLayout
-from wsl.space.axes import to_canonical
+from wsl.graph.size import graph_dims
+from wsl.space.axes import to_compact
 from wsl.space.weightspace import WeightSpace
 
-__all__ = ["build", "build_one", "to_graphs", "feature_dtype"]
+__all__ = ["build", "build_one", "feature_dtype", "to_graphs"]
 
 _EXACT_INT = 2 ** 53
 
@@ -53,7 +57,7 @@ def _dtype_string(layout: GraphLayout, stacked: Mapping[str, torch.Tensor]) -> s
 
 
 def _assemble(space: WeightSpace, stacked: Mapping[str, torch.Tensor], method: str = "copy",
-              reuse_structure: bool = False) -> tuple[dict[str, torch.Tensor], int, str]:
+              reuse_structure: bool = False, edges: str = "auto") -> tuple[dict[str, torch.Tensor], int, str]:
     """All graph tensors of ``N`` models, concatenated over graphs; returns (attrs, N, dtypes)."""
     if method not in ("copy", "gather"):
         raise GraphBuildError(f"wsl.graph.build: method must be 'copy' or 'gather', got {method!r}")
@@ -66,6 +70,12 @@ def _assemble(space: WeightSpace, stacked: Mapping[str, torch.Tensor], method: s
     idx = lay.on(dev)
     fdt = feature_dtype(lay, stacked)
     v, e, k, s = lay.num_nodes, lay.num_edges, lay.edge_dim, NUM_SLOTS
+    try:
+        ragged = graph_dims(space).edge_format(edges, torch.empty((), dtype=fdt).element_size()) == "ragged"
+    except WslError as e:
+        raise GraphBuildError(f"wsl.graph.build: {e}") from e
+    if ragged:
+        method = "copy"  # ragged values are always written block by block
 
     flat = None
     if method == "gather" or lay.leftover.numel():
@@ -78,51 +88,65 @@ def _assemble(space: WeightSpace, stacked: Mapping[str, torch.Tensor], method: s
         x = flat.index_select(1, idx["gather_x"]).view(n * v, s)
         edge_attr = flat.index_select(1, idx["gather_edge"]).view(n * e, k)
     else:
-        x, edge_attr = _copy_blocks(lay, stacked, n, fdt, dev)
+        x, edge_attr = _copy_blocks(lay, stacked, n, fdt, dev, ragged)
 
     ex = [_extra_to_f64(name, stacked[name], n) for name in lay.extra_names]
     if flat is not None and lay.leftover.numel():
         ex.append(flat.index_select(1, idx["leftover"]).to(torch.float64))
     extras = torch.cat(ex, dim=1) if ex else torch.zeros(n, 0, dtype=torch.float64, device=dev)
 
-    attrs = {"x": x, "edge_attr": edge_attr, "extras": extras.reshape(-1)}
-    attrs.update(_structure(lay, n, dev, reuse_structure))
+    attrs = {"x": x, ("edge_values" if ragged else "edge_attr"): edge_attr, "extras": extras.reshape(-1)}
+    attrs.update(_structure(lay, n, dev, reuse_structure, ragged))
     return attrs, n, _dtype_string(lay, stacked)
 
 
 _MAX_SHARED = 4
 
 
-def _structure(lay: GraphLayout, n: int, dev: torch.device, reuse: bool) -> dict[str, torch.Tensor]:
+def _structure(lay: GraphLayout, n: int, dev: torch.device, reuse: bool, ragged: bool = False
+               ) -> dict[str, torch.Tensor]:
     """The weight-independent attributes of ``n`` graphs (edge_index, masks, kinds, ...).
 
-    With ``reuse`` they are cached on the layout per ``(device, n)`` (at most
-    a few sizes) and shared by every batch built with ``reuse_structure=True``.
+    With ``reuse`` they are cached on the layout per ``(device, n, format)`` (at
+    most a few) and shared by every batch built with ``reuse_structure=True``.
     """
     def build() -> dict[str, torch.Tensor]:
         idx = lay.on(dev)
         offs = torch.arange(n, device=dev) * lay.num_nodes
+        edge = {"edge_width": idx["edge_width"].repeat(n)} if ragged else {"edge_mask": idx["edge_mask"].repeat(n, 1)}
         return {
             "x_mask": idx["x_mask"].repeat(n, 1),
             "edge_index": (idx["edge_index"].unsqueeze(1) + offs.view(1, n, 1)).reshape(2, n * lay.num_edges),
-            "edge_mask": idx["edge_mask"].repeat(n, 1),
+            **edge,
             "edge_kind": idx["edge_kind"].repeat(n), "edge_conn": idx["edge_conn"].repeat(n),
             "node_kind": idx["node_kind"].repeat(n), "node_depth": idx["node_depth"].repeat(n),
             "node_group": idx["node_group"].repeat(n), "node_pos": idx["node_pos"].repeat(n),
             "num_extras": torch.full((n,), lay.num_extras, dtype=torch.long, device=dev),
         }
 
-    return lay.shared((str(dev), n), build, _MAX_SHARED) if reuse else build()
+    return lay.shared((str(dev), n, ragged), build, _MAX_SHARED) if reuse else build()
 
 
 def _copy_blocks(lay: GraphLayout, stacked: Mapping[str, torch.Tensor], n: int, fdt: torch.dtype,
-                 dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Node/edge features by one strided copy per tensor block (same result as the gather map)."""
+                 dev: torch.device, ragged: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Node features and padded ``edge_attr`` (or ragged ``edge_values``), one strided copy per tensor block.
+
+    Same result as the gather map.
+    """
     v, e, k = lay.num_nodes, lay.num_edges, lay.edge_dim
     x = torch.zeros(n, v, NUM_SLOTS, dtype=fdt, device=dev)
+    if ragged:
+        values = torch.empty(n, lay.num_values, dtype=fdt, device=dev)
+        for st in lay.copy_steps:
+            canon = to_compact(stacked[st.tensor], st.block).reshape(n, st.stop - st.start, st.width)
+            if st.target == "x":
+                x[:, st.start:st.stop, st.col] = canon[..., 0]
+            else:
+                values[:, st.value_start:st.value_stop] = canon.reshape(n, -1)
+        return x.view(n * v, NUM_SLOTS), values.view(-1)
     edge = torch.empty(n, e, k, dtype=fdt, device=dev)
     for st in lay.copy_steps:
-        canon = to_canonical(stacked[st.tensor], st.block).reshape(n, st.stop - st.start, st.width)
+        canon = to_compact(stacked[st.tensor], st.block).reshape(n, st.stop - st.start, st.width)
         if st.target == "x":
             x[:, st.start:st.stop, st.col] = canon[..., 0]
         else:
@@ -145,7 +169,7 @@ def _extra_to_f64(name: str, t: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def build(space: WeightSpace, stacked: Mapping[str, torch.Tensor], *, method: str = "copy",
-          reuse_structure: bool = False) -> Batch:
+          reuse_structure: bool = False, edges: str = "auto") -> Batch:
     """``N`` models of one architecture (tensors ``(N, *shape)``) -> one PyG ``Batch`` of N graphs.
 
     The batch behaves like ``Batch.from_data_list`` of :class:`ParameterGraph`
@@ -161,16 +185,23 @@ def build(space: WeightSpace, stacked: Mapping[str, torch.Tensor], *, method: st
     batches of the same size built that way, instead of allocating them anew
     (they are most of the batch's memory). Treat them as read-only then:
     an in-place edit would show up in every such batch.
+
+    ``edges`` chooses the edge storage (:mod:`wsl.graph.ragged`): ``"padded"``
+    (``edge_attr``/``edge_mask`` of width ``K``), ``"ragged"``
+    (``edge_values``/``edge_width``: memory proportional to the number of
+    weights; ``method`` is then ignored) or ``"auto"``: ragged when padding
+    would more than double the edge features and they exceed
+    :data:`wsl.graph.size.AUTO_RAGGED_BYTES` per graph (e.g. ResNet-18), else padded.
     """
-    attrs, n, dts = _assemble(space, stacked, method, reuse_structure)
+    attrs, n, dts = _assemble(space, stacked, method, reuse_structure, edges)
     lay = GraphLayout.of(space)
     return make_batch(attrs, {"arch": [lay.signature] * n, "dtypes": [dts] * n}, n, lay.num_nodes)
 
 
-def build_one(space: WeightSpace, state_dict: Mapping[str, torch.Tensor]) -> ParameterGraph:
-    """One state_dict -> one :class:`ParameterGraph`."""
+def build_one(space: WeightSpace, state_dict: Mapping[str, torch.Tensor], *, edges: str = "auto") -> ParameterGraph:
+    """One state_dict -> one :class:`ParameterGraph` (``edges`` as in :func:`build`)."""
     space.check(state_dict, where="wsl.graph.build_one")
-    attrs, _, dts = _assemble(space, {k: v.unsqueeze(0) for k, v in state_dict.items()})
+    attrs, _, dts = _assemble(space, {k: v.unsqueeze(0) for k, v in state_dict.items()}, edges=edges)
     g = ParameterGraph(**attrs)
     g.arch = space.signature
     g.dtypes = dts

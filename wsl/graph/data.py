@@ -28,19 +28,23 @@ Attributes (``V`` nodes, ``E`` edges, ``S = len(NODE_SLOTS)`` node slots,
 
 Graphs of different architectures batch with :func:`collate`, which pads
 ``edge_attr``/``edge_mask`` to a common width; ``extras`` of different lengths
-are concatenated (``num_extras`` tells them apart).
+are concatenated (``num_extras`` tells them apart). Graphs of big
+architectures store ``edge_values`` ``(sum of widths,)`` and ``edge_width``
+``(E,)`` instead of ``edge_attr``/``edge_mask`` (ragged, no padding: see
+:mod:`wsl.graph.ragged`); ``graph.edge_attr`` still answers, padded on access.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch_geometric.data import Batch, Data
 
 from wsl.errors import WslError
+from wsl.graph.ragged import padded_edges
 
 
 class GraphDataError(WslError):
@@ -48,11 +52,40 @@ class GraphDataError(WslError):
 
 
 class ParameterGraph(Data):  # type: ignore[misc]
-    """One network's parameters as a graph (attributes in the module docstring)."""
+    """One network's parameters as a graph (attributes in the module docstring).
+
+    A graph with ragged edges (``edge_values``/``edge_width``, see
+    :mod:`wsl.graph.ragged`) answers ``edge_attr``/``edge_mask`` with the
+    padded form, computed on each access (not stored).
+    """
+
+    def _padded_view(self, key: str) -> torch.Tensor:
+        attr, mask = padded_edges(self._store["edge_values"], self._store["edge_width"])
+        return attr if key == "edge_attr" else mask
+
+    def __getattr__(self, key: str) -> Any:
+        if key == "edge_mask" and "_store" in self.__dict__ and "edge_values" in self._store \
+                and "edge_mask" not in self._store:
+            return self._padded_view(key)
+        return super().__getattr__(key)
+
+    @property  # Data defines edge_attr as a property, so __getattr__ never sees it
+    def edge_attr(self) -> torch.Tensor | None:
+        store = self._store
+        if "edge_attr" not in store and "edge_values" in store:
+            return self._padded_view("edge_attr")
+        return store["edge_attr"] if "edge_attr" in store else None
+
+    @edge_attr.setter
+    def edge_attr(self, value: torch.Tensor | None) -> None:
+        self._store.edge_attr = value
 
     @property
     def edge_dim(self) -> int:
-        """Width ``K`` of ``edge_attr``."""
+        """Width ``K`` of ``edge_attr`` (the widest edge of a ragged graph)."""
+        if "edge_values" in self._store:
+            w = self._store["edge_width"]
+            return max(int(w.max()), 1) if w.numel() else 1
         return int(self.edge_attr.shape[-1])
 
 
@@ -108,8 +141,14 @@ def collate(graphs: Sequence[ParameterGraph], edge_dim: int | None = None) -> Ba
     if not graphs:
         raise GraphDataError("collate: no graphs given")
     for i, g in enumerate(graphs):
-        if not isinstance(g, Data) or getattr(g, "edge_attr", None) is None:
+        if not isinstance(g, Data) or not ("edge_attr" in g or "edge_values" in g):
             raise GraphDataError(f"collate: item {i} is not a ParameterGraph (got {type(g).__name__})")
+    if all("edge_values" in g for g in graphs):  # ragged graphs batch as they are: no padding
+        widest = max(int(g.edge_width.max()) if g.edge_width.numel() else 1 for g in graphs)
+        if edge_dim is not None and int(edge_dim) < widest:
+            raise GraphDataError(f"collate: edge_dim={edge_dim} is narrower than the widest graph ({widest})")
+        return Batch.from_data_list(graphs)
+    graphs = [_padded_copy(g) if "edge_values" in g else g for g in graphs]
     widest = max(int(g.edge_attr.shape[1]) for g in graphs)
     k = widest if edge_dim is None else int(edge_dim)
     if k < widest:
@@ -123,6 +162,15 @@ def collate(graphs: Sequence[ParameterGraph], edge_dim: int | None = None) -> Ba
             g.edge_mask = F.pad(g.edge_mask, (0, pad))
         out.append(g)
     return Batch.from_data_list(out)
+
+
+def _padded_copy(g: Data) -> Data:
+    """A shallow copy of a ragged graph with padded ``edge_attr``/``edge_mask`` instead."""
+    out = copy.copy(g)
+    attr, mask = padded_edges(g.edge_values, g.edge_width)
+    del out.edge_values, out.edge_width
+    out.edge_attr, out.edge_mask = attr, mask
+    return out
 
 
 def to_graphs(batch: Batch) -> list[ParameterGraph]:

@@ -1,12 +1,15 @@
 """Parameter graphs back to state_dicts, bit-exactly.
 
-:func:`decode` inverts :func:`wsl.graph.build` (dtypes included).
+:func:`decode` inverts :func:`wsl.graph.build` (dtypes included), for padded
+and ragged (:mod:`wsl.graph.ragged`) edge storage alike.
 :func:`decode_edges` is the lower-level map from per-node/per-edge values to
-tensors, for equivariant heads that predict one value per parameter slot.
+tensors, for equivariant heads that predict one value per parameter slot;
+:func:`decode_values` does the same from ragged edge values.
 """
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from typing import Mapping
 
@@ -15,9 +18,11 @@ from torch_geometric.data import Batch, Data
 
 from wsl.errors import WslError
 from wsl.graph.layout import GraphLayout
+from wsl.graph.ragged import is_ragged
+from wsl.space.axes import from_compact, slice_block
 from wsl.space.weightspace import WeightSpace
 
-__all__ = ["decode", "decode_edges"]
+__all__ = ["decode", "decode_edges", "decode_values"]
 
 
 class GraphDecodeError(WslError):
@@ -47,9 +52,31 @@ def _dtype_map(lay: GraphLayout, dtypes: str | Mapping[str, torch.dtype] | None)
     return {n: dtypes.get(n) for n in lay.stored_names}
 
 
+def _place_values(lay: GraphLayout, main: torch.Tensor, values: torch.Tensor) -> None:
+    """Write ragged edge values ``(N, num_values)`` into the flat parameter vectors ``main``, block by block."""
+    n = int(main.shape[0])
+    offsets = dict(zip(lay.main_names, lay.main_offsets))
+    for st in lay.copy_steps:
+        if st.target != "edge":
+            continue
+        shape = lay.shapes[st.tensor]
+        full = main[:, offsets[st.tensor]:offsets[st.tensor] + math.prod(shape)].view(n, *shape)
+        block = slice_block(full, st.block)
+        chunk = values[:, st.value_start:st.value_stop]
+        block.copy_(from_compact(chunk.reshape(n, *st.block.compact_unit_shape, st.width), st.block))
+
+
+def decode_values(space: WeightSpace, x: torch.Tensor | None, edge_values: torch.Tensor | None,
+                  extras: torch.Tensor | None = None,
+                  dtypes: str | Mapping[str, torch.dtype] | None = None) -> dict[str, torch.Tensor]:
+    """:func:`decode_edges` for ragged edge values ``(N, num_values)`` (or ``(num_values,)``)."""
+    return decode_edges(space, x, edge_values, extras, dtypes, ragged=True)
+
+
 def decode_edges(space: WeightSpace, x: torch.Tensor | None, edge_attr: torch.Tensor | None,
                  extras: torch.Tensor | None = None,
-                 dtypes: str | Mapping[str, torch.dtype] | None = None) -> dict[str, torch.Tensor]:
+                 dtypes: str | Mapping[str, torch.dtype] | None = None, *, ragged: bool = False
+                 ) -> dict[str, torch.Tensor]:
     """Node values ``x`` ``(N, V, S)`` and edge values ``edge_attr`` ``(N, E, K')`` -> tensors ``(N, *shape)``.
 
     Unbatched inputs (``(V, S)``, ``(E, K')``, ``(X,)``) give an unbatched
@@ -65,7 +92,7 @@ def decode_edges(space: WeightSpace, x: torch.Tensor | None, edge_attr: torch.Te
     ref = next((t for t in (edge_attr, x, extras) if t is not None), None)
     if ref is None:
         raise GraphDecodeError("decode_edges: x, edge_attr and extras are all None")
-    unbatched = ref.dim() == (1 if ref is extras else 2)
+    unbatched = ref.dim() == (1 if ref is extras or (ragged and ref is edge_attr) else 2)
     if unbatched:
         x = None if x is None else x.unsqueeze(0)
         edge_attr = None if edge_attr is None else edge_attr.unsqueeze(0)
@@ -85,7 +112,10 @@ def decode_edges(space: WeightSpace, x: torch.Tensor | None, edge_attr: torch.Te
         if x.shape[-1] != lay.x_mask.shape[1]:
             raise GraphDecodeError(f"x has {x.shape[-1]} node slots, expected {lay.x_mask.shape[1]}")
         main[:, idx["node_src"]] = x.reshape(n, -1).to(fdt).index_select(1, idx["node_real"])
-    if edge_attr is not None:
+    if edge_attr is not None and ragged:
+        _expect(edge_attr, (n, lay.num_values), "edge_values")
+        _place_values(lay, main, edge_attr.to(fdt))
+    elif edge_attr is not None:
         _expect(edge_attr, (n, e, edge_attr.shape[-1]), "edge_attr")
         kp = int(edge_attr.shape[-1])
         if kp < k:
@@ -141,13 +171,17 @@ def decode(graph: Data, space: WeightSpace) -> dict[str, torch.Tensor]:
         if len(set(dts)) > 1:
             raise GraphDecodeError("decode: graphs of this batch have different tensor dtypes; "
                                    "decode them one by one (wsl.graph.to_graphs)")
-        if int(graph.x.shape[0]) != n * lay.num_nodes or int(graph.edge_attr.shape[0]) != n * lay.num_edges:
+        ragged = is_ragged(graph)
+        n_e = int(graph.edge_width.shape[0]) if ragged else int(graph.edge_attr.shape[0])
+        if int(graph.x.shape[0]) != n * lay.num_nodes or n_e != n * lay.num_edges:
             raise GraphDecodeError(f"decode: batch of {n} graphs has {graph.x.shape[0]} nodes and "
-                                   f"{graph.edge_attr.shape[0]} edges, expected {lay.num_nodes}/{lay.num_edges} each")
-        return decode_edges(space, graph.x.view(n, lay.num_nodes, -1),
-                            graph.edge_attr.view(n, lay.num_edges, -1),
-                            graph.extras.view(n, lay.num_extras), dts[0])
+                                   f"{n_e} edges, expected {lay.num_nodes}/{lay.num_edges} each")
+        edges = graph.edge_values.view(n, -1) if ragged else graph.edge_attr.view(n, lay.num_edges, -1)
+        return decode_edges(space, graph.x.view(n, lay.num_nodes, -1), edges,
+                            graph.extras.view(n, lay.num_extras), dts[0], ragged=ragged)
     arch = getattr(graph, "arch", None)
     if arch != lay.signature:
         raise GraphDecodeError(f"decode: graph of architecture {arch!r} decoded against {lay.signature!r}")
+    if is_ragged(graph):
+        return decode_values(space, graph.x, graph.edge_values, graph.extras, graph.dtypes)
     return decode_edges(space, graph.x, graph.edge_attr, graph.extras, graph.dtypes)

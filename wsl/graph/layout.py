@@ -1,11 +1,11 @@
 """The parameter-graph layout of one architecture, computed once and cached.
 
 A :class:`GraphLayout` turns a :class:`~wsl.space.WeightSpace` into index
-tensors: node and edge attributes, the ``edge_index`` and *gather maps* from
-the flat parameter vector of a model to its node features ``x`` and edge
-features ``edge_attr``. Building graphs for any number of models is then a
-single ``index_select`` (:mod:`wsl.graph.build`); decoding is its inverse
-(:mod:`wsl.graph.decode`).
+tensors: node and edge attributes, the ``edge_index``, and the place of every
+tensor block in the node features ``x`` and the edge features (one strided
+copy per block, :mod:`wsl.graph.build`; decoding is its inverse,
+:mod:`wsl.graph.decode`). The padded gather maps of ``edge_attr`` are built
+only when a padded graph needs them.
 
 Nodes
     One node per unit of every site, sites in spec order, units in group
@@ -17,7 +17,9 @@ Edges
     Connections in spec order. A tensor connection enumerates the elements of
     its block's canonical view (:func:`wsl.space.axes.to_canonical`) in
     row-major order: edge ``e`` of a ``(out, in, F)`` block is ``(e // in,
-    e % in)``; its ``F`` non-unit entries (kernel taps ``kh*kw`` row-major,
+    e % in)`` (a grouped conv's block uses its compact view ``(out, in/G, F)``:
+    edge ``(o, j)`` joins input unit ``b(o) in/G + j`` to ``o``, see
+    :mod:`wsl.space.diagonal`); its ``F`` non-unit entries (kernel taps ``kh*kw`` row-major,
     flattened positions) fill ``edge_attr[e, :F]``; columns ``F..K-1`` are 0
     with ``edge_mask`` False (``K`` = the widest block of the architecture,
     kernels are padded at the end, not centered). **Zero weights are edges.**
@@ -26,6 +28,13 @@ Edges
     of head ``h`` with every unit of head ``h``) carry no parameter: their
     ``edge_attr`` is the constant ``1`` in column 0 (an identity weight) and
     their ``edge_mask`` row is all False.
+Ragged edges
+    The same entries without the padding (:mod:`wsl.graph.ragged`):
+    ``edge_values`` holds the ``F`` entries of every tensor edge, edge after
+    edge, and ``edge_width`` each edge's ``F`` (0 for identity edges). Memory
+    is then proportional to the number of weights: ResNet-18's padded
+    ``edge_attr`` is 49 taps wide for 1.9M edges (its stem's 7x7 kernel)
+    where most edges have 9.
 Extras
     Entries without unit structure (``spec.extras``), followed by any scalar
     of a unit-structured tensor that has no node/edge slot, form a per-graph
@@ -41,9 +50,10 @@ from typing import Any, Callable
 
 import torch
 
-from wsl.errors import WslError
+from wsl.graph.edges import (CopyStep, GraphLayoutError, find_block, identity_edges, padded_gather,
+                              tensor_edges)
 from wsl.space.axes import canonical_flat_index
-from wsl.space.spec import NODE_SLOTS, Block, TensorSpec
+from wsl.space.spec import NODE_SLOTS, Block
 from wsl.space.weightspace import WeightSpace
 
 #: Public node-kind codes (site kinds; ``output`` marks a sink site of a fixed group).
@@ -59,53 +69,29 @@ EDGE_KINDS: dict[str, int] = {
 NUM_SLOTS = len(NODE_SLOTS)
 
 
-class GraphLayoutError(WslError):
-    """A weight space cannot be laid out as a parameter graph (inconsistent spec)."""
-
-
-@dataclass(frozen=True)
-class CopyStep:
-    """One tensor block's place in the graph: a strided copy of its canonical view.
-
-    ``target`` is ``"x"`` (nodes ``start:stop``, column ``col``) or ``"edge"``
-    (edges ``start:stop``, columns ``0:width``).
-    """
-
-    tensor: str
-    block: Block
-    target: str
-    start: int
-    stop: int
-    col: int
-    width: int
-
-
-def find_block(t: TensorSpec, part: tuple[int, ...]) -> Block:
-    """The block of tensor ``t`` with index ``part`` (the only block if ``part`` is empty)."""
-    for b in t.blocks():
-        if not part or b.part == tuple(part):
-            return b
-    raise GraphLayoutError(f"tensor '{t.name}' has no block {part}")
-
-
 @dataclass
 class GraphLayout:
     """Index tensors shared by every parameter graph of one architecture (see module doc).
 
     The *main* flat vector of a model is the concatenation of its stored
     parameter tensors ``main_names`` (spec order, row-major; offsets in
-    ``main_offsets``). ``gather`` (length ``V*S + E*K``) indexes
-    ``[main, 0, 1]``: entry ``num_main`` is the constant 0 (padding, absent
-    slots) and ``num_main + 1`` the constant 1 (identity edges); its first
-    ``V*S`` entries fill ``x`` row-major, the rest fill ``edge_attr``.
-    ``node_real``/``node_src`` (and ``edge_*``) are the inverse for decoding:
-    position in ``x.flatten()`` -> position in ``main``. ``leftover`` lists
-    main positions with no slot (stored in ``extras`` after the
-    ``extra_names`` entries). ``copy_steps`` describe the same placement as
-    one strided copy per tensor block (the fast build path);
-    ``identity_ranges`` the edge ranges of parameter-free connections.
+    ``main_offsets``). ``node_gather`` ``(V, S)`` indexes ``[main, 0]`` (entry
+    ``num_main`` is the constant 0 of an absent slot); ``node_real``/``node_src``
+    are its inverse: position in ``x.flatten()`` -> position in ``main``.
+    ``edge_width`` ``(E,)`` is the number of real entries of each edge (0 for
+    identity edges); the ragged values of a graph are those entries, edge
+    after edge (``num_values`` in all). ``copy_steps`` place every tensor
+    block, as one strided copy, into the nodes, the padded ``edge_attr`` and
+    the ragged values; ``identity_ranges`` are the edge ranges of
+    parameter-free connections. ``leftover`` lists main positions with no
+    slot (stored in ``extras`` after the ``extra_names`` entries).
     ``site_offsets``/``conn_offsets`` give the node/edge range of each site
     and connection.
+
+    The padded maps -- ``gather`` (length ``V*S + E*K``, into ``[main, 0,
+    1]``: ``num_main + 1`` is the constant 1 of identity edges), ``edge_mask``,
+    ``edge_real``/``edge_src`` -- take ``E*K`` entries each and are computed
+    on first use only.
     """
 
     signature: str
@@ -121,8 +107,10 @@ class GraphLayout:
     edge_index: torch.Tensor
     edge_kind: torch.Tensor
     edge_conn: torch.Tensor
+    edge_width: torch.Tensor
+    num_values: int
     x_mask: torch.Tensor
-    edge_mask: torch.Tensor
+    node_gather: torch.Tensor
     main_names: tuple[str, ...]
     main_offsets: tuple[int, ...]
     num_main: int
@@ -130,18 +118,16 @@ class GraphLayout:
     extra_offsets: tuple[int, ...]
     leftover: torch.Tensor
     num_extras: int
-    gather: torch.Tensor
     node_real: torch.Tensor
     node_src: torch.Tensor
-    edge_real: torch.Tensor
-    edge_src: torch.Tensor
     shapes: dict[str, tuple[int, ...]]
     aliases: tuple[tuple[str, str], ...]
     order: tuple[str, ...]
     copy_steps: tuple[CopyStep, ...] = ()
     identity_ranges: tuple[tuple[int, int], ...] = ()
-    _device_cache: dict[Any, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
+    _device_cache: dict[Any, "_DeviceView"] = field(default_factory=dict, repr=False)
     _structure_cache: dict[Any, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
+    _padded: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def stored_names(self) -> tuple[str, ...]:
@@ -153,17 +139,39 @@ class GraphLayout:
         """The layout of ``space`` (computed once, cached on the space)."""
         return space.cached("graph.layout", _compute)
 
-    def on(self, device: torch.device) -> dict[str, torch.Tensor]:
-        """Index tensors used by build/decode, moved to ``device`` (cached per device)."""
+    # ------------------------------------------------------- padded maps (lazy)
+    def _padded_map(self, name: str) -> torch.Tensor:
+        if not self._padded:
+            offsets = dict(zip(self.main_names, self.main_offsets))
+            g = padded_gather(self.num_edges, self.edge_dim, self.num_main, self.copy_steps, self.identity_ranges,
+                              offsets, self.shapes)
+            flat = g.reshape(-1)
+            real = torch.nonzero(flat < self.num_main).reshape(-1)
+            self._padded.update(gather=torch.cat([self.node_gather.reshape(-1), flat]), edge_mask=g < self.num_main,
+                                edge_real=real, edge_src=flat[real])
+        return self._padded[name]
+
+    @property
+    def gather(self) -> torch.Tensor:
+        return self._padded_map("gather")
+
+    @property
+    def edge_mask(self) -> torch.Tensor:
+        return self._padded_map("edge_mask")
+
+    @property
+    def edge_real(self) -> torch.Tensor:
+        return self._padded_map("edge_real")
+
+    @property
+    def edge_src(self) -> torch.Tensor:
+        return self._padded_map("edge_src")
+
+    def on(self, device: torch.device) -> "_DeviceView":
+        """Index tensors used by build/decode, moved to ``device`` on first use (cached per device)."""
         key = str(device)
         if key not in self._device_cache:
-            names = ("gather", "leftover", "node_real", "node_src", "edge_real", "edge_src", "edge_index",
-                     "node_kind", "node_depth", "node_group", "node_pos", "edge_kind", "edge_conn",
-                     "x_mask", "edge_mask")
-            moved = {n: getattr(self, n).to(device) for n in names}
-            vs = self.num_nodes * NUM_SLOTS
-            moved["gather_x"], moved["gather_edge"] = moved["gather"][:vs], moved["gather"][vs:]
-            self._device_cache[key] = moved
+            self._device_cache[key] = _DeviceView(self, device)
         return self._device_cache[key]
 
     def shared(self, key: Any, build: Callable[[], dict[str, torch.Tensor]], limit: int) -> dict[str, torch.Tensor]:
@@ -175,6 +183,24 @@ class GraphLayout:
         return dict(self._structure_cache[key])
 
 
+class _DeviceView:
+    """``view[name]``: the layout's tensor ``name`` on one device, moved (or computed) on first access."""
+
+    def __init__(self, layout: GraphLayout, device: torch.device) -> None:
+        self.layout, self.device = layout, device
+        self.moved: dict[str, torch.Tensor] = {}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self.moved:
+            if name == "gather_x":
+                self.moved[name] = self.layout.node_gather.reshape(-1).to(self.device)
+            elif name == "gather_edge":
+                self.moved[name] = self["gather"][self.layout.num_nodes * NUM_SLOTS:]
+            else:
+                self.moved[name] = getattr(self.layout, name).to(self.device)
+        return self.moved[name]
+
+
 def _compute(space: WeightSpace) -> GraphLayout:
     spec = space.spec
     groups, sites, conns = space.groups, space.sites, space.connections
@@ -184,7 +210,7 @@ def _compute(space: WeightSpace) -> GraphLayout:
     main_offsets = _offsets([space.tensors[n].numel for n in main_names])
     num_main = main_offsets[-1]
     off_of = dict(zip(main_names, main_offsets))
-    zero, one = num_main, num_main + 1
+    zero = num_main
 
     sizes = [groups[s.group].size for s in sites]
     site_off = _offsets(sizes)
@@ -226,51 +252,49 @@ def _compute(space: WeightSpace) -> GraphLayout:
     # ---- edges, one connection at a time (vectorized inside)
     widths = [find_block(space.tensors[c.tensor], c.part).feature_size for c in conns if c.tensor is not None]
     k = max(widths + [1])
-    srcs, dsts, gathers, kinds, counts = [], [], [], [], []
-    e0 = 0
+    placed = torch.zeros(num_main, dtype=torch.int32)  # how many slots hold each stored scalar
+    real_nodes = node_gather[node_gather < num_main]
+    placed.index_add_(0, real_nodes, torch.ones_like(real_nodes, dtype=torch.int32))
+    srcs, dsts, kinds, counts, ewidth = [], [], [], [], []
+    e0 = v0 = 0
     for ci, c in enumerate(conns):
         where = f"connection {ci} ({c.kind} '{c.module}')"
         ns, nd = sizes[c.src], sizes[c.dst]
         if c.tensor is None:
-            su, du = _identity_edges(c.kind, ns, nd, int(c.attr("heads", 1)), where)
-            g = torch.full((su.numel(), k), zero, dtype=torch.long)
-            g[:, 0] = one
+            su, du = identity_edges(c.kind, ns, nd, int(c.attr("heads", 1)), where)
             ident.append((e0, e0 + su.numel()))
+            f = 0
         else:
             blk, idx = main_index(c.tensor, c.part, where)
-            su, du = _tensor_edges(blk, c.src_axis, c.dst_axis, ns, nd, where)
+            su, du = tensor_edges(blk, c.src_axis, c.dst_axis, ns, nd, where)
             f = blk.feature_size
-            g = torch.full((su.numel(), k), zero, dtype=torch.long)
-            g[:, :f] = idx.view(-1, f)
-            steps.append(CopyStep(c.tensor, blk, "edge", e0, e0 + su.numel(), 0, f))
+            placed.index_add_(0, idx, torch.ones_like(idx, dtype=torch.int32))
+            steps.append(CopyStep(c.tensor, blk, "edge", e0, e0 + su.numel(), 0, f, v0))
+            v0 += su.numel() * f
         srcs.append(su + site_off[c.src])
         dsts.append(du + site_off[c.dst])
-        gathers.append(g)
         kinds.append(EDGE_KINDS.get(c.kind, EDGE_KINDS["other"]))
         counts.append(su.numel())
+        ewidth.append(f)
         e0 += su.numel()
     count_t = torch.tensor(counts, dtype=torch.long)
     edge_index = torch.stack([_cat(srcs), _cat(dsts)])
-    edge_gather = torch.cat(gathers) if gathers else torch.zeros((0, k), dtype=torch.long)
     num_edges = int(edge_index.shape[1])
     expect = space.graph_size()
     if (num_nodes, num_edges) != tuple(expect):
         raise GraphLayoutError(f"layout has {num_nodes} nodes/{num_edges} edges, space.graph_size() says {expect}")
 
     # ---- bijection: every stored scalar in exactly one slot; the rest go to extras
-    gather = torch.cat([node_gather.reshape(-1), edge_gather.reshape(-1)])
-    real = gather[gather < num_main]
-    counts_p = torch.bincount(real, minlength=num_main)
-    if bool((counts_p > 1).any()):
-        pos = int(torch.nonzero(counts_p > 1)[0])
+    if bool((placed > 1).any()):
+        pos = int(torch.nonzero(placed > 1)[0])
         raise GraphLayoutError(f"scalar {pos} of tensor '{_owner(main_names, main_offsets, pos)}' is placed in "
                                "more than one node/edge slot")
-    leftover = torch.nonzero(counts_p == 0).reshape(-1)
+    leftover = torch.nonzero(placed == 0).reshape(-1)
+    del placed
     extra_offsets = _offsets([space.tensors[n].numel for n in spec.extras])
-    flat_node, flat_edge = node_gather.reshape(-1), edge_gather.reshape(-1)
+    flat_node = node_gather.reshape(-1)
     node_real = torch.nonzero(flat_node < num_main).reshape(-1)
-    edge_real = torch.nonzero(flat_edge < num_main).reshape(-1)
-    assert node_real.numel() + edge_real.numel() + leftover.numel() == num_main
+    assert node_real.numel() + v0 + leftover.numel() == num_main
 
     return GraphLayout(
         signature=space.signature, num_nodes=num_nodes, num_edges=num_edges, edge_dim=k,
@@ -280,46 +304,15 @@ def _compute(space: WeightSpace) -> GraphLayout:
         edge_index=edge_index,
         edge_kind=torch.repeat_interleave(torch.tensor(kinds, dtype=torch.long), count_t),
         edge_conn=torch.repeat_interleave(torch.arange(len(conns)), count_t),
-        x_mask=node_gather < num_main, edge_mask=edge_gather < num_main,
+        edge_width=torch.repeat_interleave(torch.tensor(ewidth, dtype=torch.long), count_t), num_values=v0,
+        x_mask=node_gather < num_main, node_gather=node_gather,
         main_names=main_names, main_offsets=main_offsets, num_main=num_main,
         extra_names=tuple(spec.extras), extra_offsets=extra_offsets, leftover=leftover,
-        num_extras=extra_offsets[-1] + leftover.numel(), gather=gather,
-        node_real=node_real, node_src=flat_node[node_real], edge_real=edge_real, edge_src=flat_edge[edge_real],
+        num_extras=extra_offsets[-1] + leftover.numel(),
+        node_real=node_real, node_src=flat_node[node_real],
         shapes={n: t.shape for n, t in space.tensors.items()}, aliases=tuple(spec.aliases),
         order=tuple(t.name for t in spec.tensors), copy_steps=tuple(steps), identity_ranges=tuple(ident),
     )
-
-
-def _identity_edges(kind: str, ns: int, nd: int, heads: int, where: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(src_unit, dst_unit) of a parameter-free connection."""
-    if ns != nd:
-        raise GraphLayoutError(f"{where}: identity edges between sites of {ns} and {nd} units")
-    if kind != "attn_kv":
-        return torch.arange(nd), torch.arange(nd)
-    if heads < 1 or nd % heads:
-        raise GraphLayoutError(f"{where}: {nd} units cannot form {heads} heads")
-    d = nd // heads
-    base = torch.arange(heads).repeat_interleave(d * d) * d
-    i = torch.arange(d).repeat_interleave(d).repeat(heads)
-    j = torch.arange(d).repeat(d * heads)
-    return base + i, base + j
-
-
-def _tensor_edges(blk: Block, sa: int, da: int, ns: int, nd: int, where: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(src_unit, dst_unit) per element of a block's canonical unit grid, row-major."""
-    units = blk.unit_shape
-    if len(units) == 1 and sa == da == 0:
-        if units[0] != ns or units[0] != nd:
-            raise GraphLayoutError(f"{where}: one-to-one block of {units[0]} units joins sites of {ns} and {nd}")
-        return torch.arange(ns), torch.arange(nd)
-    if len(units) != 2 or {sa, da} != {0, 1}:
-        raise GraphLayoutError(f"{where}: block '{blk.tensor}' has unit axes {units} with src_axis={sa}, "
-                               f"dst_axis={da}; only (out, in) pairs and one-to-one blocks are supported")
-    if units[sa] != ns or units[da] != nd:
-        raise GraphLayoutError(f"{where}: block units {units} do not match site sizes src={ns}, dst={nd}")
-    u0 = torch.arange(units[0]).repeat_interleave(units[1])
-    u1 = torch.arange(units[1]).repeat(units[0])
-    return (u0, u1) if sa == 0 else (u1, u0)
 
 
 def _offsets(sizes: list[int]) -> tuple[int, ...]:

@@ -64,6 +64,8 @@ def tensor_layout(space: WeightSpace, index: int) -> TensorLayout:
     refused: they have no single unit position.
     """
     t = space.spec.tensors[index]
+    if t.diagonal:
+        raise SpaceMismatchError(f"hyper coords: tensor {t.name} is a grouped (block-diagonal) weight; not supported")
     groups: list[int | None] = []
     taps = 1
     for a, ax in enumerate(t.axes):

@@ -3,7 +3,8 @@
 For a coordinate row ``(k, c)`` (tensor id ``k``, continuous part
 ``c = (u_out, u_in, w_out, w_in)``, see :mod:`wsl.hyper.coords`)::
 
-    h_0     = W_in [gamma_F(u), gamma_Fw(w), E[k]] + b_in    gamma: Fourier features, E: tensor embedding
+    h_0     = W_in [gamma_F(u), gamma_Fw(w), E[k], phi(u_out), phi(u_in), phi(u_out) * phi(u_in)] + b_in
+              gamma: Fourier features, E: tensor embedding, phi: optional learned unit grid
     h_{l+1} = h_l + W_2^l silu(W_1^l LN(h_l))         residual blocks, l < L
     v       = mu_k + sigma_k * s_k * head_{kind(k)}(LN(h_L)) / w_in^{[weight]}
 
@@ -35,6 +36,7 @@ from torch import nn
 
 from wsl.archs.width import Ratio, WidthFamily
 from wsl.errors import ConfigError, SpaceMismatchError
+from wsl.hyper.grid import UnitGrid
 from wsl.hyper.coords import CONTINUOUS, STATISTICS, NetCoords, fourier, network_coords, tensor_layout
 
 
@@ -50,6 +52,7 @@ class NeuMetaConfig:
     fan_in_scaling: bool = True
     width_frequencies: int | None = None
     generate_statistics: bool = False
+    grid_features: int = 0
 
     def continuous_size(self) -> int:
         """Width of the encoded continuous part (positions with ``frequencies``, widths with ``width_frequencies``)."""
@@ -57,6 +60,8 @@ class NeuMetaConfig:
         return 2 * (1 + 2 * self.frequencies) + 2 * (1 + 2 * fw)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.grid_features, int) or isinstance(self.grid_features, bool) or self.grid_features < 0:
+            raise ConfigError(f"hyper.model.grid_features: expected an int >= 0, got {self.grid_features!r}")
         for name in ("hidden", "blocks", "embed"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -105,7 +110,15 @@ class NeuMeta(nn.Module):
         self.is_weight = torch.tensor([lay is not None and lay.in_group is not None for lay in layouts])
         n_cont = config.continuous_size()
         self.embedding = nn.Embedding(len(specs), config.embed)
-        self.inp = nn.Linear(n_cont + config.embed, config.hidden)
+        self.grid = None
+        if config.grid_features:
+            groups = self.base_space.spec.groups
+            self.grid = UnitGrid([g.size for g in groups], config.grid_features)
+            self.register_buffer("out_group", torch.tensor([lay.out_group if lay is not None and lay.out_group
+                                                            is not None else -1 for lay in layouts]), persistent=False)
+            self.register_buffer("in_group", torch.tensor([lay.in_group if lay is not None and lay.in_group
+                                                           is not None else -1 for lay in layouts]), persistent=False)
+        self.inp = nn.Linear(n_cont + config.embed + 3 * config.grid_features, config.hidden)
         self.body = nn.Sequential(*[_Block(config.hidden) for _ in range(config.blocks)])
         self.out_norm = nn.LayerNorm(config.hidden)
         self.heads = nn.ModuleList(nn.Linear(config.hidden, int(k.split(":")[1])) for k in kinds)
@@ -141,7 +154,11 @@ class NeuMeta(nn.Module):
             enc = fourier(cont, self.config.frequencies)
         else:
             enc = torch.cat([fourier(cont[:, :2], self.config.frequencies), fourier(cont[:, 2:], fw)], dim=1)
-        x = torch.cat([enc, self.embedding(tensor)], dim=1)
+        parts = [enc, self.embedding(tensor)]
+        if self.grid is not None:
+            go, gi = self.grid(self.out_group[tensor], cont[:, 0]), self.grid(self.in_group[tensor], cont[:, 1])
+            parts += [go, gi, go * gi]  # the product gives W(o, i) = sum_d a_d(o) b_d(i): rank up to d
+        x = torch.cat(parts, dim=1)
         h = self.out_norm(self.body(self.inp(x)))
         kind = torch.as_tensor(self.kind_of, device=tensor.device)[tensor]
         out = h.new_zeros(h.shape[0], self.taps_max)

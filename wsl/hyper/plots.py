@@ -17,24 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from wsl.io import atomic_write
+from wsl.io.figures import pyplot_or_warn, save_png
 
 log = logging.getLogger("wsl.hyper")
 
 __all__ = ["plot_run"]
-
-
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=True)
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("wsl: warning: matplotlib is not installed (pip install 'wsl[plot]'); no loss or accuracy "
-                    "plots drawn, metrics.json is written")
-        return None
-    return plt
 
 
 def _running_mean(v: np.ndarray, k: int = 50) -> np.ndarray:
@@ -45,15 +32,10 @@ def _running_mean(v: np.ndarray, k: int = 50) -> np.ndarray:
     return (c[1:] - c[lo]) / (np.arange(1, len(v) + 1) - lo)
 
 
-def _save(fig: Any, path: Path) -> None:
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-
-
 def plot_run(metrics: dict[str, Any], history: list[dict[str, float]], out: str | Path,
              title: str = "NeuMeta") -> list[Path]:
     """Write ``loss.png`` (if there is a history) and ``accuracy.png`` into ``out``; return the paths written."""
-    plt = _pyplot()
+    plt = pyplot_or_warn(log, "loss.png and accuracy.png")
     if plt is None:
         return []
     out = Path(out)
@@ -75,7 +57,7 @@ def plot_run(metrics: dict[str, Any], history: list[dict[str, float]], out: str 
         ax.legend(loc="upper right", fontsize=8)
         ax.set_title(f"{title}: losses")
         fig.tight_layout()
-        _save(fig, out / "loss.png")
+        save_png(fig, out / "loss.png")
         plt.close(fig)
         written.append(out / "loss.png")
     acc = metrics.get("accuracy") or {}
@@ -91,7 +73,7 @@ def plot_run(metrics: dict[str, Any], history: list[dict[str, float]], out: str 
         ax.legend(fontsize=8)
         ax.set_title(f"{title}: accuracy vs width")
         fig.tight_layout()
-        _save(fig, out / "accuracy.png")
+        save_png(fig, out / "accuracy.png")
         plt.close(fig)
         written.append(out / "accuracy.png")
     return written

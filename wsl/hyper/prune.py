@@ -42,6 +42,8 @@ def prune(module: nn.Module, ratio: Ratio) -> nn.Module:
     out = {}
     for t in space.spec.tensors:
         w = state[t.name]
+        if t.diagonal:
+            raise SpaceMismatchError(f"prune: tensor {t.name} is a grouped (block-diagonal) weight; not supported")
         for a, ax in enumerate(t.axes):
             gid = ax[0][0][0] if len(ax) == 1 and len(ax[0]) == 1 else None
             if gid in keep:

@@ -48,6 +48,8 @@ def unit_features(space: WeightSpace, state: dict[str, torch.Tensor], gid: int) 
         if t.name not in state:
             continue
         w = state[t.name].detach().float()
+        if t.diagonal and gid in t.groups():
+            raise WslError(f"smooth: tensor {t.name} is a grouped (block-diagonal) weight; not supported")
         for a, ax in enumerate(t.axes):
             if len(ax) == 1 and len(ax[0]) == 1 and ax[0][0][0] == gid:
                 parts.append(w.movedim(a, 0).reshape(w.shape[a], -1))

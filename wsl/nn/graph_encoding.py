@@ -34,6 +34,7 @@ from torch import nn
 
 from wsl.errors import WslError
 from wsl.graph.layout import EDGE_KINDS, NODE_KINDS, NUM_SLOTS
+from wsl.graph.ragged import edge_features, is_ragged
 
 __all__ = ["GraphEncodingError", "NodeEncoder", "EdgeEncoder", "GraphEncoder", "graph_index", "dense_index",
            "check_graph"]
@@ -47,16 +48,22 @@ class GraphEncodingError(WslError):
 
 
 def check_graph(data: Any, where: str) -> None:
-    """Raise :class:`GraphEncodingError` unless ``data`` has every ParameterGraph attribute the models read."""
-    missing = [k for k in _NODE_ATTRS if getattr(data, k, None) is None]
+    """Raise :class:`GraphEncodingError` unless ``data`` has every ParameterGraph attribute the models read.
+
+    Ragged graphs (``edge_values``/``edge_width``, :mod:`wsl.graph.ragged`) stand for ``edge_attr``/``edge_mask``.
+    """
+    ragged = is_ragged(data)
+    missing = [k for k in _NODE_ATTRS if getattr(data, k, None) is None
+               and not (ragged and k in ("edge_attr", "edge_mask"))]
     if missing:
         raise GraphEncodingError(f"{where}: input graph lacks attribute(s) {missing}; build it with "
                                  "wsl.graph.build/build_one/collate")
     v, s = data.x.shape if data.x.dim() == 2 else (-1, -1)
     if s != NUM_SLOTS:
         raise GraphEncodingError(f"{where}: 'x' has shape {tuple(data.x.shape)}, expected (V, {NUM_SLOTS})")
-    if data.edge_attr.dim() != 2 or data.edge_attr.shape[0] != data.edge_index.shape[1]:
-        raise GraphEncodingError(f"{where}: 'edge_attr' has shape {tuple(data.edge_attr.shape)} for "
+    rows = data.edge_width if ragged else data.edge_attr
+    if rows.dim() != (1 if ragged else 2) or rows.shape[0] != data.edge_index.shape[1]:
+        raise GraphEncodingError(f"{where}: edge features have shape {tuple(rows.shape)} for "
                                  f"{data.edge_index.shape[1]} edges")
     if data.node_kind.shape[0] != v:
         raise GraphEncodingError(f"{where}: 'node_kind' has {data.node_kind.shape[0]} entries for {v} nodes")
@@ -174,5 +181,6 @@ class GraphEncoder(nn.Module):
     def forward(self, data: Any) -> tuple[torch.Tensor, torch.Tensor]:
         check_graph(data, type(self).__name__)
         h = self.nodes(data.x, data.x_mask, data.node_kind, data.node_depth, data.node_pos)
-        e = self.edges(data.edge_attr, data.edge_mask, data.edge_kind)
+        attr, mask = edge_features(data)  # ragged graphs are padded here, once
+        e = self.edges(attr, mask, data.edge_kind)
         return h, e

@@ -9,7 +9,10 @@ positions, singleton dims) into one trailing feature dimension::
     bias (out,)                           -> (N, out, 1)
 
 The map is one ``einops.rearrange`` (a reshape plus a transpose), so it is
-exactly invertible: ``from_canonical`` applies the reversed pattern.
+exactly invertible: ``from_canonical`` applies the reversed pattern. A block
+with a diagonal axis (grouped convolution, :mod:`wsl.space.diagonal`) is
+then expanded to its block-diagonal form; :func:`to_compact` stops before
+that step (the parameter graph stores only real weights).
 All functions take stacked tensors with a leading model dimension ``N``.
 """
 
@@ -21,6 +24,7 @@ from typing import Mapping
 import torch
 from einops import rearrange
 
+from wsl.space.diagonal import PermutationError, compress, expand, permute_diagonal
 from wsl.space.spec import Axis, Block, Segment
 
 Perms = Mapping[int, torch.Tensor]
@@ -39,6 +43,8 @@ def segment_index(seg: Segment, perms: Perms, batch: int | None = None) -> torch
             p = torch.arange(n)
             if batch is not None:
                 p = p.expand(batch, n)
+        elif p.shape[-1] != n:
+            raise PermutationError(f"permutation of group {g} has length {p.shape[-1]}, the axis needs {n}")
         elif batch is not None and p.dim() == 1:
             p = p.expand(batch, n)
         if idx is None:
@@ -63,16 +69,19 @@ def axis_needs_permute(axis: Axis, perms: Perms) -> bool:
     return any(f[0] is not None and f[0] in perms for seg in axis for f in seg)
 
 
-def permute_tensor(t: torch.Tensor, axes: tuple[Axis, ...], perms: Perms, batched: bool) -> torch.Tensor:
+def permute_tensor(t: torch.Tensor, axes: tuple[Axis, ...], perms: Perms, batched: bool,
+                   diagonal: tuple[tuple[int, int, int], ...] = ()) -> torch.Tensor:
     """Apply group permutations to every axis of ``t``.
 
     With ``batched`` the first dim of ``t`` indexes models and ``perms`` may
-    hold one permutation per model (shape ``(N, n)``).
+    hold one permutation per model (shape ``(N, n)``). Diagonal axes (see
+    :mod:`wsl.space.diagonal`) are permuted last, relative to their base axis.
     """
     off = 1 if batched else 0
     n = t.shape[0] if batched else None
+    relative = {d[0] for d in diagonal}
     for a, axis in enumerate(axes):
-        if not axis_needs_permute(axis, perms):
+        if a in relative or not axis_needs_permute(axis, perms):
             continue
         dim = a + off
         idx = axis_index(axis, perms, n if batched else None)
@@ -82,6 +91,8 @@ def permute_tensor(t: torch.Tensor, axes: tuple[Axis, ...], perms: Perms, batche
             shape = [1] * t.dim()
             shape[0], shape[dim] = idx.shape
             t = torch.gather(t, dim, idx.to(t.device).view(shape).expand_as(t))
+    for d in diagonal:
+        t = permute_diagonal(t, axes, d, perms, batched)
     return t
 
 
@@ -112,22 +123,40 @@ def slice_block(t: torch.Tensor, block: Block) -> torch.Tensor:
     return t
 
 
-def to_canonical(t: torch.Tensor, block: Block) -> torch.Tensor:
-    """Stacked full tensor ``(N, *shape)`` -> canonical block ``(N, *units, F)``."""
+def to_compact(t: torch.Tensor, block: Block) -> torch.Tensor:
+    """Stacked full tensor ``(N, *shape)`` -> ``(N, *compact_units, F)`` (diagonal axes not expanded)."""
     tensor, canonical, sizes = _patterns(block)
     return rearrange(slice_block(t, block), f"{tensor} -> {canonical}", **sizes)
 
 
-def from_canonical(c: torch.Tensor, block: Block) -> torch.Tensor:
-    """Canonical block ``(N, *units, F)`` -> block tensor ``(N, *block.shape)``."""
+def from_compact(c: torch.Tensor, block: Block) -> torch.Tensor:
+    """``(N, *compact_units, F)`` -> block tensor ``(N, *block.shape)`` (inverse of :func:`to_compact`)."""
     tensor, canonical, sizes = _patterns(block)
     return rearrange(c, f"{canonical} -> {tensor}", **sizes)
 
 
+def to_canonical(t: torch.Tensor, block: Block) -> torch.Tensor:
+    """Stacked full tensor ``(N, *shape)`` -> canonical block ``(N, *units, F)``."""
+    c = to_compact(t, block)
+    return expand(c, block) if block.diagonal else c
+
+
+def from_canonical(c: torch.Tensor, block: Block) -> torch.Tensor:
+    """Canonical block ``(N, *units, F)`` -> block tensor ``(N, *block.shape)``.
+
+    Entries of a block-diagonal view outside its diagonal blocks are dropped.
+    """
+    tensor, canonical, sizes = _patterns(block)
+    if block.diagonal:
+        c = compress(c, block)
+    return rearrange(c, f"{canonical} -> {tensor}", **sizes)
+
+
 def canonical_flat_index(block: Block, tensor_shape: tuple[int, ...]) -> torch.Tensor:
-    """For each element of the canonical view (row-major), its flat index in the tensor.
+    """For each element of the compact canonical view (row-major), its flat index in the tensor.
 
     Used to build gather maps once per architecture (graph construction).
+    Equal to the canonical view unless the block has a diagonal axis.
     """
     flat = torch.arange(math.prod(tensor_shape)).view(1, *tensor_shape)
-    return to_canonical(flat, block).reshape(-1)
+    return to_compact(flat, block).reshape(-1)

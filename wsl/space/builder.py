@@ -34,7 +34,14 @@ class Val:
     units of ``site``, composed as ``factors`` (more than one factor after a
     flatten). ``raw`` names a network input whose feature dim is not known
     until a layer consumes it. ``param`` names a parameter read directly.
-    ``ids`` marks an integer tensor (token ids, positions).
+    ``ids`` marks an integer tensor (token ids, positions). ``parts`` describes
+    a concatenation along the unit axis (:mod:`wsl.space.concat`): dim
+    ``fdim`` holds the units of several sites one after the other, as
+    ``(site, factors)`` pairs; ``site`` is then ``None`` (rules that do not
+    know concatenations see no units and refuse) and :attr:`segments` is the
+    axis a consumer's weight gets. ``side`` is a second unit axis ``(dim, group,
+    site)``: the hidden units of a token-mixing Linear, which sit on the last
+    dim while the channel units stay on ``fdim`` (:mod:`wsl.space.token_mixing`).
     """
 
     shape: tuple[int, ...] = ()
@@ -44,6 +51,8 @@ class Val:
     raw: str | None = None
     param: str | None = None
     ids: bool = False
+    parts: tuple[tuple[int, tuple[Factor, ...]], ...] = ()
+    side: tuple[int, int, int] | None = None
 
     @property
     def ndim(self) -> int:
@@ -51,11 +60,24 @@ class Val:
 
     @property
     def has_units(self) -> bool:
-        return self.site is not None
+        return self.site is not None or bool(self.parts)
+
+    @property
+    def unit_sites(self) -> list[int]:
+        """Every site whose units this tensor carries (one, several for a concatenation, or none)."""
+        sites = [s for s, _ in self.parts] if self.parts else [] if self.site is None else [self.site]
+        return sites + ([self.side[2]] if self.side is not None else [])
+
+    @property
+    def segments(self) -> Axis:
+        """The unit axis as segments: one per concatenated part (one if not concatenated)."""
+        if self.parts:
+            return tuple(tuple(f) for _, f in self.parts)
+        return () if self.site is None else (tuple(self.factors),)
 
     def with_(self, **kw: Any) -> "Val":
         d = dict(shape=self.shape, site=self.site, fdim=self.fdim, factors=self.factors,
-                 raw=self.raw, param=self.param, ids=self.ids)
+                 raw=self.raw, param=self.param, ids=self.ids, parts=self.parts, side=self.side)
         d.update(kw)
         return Val(**d)
 
@@ -78,6 +100,7 @@ class _Tensor:
     op: str
     axes: tuple[Axis, ...]
     buffer: bool = False
+    diagonal: tuple[tuple[int, int, int], ...] = ()
 
 
 @dataclass
@@ -199,14 +222,15 @@ class SpecBuilder:
 
     # ---------------------------------------------------------------- tensors
     def add_tensor(self, name: str, shape: tuple[int, ...], role: str, module: str, op: str,
-                   axes: tuple[Axis, ...], buffer: bool = False) -> None:
+                   axes: tuple[Axis, ...], buffer: bool = False,
+                   diagonal: tuple[tuple[int, int, int], ...] = ()) -> None:
         if name in self.tensors:
             raise TraceError(f"tensor '{name}' is used by more than one layer; shared weights are not supported")
         for d, ax in enumerate(axes):
             n = sum(_prod(f[1] for f in seg) for seg in ax)
             if n != shape[d]:
                 raise TraceError(f"internal: axis {d} of '{name}' has size {shape[d]} but its factors give {n}")
-        self.tensors[name] = _Tensor(name, tuple(shape), role, module, op, axes, buffer)
+        self.tensors[name] = _Tensor(name, tuple(shape), role, module, op, axes, buffer, diagonal)
 
     def resolve_raw(self, v: Val) -> Val:
         """A raw input whose unit dim is already known (from an earlier layer) as a unit Val."""
@@ -277,7 +301,7 @@ class SpecBuilder:
                 t = self.tensors[aliases[name]]
                 tensors.append(TensorSpec(name, t.shape, t.role, t.module, t.op,
                                           tuple(tuple(tuple(fac(f) for f in seg) for seg in ax) for ax in t.axes),
-                                          is_buf))
+                                          is_buf, t.diagonal))
                 continue
             if name in self.extras:
                 tensors.append(TensorSpec(name, shape, "extra", name.rsplit(".", 1)[0], "extra",
@@ -288,7 +312,7 @@ class SpecBuilder:
                 raise TraceError(f"internal: '{name}' traced with shape {t.shape}, state_dict has {shape}")
             tensors.append(TensorSpec(name, t.shape, t.role, t.module, t.op,
                                       tuple(tuple(tuple(fac(f) for f in seg) for seg in ax) for ax in t.axes),
-                                      is_buf))
+                                      is_buf, t.diagonal))
         sites = [Site(i, gid(s["group"]), s["name"], s["kind"], s["depth"]) for i, s in enumerate(self.sites)]
         for i in range(len(self.groups)):  # parents that index no axis still get ids
             gid(i)

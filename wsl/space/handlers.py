@@ -9,11 +9,15 @@ What is permutable, by layer
 * ``Linear``/``Conv*d`` (``groups=1``): the output units form a new group;
   the input axis reuses the input's group (and flatten factors).
 * Depthwise ``Conv*d`` (``groups == in == out``): output channels *are* the
-  input channels (same group); edges are one-to-one.
+  input channels (same group); edges are one-to-one. Other grouped convs
+  (``groups = G``): nested groups, see :mod:`wsl.space.grouped_conv`.
 * ``BatchNorm``/``InstanceNorm``/``LayerNorm`` (over the feature dim):
   per-unit statistics are permutation-equivariant; parameters become node
   features. ``GroupNorm(G, C)`` with ``1 < G < C`` nests the channels in ``G``
   blocks: channels permute only within a block, blocks permute as a whole.
+* ``ConvTranspose*d`` (``groups=1``): a dense layer stored input-first.
+* LoRA layers (PEFT's, recognised by structure): a rank group per adapter on
+  top of the base layer's groups, see :mod:`wsl.space.lora_rules`.
 * ``Embedding``: rows index tokens (a fixed group, the network input), columns
   a new group.
 * Self-attention (``BertSelfAttention``/``ViTSelfAttention``,
@@ -35,7 +39,13 @@ from torch import nn
 from wsl.errors import UnsupportedLayerError
 from wsl.space.builder import SpecBuilder, Val
 from wsl.space.attention_rules import h_gpt2_attention, h_multihead_attention, h_self_attention_qkv
+from wsl.space.channels_last import layernorm_off_last
+from wsl.space.concat_layers import accepting_parts
+from wsl.space.conv_transpose import CONV_TRANSPOSE, h_conv_transpose
+from wsl.space.grouped_conv import h_grouped_conv
+from wsl.space.token_mixing import accepting_tokens
 from wsl.space.layer_params import claim_extras, weight_name
+from wsl.space.lora_rules import is_lora_layer, lora_handler
 from wsl.space.rule_base import dense, feature_in, kind_of, out_val
 
 Handler = Callable[[SpecBuilder, str, nn.Module, list[Any], Any], Any]
@@ -103,8 +113,7 @@ def h_conv(b: SpecBuilder, path: str, mod: nn.Module, xs: list[Any], out: Any) -
             site = b.attach(site, "bias", bias, path, part=(0,))
         site = claim_extras(b, path, mod, src, w, b.tensors[w].axes, g, site, "depthwise_conv", attrs)
         return out_val(out, site, g, mod.out_channels, fdim=1)
-    raise UnsupportedLayerError(path, kind_of(mod), f"grouped convolution with groups={mod.groups} "
-                                "(only groups=1 and depthwise groups=in=out are supported)")
+    return h_grouped_conv(b, path, mod, src, fac, attrs, kernel_axes, out)
 
 
 def _pad(p: Any) -> Any:
@@ -144,6 +153,9 @@ def h_batchnorm(b: SpecBuilder, path: str, mod: nn.Module, xs: list[Any], out: A
 def h_layernorm(b: SpecBuilder, path: str, mod: nn.Module, xs: list[Any], out: Any) -> Val:
     assert isinstance(mod, nn.LayerNorm)
     x = xs[0]
+    off_last = layernorm_off_last(b, path, mod, b.resolve_raw(x) if isinstance(x, Val) else x, out)
+    if off_last is not None:  # over tokens, or a channels-first LayerNorm2d (wsl.space.channels_last)
+        return off_last
     ns = tuple(mod.normalized_shape)
     has_params = mod.weight is not None or getattr(mod, "bias", None) is not None
     if len(ns) != 1:
@@ -212,8 +224,23 @@ def h_prelu(b: SpecBuilder, path: str, mod: nn.Module, xs: list[Any], out: Any) 
 
 
 def handler_for(mod: nn.Module) -> Handler | None:
-    """The handler of a leaf module, or ``None`` if ``wsl`` has no rule for it."""
+    """The handler of a leaf module, or ``None`` if ``wsl`` has no rule for it.
+
+    Every handler also takes inputs concatenated along their units
+    (:mod:`wsl.space.concat_layers`) and token-mixing inputs
+    (:mod:`wsl.space.token_mixing`), or refuses them by name.
+    """
+    h = _handler_for(mod)
+    if h is None:
+        return None
+    passes = isinstance(mod, PASSTHROUGH_MODULES + (nn.PReLU,))
+    return accepting_tokens(accepting_parts(h, mod, passes=passes, pools=isinstance(mod, POOL_MODULES)), mod, passes)
+
+
+def _handler_for(mod: nn.Module) -> Handler | None:
     name = type(mod).__name__
+    if is_lora_layer(mod):
+        return lora_handler(handler_for)
     if name in ATTENTION_QKV_CLASSES:
         return h_self_attention_qkv
     if name == "GPT2Attention":
@@ -225,6 +252,8 @@ def handler_for(mod: nn.Module) -> Handler | None:
         return h_linear
     if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         return h_conv
+    if isinstance(mod, CONV_TRANSPOSE):
+        return h_conv_transpose
     if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d,
                         nn.InstanceNorm2d, nn.InstanceNorm3d)):
         return h_batchnorm

@@ -92,7 +92,8 @@ def claim_extras(b: SpecBuilder, path: str, mod: nn.Module, src: int, weight: st
                 site = b.attach(site, "scale", name, path, part=(0,) * len(shape))
                 continue
             if units == [0, 1] and shape[:2] == wshape[:2]:
-                b.add_tensor(name, shape, "weight", path, op, tuple(w_axes[:2]) + rest)
+                b.add_tensor(name, shape, "weight", path, op, tuple(w_axes[:2]) + rest,
+                             diagonal=b.tensors[weight].diagonal)
                 b.connect(op, src, out_site, path, tensor=name, part=(0,) * len(shape), attrs=attrs)
                 continue
         elif len(shape) == 1 and shape[0] == n_out:

@@ -6,9 +6,10 @@ of two unit-carrying tensors *tie* their groups (a residual connection forces
 both operands into one group) and open a new site joined by identity edges.
 Reductions over the unit axis produce unit-free (invariant) tensors. A
 parameter read directly (``x + self.pos_embedding``) is recorded with the
-unit axis it is broadcast against. Anything else -- a matmul between
-activations outside a known attention layer, a concatenation along the unit
-axis, indexing single units -- raises :class:`UnsupportedLayerError`.
+unit axis it is broadcast against. A concatenation along the unit axis keeps
+its operands' groups as parts (:mod:`wsl.space.concat`). Anything else -- a
+matmul between activations outside a known attention layer, indexing single
+units -- raises :class:`UnsupportedLayerError`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 
 from wsl.errors import UnsupportedLayerError
-from wsl.space import shape_ops
+from wsl.space import concat, param_view, shape_ops, token_mixing
 from wsl.space.builder import SpecBuilder, Val
 from wsl.space.shape_ops import group_factor
 
@@ -61,6 +62,11 @@ def handle(b: SpecBuilder, path: str, target: Any, args: tuple, kwargs: dict, va
     vals = [v for v in _flat(vargs) + _flat(list(vkwargs.values())) if isinstance(v, Val)]
     if name in META or not _has_tensor(out):
         return None
+    if any(v.side is not None for v in vals):  # token-mixing hidden units on a second axis
+        return token_mixing.handle_side(path, name, args, kwargs, vargs, vkwargs, out)
+    if any(v.parts for v in vals):  # an operand concatenated along its units
+        family = "pool" if name in POOLS else "reduce" if name in REDUCE else ""
+        return concat.handle_parts(b, path, name, family, args, kwargs, vargs, vkwargs, out)
     if not any(v.site is not None or v.raw or v.param for v in vals):
         return _const(out, vals)
     x = vargs[0] if vargs else None
@@ -232,9 +238,12 @@ def param_into(b: SpecBuilder, path: str, u: Val, p: Val, role: str) -> int:
     name = p.param
     assert name is not None and u.site is not None
     pshape = b.param_shapes[name]
-    if len(pshape) != p.ndim:
-        raise UnsupportedLayerError(path, "parameter", f"'{name}' is reshaped before use")
     d = _align(u, p.ndim)
+    if not param_view.broadcasts(pshape, p.shape):  # read through a view (e.g. gamma.reshape(1, -1, 1, 1))
+        view_d = param_view.stored_dim(pshape, p.shape, d)
+        if view_d is None:
+            raise UnsupportedLayerError(path, "parameter", f"'{name}' is reshaped before use")
+        d = view_d
     if d < 0 or pshape[d] == 1:
         b.extras.append(name)  # constant along the units: not touched by permutations
         return u.site
@@ -276,7 +285,7 @@ def _join(b: SpecBuilder, path: str, name: str, args: tuple, kwargs: dict, vargs
     dim = int(dim) % (nd + (1 if name == "stack" else 0))
     assert u.fdim is not None
     if name == "cat" and dim == u.fdim:
-        raise UnsupportedLayerError(path, "function 'cat'", "concatenation along the unit axis is not supported")
+        return concat.join(b, path, items, dim, out)
     for w in units[1:]:
         if w.fdim != u.fdim:
             raise UnsupportedLayerError(path, f"function '{name}'", "operands carry units on different axes")

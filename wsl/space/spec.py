@@ -23,6 +23,15 @@ Vocabulary
     axis has one segment. Fused projections (``c_attn`` of GPT-2, the
     ``in_proj_weight`` of ``nn.MultiheadAttention``) have an output axis with
     three segments (q, k and v).
+*Diagonal axis*
+    ``TensorSpec.diagonal`` lists ``(axis, base, blocks)``: tensor axis
+    ``axis`` holds only the units of one of ``blocks`` blocks of its group,
+    the block its index along axis ``base`` falls in. The weight of a grouped
+    convolution (``groups=G``, shape ``(out, in/G, k...)``) is the compact
+    form of a block-diagonal ``(out, in, k...)`` matrix: its axis 1 is the
+    factor ``(g_in, in/G)`` with ``diagonal=((1, 0, G),)``. Both unit groups
+    are nested in one block group of size ``G`` (see
+    :mod:`wsl.space.diagonal`).
 *Site*
     A place in the dataflow holding a set of units, indexed by one group. Sites
     become node sets of the parameter graph. Several sites may share a group
@@ -82,6 +91,7 @@ class TensorSpec:
     op: str
     axes: tuple[Axis, ...]
     buffer: bool = False
+    diagonal: tuple[tuple[int, int, int], ...] = ()
 
     @property
     def numel(self) -> int:
@@ -101,13 +111,17 @@ class Block:
     """A rectangular piece of a tensor in which every axis has a single segment.
 
     ``index`` selects the block (``slices[i]`` is ``(start, stop)`` on axis i).
-    ``axes[i]`` are the factors of axis i inside the block.
+    ``axes[i]`` are the factors of axis i inside the block. ``diagonal`` is the
+    tensor's (see :class:`TensorSpec`): its canonical view is the expanded
+    block-diagonal one, :attr:`unit_shape` the expanded sizes and
+    :attr:`compact_unit_shape` the stored ones.
     """
 
     tensor: str
     part: tuple[int, ...]
     slices: tuple[tuple[int, int], ...]
     axes: tuple[Segment, ...]
+    diagonal: tuple[tuple[int, int, int], ...] = ()
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -120,6 +134,13 @@ class Block:
 
     @property
     def unit_shape(self) -> tuple[int, ...]:
+        """Sizes of the unit axes of the canonical view (a diagonal axis counts all its group's units)."""
+        mult = {a: nb for a, _, nb in self.diagonal}
+        return tuple(f[1] * mult.get(a, 1) for a, seg in enumerate(self.axes) for f in seg if f[0] is not None)
+
+    @property
+    def compact_unit_shape(self) -> tuple[int, ...]:
+        """Sizes of the unit axes as stored (a diagonal axis counts one block's units)."""
         return tuple(f[1] for seg in self.axes for f in seg if f[0] is not None)
 
     @property
@@ -189,7 +210,11 @@ class WeightSpaceSpec:
     meta: tuple[tuple[str, Any], ...] = field(default=())
 
     def to_json_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
+        d = _jsonable(asdict(self))
+        for t in d["tensors"]:  # absent when empty: specs without diagonal axes keep their signature
+            if not t["diagonal"]:
+                del t["diagonal"]
+        return d  # type: ignore[no-any-return]
 
     @staticmethod
     def from_json_dict(d: dict[str, Any]) -> "WeightSpaceSpec":
@@ -201,6 +226,7 @@ class WeightSpaceSpec:
                 TensorSpec(
                     name=t["name"], shape=tuple(t["shape"]), role=t["role"], module=t["module"],
                     op=t["op"], axes=axes(t["axes"]), buffer=bool(t["buffer"]),
+                    diagonal=tuple(tuple(int(v) for v in dg) for dg in t.get("diagonal", ())),  # type: ignore[misc]
                 )
                 for t in d["tensors"]
             ),
@@ -270,6 +296,7 @@ def _blocks(t: TensorSpec) -> Iterator[Block]:
             part=tuple(c[0] for c in combo),
             slices=tuple(c[1] for c in combo),
             axes=tuple(c[2] for c in combo),
+            diagonal=t.diagonal,
         )
 
 

@@ -193,8 +193,8 @@ def trace_spec(module: nn.Module, example_input: Any = None) -> WeightSpaceSpec:
     finally:
         module.train(was_training)
     for v in _flatten_vals(interp.outputs):
-        if v.site is not None:
-            g = b.find(b.site_group(v.site))
+        for site in v.unit_sites:  # several for an output concatenated along its units
+            g = b.find(b.site_group(site))
             b.groups[g].fixed = True
             if b.groups[g].kind in ("hidden", "channel"):
                 b.groups[g].kind = "output"

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from wsl.errors import UnsupportedLayerError
-from wsl.space.axes import permute_tensor, segment_index
+from wsl.space.axes import axis_index, permute_tensor
 from wsl.space.builder import SpecBuilder, Val
 
 #: Relative tolerance of the output comparison, per dtype (float32 sums reorder under permutation).
@@ -73,8 +73,11 @@ class _Perms:
 
 def _permute_unit_tensor(t: torch.Tensor, v: Val, perms: _Perms) -> torch.Tensor:
     assert v.fdim is not None
-    idx = segment_index(tuple(v.factors), {f[0]: perms(f[0]) for f in v.factors if f[0] is not None})
-    return t.index_select(v.fdim, idx.to(t.device))
+    idx = axis_index(v.segments, perms.for_factors(v.segments))  # one segment, or one per concatenated part
+    t = t.index_select(v.fdim, idx.to(t.device))
+    if v.side is not None:  # token-mixing hidden units on a second axis
+        t = t.index_select(v.side[0], perms(v.side[1]).to(t.device))
+    return t
 
 
 def _randomize(t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -89,11 +92,11 @@ def check_layer(b: SpecBuilder, path: str, mod: nn.Module, args: tuple, kwargs: 
                 vargs: list[Any], out: Any, oval: Any, seed: int = 0) -> None:
     """Raise :class:`UnsupportedLayerError` unless the recorded rule preserves ``mod``'s function."""
     o, ov = _first(out), _first(oval)
-    if not (isinstance(o, torch.Tensor) and o.is_floating_point() and isinstance(ov, Val) and ov.site is not None):
+    if not (isinstance(o, torch.Tensor) and o.is_floating_point() and isinstance(ov, Val) and ov.has_units):
         return  # the output carries no units: nothing the rule could get wrong here
     if o.device.type == "meta":
         return  # no values to compare (tracing a configuration without weights): the shape rules stand alone
-    if any(isinstance(v, Val) and v.site is not None for v in _flat(list(kwargs.values()))):
+    if any(isinstance(v, Val) and v.has_units for v in _flat(list(kwargs.values()))):
         return
     gen = torch.Generator().manual_seed(seed)
     perms = _Perms(b, gen)
@@ -102,7 +105,7 @@ def check_layer(b: SpecBuilder, path: str, mod: nn.Module, args: tuple, kwargs: 
         v = b.resolve_raw(v) if isinstance(v, Val) else v
         if isinstance(v, Val) and v.raw is not None:
             return  # an input whose unit axis the layer never declared
-        if isinstance(a, torch.Tensor) and isinstance(v, Val) and v.site is not None:
+        if isinstance(a, torch.Tensor) and isinstance(v, Val) and v.has_units:
             a = _permute_unit_tensor(a, v, perms)
         pargs.append(a)
     pargs.extend(args[len(vargs):])
@@ -120,7 +123,7 @@ def check_layer(b: SpecBuilder, path: str, mod: nn.Module, args: tuple, kwargs: 
             if rel in mstate:
                 axes = spec.axes
                 mstate[rel].copy_(permute_tensor(mstate[rel].detach(), axes, perms.for_factors(
-                    [seg for ax in axes for seg in ax]), batched=False))
+                    [seg for ax in axes for seg in ax]), batched=False, diagonal=spec.diagonal))
         y = _first(ref(*args, **kwargs))
         y_moved = _first(moved(*pargs, **kwargs))
     want = _permute_unit_tensor(y, ov, perms)

@@ -136,8 +136,8 @@ class WeightSpace:
                 raise WslError(f"group {self.group_name(g)} is fixed and cannot be permuted")
             if p.shape[-1] != grp.size:
                 raise WslError(f"permutation for group {g} has length {p.shape[-1]}, expected {grp.size}")
-        return {name: permute_tensor(t, self.tensors[name].axes, perms, batched) if name in self.tensors else t
-                for name, t in state_dict.items()}
+        return {name: permute_tensor(t, self.tensors[name].axes, perms, batched, self.tensors[name].diagonal)
+                if name in self.tensors else t for name, t in state_dict.items()}
 
     def canonical_permutation(self, state_dict: StateDict) -> dict[int, torch.Tensor]:
         """The permutation that sorts every permutable group's units by weight norm.
@@ -262,7 +262,7 @@ def _num_edges(space: WeightSpace, c: Connection) -> int:
         return n
     t = space.tensors[c.tensor]
     block = next(b for b in t.blocks() if b.part == c.part) if c.part else next(iter(t.blocks()))
-    units = block.unit_shape
+    units = block.compact_unit_shape  # a grouped conv has edges only inside its blocks
     if c.src_axis == c.dst_axis:
         return units[c.src_axis]
     return units[c.src_axis] * units[c.dst_axis]

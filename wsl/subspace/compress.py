@@ -43,7 +43,7 @@ import torch
 
 from wsl.errors import WslError, ZooFormatError
 from wsl.subspace.basis import fit as fit_basis
-from wsl.subspace.stacks import Stack, TensorStack
+from wsl.subspace.stacks import TensorStack
 
 __all__ = ["compress", "stored_bytes"]
 

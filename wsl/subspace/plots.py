@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from wsl.io import atomic_write
+from wsl.io.figures import pyplot_or_warn, save_png
 
 __all__ = ["COLOURS", "MAX_PANELS", "accuracy_figures", "draw_curves", "pyplot", "report_figures"]
 
@@ -40,16 +40,7 @@ COLOURS = {"data": "black", "init": "tab:blue", "mp": "tab:green", "shuffled": "
 
 def pyplot() -> Any:
     """``matplotlib.pyplot`` on the Agg backend, or None (with a warning) when matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=True)
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("wsl: warning: matplotlib is not installed (pip install 'wsl[plot]'); no figures drawn, "
-                    "report.json and summary.md are written")
-        return None
-    return plt
+    return pyplot_or_warn(log, "the report's figures (report.json and summary.md are written)")
 
 
 def _curves(entry: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -83,12 +74,6 @@ def draw_curves(ax: Any, views: dict[str, dict[str, Any]], *, cumulative: bool, 
         ax.set_yscale("log")
         ax.set_ylabel("explained variance ratio")
     ax.grid(alpha=0.3)
-
-
-def _save(fig: Any, path: Path) -> Path:
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    return path
 
 
 def _layer_views(report: dict[str, Any], layer: str) -> dict[str, dict[str, Any]]:
@@ -128,7 +113,7 @@ def report_figures(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
                 fig.suptitle(f"{Path(str(report['source'])).name}: {kind} of the data vs the nulls", fontsize=10)
                 fig.tight_layout()
                 name = kind if len(groups) == 1 else f"{kind}_{re.sub(r'[^A-Za-z0-9_.-]', '_', group[0])}"
-                written.append(_save(fig, out / f"{name}.png"))
+                written.append(save_png(fig, out / f"{name}.png"))
             finally:
                 plt.close(fig)
     acc = report.get("accuracy")
@@ -166,7 +151,7 @@ def accuracy_figures(acc: dict[str, Any], out_dir: str | Path, *, title: str = "
         fig.suptitle(f"{title}: accuracy retained vs compression ({acc['n_models']} models, "
                      f"{acc['dataset']} test split)", fontsize=10)
         fig.tight_layout()
-        written.append(_save(fig, out / "accuracy.png"))
+        written.append(save_png(fig, out / "accuracy.png"))
     finally:
         plt.close(fig)
     loo = acc.get("loo")
@@ -184,7 +169,7 @@ def accuracy_figures(acc: dict[str, Any], out_dir: str | Path, *, title: str = "
                      f"{good[7:]})", fontsize=9)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        written.append(_save(fig, out / "loo.png"))
+        written.append(save_png(fig, out / "loo.png"))
     finally:
         plt.close(fig)
     return written

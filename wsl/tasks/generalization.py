@@ -198,13 +198,13 @@ def _join_graphs(parts: list[Any]) -> Any:
 class GraphCache:
     """Prebuilt parameter graphs of ``n`` models of one architecture, sliceable per batch.
 
-    Per-model tensors (``x``, ``edge_attr``, ``extras``) are kept as
+    Per-model tensors (``x``, ``edge_attr`` or ``edge_values``, ``extras``) are kept as
     ``(n, ...)``; the structure shared by every graph of the architecture
     (``edge_index``, masks, kinds, ...) is kept once; its repetition for a
     batch size is cached, so batches share those (read-only) tensors.
     """
 
-    PER_MODEL = ("x", "edge_attr", "extras")
+    PER_MODEL = ("x", "edge_attr", "edge_values", "extras")  # edge_values: ragged graphs (wsl.graph.ragged)
 
     def __init__(self, batch: Any, n: int) -> None:
         from wsl.graph.data import batch_keys

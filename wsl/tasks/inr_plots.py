@@ -1,7 +1,7 @@
 """Figures of rendered INRs: a grid of images (or signals), and before/after/target rows of edits.
 
-matplotlib is optional: without it each function logs one warning naming the
-figure it skips and returns None. PNG files are written atomically.
+matplotlib is optional (:mod:`wsl.io.figures`): without it each function logs one
+warning naming the figure it skips and returns None. PNG files are written atomically.
 Images are drawn in grey levels on the value range ``[-1, 1]`` of the zoos;
 1-D signals as curves on that range.
 """
@@ -22,15 +22,9 @@ log = logging.getLogger("wsl.tasks")
 
 
 def _pyplot(path: str | Path) -> Any:
-    try:
-        import matplotlib
+    from wsl.io.figures import pyplot_or_warn
 
-        matplotlib.use("Agg", force=True)
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("wsl: warning: not drawing %s: matplotlib is not installed (pip install 'wsl[plot]')", path)
-        return None
-    return plt
+    return pyplot_or_warn(log, str(path))
 
 
 def _draw(ax: Any, x: torch.Tensor, value_range: tuple[float, float]) -> None:
@@ -46,15 +40,13 @@ def _draw(ax: Any, x: torch.Tensor, value_range: tuple[float, float]) -> None:
 
 
 def _save(fig: Any, plt: Any, path: str | Path) -> Path:
-    from wsl.io import atomic_write
+    from wsl.io.figures import save_png
 
     try:
         fig.tight_layout()
-        with atomic_write(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
+        return save_png(fig, path, dpi=100)
     finally:
         plt.close(fig)
-    return Path(path)
 
 
 def render_grid(images: torch.Tensor, path: str | Path, *, titles: Sequence[str] | None = None,

@@ -72,7 +72,8 @@ class GeneralizationTask:
         """``(edge_dim, space)`` of the training data for the model's InputInfo."""
         edge_dim = None
         if kind == "graph":
-            edge_dim = max(int(g.cache.per_model["edge_attr"].shape[-1]) for g in tr.groups)
+            edge_dim = max(int(g.cache.per_model["edge_attr"].shape[-1]) if "edge_attr" in g.cache.per_model
+                           else max(int(g.cache.shared["edge_width"].max()), 1) for g in tr.groups)  # ragged
         return edge_dim, (tr.groups[0].space if len(tr.groups) == 1 else None)
 
     def _input_info(self, info: Any) -> Any:

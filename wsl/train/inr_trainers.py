@@ -62,7 +62,11 @@ class _INRTrainer(Trainer):
         self.y_mean, self.y_std = 0.0, 1.0
 
     def _input_facts(self, kind: str, tr: Any) -> tuple[int | None, Any]:
-        edge_dim = int(tr.cache.per_model["edge_attr"].shape[-1]) if kind == "graph" else None
+        edge_dim = None
+        if kind == "graph":
+            pm = tr.cache.per_model
+            edge_dim = int(pm["edge_attr"].shape[-1]) if "edge_attr" in pm else max(
+                int(tr.cache.shared["edge_width"].max()), 1)  # ragged storage
         return edge_dim, tr.space
 
     def _denormalize(self, full: np.ndarray) -> np.ndarray:

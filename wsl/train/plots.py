@@ -15,26 +15,16 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from wsl.io.figures import pyplot
+
 __all__ = ["plotting_available", "probe_grid", "scatter_plot"]
 
 log = logging.getLogger("wsl.train")
 
 
-def _pyplot() -> Any:
-    """``matplotlib.pyplot`` on the Agg backend, or None when matplotlib cannot be imported."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=True)
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    return plt
-
-
 def plotting_available(path: str | Path) -> bool:
     """True if matplotlib can draw; otherwise warns that ``path`` is skipped and returns False."""
-    if _pyplot() is not None:
+    if pyplot() is not None:
         return True
     log.warning("wsl: warning: not drawing %s: matplotlib is not installed (pip install 'wsl[plot]'); "
                 "everything else was written", path)
@@ -44,7 +34,7 @@ def plotting_available(path: str | Path) -> bool:
 @contextmanager
 def _figure(path: str | Path, **subplots: Any) -> Iterator[tuple[Any, Any]]:
     """``(fig, axes)`` of ``plt.subplots(**subplots)``; on a clean exit laid out and saved to ``path``; always closed."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(**subplots)
     try:
         yield fig, axes
