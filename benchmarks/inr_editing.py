@@ -3,10 +3,11 @@
 For each edit, model and seed this runs ``wsl train configs/inr/digits_edit_<model>.yaml inr.edit=<edit>
 train.seed=<seed> data.max_train=<N> train.epochs=<E>`` (in this process, on one thread; finished runs
 are reused), prints the test MSE of the edited INRs' renders against the edited images (mean ± std over
-seeds; ``identity`` = no edit, ``gd_fit`` = 100 Adam steps on each test INR's own weights) with the
+seeds; ``identity`` = no edit, ``output_affine`` = one affine map ``a f + b`` of every INR's output fitted on
+the training split, ``gd_fit`` = 100 Adam steps on each test INR's own weights) with the
 training throughput, and draws before / after / target renders of test INRs for every edit.
 
-    python benchmarks/inr_editing.py                              # 4 edits x 8 models x seeds 0 1 2
+    python benchmarks/inr_editing.py                              # 4 edits x 9 models x seeds 0 1 2
     python benchmarks/inr_editing.py --edits dilate --models identity,np --seeds 0
     python benchmarks/inr_editing.py --collect                    # only tabulate finished runs
 
@@ -31,10 +32,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 EDITS = ["dilate", "erode", "contrast", "gaussian_blur"]
-MODELS = ["identity", "gd_fit", "flat_mlp", "np", "hnp", "nft", "nggnn", "ngt"]
-LABELS = {"identity": "no edit (identity)", "gd_fit": "gradient-descent fit (100 steps)",
-          "flat_mlp": "MLP on flattened weights", "np": "NP", "hnp": "HNP", "nft": "NFT", "nggnn": "NG-GNN",
-          "ngt": "NG-T"}
+MODELS = ["identity", "output_affine", "gd_fit", "flat_mlp", "np", "hnp", "nft", "nggnn", "ngt"]
+LABELS = {"identity": "no edit (identity)", "output_affine": "one affine map of the output (a f + b)",
+          "gd_fit": "gradient-descent fit (100 steps)", "flat_mlp": "MLP on flattened weights", "np": "NP",
+          "hnp": "HNP", "nft": "NFT", "nggnn": "NG-GNN", "ngt": "NG-T"}
 EPOCHS = {"flat_mlp": 8, "np": 8, "hnp": 8, "nft": 6, "nggnn": 3, "ngt": 3}
 GRAPH = {"nggnn": ["model.hidden=16", "model.num_layers=2"], "ngt": ["model.hidden=16", "model.num_layers=2"]}
 

@@ -298,3 +298,21 @@ def test_editing_resume_equals_uninterrupted_run(zoo_path: Path, tmp_path: Path)
     a = load_safetensors(tmp_path / "full" / "inr_model" / "model.safetensors")
     b = load_safetensors(tmp_path / "part" / "inr_model" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_output_affine_edit_is_exact_in_weight_space(zoo_path: Path) -> None:
+    from wsl.tasks.inr import Renderer, zoo_shape
+    from wsl.tasks.inr_baselines import affine_output, run_inr_baseline
+    from wsl.zoo import load_zoo
+
+    rng = np.random.default_rng()
+    a, b = float(rng.uniform(0.5, 1.5)), float(rng.uniform(-0.5, 0.5))
+    zoo = load_zoo(zoo_path)
+    view = zoo.split("val").latest()
+    desc = zoo.architectures[view[0].arch_id]["arch"]
+    rend = Renderer(desc, zoo_shape(zoo))
+    raw = view.stacked()
+    with torch.no_grad():
+        assert torch.allclose(rend(affine_output(view[0].space, desc, raw, a, b)), a * rend(raw) + b, atol=1e-5)
+    res = run_inr_baseline("inr_editing", "output_affine", zoo, {}, edit="erode")
+    assert res["test"]["mse"] < res["test"]["identity_mse"]  # erosion darkens: a shift/scale of the output helps

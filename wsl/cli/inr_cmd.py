@@ -40,7 +40,7 @@ def register(sub: Any) -> None:
     e.add_argument("--edit", required=True, help="the edit (dilate, erode, contrast, gaussian_blur); must be the "
                    "one the model was trained for")
     e.add_argument("--model", required=True, metavar="RUN", help="run directory of `wsl train` (task inr_editing), "
-                   "or its editor/ directory")
+                   "or its inr_model/ directory")
     e.add_argument("-o", "--output", required=True, help="edited INR (.safetensors)")
     e.add_argument("--arch", metavar="REF", help="architecture of a checkpoint that does not carry one")
     e.add_argument("--png", metavar="FILE", help="also draw before / after renders to this PNG")

@@ -6,7 +6,12 @@ scikit-learn's ``HistGradientBoostingClassifier`` (100 rounds of 10 trees,
 learning rate 0.1, 31 leaves, single-threaded), fitted on train, reported on val and test.
 
 Editing: ``identity`` -- no edit (``W' = W``): the MSE between the render and
-the target, the floor every editing model must beat; ``gd_fit`` -- per-INR
+the target, the floor every editing model must beat; ``output_affine`` -- one
+affine map of the output for every INR, ``render' = a render + b`` with
+``(a, b)`` fitted by least squares on the training split, realised exactly in
+weight space (last layer ``W_L' = a W_L``, ``b_L' = a b_L + b``): the
+input-independent edit a meta-model must beat to have learned more than a
+brightness/contrast change; ``gd_fit`` -- per-INR
 gradient descent on the weights to the target
 (:func:`wsl.tasks.inr_editing.fit_to_targets`, ``steps`` Adam steps at
 ``lr``): the cost reference, what fitting a new INR takes per edit.
@@ -27,7 +32,7 @@ from wsl.errors import ConfigError
 
 __all__ = ["INR_BASELINES", "run_inr_baseline"]
 
-INR_BASELINES = {"inr_classification": ("statnn_gbt",), "inr_editing": ("identity", "gd_fit")}
+INR_BASELINES = {"inr_classification": ("statnn_gbt",), "inr_editing": ("identity", "output_affine", "gd_fit")}
 
 
 def _splits(zoo: Any, kind: str, task: str, edit: str | None, checkpoints: str, splits: tuple[str, str, str],
@@ -82,6 +87,49 @@ def identity_edit(zoo: Any, edit: str, seed: int = 0, *, checkpoints: str = "las
     return out
 
 
+def affine_output(space: Any, description: dict[str, Any], stacked: dict[str, Any], a: float,
+                  b: float) -> dict[str, Any]:
+    """Weights whose output is ``a * f(x) + b``: the last linear layer's weight times ``a``, its bias ``a b_L + b``."""
+    from wsl.errors import WslError
+
+    layers = description.get("layers", [])
+    if not layers or layers[-1].get("type") != "linear":
+        raise WslError("output_affine: the network must end in a linear layer (its output is then affine in it)")
+    out = {g.id for g in space.groups if g.kind == "output"}
+    touched = []
+    res = dict(stacked)
+    for name, t in space.tensors.items():
+        if t.axes and t.axes[0][0][0][0] in out and t.role in ("weight", "bias"):
+            res[name] = a * stacked[name] + (b if t.role == "bias" else 0.0)
+            touched.append(t.role)
+    if sorted(touched) != ["bias", "weight"]:
+        raise WslError(f"output_affine: expected one output weight and bias, found {touched}")
+    return res
+
+
+def output_affine_edit(zoo: Any, edit: str, seed: int = 0, *, checkpoints: str = "last",
+                       splits: tuple[str, str, str] = ("train", "val", "test"), arch: str | None = None,
+                       max_train: int | None = None) -> dict[str, Any]:
+    """The input-independent reference: one affine map of every INR's output (see the module docstring)."""
+    import torch
+
+    from wsl.tasks.inr_editing import edit_mse
+
+    data = _splits(zoo, "render", "editing", edit, checkpoints, splits, arch, seed, max_train)
+    tr = data["train"]
+    x, y = tr.before.flatten().double(), tr.targets.flatten().double()
+    sol = torch.linalg.lstsq(torch.stack([x, torch.ones_like(x)], 1), y.unsqueeze(1)).solution.flatten()
+    a, b = float(sol[0]), float(sol[1])
+    out: dict[str, Any] = {}
+    for r in ("val", "test"):
+        d = data[r]
+        with torch.no_grad():
+            mse = edit_mse(d.renderer, affine_output(d.space, d.description, d.raw, a, b), d.targets)
+        out[r] = {"mse": float(mse.mean()), "identity_mse": _mse(d.before, d.targets), "n": len(d)}
+    out.update(n_train=len(tr), a=a, b=b, models_per_s=None)
+    return out
+
+
 def gd_fit_edit(zoo: Any, edit: str, seed: int = 0, *, steps: int = 100, lr: float = 1e-3,
                 checkpoints: str = "last", splits: tuple[str, str, str] = ("train", "val", "test"),
                 arch: str | None = None) -> dict[str, Any]:
@@ -121,6 +169,8 @@ def run_inr_baseline(task: str, name: str, zoo: Any, params: dict[str, Any], *, 
         res = statnn_classifier(zoo, seed, max_train=max_train, **kw)
     elif name == "identity":
         res = identity_edit(zoo, edit, seed, **kw)
+    elif name == "output_affine":
+        res = output_affine_edit(zoo, edit, seed, max_train=max_train, **kw)
     else:
         steps, lr = params.get("steps", 100), params.get("lr", 1e-3)
         if not (isinstance(steps, int) and steps >= 1) or not (isinstance(lr, (int, float)) and lr > 0):
