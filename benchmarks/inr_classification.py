@@ -13,6 +13,7 @@ Zoos (from the repository root; about 3 + 4 minutes on one thread):
 
     wsl zoo generate zoos/digits-siren.yaml  -o zoos-out/digits-siren    # 1,797 images x 2 fits
     wsl zoo generate zoos/mnist1d-siren.yaml -o zoos-out/mnist1d-siren   # 5,000 sequences x 3 fits
+    wsl zoo generate zoos/digits-siren-shared.yaml -o zoos-out/digits-siren-shared   # the ablation: one init
 
 Sizes (chosen so the whole table, 2 zoos x 8 models x 3 seeds, runs in about 30 minutes on one
 thread): every model trains on the same random ``--max-train`` INRs of the zoo's train split (default
@@ -34,13 +35,18 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-MODELS = ["statnn_gbt", "flat_mlp", "np", "hnp", "nft", "nggnn", "ngt", "render_cnn"]
+MODELS = ["statnn_gbt", "flat_mlp", "flat_mlp_noaug", "np", "hnp", "nft", "nggnn", "ngt", "render_cnn"]
 LABELS = {"statnn_gbt": "StatNN + gradient boosting", "flat_mlp": "MLP on flattened weights",
-          "np": "NP (DWSNets / NFN-NP)", "hnp": "HNP (NFN-HNP)", "nft": "NFT", "nggnn": "NG-GNN", "ngt": "NG-T",
+          "flat_mlp_noaug": "MLP on flattened weights, no augmentation", "np_noaug": "NP, no augmentation",
+          "np_nosign": "NP, no sign-flip augmentation", "np": "NP (DWSNets / NFN-NP)", "hnp": "HNP (NFN-HNP)", "nft": "NFT", "nggnn": "NG-GNN", "ngt": "NG-T",
           "render_cnn": "render, then CNN (reference)"}
-EPOCHS = {"flat_mlp": 10, "np": 10, "hnp": 10, "nft": 8, "nggnn": 4, "ngt": 4, "render_cnn": 10}
+EPOCHS = {"flat_mlp": 10, "flat_mlp_noaug": 10, "np_noaug": 10, "np_nosign": 10, "np": 10, "hnp": 10, "nft": 8, "nggnn": 4, "ngt": 4, "render_cnn": 10}
 GRAPH = {"nggnn": ["model.hidden=16", "model.num_layers=2"], "ngt": ["model.hidden=16", "model.num_layers=2"]}
-ZOOS = {"digits": "zoos-out/digits-siren", "mnist1d": "zoos-out/mnist1d-siren"}
+ZOOS = {"digits": "zoos-out/digits-siren", "mnist1d": "zoos-out/mnist1d-siren",
+        "digits-shared": "zoos-out/digits-siren-shared"}
+CONFIG_ZOO = {"digits-shared": "digits"}  # the ablation zoo reads the digits configs (data.zoo overridden)
+NOAUG = ["augment.permute=false", "augment.sign_flip=false"]
+VARIANTS = {"flat_mlp_noaug": ("flat_mlp", NOAUG), "np_noaug": ("np", NOAUG), "np_nosign": ("np", ["augment.sign_flip=false"])}
 
 
 def run_one(zoo: str, model: str, seed: int, args: argparse.Namespace) -> dict | None:
@@ -50,7 +56,8 @@ def run_one(zoo: str, model: str, seed: int, args: argparse.Namespace) -> dict |
         return json.loads(metrics.read_text())
     if args.collect:
         return None
-    cmd = ["train", str(REPO / "configs" / "inr" / f"{zoo}_cls_{model}.yaml"),
+    base, extra = VARIANTS.get(model, (model, []))
+    cmd = ["train", str(REPO / "configs" / "inr" / f"{CONFIG_ZOO.get(zoo, zoo)}_cls_{base}.yaml"), *extra,
            f"train.seed={seed}", f"data.max_train={args.max_train}", "train.progress=false", "train.threads=1",
            f"data.zoo={args.zoo_dir[zoo]}", "-o", str(out)]
     if model in EPOCHS:
@@ -91,7 +98,7 @@ def fmt(vals: list[float], scale: float = 100.0) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--zoos", default="digits,mnist1d")
+    p.add_argument("--zoos", default="digits,mnist1d,digits-shared")
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--max-train", type=int, default=1600, help="training INRs per run (default 1600)")
@@ -120,7 +127,8 @@ def main() -> int:
     total, cpu = time.perf_counter() - t0, time.process_time() - c0
     for z in zoos:
         first = next((v for v in table[z].values() if v["n_train"]), {})
-        print(f"\n{z}-siren: {first.get('n_train')} training INRs, {first.get('n_test')} test INRs, "
+        name = {"digits-shared": "digits-siren-shared (shared initialisation)"}.get(z, f"{z}-siren")
+        print(f"\n{name}: {first.get('n_train')} training INRs, {first.get('n_test')} test INRs, "
               f"seeds {' '.join(map(str, args.seeds))}\n")
         print("| model | test accuracy (%) | val accuracy (%) | epochs | train models/s | wall s / run |")
         print("|---|---|---|---|---|---|")

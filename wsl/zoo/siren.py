@@ -18,7 +18,11 @@ later layers ``U(-sqrt(6/fan_in)/w0, sqrt(6/fan_in)/w0)``, biases
 ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` (the ``nn.Linear`` default).
 Fitting: full-batch Adam on the mean squared error over all samples;
 one step is one pass over the image, so a row's ``epoch`` is its step count.
-Every image gets ``fits_per_image`` fits with different seeds (init only);
+Every image gets ``fits_per_image`` fits with different seeds (init only).
+``training.init: independent`` (the default) draws each fit's init from its own
+seed; ``shared`` gives fit ``j`` of *every* image the same init (seed
+``(generation.seed, j)``), the setting in which weights of different images are
+directly comparable (the ablation of the INR classification benchmark);
 all fits of an image share its split (assigned from ``image<i>``), their
 ``model_id`` is ``img<i>-fit<j>``. Rows record ``label`` (the class),
 ``image`` (the image index), ``train_loss`` (MSE) and
@@ -196,7 +200,9 @@ def fit_chunk(recipe: Recipe, data: ImageData, images: list[int], chunk: int, de
     fits = int(tr.get("fits_per_image", 2))
     seed = int(recipe.generation.get("seed", 0))
     jobs = [(i, j) for i in images for j in range(fits)]
-    seeds = [int(np.random.SeedSequence([seed, i, j]).generate_state(1, np.uint32)[0]) for i, j in jobs]
+    shared = tr.get("init", "independent") == "shared"
+    seeds = [int(np.random.SeedSequence([seed, j] if shared else [seed, i, j]).generate_state(1, np.uint32)[0])
+             for i, j in jobs]
     targets = torch.stack([data.images[i].reshape(-1) for i, _ in jobs])
     steps = int(tr["steps"])
     snaps, mses = fit(net, siren_init(net, seeds, w0), data.coords, targets, steps=steps, lr=float(tr.get("lr", 1e-3)),
@@ -211,7 +217,8 @@ def fit_chunk(recipe: Recipe, data: ImageData, images: list[int], chunk: int, de
             mse = float(mses[v, ci])
             rows.append({"model_id": f"img{i:04d}-fit{j}", "epoch": step, "seed": s, "split": split,
                          "hparams": {"image": i, "fit": j, "lr": float(tr.get("lr", 1e-3)), "steps": steps,
-                                     "w0": w0, "hidden": list(a.get("hidden", [32, 32])), "optimizer": "adam"},
+                                     "w0": w0, "hidden": list(a.get("hidden", [32, 32])), "optimizer": "adam",
+                                     "init": "shared" if shared else "independent"},
                          "train_loss": mse if math.isfinite(mse) else None, "psnr": float(quality[v, ci]),
                          "label": int(data.labels[i]), "image": i})
     stacked = net.unflatten(snaps.reshape(len(jobs) * len(ckpts), -1))
