@@ -23,6 +23,8 @@ ENTRY_POINTS = {
     ("wsl/cli/train_cmd.py", "run_train"),  # `wsl train` (applies the config's train.threads)
     ("wsl/cli/predict_cmd.py", "run"),  # `wsl predict`
     ("wsl/cli/demo_cmd.py", "run_demo"),  # `wsl demo`
+    ("wsl/cli/inr_cmd.py", "run_render"),  # `wsl render`
+    ("wsl/cli/inr_cmd.py", "run_edit"),  # `wsl edit` (one thread: a single small edit)
     ("wsl/zoo/generate.py", "run_generate"),  # `wsl zoo generate` (registered from wsl.zoo.generate)
     ("wsl/zoo/generate.py", "_init_worker"),  # a zoo-generation worker process's start-up
     ("wsl/serve/validate.py", "init_worker"),  # a `wsl serve` worker process's start-up

@@ -285,3 +285,28 @@ def test_hparams_depend_only_on_seed_and_index() -> None:
     assert lrs.min() >= 5e-4 and lrs.max() <= 5e-2
     assert {h["optimizer"] for h in a} == {"sgd", "adam", "rmsprop"}
     assert isinstance(WslError("x"), Exception)
+
+
+def test_siren_shared_init_starts_every_image_from_the_same_weights(tmp_path: Path) -> None:
+    """``training.init: shared``: fit j of every image starts from one draw; fits differ; independent differs."""
+    import yaml
+
+    from wsl.zoo import load_zoo
+
+    for init in ("shared", "independent"):
+        raw = yaml.safe_load((ROOT / "zoos" / "digits-siren-shared.yaml").read_text())
+        raw["training"].update(init=init, checkpoints=[0, 4])
+        recipe = tmp_path / f"{init}.yaml"
+        recipe.write_text(yaml.safe_dump(raw))
+        _generate(str(recipe), tmp_path / init, "--num-models", "3", "--epochs", "4")
+        zoo = load_zoo(tmp_path / init)
+        start = {}
+        for i in range(len(zoo)):
+            m = zoo[i].metadata
+            if m["epoch"] == 0:
+                start[(m["hparams"]["image"], m["hparams"]["fit"])] = torch.cat(
+                    [t.flatten() for t in zoo[i].state_dict().values()])
+        assert len(start) == 6
+        same_fit = torch.equal(start[(0, 0)], start[(1, 0)]) and torch.equal(start[(1, 1)], start[(2, 1)])
+        assert same_fit == (init == "shared")
+        assert not torch.equal(start[(0, 0)], start[(0, 1)])

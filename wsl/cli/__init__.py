@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "wsl.cli.demo_cmd",
     "wsl.cli.subspace_cmd",
     "wsl.cli.hyper_cmd",
+    "wsl.cli.inr_cmd",
 )
 
 EXIT_USER_ERROR = 2

@@ -4,7 +4,9 @@ Trains a generalization predictor (see :mod:`wsl.train.loop`). Under
 ``torchrun --nproc_per_node=N -m wsl train ...`` it trains with
 DistributedDataParallel. A config whose ``model.name`` is a baseline
 (``statnn_gbt``, ``statnn_linear``, ``hparams_gbt``) fits that baseline instead
-and writes the same ``metrics.json`` / ``test_scatter.png``.
+and writes the same ``metrics.json`` / ``test_scatter.png``. ``task:
+inr_classification`` / ``inr_editing`` configs train INR meta-models
+(:mod:`wsl.train.inr_trainers`) or run the INR baselines (:mod:`wsl.tasks.inr_baselines`).
 """
 
 from __future__ import annotations
@@ -40,11 +42,20 @@ def run_train(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(cfg.train.threads)
-    if cfg.model.name in BASELINES:
+    if cfg.task != "generalization":
+        from wsl.cli.inr_cmd import inr_baseline_names, run_inr_baseline
+
+        if cfg.model.name in inr_baseline_names(cfg.task):
+            return run_inr_baseline(cfg)
+    elif cfg.model.name in BASELINES:
         return _run_baseline(cfg)
-    from wsl.train.loop import train
+    from wsl.train.run import train
 
     m = train(cfg, cfg.output, resume=args.resume)
+    if cfg.task != "generalization":
+        from wsl.cli.inr_cmd import print_inr_result
+
+        return print_inr_result(cfg, m)
     if m.get("world_size", 1) == 1 or int(__import__("os").environ.get("RANK", "0")) == 0:
         print(f"{cfg.model.name}: val tau {_f(m['val'].get('tau'))}, test tau {_f(m['test'].get('tau'))}, "
               f"test r2 {_f(m['test'].get('r2'))}, {m['wall_time_s']:.0f}s -> {cfg.output}")

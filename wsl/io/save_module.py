@@ -32,8 +32,10 @@ _INSTEAD = ("build it with wsl.archs (a registered factory, or wsl.archs.describ
 
 
 def save_module(module: nn.Module, path: str | os.PathLike[str], *,
-                input_shape: tuple[int, ...] | None = None) -> Path:
+                input_shape: tuple[int, ...] | None = None, metadata: dict[str, str] | None = None) -> Path:
     """Write ``module``'s weights and architecture to ``path`` (``.safetensors``), atomically; return the path.
+
+    ``metadata`` adds string entries to the file's ``__metadata__`` (``wsl_arch`` is reserved).
 
     ``input_shape`` (no batch dimension) is only needed for an ``nn.Sequential``
     whose input shape cannot be guessed (one not starting with Linear or
@@ -68,5 +70,8 @@ def save_module(module: nn.Module, path: str | os.PathLike[str], *,
                                 f"(wsl_arch), so the file could not be loaded back ({exc}); rebuild it from a matching "
                                 "description, or save its state_dict with wsl.io.save_state_dict and pass --arch "
                                 "when loading it") from None
-    atomic_save_safetensors(state, p, {"wsl_arch": json.dumps(desc, sort_keys=True)})
+    extra = dict(metadata or {})
+    if "wsl_arch" in extra or not all(isinstance(k, str) and isinstance(v, str) for k, v in extra.items()):
+        raise CheckpointError(f"wsl.save {p}: metadata must map strings to strings and not set 'wsl_arch'")
+    atomic_save_safetensors(state, p, {**extra, "wsl_arch": json.dumps(desc, sort_keys=True)})
     return p

@@ -1,12 +1,15 @@
 """Experiment configuration for ``wsl train``: YAML files, dataclasses, ``key=value`` overrides.
 
-A config has seven sections and an output directory::
+A config names its task, has eight sections and an output directory::
+
+    task:     generalization (default) | inr_classification | inr_editing
 
     data:     {zoo, target, checkpoints, train_checkpoints, train_split, val_split, test_split, arch, max_train, stats_layout, verify}
     model:    {name, <any constructor argument of that model, e.g. hidden, layers>}
     optim:    {name: adamw|adam|sgd, lr, weight_decay, momentum, betas, grad_clip}
     schedule: {name: cosine|constant, warmup_epochs, min_lr_ratio}
-    augment:  {permute, noise}
+    augment:  {permute, noise, sign_flip}
+    inr:      {edit, normalize}   -- INR tasks only (wsl.tasks.inr_data)
     probes:   {num, seed, kind: mixed|uniform|strokes|mixed+strokes, invert, invert_steps, invert_tv, learn, embed,
                hidden}  -- probe features fused into the head (off while num + invert == 0)
     train:    {epochs, batch_size, eval_batch_size, seed, device: auto|cpu|cuda|cuda:N, amp, amp_dtype: bf16|fp16,
@@ -28,15 +31,15 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from wsl.errors import ConfigError
+from wsl.train.config_values import coerce as _coerce
 
-__all__ = ["AugmentConfig", "Config", "DataConfig", "ModelConfig", "OptimConfig", "ProbeConfig", "ScheduleConfig",
+__all__ = ["AugmentConfig", "Config", "DataConfig", "InrConfig", "ModelConfig", "OptimConfig", "ProbeConfig", "ScheduleConfig",
            "TrainConfig",
            "apply_overrides", "load_config"]
 
@@ -51,7 +54,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "schedule.name": ("cosine", "constant"),
     "train.amp_dtype": ("bf16", "fp16"),
     "train.loss": ("mse", "l1", "huber"),
+    "inr.edit": ("dilate", "erode", "contrast", "gaussian_blur"),
 }
+TASKS = ("generalization", "inr_classification", "inr_editing")
 
 
 @dataclass
@@ -106,6 +111,16 @@ class AugmentConfig:
 
     permute: bool = False  #: apply a random element of the network's permutation group to every model
     noise: float = 0.0  #: Gaussian noise, std = noise * (std of that tensor in that model); 0 = off
+    #: random sign flips of hidden units (networks with odd activations: SIRENs; INR tasks only)
+    sign_flip: bool = False
+
+
+@dataclass
+class InrConfig:
+    """Settings of the INR tasks (``task: inr_classification`` / ``inr_editing``)."""
+
+    edit: str = "dilate"  #: editing: the image edit the meta-model learns (wsl.tasks.inr_edits)
+    normalize: bool = True  #: learned models read each tensor divided by its training-split RMS
 
 
 @dataclass
@@ -150,6 +165,7 @@ class TrainConfig:
 class Config:
     """A full experiment (see module docstring)."""
 
+    task: str = "generalization"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -157,6 +173,7 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     probes: ProbeConfig = field(default_factory=ProbeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    inr: InrConfig = field(default_factory=InrConfig)
     output: str | None = None
 
     @classmethod
@@ -170,6 +187,10 @@ class Config:
         for name, value in raw.items():
             if name == "output":
                 kw[name] = None if value is None else str(value)
+            elif name == "task":
+                if value not in TASKS:
+                    raise ConfigError(f"{where}: task is {value!r}; valid: {', '.join(TASKS)}")
+                kw[name] = value
             elif name == "model":
                 kw[name] = _model(value, where)
             else:
@@ -217,6 +238,14 @@ class Config:
         if self.data.train_split in (self.data.val_split, self.data.test_split):
             raise ConfigError(f"{where}: data.train_split ({self.data.train_split!r}) must differ from the "
                               "val/test splits: never evaluate on training models")
+        if self.task == "generalization" and self.augment.sign_flip:
+            raise ConfigError(f"{where}: augment.sign_flip is for INR tasks (SIREN sign symmetries); "
+                              "set task: inr_classification or inr_editing, or remove it")
+        if self.task.startswith("inr_") and self.probes.total:
+            raise ConfigError(f"{where}: probes are not used by task {self.task}; remove the probes section")
+        if self.task == "inr_editing" and self.augment.noise > 0:
+            raise ConfigError(f"{where}: augment.noise changes the INR's function, so the edit target would no "
+                              "longer match; use permute/sign_flip for task inr_editing")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-able dict; ``Config.from_dict(cfg.to_dict())`` round-trips."""
@@ -229,7 +258,7 @@ class Config:
 
 def _section_types() -> dict[str, type]:
     return {"data": DataConfig, "optim": OptimConfig, "schedule": ScheduleConfig, "augment": AugmentConfig,
-            "probes": ProbeConfig, "train": TrainConfig}
+            "probes": ProbeConfig, "train": TrainConfig, "inr": InrConfig}
 
 
 def _unknown(raw: Mapping[str, Any], valid: Sequence[str], where: str, prefix: str) -> None:
@@ -261,65 +290,6 @@ def _section(cls: type, value: Any, where: str, name: str) -> Any:
     hints = typing.get_type_hints(cls)
     _unknown(value, list(hints), where, f"{name}.")
     return cls(**{k: _coerce(v, hints[k], where, f"{name}.{k}") for k, v in value.items()})
-
-
-def _coerce(value: Any, tp: Any, where: str, key: str) -> Any:
-    """Check/convert ``value`` to type hint ``tp`` (bool, int, float, str, Optional, tuple, dict)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where, key)
-    bad = ConfigError(f"{where}: {key} must be {_tname(tp)}, got {value!r}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
-            return value.lower() in ("true", "yes", "on")
-        raise bad
-    if tp is int:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                raise bad from None
-        raise bad
-    if tp is float:
-        if isinstance(value, bool):
-            raise bad
-        try:
-            out = float(value)
-        except (TypeError, ValueError):
-            raise bad from None
-        if math.isnan(out):
-            raise bad
-        return out
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise bad
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise bad
-        return tuple(_coerce(v, a, where, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if origin is dict or tp is dict:
-        if not isinstance(value, Mapping):
-            raise bad
-        return dict(value)
-    return value
-
-
-def _tname(tp: Any) -> str:
-    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
 
 
 def _parse_value(text: str) -> Any:

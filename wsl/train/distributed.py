@@ -109,11 +109,11 @@ def broadcast(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
 
 
 def gather_predictions(pred_local: torch.Tensor, idx_local: torch.Tensor, n: int, info: DistInfo) -> torch.Tensor:
-    """Full ``(n,)`` prediction vector on every rank from each rank's ``(positions, values)``.
+    """Full ``(n, ...)`` predictions on every rank from each rank's ``(positions, values (k, ...))``.
 
     Every position must be predicted by exactly one rank; the result is the
-    sum of zero-filled per-rank vectors, so it is exact.
+    sum of zero-filled per-rank tensors, so it is exact.
     """
-    full = torch.zeros(n, dtype=torch.float64, device=pred_local.device)
+    full = torch.zeros(n, *pred_local.shape[1:], dtype=torch.float64, device=pred_local.device)
     full[idx_local.to(pred_local.device)] = pred_local.to(torch.float64)
     return all_sum(full, info)

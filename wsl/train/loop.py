@@ -33,11 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsl.errors import ConfigError, WslError
-from wsl.tasks.metrics import regression_metrics, to_json
+from wsl.errors import ConfigError
+from wsl.tasks.metrics import to_json
 from wsl.train import distributed as D
 from wsl.train.checkpoints import load_checkpoint, save_checkpoint
 from wsl.train.config import Config
+from wsl.train.generalization_task import GeneralizationTask
 
 __all__ = ["Trainer", "train"]
 
@@ -58,8 +59,13 @@ def _lr_lambda(cfg: Config, steps_per_epoch: int) -> Callable[[int], float]:
     return fn
 
 
-class Trainer:
-    """Train ``cfg.model`` on ``cfg.data`` (see module docstring); :meth:`fit` runs it."""
+class Trainer(GeneralizationTask):
+    """Train ``cfg.model`` on ``cfg.data`` (see module docstring); :meth:`fit` runs it.
+
+    The task-specific parts -- data, loss, metrics, artifacts -- are hook methods; this class gets the
+    generalization task's from :class:`~wsl.train.generalization_task.GeneralizationTask`, and the INR
+    tasks override them (:mod:`wsl.train.inr_trainers`).
+    """
 
     def __init__(self, cfg: Config, output: str | Path | None = None, *, resume: bool = False,
                  log: Callable[[str], None] | None = None) -> None:
@@ -80,7 +86,6 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _prepare(self) -> None:
         from wsl.io import local_path
-        from wsl.tasks.generalization import prepare_split, select_rows
         from wsl.train.registry import InputInfo, build_model, check_params, resolve_model
         from wsl.zoo import load_zoo
 
@@ -91,69 +96,29 @@ class Trainer:
         if self.info.enabled and self.info.is_main:
             D.barrier(self.info)
         self.zoo = load_zoo(path, verify=dc.verify)
-        self.entry = resolve_model(cfg.model.name)
+        self.entry = resolve_model(cfg.model.name, self.model_output)
         check_params(self.entry, cfg.model.params)  # fail before the (slow) data preparation
         kind = self.entry.input_kind
         names = {"train": dc.train_split, "val": dc.val_split, "test": dc.test_split}
-        layout = dc.stats_layout
-        if kind == "stats" and layout == "auto":
-            from wsl.tasks.statnn import signatures
-
-            views = [select_rows(self.zoo, s, dc.checkpoints, dc.target, dc.arch) for s in names.values()]
-            sigs = {sg for v in views if len(v) for sg in signatures(v).values()}
-            layout = "per_tensor" if len(sigs) == 1 else "buckets"
-        self.stats_layout = layout
+        layout = self.stats_layout = self._stats_layout(kind, names)
         t0 = time.perf_counter()
         ckpt = {role: (dc.train_checkpoints if role == "train" and dc.train_checkpoints != "same" else dc.checkpoints)
                 for role in names}
         probe_x = self._probe_inputs() if cfg.probes.total and kind != "stats" else None
-        self.data = {role: prepare_split(self.zoo, role, s, kind, target=dc.target, checkpoints=ckpt[role],
-                                         arch=dc.arch, max_rows=dc.max_train if role == "train" else None,
-                                         seed=cfg.train.seed, stats_layout=layout, device=self.device,
-                                         transform=dc.transform if kind != "stats" else "none",
-                                         probe_inputs=probe_x, probe_learn=cfg.probes.learn)
-                     for role, s in names.items()}
+        self.data = self._make_splits(kind, names, ckpt, layout, probe_x)
         self.log(f"data: {', '.join(f'{r} {len(d)} rows' for r, d in self.data.items())} "
                  f"({kind} inputs, built in {time.perf_counter() - t0:.1f}s)")
         tr = self.data["train"]
-        if kind == "features":
-            sig = tr.groups[0].space.signature
-            for role in ("val", "test"):
-                other = self.data[role].groups[0].space.signature
-                if other != sig:
-                    raise WslError(f"{dc.zoo}: {role} split architecture {other} differs from train ({sig})")
-        y = tr.y.double()
-        self.y_mean = float(y.mean())
-        self.y_std = float(y.std()) if len(y) > 1 and float(y.std()) > 1e-12 else 1.0
-        edge_dim = None
-        if kind == "graph":
-            edge_dim = max(int(g.cache.per_model["edge_attr"].shape[-1]) if "edge_attr" in g.cache.per_model
-                           else max(int(g.cache.shared["edge_width"].max()), 1) for g in tr.groups)  # ragged
-        space = tr.groups[0].space if len(tr.groups) == 1 else None
-        pc = cfg.probes
-        probes = None
-        if probe_x is not None:
-            width = tr.probes.shape[1] if isinstance(tr.probes, torch.Tensor) else None
-            if width is None:  # learned probes: the feature width of the initial probes
-                from wsl.nn.probed import probe_summary
-
-                with torch.no_grad():
-                    width = probe_summary(tr.probes[torch.arange(1)](probe_x.to(self.device))).shape[1]
-            probes = {"num": pc.num, "seed": pc.seed, "kind": pc.kind, "invert": pc.invert,
-                      "invert_steps": pc.invert_steps, "invert_tv": pc.invert_tv, "learn": pc.learn, "embed": pc.embed,
-                      "hidden": pc.hidden, "num_features": int(width), "input_shape": list(probe_x.shape[1:])}
-        self.input_info = InputInfo(kind, space, int(tr.stats.shape[1]) if tr.stats is not None else None,
-                                    layout if kind == "stats" else None, edge_dim, probes)
+        self._set_targets(tr)
+        edge_dim, space = self._input_facts(kind, tr)
+        probes = self._probe_info(tr, probe_x)
+        self.input_info = self._input_info(InputInfo(kind, space, int(tr.stats.shape[1])
+                                                     if getattr(tr, "stats", None) is not None else None,
+                                                     layout if kind == "stats" else None, edge_dim, probes))
         torch.manual_seed(cfg.train.seed)
         self.model = build_model(cfg.model.name, self.input_info, cfg.model.params).to(self.device)
         if probe_x is not None:
-            self.model.set_probe_inputs(probe_x)  # type: ignore[operator]
-            feats = tr.probes
-            if not isinstance(feats, torch.Tensor):  # learned: normalize with the features of the initial probes
-                with torch.no_grad():
-                    feats = torch.cat([self.model.features(tr.probes[torch.arange(lo, min(lo + 512, len(tr)))])
-                                       for lo in range(0, len(tr), 512)])
-            self.model.set_normalization(feats)  # type: ignore[operator]
+            self._attach_probes(tr, probe_x)
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
         self.ddp: nn.Module = self.model
         if self.info.enabled:
@@ -174,26 +139,6 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg, self.steps_per_epoch))
         self.amp_ctx = self._amp()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_ctx is not None and cfg.train.amp_dtype == "fp16")
-
-    def _probe_inputs(self) -> torch.Tensor:
-        """The run's probe inputs (:func:`wsl.tasks.inversion.probe_set`); inverted ones from rank 0, broadcast."""
-        from wsl.tasks.inversion import probe_set
-        from wsl.tasks.probes import view_probe_shape
-
-        pc, dc = self.cfg.probes, self.cfg.data
-        shape = view_probe_shape(self.zoo.filter(arch=dc.arch) if dc.arch is not None else self.zoo)
-        if pc.invert and not self.info.is_main:
-            x = torch.empty(pc.total, *shape)
-        else:
-            t0 = time.perf_counter()
-            x = probe_set(self.zoo, num=pc.num, seed=pc.seed, kind=pc.kind, invert=pc.invert,
-                          invert_steps=pc.invert_steps, invert_tv=pc.invert_tv, split=dc.train_split,
-                          target=dc.target, arch=dc.arch, shape=shape,
-                          progress=self.info.is_main and self.cfg.train.progress)
-            if pc.invert:
-                self.log(f"probes: {pc.invert} inverted from the {dc.train_split} split's networks "
-                         f"in {time.perf_counter() - t0:.1f}s")
-        return D.broadcast(x, self.info) if pc.invert else x  # type: ignore[arg-type]
 
     def _amp(self) -> Any:
         if not self.cfg.train.amp:
@@ -220,22 +165,22 @@ class Trainer:
 
     @torch.no_grad()
     def predict(self, role: str) -> np.ndarray:
-        """De-normalized predictions for every row of split ``role`` (gathered over ranks)."""
+        """De-normalized predictions (:meth:`_eval_batch` outputs) for every row of split ``role``, gathered
+        over ranks."""
         split = self.data[role]
         self.model.eval()
         n = len(split)
         local_pos = D.shard(torch.arange(n), self.info)
         preds, places = [], []
         for lo in range(0, len(local_pos), self.cfg.train.eval_batch_size):
-            x, order = split.inputs(local_pos[lo:lo + self.cfg.train.eval_batch_size])
-            with torch.autocast(self.device.type, dtype=self.amp_ctx, enabled=self.amp_ctx is not None):
-                preds.append(self.model(x).reshape(-1).float())
+            out, order = self._eval_batch(split, local_pos[lo:lo + self.cfg.train.eval_batch_size])
+            preds.append(out)
             places.append(order)
         self.model.train()
         p = torch.cat(preds) if preds else torch.zeros(0, device=self.device)
         pos = torch.cat(places) if places else torch.zeros(0, dtype=torch.long)
         full = D.gather_predictions(p, pos, n, self.info).cpu().numpy()
-        return self.y_mean + self.y_std * full
+        return self._denormalize(full)
 
     def _epoch(self, epoch: int) -> float:
         cfg, tr, info = self.cfg, self.data["train"], self.info
@@ -255,11 +200,7 @@ class Trainer:
             if not len(lidx):  # a final batch smaller than the world: join the all-reduce with a zero loss
                 lidx, weight = gidx[:1], 0.0
             gen = torch.Generator().manual_seed(hash((cfg.train.seed, epoch, step, info.rank)) & 0x7FFFFFFF)
-            x, order = tr.inputs(lidx, cfg.augment, gen)
-            y = (tr.y[order.to(tr.y.device)] - self.y_mean) / self.y_std
-            with torch.autocast(self.device.type, dtype=self.amp_ctx, enabled=self.amp_ctx is not None):
-                pred = self.ddp(x).reshape(-1).float()
-            lv = self._loss(pred, y) * (1.0 if weight else 0.0)
+            lv = self._step_loss(tr, lidx, gen) * (1.0 if weight else 0.0)
             loss = lv.sum() * weight
             self.opt.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -303,8 +244,8 @@ class Trainer:
             dt = time.perf_counter() - t0
             st["train_time"] += dt
             st["models"] += len(self.data["train"])
-            val = regression_metrics(self.predict("val"), self.data["val"].y.cpu())
-            tau = val["tau"] if math.isfinite(val["tau"]) else -math.inf
+            val = self.evaluate("val")
+            tau = val[self.score_key] if math.isfinite(val[self.score_key]) else -math.inf
             st["epoch"] += 1
             better = tau > st["best_tau"] or st["best_epoch"] < 0
             if better:
@@ -313,9 +254,8 @@ class Trainer:
                 st["bad"] += 1
             st["history"].append(to_json({"epoch": st["epoch"], "loss": loss, "val": val,
                                           "lr": self.sched.get_last_lr()[0], "seconds": dt}))
-            self.log(f"epoch {st['epoch']}/{cfg.train.epochs} loss {loss:.4f} val tau {val['tau']:.4f} "
-                     f"r2 {val['r2']:.4f} mae {val['mae']:.4f} | {len(self.data['train']) / dt:.0f} models/s"
-                     + (" *" if better else ""))
+            self.log(f"epoch {st['epoch']}/{cfg.train.epochs} loss {loss:.4f} {self._epoch_summary(val)} | "
+                     f"{len(self.data['train']) / dt:.0f} models/s" + (" *" if better else ""))
             if better:
                 self._save("best", st)
             self._save("last", st)
@@ -333,55 +273,36 @@ class Trainer:
 
         best = self.out / "checkpoints" / "best" / "model.safetensors"
         self.model.load_state_dict(load_safetensors(best, device=str(self.device)))
-        preds = {r: self.predict(r) for r in ("val", "test")}
-        true = {r: self.data[r].y.cpu().numpy().astype(np.float64) for r in ("val", "test")}
-        res = {r: regression_metrics(preds[r], true[r]) for r in ("val", "test")}
+        res, extra = self._final_results()
         cfg = self.cfg
         metrics = to_json({
             "val": res["val"], "test": res["test"], "best_epoch": st["best_epoch"], "epochs_run": st["epoch"],
             "stopped_early": st["epoch"] < cfg.train.epochs,
             "wall_time_s": st["wall_time"] + time.perf_counter() - self._mark, "train_time_s": st["train_time"],
             "models_per_s": st["models"] / max(st["train_time"], 1e-9), "num_parameters": self.num_parameters,
-            "model": cfg.model.name, "input_kind": self.entry.input_kind, "target": cfg.data.target,
+            "model": cfg.model.name, "input_kind": self.entry.input_kind, **extra,
             "n_train": len(self.data["train"]), "world_size": self.info.world_size, "device": str(self.device),
             "config": cfg.to_dict(), "history": st["history"],
         })
         if self.info.is_main:
             from wsl.io import atomic_open
-            from wsl.train.plots import probe_grid, scatter_plot
 
             with atomic_open(self.out / "metrics.json", "w", encoding="utf-8") as fh:
                 json.dump(metrics, fh, indent=1)
-            scatter_plot(preds["test"], true["test"], self.out / "test_scatter.png",
-                         title=f"{cfg.model.name} on {self.zoo.name} (test)",
-                         target=cfg.data.target.replace("_", " "), metrics=res["test"])
-            if getattr(self.model, "probe_x", None) is not None:  # what the inversion made, to look at
-                probe_grid(self.model.probe_x[cfg.probes.num:].cpu(), self.out / "inverted_probes.png",
-                           title=f"inverted probes of {self.zoo.name} (column: target class)")
-            self._write_predictor(metrics)
-            self.log(f"test tau {res['test']['tau']:.4f} r2 {res['test']['r2']:.4f} mae {res['test']['mae']:.4f} "
-                     f"-> {self.out}")
+            self._write_artifacts(metrics, res)
         D.barrier(self.info)
         return metrics
 
-    def _write_predictor(self, metrics: dict[str, Any]) -> None:
-        from wsl.train.predictor import predictor_config, predictor_readme, save_predictor
-
-        tr = self.data["train"]
-        training = {"zoo": self.cfg.data.zoo, "zoo_name": self.zoo.name, "checkpoints": self.cfg.data.checkpoints,
-                    "num_train": len(tr), "architectures": {g.arch_id: {"signature": g.space.signature,
-                                                                        "num_parameters": g.space.num_parameters}
-                                                            for g in tr.groups}}
-        pcfg = predictor_config(self.cfg.model.name, self.cfg.model.params, self.input_info, self.cfg.data.target,
-                                self.y_mean, self.y_std, training, metrics)
-        pcfg["input"]["transform"] = self.cfg.data.transform if self.input_info.kind != "stats" else "none"
-        space = self.input_info.space if self.input_info.kind in ("features", "stats") else None
-        save_predictor(self.out / "predictor", model=self.model, config=pcfg, space=space,
-                       readme=predictor_readme(pcfg))
 
 
 def train(cfg: Config, output: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
-    """Run one experiment; cleans up the process group afterwards."""
+    """Run one generalization experiment; cleans up the process group afterwards.
+
+    Any task: :func:`wsl.train.run.train` (what ``wsl train`` and ``wsl.train.train`` call).
+    """
+    if cfg.task != "generalization":
+        raise ConfigError(f"wsl.train.loop.train runs task generalization; task {cfg.task!r} runs with "
+                          "wsl.train.run.train (or wsl.train.train)")
     try:
         return Trainer(cfg, output, resume=resume).fit()
     finally:

@@ -2,14 +2,23 @@
 
 Model registry
     :data:`MODELS` maps a name to a :class:`ModelEntry`: the model's input
-    kind (``"features"``, ``"graph"`` or ``"stats"``, see
-    :mod:`wsl.tasks.generalization`) and a factory ``factory(info, **params)``
-    where ``info`` is an :class:`InputInfo` (the WeightSpace for dense
-    models, the feature count for stats models, ...). Built in: ``np``,
-    ``hnp``, ``nft`` (:mod:`wsl.nn.dense_models`), ``nggnn``, ``ngt``
-    (:mod:`wsl.nn.graph_models`), imported on first use. A config may also
-    name ``package.module:factory`` or ``path/to/file.py:factory``; the factory
-    must carry an ``input_kind`` attribute.
+    kind (``"features"``, ``"graph"``, ``"stats"`` or ``"render"``, see
+    :mod:`wsl.tasks.generalization` and :mod:`wsl.tasks.inr_data`) and a
+    factory ``factory(info, **params)`` where ``info`` is an
+    :class:`InputInfo` (the WeightSpace for dense models, the feature count
+    for stats models, ...). Built in: ``np``, ``hnp``, ``nft``
+    (:mod:`wsl.nn.dense_models`), ``nggnn``, ``ngt``
+    (:mod:`wsl.nn.graph_models`), ``flat_mlp``, ``render_cnn``, imported on
+    first use. A config may also name ``package.module:factory`` or
+    ``path/to/file.py:factory``; the factory must carry an ``input_kind`` attribute.
+
+Outputs
+    ``info.output == "invariant"`` (default): one vector of ``info.out_features``
+    values per network (1 for generalization, the number of classes for INR
+    classification). ``info.output == "update"``: a weight update of the same
+    space (INR editing); a built-in entry then uses its ``editor`` form (NP/HNP/NFT ->
+    :mod:`wsl.nn.dense_edit`, NG-GNN/NG-T with the equivariant head, ``flat_mlp`` ->
+    :class:`~wsl.nn.dense_edit.FlatMLPEdit`).
 """
 
 from __future__ import annotations
@@ -40,6 +49,9 @@ class InputInfo:
     edge_dim: int | None = None  #: graph kind: widest edge_attr seen in training
     #: probe fusion (:class:`~wsl.nn.probed.ProbeFusion`): {"num", "seed", "embed", "hidden", "num_features"}
     probes: dict[str, Any] | None = None
+    output: str = "invariant"  #: "invariant" (out_features per network) or "update" (a weight update, same space)
+    out_features: int = 1  #: outputs per network of an invariant model (classes for classification)
+    render_shape: list[int] | None = None  #: render kind: the grid of the renders
 
 
 @dataclass(frozen=True)
@@ -51,17 +63,24 @@ class ModelEntry:
     factory: Callable[..., nn.Module]
     target: Callable[[], Any] | None = None  #: returns the class/function whose signature lists the params
     description: str = ""
+    #: the weight-update form (factory, target) used when ``info.output == "update"``; None = none
+    editor: tuple[Callable[..., nn.Module], Callable[[], Any]] | None = None
 
 
 MODELS: dict[str, ModelEntry] = {}
 
 
+INPUT_KINDS = ("features", "graph", "stats", "render")
+
+
 def register_model(name: str, input_kind: str, factory: Callable[..., nn.Module],
-                   target: Callable[[], Any] | None = None, description: str = "") -> ModelEntry:
+                   target: Callable[[], Any] | None = None, description: str = "",
+                   editor: tuple[Callable[..., nn.Module], Callable[[], Any]] | None = None) -> ModelEntry:
     """Register (or replace) a model name."""
-    if input_kind not in ("features", "graph", "stats"):
-        raise ConfigError(f"register_model({name!r}): input_kind must be features, graph or stats, got {input_kind!r}")
-    entry = ModelEntry(name, input_kind, factory, target, description)
+    if input_kind not in INPUT_KINDS:
+        raise ConfigError(f"register_model({name!r}): input_kind must be one of {', '.join(INPUT_KINDS)}, "
+                          f"got {input_kind!r}")
+    entry = ModelEntry(name, input_kind, factory, target, description, editor)
     MODELS[name] = entry
     return entry
 
@@ -73,10 +92,23 @@ def _lazy(module: str, cls_name: str) -> tuple[Callable[..., nn.Module], Callabl
         return getattr(importlib.import_module(module), cls_name)
 
     def factory(info: InputInfo, **params: Any) -> nn.Module:
+        if info.output == "invariant" and info.out_features != 1:  # e.g. one logit per class
+            key = "out_features" if info.kind == "features" else "out_dim"
+            if params.get(key, info.out_features) != info.out_features:
+                raise ConfigError(f"model.{key} is {params[key]}, but the task needs {info.out_features} outputs")
+            params[key] = info.out_features
         if info.kind == "features":
             return target()(info.space, **params)  # type: ignore[no-any-return]
         if info.edge_dim is not None and "max_edge_width" not in params and int(info.edge_dim) > 64:
             params["max_edge_width"] = int(info.edge_dim)  # the graph models' default is 64
+        if info.output == "update":
+            params.setdefault("edge_out_width", int(info.edge_dim or 64))
+            model = target()(**{**params, "task": "equivariant"})
+            with torch.no_grad():  # the update starts at zero (the identity edit), as the dense editing nets do
+                for mlp in (model.head.node_mlp, model.head.edge_mlp):
+                    mlp[-1].weight.zero_()
+                    mlp[-1].bias.zero_()
+            return model  # type: ignore[no-any-return]
         return target()(**params)  # type: ignore[no-any-return]
 
     return factory, target
@@ -85,16 +117,48 @@ def _lazy(module: str, cls_name: str) -> tuple[Callable[..., nn.Module], Callabl
 for _n, _c, _d in (("np", "NPNet", "NP equivariant network (DWSNets/NFN-NP) + invariant pooling"),
                    ("hnp", "HNPNet", "HNP equivariant network (hidden-neuron permutations only)"),
                    ("nft", "NFTNet", "neural functional transformer")):
-    register_model(_n, "features", *_lazy("wsl.nn.dense_models", _c), description=_d)
+    register_model(_n, "features", *_lazy("wsl.nn.dense_models", _c), description=_d,
+                   editor=_lazy("wsl.nn.dense_edit", _c.replace("Net", "EditNet")))
 register_model("flat_mlp", "features", *_lazy("wsl.nn.flat", "FlatMLPNet"),
-               description="MLP on flattened weights (not permutation-invariant: a baseline)")
+               description="MLP on flattened weights (not permutation-invariant: a baseline)",
+               editor=_lazy("wsl.nn.dense_edit", "FlatMLPEdit"))
 for _n, _c, _d in (("nggnn", "NGGNN", "neural-graph GNN (PNA + edge updates)"),
                    ("ngt", "NGT", "neural-graph relational transformer")):
-    register_model(_n, "graph", *_lazy("wsl.nn.graph_models", _c), description=_d)
+    _f, _t = _lazy("wsl.nn.graph_models", _c)
+    register_model(_n, "graph", _f, _t, description=_d, editor=(_f, _t))
 
 
-def resolve_model(name: str) -> ModelEntry:
-    """The registry entry for ``name``, or one made from ``module:attr`` / ``file.py:attr``."""
+def _render_target() -> Any:
+    return importlib.import_module("wsl.nn.render_cnn").RenderCNN
+
+
+def _render_factory(info: InputInfo, **params: Any) -> nn.Module:
+    if info.render_shape is None:
+        raise ConfigError("model 'render_cnn' reads renders of INRs: use it with task inr_classification")
+    if params.get("out_features", info.out_features) != info.out_features:
+        raise ConfigError(f"model.out_features is {params['out_features']}, but the task needs {info.out_features}")
+    return _render_target()(info.render_shape, **{**params, "out_features": info.out_features})  # type: ignore[no-any-return]
+
+
+register_model("render_cnn", "render", _render_factory, _render_target,
+               description="small CNN on the rendered INR (render, then classify: the probing reference)")
+
+
+def resolve_model(name: str, output: str = "invariant") -> ModelEntry:
+    """The registry entry for ``name``, or one made from ``module:attr`` / ``file.py:attr``.
+
+    ``output="update"`` gives the entry's weight-update (editing) form, or a
+    ConfigError naming the models that have one.
+    """
+    if output == "update":
+        entry = resolve_model(name)
+        if entry.editor is not None:
+            return ModelEntry(entry.name, entry.input_kind, entry.editor[0], entry.editor[1], entry.description)
+        if getattr(entry.factory, "output", None) == "update":  # a user factory that declares update outputs
+            return entry
+        able = sorted(n for n, e in MODELS.items() if e.editor is not None)
+        raise ConfigError(f"model {name!r} has no weight-update (equivariant editing) form; models with one: "
+                          f"{', '.join(able)} (a user factory declares one with factory.output = 'update')")
     if name in MODELS:
         return MODELS[name]
     if ":" not in name:
@@ -129,9 +193,9 @@ def resolve_model(name: str) -> ModelEntry:
     if isinstance(fn, ModelEntry):
         return fn
     kind = getattr(fn, "input_kind", None)
-    if not callable(fn) or kind not in ("features", "graph", "stats"):
+    if not callable(fn) or kind not in INPUT_KINDS:
         raise ConfigError(f"model.name {name!r}: {attr} must be a callable factory(info, **params) with an "
-                          "input_kind attribute ('features', 'graph' or 'stats')")
+                          f"input_kind attribute (one of {', '.join(INPUT_KINDS)})")
     return ModelEntry(name, kind, fn, lambda: fn)
 
 
@@ -167,7 +231,7 @@ def check_params(entry: ModelEntry, params: Mapping[str, Any]) -> None:
 
 def build_model(name: str, info: InputInfo, params: Mapping[str, Any]) -> nn.Module:
     """Construct model ``name`` for inputs ``info`` (params checked against its signature)."""
-    entry = resolve_model(name)
+    entry = resolve_model(name, info.output)
     if entry.input_kind != info.kind:
         raise ConfigError(f"model {name!r} consumes {entry.input_kind!r} inputs, got {info.kind!r}")
     check_params(entry, params)

@@ -15,6 +15,11 @@ Nothing here touches the network:
 * :func:`digit_images` -- the digits as images for implicit neural
   representations: ``x / 16`` upsampled to ``R x R`` with bilinear
   interpolation (``align_corners=False``), then mapped to ``[-1, 1]``.
+* :func:`mnist1d_signals` -- the 5,000 MNIST-1D sequences (train then test)
+  as signals for 1-D implicit neural representations, divided by the
+  largest ``|x|`` of the set (values in ``[-1, 1]``).
+* :func:`grid_coordinates` -- sample-centre coordinates in ``[-1, 1]^d`` of
+  any grid shape (:func:`coordinate_grid` is its square 2-D case).
 """
 
 from __future__ import annotations
@@ -147,11 +152,35 @@ def digit_images(resolution: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     return (x[:, 0] * 2.0 - 1.0).contiguous(), torch.from_numpy(target)
 
 
+def mnist1d_signals() -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``(signals (5000, 40) in [-1, 1], labels (5000,), scale)``: MNIST-1D train then test, ``x / scale``.
+
+    ``scale`` is the largest ``|x|`` over all 5,000 sequences (generated offline, see :func:`mnist1d`).
+    """
+    a = _mnist1d_arrays()
+    x = np.concatenate([a["x"], a["x_test"]]).astype(np.float64)
+    y = np.concatenate([a["y"], a["y_test"]]).astype(np.int64)
+    scale = float(np.abs(x).max())
+    return torch.from_numpy(x / scale).float(), torch.from_numpy(y), scale
+
+
+def grid_coordinates(shape: Sequence[int]) -> torch.Tensor:
+    """``(prod(shape), d)`` sample-centre coordinates in ``[-1, 1]`` of a ``d``-dimensional grid, row-major.
+
+    Axis ``a`` of size ``n`` has centres ``(i + 0.5) / n * 2 - 1``; the columns
+    follow the axes' order (``(y, x)`` for images).
+    """
+    dims = tuple(int(n) for n in shape)
+    if not dims or any(n < 1 for n in dims):
+        raise ConfigError(f"grid_coordinates: expected a non-empty shape of positive sizes, got {tuple(shape)!r}")
+    lins = [(torch.arange(n, dtype=torch.float32) + 0.5) / n * 2.0 - 1.0 for n in dims]
+    mesh = torch.meshgrid(*lins, indexing="ij")
+    return torch.stack([m.reshape(-1) for m in mesh], dim=1)
+
+
 def coordinate_grid(resolution: int) -> torch.Tensor:
     """``(R*R, 2)`` pixel-centre coordinates in ``[-1, 1]``, row-major ``(y, x)``."""
-    lin = (torch.arange(resolution, dtype=torch.float32) + 0.5) / resolution * 2.0 - 1.0
-    yy, xx = torch.meshgrid(lin, lin, indexing="ij")
-    return torch.stack([yy.reshape(-1), xx.reshape(-1)], dim=1)
+    return grid_coordinates((resolution, resolution))
 
 
 def epoch_batches(subsets: Sequence[torch.Tensor], seeds: Sequence[int], batch_size: int,

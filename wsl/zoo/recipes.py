@@ -194,7 +194,7 @@ def parse_recipe(raw: Any, source: str = "<recipe>") -> Recipe:
     if gen.get("num_models") is not None or task != "siren":
         _int(gen, "num_models", f"{where}: generation")
     train_keys = {"batch_size", "epochs", "checkpoints"} if task == "classification" else \
-        {"steps", "lr", "fits_per_image", "checkpoints"}
+        {"steps", "lr", "fits_per_image", "checkpoints", "init"}
     train = _keys(top["training"], f"{where}: training", train_keys)
     length_key = "epochs" if task == "classification" else "steps"
     length = _int(train, length_key, f"{where}: training")
@@ -206,6 +206,8 @@ def parse_recipe(raw: Any, source: str = "<recipe>") -> Recipe:
         _check_hparams(top.get("hparams", {}), arch["type"], f"{where}: hparams")
     else:
         _int(train, "fits_per_image", f"{where}: training", 1)
+        if train.get("init", "independent") not in ("independent", "shared"):
+            raise _err(f"{where}: training.init", f"expected 'independent' or 'shared', got {train.get('init')!r}")
         if not _is_num(train.get("lr", 1e-3)) or train.get("lr", 1e-3) <= 0:
             raise _err(f"{where}: training.lr", f"expected a positive number, got {train.get('lr')!r}")
     return Recipe(copy.deepcopy(top), source)
