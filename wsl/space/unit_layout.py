@@ -125,8 +125,11 @@ def _merge(b: SpecBuilder, x: Fac, y: Fac) -> Fac | None:
 
 
 def normalize(b: SpecBuilder, dim: Dim) -> Dim:
-    """Drop unit-size fixed factors, merge neighbours (fixed with fixed, consecutive pieces, parent + inner)."""
+    """Drop unit-size factors (a group of one unit beside larger factors too: it has one index), merge
+    neighbours (fixed with fixed, consecutive pieces, parent + inner)."""
     fs = [f for f in dim if not (f[0] is None and f[1] == 1)]
+    if any(int(f[1]) > 1 for f in fs):
+        fs = [f for f in fs if int(f[1]) > 1]
     i = 0
     while i < len(fs) - 1:
         m = _merge(b, fs[i], fs[i + 1])
