@@ -137,3 +137,48 @@ class HeadPieceNorm(nn.Module):
 def test_norm_over_interleaved_pieces_is_refused(frontend: str) -> None:
     with pytest.raises(UnsupportedLayerError, match=r"at 'norm' \(LayerNorm\).*reorders its parts"):
         WeightSpace.from_module(HeadPieceNorm(), torch.randn(2, 3, 6), frontend=frontend)
+
+
+# ------------------------------------------------------------------ a Swin stage: window attention + merging
+class WindowAttention(nn.Module):
+    """Swin's attention inside one window: fused qkv split by ``reshape(B, N, 3, H, d)``, a relative-position
+    bias table ``((2w-1)^2, H)`` gathered by position pairs and added per head."""
+
+    def __init__(self, c: int, heads: int, w: int) -> None:
+        super().__init__()
+        self.h, self.qkv, self.proj = heads, nn.Linear(c, 3 * c), nn.Linear(c, c)
+        self.table = nn.Parameter(torch.zeros((2 * w - 1) ** 2, heads))
+        pos = torch.stack(torch.meshgrid(torch.arange(w), torch.arange(w), indexing="ij")).flatten(1)
+        rel = (pos[:, :, None] - pos[:, None, :]).permute(1, 2, 0) + (w - 1)
+        self.register_buffer("index", rel[..., 0] * (2 * w - 1) + rel[..., 1], persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.h, c // self.h).permute(2, 0, 3, 1, 4).unbind(0)
+        bias = self.table[self.index.view(-1)].view(n, n, self.h).permute(2, 0, 1)
+        attn = (q @ k.transpose(-2, -1) * (c // self.h) ** -0.5 + bias).softmax(-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+
+
+class SwinStage(nn.Module):
+    def __init__(self, heads: int, c: int = 4) -> None:
+        super().__init__()
+        self.embed, self.norm1 = nn.Linear(3, c), nn.LayerNorm(c)
+        self.attn, self.merge, self.head = WindowAttention(c, heads, 4), PatchMerging(c, nn.LayerNorm), nn.Linear(2 * c, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        b, hh, ww, c = h.shape
+        t = h.reshape(b, hh * ww, c)
+        t = t + self.attn(self.norm1(t))
+        return self.head(self.merge(t.reshape(b, hh, ww, c)).mean((1, 2)))
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+@pytest.mark.parametrize("heads", [1, 2])
+def test_swin_stage_with_one_or_two_heads(frontend: str, heads: int) -> None:
+    """With one head the merged attention output carries a one-unit heads factor: dropped, one index."""
+    space = assert_preserves(SwinStage(heads), X, frontend)
+    v = space.tensors["attn.qkv.weight"].axes[0][2][0][0]
+    assert space.tensors["attn.proj.weight"].axes[1] == (((v, 4),),)
+    assert_graph_equivariant(space, randomized(SwinStage(heads)).state_dict())
