@@ -6,7 +6,8 @@ for ``(k, K, d) x (None, r) x (k, d, 1)`` (pieces of the key group around the fi
 for ``(kv, K) x (None, r)``. Checked with randomised float64 weights and two random permutations (both front
 ends, fused and written-out attention); the parameter graph round-trips and is isomorphic under them. The
 property test can fail: moving the units of one query head but not of the other head of its group changes
-the function; another grouping of query heads (tiled) is refused, not guessed.
+the function; another grouping of query heads (tiled) is refused, not guessed. Multi-query attention (one key
+head, GPT-BigCode) is the case ``K = 1``: query units stand for ``(None, H) x (k, d)`` (query heads fixed).
 """
 
 from __future__ import annotations
@@ -27,16 +28,21 @@ d, r = D // H, H // KV
 
 @pytest.mark.parametrize("frontend", FRONTENDS)
 @pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "matmul"])
-def test_gqa_without_rotary_preserves_function_and_graph(frontend: str, sdpa: bool) -> None:
-    space = assert_preserves(Decoder(kv_heads=KV, sdpa=sdpa), ids(), frontend)
+@pytest.mark.parametrize("kv", [KV, 1], ids=["gqa", "mqa"])
+def test_gqa_without_rotary_preserves_function_and_graph(frontend: str, sdpa: bool, kv: int) -> None:
+    space = assert_preserves(Decoder(kv_heads=kv, sdpa=sdpa), ids(), frontend)
     a = "blocks.0.attn"
     (q,), (k,), (v,) = (space.tensors[f"{a}.{p}.weight"].axes[0] for p in "qkv")
-    kg = k[0][0]
-    assert q == ((kg, KV, d), (None, r), (kg, d, 1))  # query units: their key head's units, repeated
-    heads = space.groups[kg].parent
-    assert heads is not None and space.groups[v[0][0]].parent == heads and not space.groups[kg].fixed
-    assert space.tensors[f"{a}.o.weight"].axes[1] == (((v[0][0], KV, d), (None, r), (v[0][0], d, 1)),)
-    assert_graph_equivariant(space, randomize(Decoder(kv_heads=KV, sdpa=sdpa).double()).state_dict())
+    kg, vg, rep = k[0][0], v[0][0], H // kv
+    assert not space.groups[kg].fixed and not space.groups[vg].fixed
+    if kv > 1:  # query units: their key head's units, repeated for the query heads of its group
+        assert q == ((kg, kv, d), (None, rep), (kg, d, 1))
+        heads = space.groups[kg].parent
+        assert heads is not None and space.groups[vg].parent == heads
+        assert space.tensors[f"{a}.o.weight"].axes[1] == (((vg, kv, d), (None, rep), (vg, d, 1)),)
+    else:  # multi-query: every query head's units move as the one key head's
+        assert q == ((None, H), (kg, d)) and space.tensors[f"{a}.o.weight"].axes[1] == (((None, H), (vg, d)),)
+    assert_graph_equivariant(space, randomize(Decoder(kv_heads=kv, sdpa=sdpa).double()).state_dict())
 
 
 def test_query_heads_of_one_group_must_move_alike() -> None:

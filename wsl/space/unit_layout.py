@@ -305,6 +305,9 @@ def _unify_factor(b: SpecBuilder, where: str, x: Fac, y: Fac) -> None:
             return
         b.tie(x[0], y[0], where)
         return
+    if len(x) + len(y) == 5 and (x if len(x) == 3 else y)[2] == 1:  # a head's units meet one whole key head
+        _shared_heads(b, where, x, y)
+        return
     raise UnsupportedLayerError(where, "unit axes", f"cannot match units {fmt((x,))} with {fmt((y,))}")
 
 
@@ -320,12 +323,15 @@ def _shared_heads(b: SpecBuilder, where: str, x: Fac, y: Fac) -> None:
     q, k = (x, y) if b.size(x[0]) > b.size(y[0]) else (y, x)
     hq, kv = parent(b, q[0]), parent(b, k[0])
     d = int(q[1])
-    if hq is None or kv is None or b.find(k[0]) in b.defs or not (_definable(b, q[0]) or b.find(q[0]) in b.defs) \
-            or b.size(q[0]) != b.size(hq) * d or b.size(k[0]) != b.size(kv) * d or b.size(hq) % b.size(kv):
+    single = len(k) == 2 and kv is None and b.size(k[0]) == d  # multi-query: one key head, not split
+    if hq is None or (kv is None and not single) or b.find(k[0]) in b.defs \
+            or not (_definable(b, q[0]) or b.find(q[0]) in b.defs) or b.size(q[0]) != b.size(hq) * d \
+            or (not single and (b.size(k[0]) != b.size(kv) * d or b.size(hq) % b.size(kv))):
         raise UnsupportedLayerError(where, "unit axes", "units inside heads of different head counts meet, not as "
                                     "grouped-query attention (query heads in groups of key heads)")
-    n_kv, r = b.size(kv), b.size(hq) // b.size(kv)
-    want_heads = ((kv, n_kv), (None, r))
+    n_kv = 1 if single else b.size(kv)
+    r = b.size(hq) // n_kv
+    want_heads = ((None, r),) if single else ((kv, n_kv), (None, r))
     if b.find(hq) in b.defs:
         if normalize(b, resolve(b, ((hq, b.size(hq)),), where)) != want_heads:
             raise UnsupportedLayerError(where, "unit axes", "query heads are not grouped by key heads kv-major")
@@ -333,10 +339,10 @@ def _shared_heads(b: SpecBuilder, where: str, x: Fac, y: Fac) -> None:
         b.defs[b.find(hq)] = want_heads
     else:
         raise UnsupportedLayerError(where, "unit axes", "query heads are fixed or already split")
+    stands = ((None, r), (k[0], d)) if single else ((k[0], n_kv, d), (None, r), (k[0], d, 1))
     if b.find(q[0]) not in b.defs:
-        b.defs[b.find(q[0])] = ((k[0], n_kv, d), (None, r), (k[0], d, 1))
-    elif normalize(b, resolve(b, ((q[0], b.size(q[0])),), where)) != \
-            normalize(b, resolve(b, ((k[0], n_kv, d), (None, r), (k[0], d, 1)), where)):
+        b.defs[b.find(q[0])] = stands
+    elif normalize(b, resolve(b, ((q[0], b.size(q[0])),), where)) != normalize(b, resolve(b, stands, where)):
         raise UnsupportedLayerError(where, "unit axes", "query units already stand for other units")
 
 
