@@ -34,6 +34,7 @@ def _configs() -> dict[str, tuple[str, dict[str, Any]]]:
                              "ffn_dim": 48, "word_embed_proj_dim": 32}),
         "Gemma2Model": ("gemma2", {**dec, "head_dim": 8}),
         "Qwen3Model": ("qwen3", {**dec, "head_dim": 8}),
+        "GPTBigCodeModel": ("gpt_bigcode", {**TEXT, "n_embd": 32, "n_layer": 1, "n_head": 4, "multi_query": True}),
         "GPTJModel": ("gptj", {**TEXT, "n_embd": 32, "n_layer": 1, "n_head": 4, "rotary_dim": 4}),
         "AlbertModel": ("albert", {**TEXT, "embedding_size": 16, "hidden_size": 32, "num_hidden_layers": 2,
                                    "num_attention_heads": 4, "intermediate_size": 48}),

@@ -287,9 +287,7 @@ def test_a_table_varying_across_heads_is_refused(frontend: str) -> None:
                                 frontend=frontend)
 
 
-def test_grouped_query_attention_without_rotary_is_refused_not_guessed() -> None:
-    with pytest.raises(UnsupportedLayerError, match="grouped-query attention without rotary"):
-        WeightSpace.from_module(Decoder(kv_heads=2), ids())
+# grouped-query attention without rotary embeddings: tests/test_space_gqa.py
 
 
 # ------------------------------------------------------------------------------ gated MLP, RMSNorm

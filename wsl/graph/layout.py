@@ -13,6 +13,14 @@ Nodes
     ``x[:, j]`` holds node slot ``NODE_SLOTS[j]`` (bias, norm_scale,
     norm_shift, running_mean, running_var, scale); ``x_mask[:, j]`` tells
     whether the slot holds a parameter (absent slots are 0).
+Value nodes
+    A node parameter with ``F > 1`` values per unit (a norm over positions x
+    channels, a bias of rigid heads: :mod:`wsl.space.value_nodes`) gets
+    ``units x F`` more nodes after all site nodes, node ``(u, f)`` holding its
+    entry ``f`` of unit ``u`` in the parameter's slot (kind ``other``, depth
+    and group of the site, ``node_pos = f``), each joined to unit node ``u``
+    by one parameter-free edge (kind ``other``, ``edge_conn = -1``) placed
+    after every connection's edges.
 Edges
     Connections in spec order. A tensor connection enumerates the elements of
     its block's canonical view (:func:`wsl.space.axes.to_canonical`) in
@@ -54,6 +62,7 @@ from wsl.graph.edges import (CopyStep, GraphLayoutError, find_block, identity_ed
                               tensor_edges)
 from wsl.space.axes import canonical_flat_index
 from wsl.space.spec import NODE_SLOTS, Block
+from wsl.space.value_nodes import value_node_sets
 from wsl.space.weightspace import WeightSpace
 
 #: Public node-kind codes (site kinds; ``output`` marks a sink site of a fixed group).
@@ -214,7 +223,9 @@ def _compute(space: WeightSpace) -> GraphLayout:
 
     sizes = [groups[s.group].size for s in sites]
     site_off = _offsets(sizes)
-    num_nodes = site_off[-1]
+    value_sets, value_of = value_node_sets(spec)
+    value_off = _offsets([v.count for v in value_sets], start=site_off[-1])
+    num_nodes = value_off[-1]
     outgoing = {c.src for c in conns}
 
     node_kind, node_pos = [], []
@@ -225,7 +236,11 @@ def _compute(space: WeightSpace) -> GraphLayout:
             kind = "output"
         node_kind.append(torch.full((n,), NODE_KINDS[kind]))
         node_pos.append(torch.arange(n) if g.fixed else torch.full((n,), -1))
-    site_t = torch.repeat_interleave(torch.arange(len(sites)), torch.tensor(sizes, dtype=torch.long))
+    for vs in value_sets:
+        node_kind.append(torch.full((vs.count,), NODE_KINDS["other"]))
+        node_pos.append(torch.arange(vs.width).repeat(vs.units))
+    site_t = torch.cat([torch.repeat_interleave(torch.arange(len(sites)), torch.tensor(sizes, dtype=torch.long))]
+                       + [torch.full((v.count,), v.site) for v in value_sets])  # the site of every node
 
     def main_index(tensor: str, part: tuple[int, ...], where: str) -> tuple[Block, torch.Tensor]:
         if tensor not in off_of:
@@ -238,16 +253,16 @@ def _compute(space: WeightSpace) -> GraphLayout:
     node_gather = torch.full((num_nodes, NUM_SLOTS), zero, dtype=torch.long)
     steps: list[CopyStep] = []
     ident: list[tuple[int, int]] = []
-    for p in spec.node_params:
+    for p, vi in zip(spec.node_params, value_of):
         where = f"node param '{p.tensor}' ({p.slot}) of site {p.site}"
         blk, idx = main_index(p.tensor, p.part, where)
         grp = sites[p.site].group
-        if blk.unit_groups != (grp,) or blk.feature_size != 1:
+        if blk.unit_groups != (grp,) or blk.unit_shape != (sizes[p.site],) or (vi is None) != (blk.feature_size == 1):
             raise GraphLayoutError(f"{where}: block units {blk.unit_groups}x{blk.feature_size} do not match "
                                    f"the site's group {grp}")
-        node_gather[site_off[p.site]:site_off[p.site + 1], NODE_SLOTS.index(p.slot)] = idx
-        steps.append(CopyStep(p.tensor, blk, "x", site_off[p.site], site_off[p.site + 1],
-                              NODE_SLOTS.index(p.slot), 1))
+        a, b = (site_off[p.site], site_off[p.site + 1]) if vi is None else (value_off[vi], value_off[vi + 1])
+        node_gather[a:b, NODE_SLOTS.index(p.slot)] = idx
+        steps.append(CopyStep(p.tensor, blk, "x", a, b, NODE_SLOTS.index(p.slot), 1))
 
     # ---- edges, one connection at a time (vectorized inside)
     widths = [find_block(space.tensors[c.tensor], c.part).feature_size for c in conns if c.tensor is not None]
@@ -277,6 +292,12 @@ def _compute(space: WeightSpace) -> GraphLayout:
         counts.append(su.numel())
         ewidth.append(f)
         e0 += su.numel()
+    for vs, a in zip(value_sets, value_off):  # value nodes hang off their unit (one identity edge each)
+        ident.append((e0, e0 + vs.count))
+        srcs.append(torch.arange(vs.units).repeat_interleave(vs.width) + site_off[vs.site])
+        dsts.append(torch.arange(vs.count) + a)
+        e0 += vs.count
+    num_value_edges = sum(v.count for v in value_sets)
     count_t = torch.tensor(counts, dtype=torch.long)
     edge_index = torch.stack([_cat(srcs), _cat(dsts)])
     num_edges = int(edge_index.shape[1])
@@ -302,9 +323,12 @@ def _compute(space: WeightSpace) -> GraphLayout:
         node_kind=_cat(node_kind), node_depth=torch.tensor([s.depth for s in sites], dtype=torch.long)[site_t],
         node_group=torch.tensor([s.group for s in sites], dtype=torch.long)[site_t], node_pos=_cat(node_pos),
         edge_index=edge_index,
-        edge_kind=torch.repeat_interleave(torch.tensor(kinds, dtype=torch.long), count_t),
-        edge_conn=torch.repeat_interleave(torch.arange(len(conns)), count_t),
-        edge_width=torch.repeat_interleave(torch.tensor(ewidth, dtype=torch.long), count_t), num_values=v0,
+        edge_kind=_cat([torch.repeat_interleave(torch.tensor(kinds, dtype=torch.long), count_t),
+                        torch.full((num_value_edges,), EDGE_KINDS["other"])]),
+        edge_conn=_cat([torch.repeat_interleave(torch.arange(len(conns)), count_t),
+                        torch.full((num_value_edges,), -1)]),
+        edge_width=_cat([torch.repeat_interleave(torch.tensor(ewidth, dtype=torch.long), count_t),
+                         torch.zeros(num_value_edges, dtype=torch.long)]), num_values=v0,
         x_mask=node_gather < num_main, node_gather=node_gather,
         main_names=main_names, main_offsets=main_offsets, num_main=num_main,
         extra_names=tuple(spec.extras), extra_offsets=extra_offsets, leftover=leftover,
@@ -315,8 +339,8 @@ def _compute(space: WeightSpace) -> GraphLayout:
     )
 
 
-def _offsets(sizes: list[int]) -> tuple[int, ...]:
-    out = [0]
+def _offsets(sizes: list[int], start: int = 0) -> tuple[int, ...]:
+    out = [start]
     for s in sizes:
         out.append(out[-1] + int(s))
     return tuple(out)

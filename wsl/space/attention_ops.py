@@ -97,19 +97,25 @@ def _sdpa(b: SpecBuilder, path: str, args: tuple, kwargs: dict, vargs: tuple, vk
     vq, vk, vv = (list(vargs) + [None] * 3)[:3]
     mask, vmask = _arg(args, kwargs, 3, "attn_mask"), _arg(vargs, vkwargs, 3, "attn_mask")
     where = "function 'scaled_dot_product_attention'"
-    lq, lk, lv = _lay(b, path, vq, q), _lay(b, path, vk, k), _lay(b, path, vv, v)
     reps = q.shape[-3] // k.shape[-3] if q.dim() >= 3 and k.dim() >= 3 else 1
-    if reps > 1 and _arg(args, kwargs, 7, "enable_gqa", False):
-        lk = lk[:-3] + (normalize(b, lk[-3] + ((None, reps),)),) + lk[-2:]
-        lv = lv[:-3] + (normalize(b, lv[-3] + ((None, reps),)),) + lv[-2:]
+
+    def layouts() -> tuple[Layout, Layout, Layout]:
+        lq, lk, lv = _lay(b, path, vq, q), _lay(b, path, vk, k), _lay(b, path, vv, v)
+        if reps > 1 and _arg(args, kwargs, 7, "enable_gqa", False):
+            lk = lk[:-3] + (normalize(b, lk[-3] + ((None, reps),)),) + lk[-2:]
+            lv = lv[:-3] + (normalize(b, lv[-3] + ((None, reps),)),) + lv[-2:]
+        return lq, lk, lv
+
+    lq, lk, lv = layouts()
     if any(has_units(lay[-2]) for lay in (lq, lk, lv)):
         raise UnsupportedLayerError(path, where, "the token dim of q, k or v carries units")
     nd = q.dim()
+    _meet(b, path, where, lq[-1], lk[-1])  # the contraction first, as q @ k^T (grouped-query heads resolve)
+    lq, lk, lv = layouts()
     unify_all = [(x, y) for x, y in zip(_batch(lq[:-2], nd - 2), _batch(lk[:-2], nd - 2))]
     unify_all += [(x, y) for x, y in zip(_batch(lq[:-2], nd - 2), _batch(lv[:-2], nd - 2))]
     for x, y in unify_all:
         _meet(b, path, where, x, y)
-    _meet(b, path, where, lq[-1], lk[-1])
     if isinstance(vmask, Val) and vmask.site is not None:
         lm = _batch(_lay(b, path, vmask, mask), nd)
         if has_units(lm[-1]) or has_units(lm[-2]):

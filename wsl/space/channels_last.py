@@ -35,7 +35,7 @@ def layernorm_off_last(b: SpecBuilder, path: str, mod: nn.LayerNorm, x: Any, out
     if not isinstance(x, Val) or x.site is None or x.fdim is None or x.fdim == x.ndim - 1:
         return None
     ns = tuple(mod.normalized_shape)
-    if type(mod) is nn.LayerNorm:
+    if type(mod) in (nn.LayerNorm, nn.RMSNorm):
         if x.fdim >= x.ndim - len(ns):
             return None  # the units are normalized with other dims: the ordinary rule decides
         for name, _ in list(mod.named_parameters(recurse=False)) + list(mod.named_buffers(recurse=False)):

@@ -26,6 +26,7 @@ import torch
 
 from wsl.errors import UnsupportedLayerError
 from wsl.space.builder import SpecBuilder, Val
+from wsl.space.flat_norm import flat_norm_factors
 from wsl.space.rule_base import dense, feature_in, out_val
 
 
@@ -103,9 +104,11 @@ def norm(b: SpecBuilder, path: str, op: str, x: Any, shape: Any, w: Any, bias: A
             return x.with_(shape=tuple(out.shape))
         raise UnsupportedLayerError(path, f"function '{op}'", f"normalized_shape={ns} spans more than the unit axis")
     src, fac = feature_in(b, x, path, op, ns[0], "last")
-    if len(fac) != 1:
-        raise UnsupportedLayerError(path, f"function '{op}'", "normalizes a flattened unit axis")
     params = [(n, slot) for n, slot in ((wn, "norm_scale"), (bn, "norm_shift")) if n is not None]
+    if len(fac) != 1:  # positions x units flattened (Swin's patch merging): wsl.space.flat_norm
+        fac = flat_norm_factors(fac, path, f"function '{op}'", "normalization")
+        site = _attach_norm(b, _owner(wn or bn or path + ".x"), src, fac, params)
+        return Val(shape=tuple(out.shape), site=site, fdim=len(out.shape) - 1, factors=fac)
     site = _attach_norm(b, _owner(wn or bn or path + ".x"), src, fac, params)
     return out_val(out, site, fac[0][0], ns[0])
 

@@ -42,6 +42,7 @@ from wsl.space.attention_rules import h_gpt2_attention, h_multihead_attention, h
 from wsl.space.channels_last import layernorm_off_last
 from wsl.space.concat_layers import accepting_parts
 from wsl.space.conv_transpose import CONV_TRANSPOSE, h_conv_transpose
+from wsl.space.flat_norm import flat_norm_factors
 from wsl.space.grouped_conv import h_grouped_conv
 from wsl.space.token_mixing import accepting_tokens
 from wsl.space.layer_params import claim_extras, weight_name
@@ -151,7 +152,8 @@ def h_batchnorm(b: SpecBuilder, path: str, mod: nn.Module, xs: list[Any], out: A
 
 
 def h_layernorm(b: SpecBuilder, path: str, mod: nn.Module, xs: list[Any], out: Any) -> Val:
-    assert isinstance(mod, nn.LayerNorm)
+    """``LayerNorm`` and ``RMSNorm`` (no bias, no centring: the same rule)."""
+    assert isinstance(mod, (nn.LayerNorm, nn.RMSNorm))
     x = xs[0]
     off_last = layernorm_off_last(b, path, mod, b.resolve_raw(x) if isinstance(x, Val) else x, out)
     if off_last is not None:  # over tokens, or a channels-first LayerNorm2d (wsl.space.channels_last)
@@ -165,8 +167,10 @@ def h_layernorm(b: SpecBuilder, path: str, mod: nn.Module, xs: list[Any], out: A
         raise UnsupportedLayerError(path, kind_of(mod), f"normalized_shape={ns} spans more than the unit axis; "
                                     "use GroupNorm(1, C) for a layer norm over conv channels")
     src, fac = feature_in(b, x, path, mod, ns[0], "last")
-    if len(fac) != 1:
-        raise UnsupportedLayerError(path, kind_of(mod), "layer norm over a flattened unit axis")
+    if len(fac) != 1:  # positions x units flattened (Swin's patch merging): wsl.space.flat_norm
+        fac = flat_norm_factors(fac, path, kind_of(mod), "layer norm")
+        return Val(shape=tuple(out.shape), site=_norm_params(b, path, mod, "norm", src, fac),
+                   fdim=len(out.shape) - 1, factors=fac)
     site = _norm_params(b, path, mod, "norm", src, fac)
     return out_val(out, site, fac[0][0], ns[0])
 
@@ -257,7 +261,7 @@ def _handler_for(mod: nn.Module) -> Handler | None:
     if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d,
                         nn.InstanceNorm2d, nn.InstanceNorm3d)):
         return h_batchnorm
-    if isinstance(mod, nn.LayerNorm):
+    if isinstance(mod, (nn.LayerNorm, nn.RMSNorm)):
         return h_layernorm
     if isinstance(mod, nn.GroupNorm):
         return h_groupnorm

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ import torch
 from wsl.errors import UnsupportedLayerError
 from wsl.space import functional_layers, param_view
 from wsl.space.builder import SpecBuilder, Val
+from wsl.space.flat_norm import flat_norm_factors
 from wsl.space.shape_ops import group_factor
 
 
@@ -53,11 +55,19 @@ def param_into(b: SpecBuilder, path: str, u: Val, p: Val, role: str) -> int:
     if d < 0 or pshape[d] == 1:
         b.extras.append(name)  # constant along the units: not touched by permutations
         return u.site
+    others = [i for i in range(len(pshape)) if i != d and pshape[i] > 1]
+    buffer = name in b.buffer_names
+    if len(u.factors) > 1 and not others and role != "cat" and pshape[d] == math.prod(f[1] for f in u.factors):
+        # one value per entry of a flattened (positions x units) axis, e.g. an RMSNorm's weight after Swin's
+        # patch merging: elementwise, so it permutes like the axis (wsl.space.flat_norm)
+        fac = flat_norm_factors(u.factors, path, "parameter", f"'{name}'")
+        axes = tuple((fac,) if i == d else (((None, pshape[i]),),) for i in range(len(pshape)))
+        slot = "bias" if role == "add" else "scale"
+        b.add_tensor(name, pshape, slot, path, f"param_{role}", axes, buffer=buffer)
+        return b.attach(u.site, slot, name, path, part=(0,) * len(pshape))
     outer, g, n, inner = group_factor(u.factors)
     if (outer, inner) != (1, 1) or pshape[d] != n:
         raise UnsupportedLayerError(path, "parameter", f"'{name}' of shape {pshape} does not match the units")
-    others = [i for i in range(len(pshape)) if i != d and pshape[i] > 1]
-    buffer = name in b.buffer_names
     if not others and (role != "cat" or len(pshape) == 1):  # (a vector joined as one more token: a node feature)
         axes = tuple(((((g, n),),) if i == d else (((None, pshape[i]),),)) for i in range(len(pshape)))
         slot = "bias" if role in ("add", "cat") else "scale"

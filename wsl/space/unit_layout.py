@@ -125,8 +125,11 @@ def _merge(b: SpecBuilder, x: Fac, y: Fac) -> Fac | None:
 
 
 def normalize(b: SpecBuilder, dim: Dim) -> Dim:
-    """Drop unit-size fixed factors, merge neighbours (fixed with fixed, consecutive pieces, parent + inner)."""
+    """Drop unit-size factors (a group of one unit beside larger factors too: it has one index), merge
+    neighbours (fixed with fixed, consecutive pieces, parent + inner)."""
     fs = [f for f in dim if not (f[0] is None and f[1] == 1)]
+    if any(int(f[1]) > 1 for f in fs):
+        fs = [f for f in fs if int(f[1]) > 1]
     i = 0
     while i < len(fs) - 1:
         m = _merge(b, fs[i], fs[i + 1])
@@ -298,11 +301,49 @@ def _unify_factor(b: SpecBuilder, where: str, x: Fac, y: Fac) -> None:
         return
     if len(x) == 3 and len(y) == 3 and x[2] == 1 and y[2] == 1:
         if b.size(x[0]) != b.size(y[0]):
-            raise UnsupportedLayerError(where, "unit axes", "units inside heads of different head counts meet "
-                                        "(grouped-query attention without rotary embeddings is not supported)")
+            _shared_heads(b, where, x, y)
+            return
         b.tie(x[0], y[0], where)
         return
+    if len(x) + len(y) == 5 and (x if len(x) == 3 else y)[2] == 1:  # a head's units meet one whole key head
+        _shared_heads(b, where, x, y)
+        return
     raise UnsupportedLayerError(where, "unit axes", f"cannot match units {fmt((x,))} with {fmt((y,))}")
+
+
+def _shared_heads(b: SpecBuilder, where: str, x: Fac, y: Fac) -> None:
+    """Inner pieces of query heads meet those of fewer key heads (grouped-query attention without rotary).
+
+    Query units ``Q`` (``H`` heads of ``d``) meet key units ``Kg`` (``K`` heads of ``d``, each repeated for
+    ``r = H/K`` query heads, kv-major as ``repeat_kv`` and ``enable_gqa`` lay them out): the units inside
+    each query head move as those of its key head, so ``Q`` *stands for* ``(Kg, K, d) x (None, r) x (Kg, d,
+    1)`` and the query heads for ``(kv, K) x (None, r)``. The heads meeting (before or after) checks the
+    grouping; another grouping is refused there.
+    """
+    q, k = (x, y) if b.size(x[0]) > b.size(y[0]) else (y, x)
+    hq, kv = parent(b, q[0]), parent(b, k[0])
+    d = int(q[1])
+    single = len(k) == 2 and kv is None and b.size(k[0]) == d  # multi-query: one key head, not split
+    if hq is None or (kv is None and not single) or b.find(k[0]) in b.defs \
+            or not (_definable(b, q[0]) or b.find(q[0]) in b.defs) or b.size(q[0]) != b.size(hq) * d \
+            or (not single and (b.size(k[0]) != b.size(kv) * d or b.size(hq) % b.size(kv))):
+        raise UnsupportedLayerError(where, "unit axes", "units inside heads of different head counts meet, not as "
+                                    "grouped-query attention (query heads in groups of key heads)")
+    n_kv = 1 if single else b.size(kv)
+    r = b.size(hq) // n_kv
+    want_heads = ((None, r),) if single else ((kv, n_kv), (None, r))
+    if b.find(hq) in b.defs:
+        if normalize(b, resolve(b, ((hq, b.size(hq)),), where)) != want_heads:
+            raise UnsupportedLayerError(where, "unit axes", "query heads are not grouped by key heads kv-major")
+    elif _definable(b, hq):
+        b.defs[b.find(hq)] = want_heads
+    else:
+        raise UnsupportedLayerError(where, "unit axes", "query heads are fixed or already split")
+    stands = ((None, r), (k[0], d)) if single else ((k[0], n_kv, d), (None, r), (k[0], d, 1))
+    if b.find(q[0]) not in b.defs:
+        b.defs[b.find(q[0])] = stands
+    elif normalize(b, resolve(b, ((q[0], b.size(q[0])),), where)) != normalize(b, resolve(b, stands, where)):
+        raise UnsupportedLayerError(where, "unit axes", "query units already stand for other units")
 
 
 def unify(b: SpecBuilder, where: str, da: Dim, db: Dim) -> None:

@@ -11,6 +11,7 @@ from torch import nn
 from wsl.errors import StateDictMismatchError, WslError
 from wsl.space.axes import permute_tensor
 from wsl.space.spec import Connection, Group, Site, TensorSpec, WeightSpaceSpec
+from wsl.space.value_nodes import value_node_sets
 
 StateDict = Mapping[str, torch.Tensor]
 T = TypeVar("T")
@@ -124,7 +125,8 @@ class WeightSpace:
         """(num_nodes, num_edges) of the parameter graph, without building it."""
         def count(space: WeightSpace) -> tuple[int, int]:
             nodes = sum(space.groups[s.group].size for s in space.sites)
-            return nodes, sum(_num_edges(space, c) for c in space.connections)
+            extra = sum(v.count for v in value_node_sets(space.spec)[0])  # wsl.space.value_nodes: 1 edge each
+            return nodes + extra, sum(_num_edges(space, c) for c in space.connections) + extra
 
         return self.cached("space.graph_size", count)
 
