@@ -150,8 +150,9 @@ def main() -> int:
                                           "models_per_s": [r["models_per_s"] for r in runs if r.get("models_per_s")],
                                           "n_train": runs[0].get("n_train") if runs else None,
                                           "n_test": runs[0]["test"]["n"] if runs else None}
-    first = next((v for row in table.values() for v in row.values() if v["n_train"]), {})
-    print(f"\ndigits-siren editing: {first.get('n_train')} training INRs, {first.get('n_test')} test INRs, seeds "
+    learned = [m for m in models if m in EPOCHS]  # the references (identity, output_affine, gd_fit) read every row
+    first = next((v for m in learned or models for v in table[m].values() if v["n_train"]), {})
+    print(f"\ndigits-siren editing: learned models train on {first.get('n_train')} INRs, {first.get('n_test')} test INRs, seeds "
           f"{' '.join(map(str, args.seeds))}; test MSE of the edited render vs. the edited image (lower is better)\n")
     print("| model | " + " | ".join(edits) + " | train models/s |")
     print("|---|" + "---|" * len(edits) + "---|")
