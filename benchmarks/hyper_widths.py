@@ -4,7 +4,9 @@
 
 The NeuMeta recipe (base, model, fit) is the shipped config ``configs/hyper/<arch>.yaml``, so
 ``wsl hyper train configs/hyper/<arch>.yaml`` reproduces the smoothed column; ``--steps`` overrides
-its ``train.steps``. Writes benchmarks/results/hyper_widths[_ARCH].{json,md,png}. One seed; one thread.
+its ``train.steps``. Writes benchmarks/results/hyper_widths[_ARCH][_seedN].{json,md,png}; one thread.
+``--seed N`` (default 0) sets the config's seed (base, NeuMeta fit, individual nets); ``--summary 0 1 2``
+reads the finished seeds' JSON files and writes the mean ± std table ``hyper_widths[_ARCH]_seeds.md``.
 BatchNorm networks (digits_resnet): NeuMeta samples and pruned networks get their
 running statistics recomputed on the first 1,024 training inputs.
 Budgets: the base and every individually trained net get ``--base-steps`` Adam
@@ -41,16 +43,22 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true",
                     help="read a variant's finished run directory (metrics.json) instead of fitting it again")
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--seed", type=int, default=0, help="the config's seed (base, fit, individual nets)")
+    ap.add_argument("--summary", type=int, nargs="+", help="only tabulate these finished seeds (mean ± std)")
     args = ap.parse_args()
+    if args.summary:
+        summarize(args)
+        return
     torch.set_num_threads(1)
     raw = read_yaml_mapping(CONFIGS / f"{args.arch}.yaml", what="hyper config")
     if args.steps is not None:
         raw.setdefault("train", {})["steps"] = args.steps
     raw["eval_ratios"] = list(RATIOS)
+    raw["seed"] = args.seed
     dataset, base_steps = raw["dataset"], int(raw["base"]["steps"])
     data = load_dataset(dataset)
     out = Path(args.out)
-    suffix = "" if args.arch == "digits_cnn" else f"_{args.arch}"
+    suffix = _suffix(args.arch, args.seed)
     runs = out / f"hyper_widths{suffix}_runs"
     res: dict[str, dict[str, float]] = {}
     t0 = time.perf_counter()
@@ -78,14 +86,14 @@ def main() -> None:
     fam = WidthFamily.from_module(base)
     res["individual"], res["prune"], res["prune_finetune"] = {}, {}, {}
     for r in RATIOS:
-        torch.manual_seed(0)
-        net = train_classifier(fam.build(r), data.x_train, data.y_train, steps=base_steps, lr=3e-3, seed=0)
+        torch.manual_seed(args.seed)
+        net = train_classifier(fam.build(r), data.x_train, data.y_train, steps=base_steps, lr=3e-3, seed=args.seed)
         res["individual"][str(r)] = accuracy(net, data.x_test, data.y_test)
         p = prune(base, r)
         if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in p.modules()):
             recalibrate_batchnorm(p, data.x_train[:CALIBRATION])  # as NeuMeta's samples get
         res["prune"][str(r)] = accuracy(p, data.x_test, data.y_test)
-        p = train_classifier(p, data.x_train, data.y_train, steps=args.finetune_steps, lr=1e-3, seed=1)
+        p = train_classifier(p, data.x_train, data.y_train, steps=args.finetune_steps, lr=1e-3, seed=args.seed + 1)
         res["prune_finetune"][str(r)] = accuracy(p, data.x_test, data.y_test)
         print(r, {k: v.get(str(r)) for k, v in res.items() if k != "_meta"}, flush=True)
     res["_meta"].update({"arch": args.arch, "dataset": dataset, "config": raw, "base_steps": base_steps,
@@ -118,6 +126,38 @@ def main() -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / f"hyper_widths{suffix}.png", dpi=120)
+
+
+def _suffix(arch: str, seed: int) -> str:
+    return ("" if arch == "digits_cnn" else f"_{arch}") + ("" if seed == 0 else f"_seed{seed}")
+
+
+def summarize(args: argparse.Namespace) -> None:
+    """Mean ± std (ddof 1) over the finished seeds of ``--arch``, per method and width ratio."""
+    import numpy as np
+
+    out = Path(args.out)
+    runs = []
+    for s in args.summary:
+        f = out / f"hyper_widths{_suffix(args.arch, s)}.json"
+        if not f.is_file():
+            raise SystemExit(f"missing {f}: run  python benchmarks/hyper_widths.py --arch {args.arch} --seed {s}")
+        runs.append(json.loads(f.read_text()))
+    cols = [c for c in ("neumeta_smooth", "neumeta_plain", "individual", "prune", "prune_finetune")
+            if all(c in r for r in runs)]
+    lines = [f"{args.arch}: test accuracy, mean ± std over seeds {' '.join(map(str, args.summary))}", "",
+             f"| ratio | {' | '.join(cols)} |", "|" + "---|" * (len(cols) + 1)]
+    for r in RATIOS:
+        cells = []
+        for c in cols:
+            v = np.array([run[c][str(r)] for run in runs])
+            cells.append(f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}")
+        lines.append(f"| {r} | {' | '.join(cells)} |")
+    base = np.array([run["base"]["1.0"] for run in runs])
+    lines += ["", f"base (full width, trained directly): {base.mean():.3f} ± {base.std(ddof=1) if len(base) > 1 else 0:.3f}"]
+    path = out / f"hyper_widths{_suffix(args.arch, 0)}_seeds.md"
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
