@@ -160,7 +160,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description="issue 21 anchor: wsl vs Torch-Pruning coverage")
     p.add_argument("--only", nargs="*", help="run only these families")
     p.add_argument("--tp-path", help="directory holding torch_pruning (pip install --target DIR torch-pruning)")
-    p.add_argument("--timeout", type=float, default=180.0, help="seconds per family for the Torch-Pruning child")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per family for the Torch-Pruning child")
     p.add_argument("--no-write", action="store_true", help="print only")
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
