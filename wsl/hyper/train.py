@@ -7,9 +7,16 @@ NeuMeta step (one optimiser step)::
         W_j = NeuMeta(coords(r_j) + noise on u_out, u_in)   whole network, one call
         L_j = lambda_task CE(f(x_j; W_j), y_j)              task loss on a data batch
             + lambda_kd T^2 KL(softmax(f(x_j; W_base)/T) || softmax(f(x_j; W_j)/T))   distillation
+            + lambda_interp mean_k ||W_j[k] - I_j[k]||^2 / sigma_k^2   narrow r_j only (wsl.hyper.interp):
+              I_j = the base bilinearly interpolated at W_j's own (jittered) unit positions
     L = mean_j L_j
       + lambda_rec * mean_k ||W_1[k] - W_base[k]||^2 / sigma_k^2   at full width, no noise
       (+ weight decay via AdamW)
+
+Without the interpolation term (``interp_weight = 0``, the default) nothing but the task
+and distillation losses constrains a narrow member; on the digits ResNet (BatchNorm) those
+alone collapse the generated network to a constant output (README §8, issue 20), so its
+config sets ``interp_weight``.
 
 With ``rec_rows > 0`` the reconstruction term is estimated each step from that
 many random coordinate rows (scaled to stay unbiased), which makes a step on a
