@@ -185,6 +185,12 @@ class NeuMeta(nn.Module):
         ``U(-a, a)`` with ``a = coord_noise / (2 (size - 1))``: a fraction of half
         the spacing between neighbouring units.
         """
+        c, _, values = self.generate_rows(ratio, coord_noise, generator)
+        return c.split(values)
+
+    def generate_rows(self, ratio: Ratio = 1.0, coord_noise: float = 0.0, generator: torch.Generator | None = None
+                      ) -> tuple[NetCoords, torch.Tensor, torch.Tensor]:
+        """``(coords, cont, values)``: the rows behind :meth:`generate` (``cont`` as jittered)."""
         c = self.coords(ratio)
         dev = self.mu.device
         cont = c.cont.to(dev)
@@ -193,7 +199,7 @@ class NeuMeta(nn.Module):
             spacing = self._spacing(c).to(dev)
             jitter = (torch.rand(cont.shape[0], 2, generator=generator) * 2 - 1).to(dev)
             cont[:, :2] = (cont[:, :2] + jitter * spacing * coord_noise / 2).clamp(0.0, 1.0)
-        return c.split(self(c.tensor.to(dev), cont))
+        return c, cont, self(c.tensor.to(dev), cont)
 
     def _spacing(self, c: NetCoords) -> torch.Tensor:
         """``(R, 2)``: ``1 / (size - 1)`` of the output and input groups (0 for a single unit)."""

@@ -7,9 +7,16 @@ NeuMeta step (one optimiser step)::
         W_j = NeuMeta(coords(r_j) + noise on u_out, u_in)   whole network, one call
         L_j = lambda_task CE(f(x_j; W_j), y_j)              task loss on a data batch
             + lambda_kd T^2 KL(softmax(f(x_j; W_base)/T) || softmax(f(x_j; W_j)/T))   distillation
+            + lambda_interp mean_k ||W_j[k] - I_j[k]||^2 / sigma_k^2   narrow r_j only (wsl.hyper.interp):
+              I_j = the base bilinearly interpolated at W_j's own (jittered) unit positions
     L = mean_j L_j
       + lambda_rec * mean_k ||W_1[k] - W_base[k]||^2 / sigma_k^2   at full width, no noise
       (+ weight decay via AdamW)
+
+Without the interpolation term (``interp_weight = 0``, the default) nothing but the task
+and distillation losses constrains a narrow member; on the digits ResNet (BatchNorm) those
+alone collapse the generated network to a constant output (README §8, issue 20), so its
+config sets ``interp_weight``.
 
 With ``rec_rows > 0`` the reconstruction term is estimated each step from that
 many random coordinate rows (scaled to stay unbiased), which makes a step on a
@@ -39,7 +46,8 @@ from torch import nn
 from torch.func import functional_call
 
 from wsl.errors import ConfigError
-from wsl.hyper.coords import target_rows
+from wsl.hyper.coords import CONTINUOUS, NetCoords, target_rows
+from wsl.hyper.interp import interpolation_target
 from wsl.hyper.neumeta import NeuMeta
 
 
@@ -92,13 +100,15 @@ class HyperTrainConfig:
     kd_temperature: float = 2.0
     widths_per_step: int = 1
     rec_rows: int = 0
+    interp_weight: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch < 1 or self.lr <= 0 or self.weight_decay < 0 or self.rec_weight < 0 \
-                or self.task_weight < 0 or self.kd_weight < 0 or self.kd_temperature <= 0:
+                or self.task_weight < 0 or self.kd_weight < 0 or self.kd_temperature <= 0 \
+                or not self.interp_weight >= 0:
             raise ConfigError("hyper.train: steps >= 0, batch >= 1, lr > 0, weight_decay >= 0, rec_weight >= 0, "
-                              f"task_weight >= 0, kd_weight >= 0, kd_temperature > 0 required; got {self}")
+                              f"task_weight >= 0, kd_weight >= 0, kd_temperature > 0, interp_weight >= 0 required; got {self}")
         if not isinstance(self.widths_per_step, int) or not 1 <= self.widths_per_step <= 64:
             raise ConfigError(f"hyper.train.widths_per_step: expected an int in [1, 64], got {self.widths_per_step!r}")
         if not isinstance(self.rec_rows, int) or self.rec_rows < 0:
@@ -150,6 +160,7 @@ def train_neumeta(hyper: NeuMeta, base_state: dict[str, torch.Tensor], x: torch.
         per_entry[full.offsets[k]:full.offsets[k + 1]] = 1.0 / (len(full.layouts) * lay.rows * lay.taps)
     weights = inv_var * per_entry * mask
     modules: dict[tuple[int, ...], nn.Module] = {}
+    full_widths = hyper.family.widths(1.0)
     statistics = {t.name for t in hyper.base_space.spec.tensors if t.buffer}  # BN in train mode: batch statistics
     teacher = None
     if cfg.kd_weight > 0:
@@ -186,7 +197,13 @@ def train_neumeta(hyper: NeuMeta, base_state: dict[str, torch.Tensor], x: torch.
             widths = hyper.family.widths(ratio)
             if widths not in modules:
                 modules[widths] = hyper.family.build_widths(widths).to(dev).train()
-            state = hyper.generate(ratio, coord_noise=cfg.coord_noise, generator=gen)
+            coords, cont, values = hyper.generate_rows(ratio, coord_noise=cfg.coord_noise, generator=gen)
+            state = coords.split(values)
+            interp_v = 0.0
+            if cfg.interp_weight > 0 and widths != full_widths:
+                interp = _interp_loss(hyper, coords, cont, values, full, target)
+                loss = loss + cfg.interp_weight * interp / cfg.widths_per_step
+                interp_v = float(interp.detach())
             state = {k: v for k, v in state.items() if k not in statistics}  # generated ones learn by reconstruction
             idx = torch.randint(0, len(y), (cfg.batch,), generator=gen).to(dev)
             logits = functional_call(modules[widths], state, (x[idx],))
@@ -202,7 +219,7 @@ def train_neumeta(hyper: NeuMeta, base_state: dict[str, torch.Tensor], x: torch.
                 kd_v = float(kd.detach())
             loss = loss + term / cfg.widths_per_step
             if not first:
-                first = {"ratio": ratio, "task": float(task.detach()), "kd": kd_v}
+                first = {"ratio": ratio, "task": float(task.detach()), "kd": kd_v, "interp": interp_v}
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if world > 1:
@@ -216,6 +233,24 @@ def train_neumeta(hyper: NeuMeta, base_state: dict[str, torch.Tensor], x: torch.
             on_checkpoint(step + 1, opt.state_dict())
     hyper.eval()
     return {"optimizer": opt.state_dict(), "history": history}
+
+
+def _interp_loss(hyper: NeuMeta, coords: NetCoords, cont: torch.Tensor, values: torch.Tensor, full: NetCoords,
+                 target: torch.Tensor) -> torch.Tensor:
+    """Per-tensor-normalised MSE of a narrow member's rows to the base interpolated at their positions."""
+    dev = values.device
+    goal = interpolation_target(coords, cont, full, target)
+    tensor = coords.tensor.to(dev)
+    if hyper.config.fan_in_scaling:  # the generated weights are divided by w_in; so is their target
+        w_in = cont[:, CONTINUOUS.index("w_in")].clamp_min(1e-6)
+        goal = goal / torch.where(hyper.is_weight.to(dev)[tensor], w_in, torch.ones_like(w_in)).unsqueeze(1)
+    per_row = torch.zeros(values.shape[0], device=dev)
+    for k, lay in enumerate(coords.layouts):
+        per_row[coords.offsets[k]:coords.offsets[k + 1]] = 1.0 / (len(coords.layouts) * lay.rows * lay.taps)
+    taps = torch.as_tensor(hyper.taps, device=dev)[tensor]
+    mask = torch.arange(hyper.taps_max, device=dev).unsqueeze(0) < taps.unsqueeze(1)
+    w = (per_row / hyper.sigma[tensor] ** 2).unsqueeze(1) * mask
+    return ((values - goal) ** 2 * w).sum()
 
 
 def _sum_gradients(module: nn.Module) -> None:
