@@ -254,3 +254,47 @@ def test_neumeta_reproduces_a_tiny_vit_at_full_width():
         q = small.state_dict()["vit.encoder.layer.0.attention.attention.query.weight"]
         assert tuple(q.shape) == shape  # heads * head_dim rows, residual 8 columns
         assert torch.isfinite(small(x)).all()
+
+
+def test_smoothing_a_vit_preserves_its_function():
+    """Smoothing reorders the residual and MLP groups of a ViT (not heads, not within-head units) exactly."""
+    from wsl.hyper.smooth import smooth
+
+    net = randomize(_vit(), seed=4)
+    space = WeightSpace.from_module(net)
+    sd = net.state_dict()
+    sm, _ = smooth(space, sd, "two_opt")
+    assert any(not torch.equal(sm[k], sd[k]) for k in sd)
+    back = _vit()
+    back.load_state_dict(sm)
+    x = _input(net)
+    torch.testing.assert_close(back.eval()(x), net(x), atol=1e-5, rtol=1e-5)
+    heads = [g.id for g in space.spec.groups if g.kind == "head"]
+    q = "vit.encoder.layer.0.attention.attention.query.bias"
+    assert heads and torch.equal(sm[q], sd[q])  # query bias is indexed by a nested group only: untouched
+
+
+def test_pruning_removes_whole_heads_or_units_inside_heads():
+    """Heads whose values and output columns are zero are the ones pruned: the function is unchanged."""
+    from wsl.hyper.prune import kept_units, prune
+
+    net = randomize(_vit(), seed=5)
+    sd = net.state_dict()
+    with torch.no_grad():
+        for layer in range(2):
+            pre = f"vit.encoder.layer.{layer}.attention."
+            for h in (1, 3):  # heads of 4 units
+                rows = slice(4 * h, 4 * h + 4)
+                for t in ("query", "key", "value"):
+                    sd[pre + f"attention.{t}.weight"][rows] *= 1e-3 if t != "value" else 0.0
+                    sd[pre + f"attention.{t}.bias"][rows] *= 1e-3 if t != "value" else 0.0
+                sd[pre + "output.dense.weight"][:, rows] = 0.0
+    net.load_state_dict(sd)
+    x = _input(net)
+    small = prune(net, {"heads": 0.5}, "count")
+    torch.testing.assert_close(small(x), net(x), atol=1e-5, rtol=1e-5)
+    space = WeightSpace.from_module(net)
+    qk = [g.id for g in space.spec.groups if g.kind == "qk"][0]
+    keep = kept_units(space, net.state_dict(), {qk: 8})  # within each of the 4 heads, its 2 best units
+    assert [k // 4 for k in keep[qk].tolist()] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert prune(net, 0.5, "dim").state_dict()["vit.encoder.layer.0.attention.attention.query.weight"].shape == (8, 16)
