@@ -52,7 +52,7 @@ def test_width_family_per_knob_and_errors():
     with pytest.raises(ArchitectureError, match="outside"):
         fam.widths(0.0)
     with pytest.raises(ArchitectureError, match="no width family"):
-        WidthFamily({"kind": "builtin", "name": "vit_tiny", "kwargs": {}})
+        WidthFamily({"kind": "builtin", "name": "gpt2", "kwargs": {}})
 
 
 def test_coordinates_cover_every_weight_once():

@@ -44,6 +44,12 @@ def config_from_dict(cls: type, d: dict[str, Any], where: str) -> Any:
         raise ArchitectureError(f"{where}: invalid config: {err}") from None
 
 
+def check_head_dim(head_dim: Any, where: str) -> None:
+    """``head_dim`` is ``None`` or a positive int."""
+    if head_dim is not None and (not isinstance(head_dim, int) or isinstance(head_dim, bool) or head_dim < 1):
+        raise ArchitectureError(f"{where}: head_dim must be a positive int or null, got {head_dim!r}")
+
+
 @dataclass
 class BertConfig:
     """Subset of ``transformers.BertConfig`` (same field names and defaults)."""
@@ -64,9 +70,12 @@ class BertConfig:
     position_embedding_type: str = "absolute"
     classifier_dropout: float | None = None
     num_labels: int = 2
+    head_dim: int | None = None
+    """wsl extension (width families): units per head; ``None`` = ``hidden_size // num_attention_heads`` (HF)."""
 
     def __post_init__(self) -> None:
-        if self.hidden_size % self.num_attention_heads:
+        check_head_dim(self.head_dim, "BertConfig")
+        if self.head_dim is None and self.hidden_size % self.num_attention_heads:
             raise ArchitectureError(
                 f"BertConfig: hidden_size {self.hidden_size} is not a multiple of "
                 f"num_attention_heads {self.num_attention_heads}"
@@ -115,17 +124,20 @@ class BertSelfAttention(nn.Module):
 
     ``forward(hidden_states)`` maps ``(B, T, hidden)`` to the concatenated head
     contexts ``(B, T, all_head_size)``; the output projection lives in
-    :class:`BertSelfOutput`.
+    :class:`BertSelfOutput`. ``head_size`` (default ``hidden_size // num_heads``,
+    as in Hugging Face) decouples ``all_head_size = num_heads * head_size`` from
+    the residual width (width families resize heads with the residual fixed).
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, dropout: float = 0.0, bias: bool = True) -> None:
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
+                 head_size: int | None = None) -> None:
         super().__init__()
-        if hidden_size % num_heads:
+        if head_size is None and hidden_size % num_heads:
             raise ArchitectureError(
                 f"{type(self).__name__}: hidden size {hidden_size} is not a multiple of {num_heads} heads"
             )
         self.num_attention_heads = num_heads
-        self.attention_head_size = hidden_size // num_heads
+        self.attention_head_size = hidden_size // num_heads if head_size is None else int(head_size)
         self.all_head_size = self.num_attention_heads * self.attention_head_size
         self.query = nn.Linear(hidden_size, self.all_head_size, bias=bias)
         self.key = nn.Linear(hidden_size, self.all_head_size, bias=bias)
@@ -148,12 +160,19 @@ class BertSelfAttention(nn.Module):
         return context.view(context.shape[0], context.shape[1], self.all_head_size)
 
 
+def all_head_size(config: Any) -> int:
+    """Width of the concatenated head contexts: ``heads * head_dim`` (``hidden_size`` when ``head_dim`` is None)."""
+    if config.head_dim is None:
+        return config.hidden_size
+    return config.num_attention_heads * config.head_dim
+
+
 class BertSelfOutput(nn.Module):
     """Attention output projection with post-LN residual."""
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = nn.Linear(all_head_size(config), config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
@@ -168,7 +187,8 @@ class BertAttention(nn.Module):
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
         self.self = BertSelfAttention(
-            config.hidden_size, config.num_attention_heads, config.attention_probs_dropout_prob
+            config.hidden_size, config.num_attention_heads, config.attention_probs_dropout_prob,
+            head_size=config.head_dim,
         )
         self.output = BertSelfOutput(config)
 
@@ -327,15 +347,16 @@ class BertClassifier(nn.Module):
 
 
 @factory("bert_layer")
-def bert_layer(hidden: int = 64, heads: int = 4, intermediate: int = 128, seq_len: int = 8) -> BertLayer:
+def bert_layer(hidden: int = 64, heads: int = 4, intermediate: int = 128, seq_len: int = 8,
+               head_dim: int | None = None) -> BertLayer:
     """A single :class:`BertLayer` (dropout 0) mapping ``(B, T, hidden)`` to itself.
 
     Its example input shape is ``(seq_len, hidden)`` (float32). Registry name
-    ``bert_layer``.
+    ``bert_layer``. ``head_dim`` defaults to ``hidden // heads``.
     """
     config = BertConfig(
         hidden_size=hidden, num_attention_heads=heads, intermediate_size=intermediate,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, head_dim=head_dim,
     )
     layer = BertLayer(config)
     init_bert_weights(layer, config.initializer_range)

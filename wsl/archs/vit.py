@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from wsl.archs.bert import BertSelfAttention, config_from_dict
+from wsl.archs.bert import BertSelfAttention, all_head_size, check_head_dim, config_from_dict
 from wsl.archs.simple import activation, factory, tag
 from wsl.errors import ArchitectureError
 
@@ -39,9 +39,12 @@ class ViTConfig:
     pooler_output_size: int | None = None
     pooler_act: str = "tanh"
     num_labels: int = 2
+    head_dim: int | None = None
+    """wsl extension (width families): units per head; ``None`` = ``hidden_size // num_attention_heads`` (HF)."""
 
     def __post_init__(self) -> None:
-        if self.hidden_size % self.num_attention_heads:
+        check_head_dim(self.head_dim, "ViTConfig")
+        if self.head_dim is None and self.hidden_size % self.num_attention_heads:
             raise ArchitectureError(
                 f"ViTConfig: hidden_size {self.hidden_size} is not a multiple of "
                 f"num_attention_heads {self.num_attention_heads}"
@@ -105,7 +108,8 @@ class ViTSelfAttention(BertSelfAttention):
 
     def __init__(self, config: ViTConfig) -> None:
         super().__init__(
-            config.hidden_size, config.num_attention_heads, config.attention_probs_dropout_prob, config.qkv_bias
+            config.hidden_size, config.num_attention_heads, config.attention_probs_dropout_prob, config.qkv_bias,
+            head_size=config.head_dim,
         )
 
 
@@ -114,7 +118,7 @@ class ViTSelfOutput(nn.Module):
 
     def __init__(self, config: ViTConfig) -> None:
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = nn.Linear(all_head_size(config), config.hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -288,10 +292,15 @@ def vit_tiny(
     heads: int = 4,
     mlp: int = 64,
     num_classes: int = 10,
+    head_dim: int | None = None,
 ) -> ViTForImageClassification:
-    """A small :class:`ViTForImageClassification` for tests and zoos (registry ``vit_tiny``)."""
+    """A small :class:`ViTForImageClassification` for tests and zoos (registry ``vit_tiny``).
+
+    ``head_dim`` defaults to ``hidden // heads``.
+    """
     config = ViTConfig(
         hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=mlp,
         image_size=image_size, patch_size=patch_size, num_channels=num_channels, num_labels=num_classes,
+        head_dim=head_dim,
     )
     return ViTForImageClassification(config)

@@ -2,15 +2,19 @@
 
 A *width family* is a registered architecture whose permutable unit groups can
 be resized while the input and output groups stay fixed. It is described by
-*knobs*: the constructor arguments that set hidden widths. For ``mlp`` every
-hidden entry of ``sizes`` is a knob (one group each), for ``small_cnn`` every
-entry of ``channels`` (one group each), for ``resnet`` the single ``width``
-argument (stage ``i`` has ``width * 2**i`` planes, so one knob moves every
-group of the network).
+*knobs*: the constructor arguments that set hidden widths
+(:mod:`wsl.archs.width_knobs`). For ``mlp`` every hidden entry of ``sizes`` is
+a knob (one group each), for ``small_cnn`` every entry of ``channels`` (one
+group each), for ``resnet`` the single ``width`` argument (stage ``i`` has
+``width * 2**i`` planes, so one knob moves every group of the network). The
+ViT and BERT ports have ``mlp`` (feed-forward size of every layer) and
+``heads`` (whole heads) and/or ``head_dim`` (units inside each head), chosen
+by ``heads="count" | "dim" | "both"``; their residual width stays fixed.
 
 A width is asked for as one global ratio ``r`` (every knob), a mapping
 ``{knob: r_k}`` (unnamed knobs stay at 1) or a sequence of ratios, one per
-knob. A knob of base size ``n`` becomes ``max(1, floor(r * n + 1/2))`` units.
+knob. A knob of base size ``n`` becomes ``max(1, floor(r * n + 1/2))`` units
+(``max(2, ...)`` for ``head_dim``).
 
 Group ids of the :class:`~wsl.space.WeightSpace` of a family member are the
 trace order of the module, which does not depend on the widths; the family
@@ -24,11 +28,13 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
 
+from wsl.archs.width_knobs import HEAD_MODES, family_knobs, set_path
+from wsl.archs.width_knobs import supported as _supported
 from wsl.errors import ArchitectureError
 from wsl.space import WeightSpace
 
@@ -38,68 +44,50 @@ MAX_RATIO = 4.0
 """Largest accepted width ratio (wider than the base is extrapolation)."""
 
 
-def _list_knobs(key: str, start: int, stop_from_end: int) -> Callable[[dict[str, Any]], list[tuple[str, int]]]:
-    def knobs(kw: dict[str, Any]) -> list[tuple[str, int]]:
-        vals = list(kw[key])
-        return [(f"{key}[{i}]", int(vals[i])) for i in range(start, len(vals) - stop_from_end)]
-    return knobs
-
-
-_KNOBS: dict[str, Callable[[dict[str, Any]], list[tuple[str, int]]]] = {
-    "mlp": _list_knobs("sizes", 1, 1),
-    "small_cnn": _list_knobs("channels", 0, 0),
-    "resnet": lambda kw: [("width", int(kw["width"]))],
-}
-"""Builtin name -> (kwargs -> [(knob, base size)])."""
-
-
-def _set_knob(kw: dict[str, Any], knob: str, value: int) -> None:
-    if "[" in knob:
-        key, idx = knob[:-1].split("[")
-        vals = list(kw[key])
-        vals[int(idx)] = value
-        kw[key] = vals
-    else:
-        kw[knob] = value
-
-
 def supported() -> tuple[str, ...]:
     """Builtin architecture names that have a width family."""
-    return tuple(_KNOBS)
+    return _supported()
 
 
 class WidthFamily:
     """An architecture at every width (see module docstring).
 
-    ``arch`` is a ``"wsl.arch/1"`` builtin description (``module.wsl_arch``).
+    ``arch`` is a ``"wsl.arch/1"`` builtin description (``module.wsl_arch``);
+    ``heads`` (``"count"``, ``"dim"`` or ``"both"``) chooses how a transformer
+    port's attention is resized (:mod:`wsl.archs.width_knobs`).
     """
 
-    def __init__(self, arch: Mapping[str, Any]) -> None:
+    def __init__(self, arch: Mapping[str, Any], heads: str = "count") -> None:
         if not isinstance(arch, Mapping) or arch.get("kind") != "builtin":
             raise ArchitectureError("WidthFamily: expected a builtin 'wsl.arch/1' description "
                                     f"(module.wsl_arch), got {type(arch).__name__} {str(arch)[:80]!r}")
         name = arch.get("name")
-        if name not in _KNOBS:
+        if name not in supported():
             raise ArchitectureError(f"WidthFamily: architecture {name!r} has no width family; "
                                     f"supported: {', '.join(supported())}")
+        if heads not in HEAD_MODES:
+            raise ArchitectureError(f"WidthFamily: heads must be one of {', '.join(HEAD_MODES)}, got {heads!r}")
         self.arch = copy.deepcopy(dict(arch))
         self.name: str = str(name)
-        pairs = _KNOBS[self.name](dict(self.arch.get("kwargs", {})))
-        if not pairs:
+        self.heads = heads
+        knobs, kwargs = family_knobs(self.name, dict(self.arch.get("kwargs", {})), heads)
+        self.arch["kwargs"] = kwargs
+        if not knobs:
             raise ArchitectureError(f"WidthFamily: {self.name} has no hidden width to resize")
-        self.knobs: tuple[str, ...] = tuple(k for k, _ in pairs)
-        self.base: tuple[int, ...] = tuple(n for _, n in pairs)
+        self._knobs = tuple(knobs)
+        self.knobs: tuple[str, ...] = tuple(k.name for k in knobs)
+        self.base: tuple[int, ...] = tuple(k.base for k in knobs)
         self._spaces: dict[tuple[int, ...], WeightSpace] = {}
         self._knob_groups: dict[str, tuple[int, ...]] | None = None
 
     @classmethod
-    def from_module(cls, module: nn.Module) -> "WidthFamily":
+    def from_module(cls, module: nn.Module, heads: str = "count") -> "WidthFamily":
         """The family of a module built by a registered factory (reads ``wsl_arch``)."""
         arch = getattr(module, "wsl_arch", None)
         if arch is None:
             raise ArchitectureError(f"WidthFamily: {type(module).__name__} carries no wsl_arch description; "
-                                    "build it with a wsl.archs factory (mlp, small_cnn, resnet)")
-        return cls(arch)
+                                    f"build it with a wsl.archs factory ({', '.join(supported())})")
+        return cls(arch, heads)
 
     def ratios(self, ratio: Ratio) -> tuple[float, ...]:
         """One ratio per knob from a global ratio, a ``{knob: ratio}`` mapping or a sequence."""
@@ -125,18 +113,18 @@ class WidthFamily:
         return out
 
     def widths(self, ratio: Ratio) -> tuple[int, ...]:
-        """Unit counts per knob: ``max(1, floor(r * base + 1/2))``."""
-        return tuple(max(1, math.floor(r * n + 0.5)) for r, n in zip(self.ratios(ratio), self.base))
+        """Unit counts per knob: ``max(m, floor(r * base + 1/2))`` (``m`` = 1, or 2 for ``head_dim``)."""
+        return tuple(max(k.minimum, math.floor(r * k.base + 0.5)) for r, k in zip(self.ratios(ratio), self._knobs))
 
     def describe(self, widths: Sequence[int]) -> dict[str, Any]:
         """The builtin description of the member with these knob widths."""
-        if len(widths) != len(self.knobs) or min(int(w) for w in widths) < 1:
-            raise ArchitectureError(f"WidthFamily({self.name}): need {len(self.knobs)} positive widths, "
-                                    f"got {list(widths)}")
+        if len(widths) != len(self.knobs) or any(int(w) < k.minimum for w, k in zip(widths, self._knobs)):
+            raise ArchitectureError(f"WidthFamily({self.name}): need {len(self.knobs)} widths of at least "
+                                    f"{[k.minimum for k in self._knobs]}, got {list(widths)}")
         arch = copy.deepcopy(self.arch)
         kw = arch.setdefault("kwargs", {})
-        for k, w in zip(self.knobs, widths):
-            _set_knob(kw, k, int(w))
+        for k, w in zip(self._knobs, widths):
+            set_path(kw, k.path, int(w))
         return arch
 
     def build_widths(self, widths: Sequence[int]) -> nn.Module:

@@ -4,6 +4,7 @@ For a coordinate row ``(k, c)`` (tensor id ``k``, continuous part
 ``c = (u_out, u_in, w_out, w_in)``, see :mod:`wsl.hyper.coords`)::
 
     h_0     = W_in [gamma_F(u), gamma_Fw(w), E[k], phi(u_out), phi(u_in), phi(u_out) * phi(u_in)] + b_in
+              (u, w also hold the within-head positions v and widths x when the network has heads)
               gamma: Fourier features, E: tensor embedding, phi: optional learned unit grid
     h_{l+1} = h_l + W_2^l silu(W_1^l LN(h_l))         residual blocks, l < L
     v       = mu_k + sigma_k * s_k * head_{kind(k)}(LN(h_L)) / w_in^{[weight]}
@@ -37,7 +38,8 @@ from torch import nn
 from wsl.archs.width import Ratio, WidthFamily
 from wsl.errors import ConfigError, SpaceMismatchError
 from wsl.hyper.grid import UnitGrid
-from wsl.hyper.coords import CONTINUOUS, STATISTICS, NetCoords, fourier, network_coords, tensor_layout
+from wsl.hyper.coords import (CONTINUOUS, STATISTICS, NetCoords, coord_columns, fourier, network_coords,
+                              tensor_layout)
 
 
 @dataclass
@@ -53,6 +55,8 @@ class NeuMetaConfig:
     width_frequencies: int | None = None
     generate_statistics: bool = False
     grid_features: int = 0
+    family_heads: str = "count"
+    """Transformer ports: resize attention by whole heads ("count"), units per head ("dim") or both."""
 
     def continuous_size(self) -> int:
         """Width of the encoded continuous part (positions with ``frequencies``, widths with ``width_frequencies``)."""
@@ -94,7 +98,7 @@ class NeuMeta(nn.Module):
     def __init__(self, config: NeuMetaConfig, base_state: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.config = config
-        self.family = WidthFamily(config.arch)
+        self.family = WidthFamily(config.arch, config.family_heads)
         self.base_space = self.family.space(1.0)
         specs = self.base_space.spec.tensors
         self.has_batchnorm = any(t.buffer for t in specs)
@@ -108,7 +112,9 @@ class NeuMeta(nn.Module):
         self.kind_of = [kinds.index(f"{t.role}:{lay.taps}") if lay is not None else 0
                         for t, lay in zip(specs, layouts)]
         self.is_weight = torch.tensor([lay is not None and lay.in_group is not None for lay in layouts])
-        n_cont = config.continuous_size()
+        # 4 continuous columns, 8 with nested (attention head) unit axes: positions and widths at each level
+        self.columns = coord_columns(self.base_space, config.generate_statistics)
+        n_cont = config.continuous_size() * self.columns // len(CONTINUOUS)
         self.embedding = nn.Embedding(len(specs), config.embed)
         self.grid = None
         if config.grid_features:
@@ -153,7 +159,9 @@ class NeuMeta(nn.Module):
         if fw is None:  # one encoding for all four columns (the layout of hypernetworks saved before the option)
             enc = fourier(cont, self.config.frequencies)
         else:
-            enc = torch.cat([fourier(cont[:, :2], self.config.frequencies), fourier(cont[:, 2:], fw)], dim=1)
+            blocks = cont.reshape(cont.shape[0], -1, 4)  # (u_out, u_in, w_out, w_in) [+ (v_out, v_in, x_out, x_in)]
+            enc = torch.cat([fourier(blocks[:, :, :2].flatten(1), self.config.frequencies),
+                             fourier(blocks[:, :, 2:].flatten(1), fw)], dim=1)
         parts = [enc, self.embedding(tensor)]
         if self.grid is not None:
             go, gi = self.grid(self.out_group[tensor], cont[:, 0]), self.grid(self.in_group[tensor], cont[:, 1])

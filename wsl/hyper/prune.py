@@ -20,17 +20,43 @@ from wsl.space import WeightSpace
 
 
 def kept_units(space: WeightSpace, state: dict[str, torch.Tensor], sizes: dict[int, int]) -> dict[int, torch.Tensor]:
-    """``{group: sorted kept unit indices}`` by L1 score, ``sizes[g]`` units per group."""
+    """``{group: sorted kept unit indices}`` by L1 score, ``sizes[g]`` units per group.
+
+    Nested groups (attention heads): a head group keeps its ``n`` heads of highest
+    summed score over the units of every group nested in it; a nested group keeps,
+    inside each kept head (in the head's new place), its ``d'`` best units, so the
+    member's units still come in whole head blocks.
+    """
+    groups = space.spec.groups
+    def score(g: int) -> torch.Tensor:
+        return unit_features(space, state, g).abs().sum(1)
+
     keep = {}
     for g, n in sizes.items():
-        score = unit_features(space, state, g).abs().sum(1)
-        keep[g] = torch.sort(torch.topk(score, n).indices).values
+        if groups[g].parent is not None:
+            continue
+        children = [c.id for c in groups if c.parent == g]
+        s = score(g) if not children else sum(score(c).reshape(groups[g].size, -1).sum(1) for c in children)
+        keep[g] = torch.sort(torch.topk(s, n).indices).values
+    for g, n in sizes.items():
+        p = groups[g].parent
+        if p is None:
+            continue
+        heads, d = groups[p].size, groups[g].size // groups[p].size
+        kept_heads = keep.get(p, torch.arange(heads))
+        d_new = n // len(kept_heads)
+        blocks = score(g).reshape(heads, d)[kept_heads]
+        inner = torch.sort(torch.topk(blocks, d_new, dim=1).indices, dim=1).values
+        keep[g] = (kept_heads[:, None] * d + inner).reshape(-1)
     return keep
 
 
-def prune(module: nn.Module, ratio: Ratio) -> nn.Module:
-    """The family member at ``ratio`` holding the base's highest-L1 units (no fine-tune)."""
-    fam = WidthFamily.from_module(module)
+def prune(module: nn.Module, ratio: Ratio, heads: str = "count") -> nn.Module:
+    """The family member at ``ratio`` holding the base's highest-L1 units (no fine-tune).
+
+    ``heads`` is the transformer family's head knob (``count``, ``dim`` or ``both``).
+    """
+    fam = WidthFamily.from_module(module, heads)
     space = WeightSpace.from_module(module)
     target = fam.space(ratio)
     state = {k: v.detach() for k, v in module.state_dict().items()}
