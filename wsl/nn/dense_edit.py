@@ -19,14 +19,14 @@ edit ``W' = W``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from wsl.graph.features import WeightSpaceFeatures, feature_blocks
-from wsl.nn.dense_models import mlp_head
+from wsl.nn.dense_models import DenseInput, mlp_head
 from wsl.nn.hnp import HNPLinear
 from wsl.nn.nft import BlockLinear, NFTLayer
 from wsl.nn.np import IOEmbedding, NPLinear
@@ -44,24 +44,11 @@ def _zero(module: nn.Module) -> None:
             p.zero_()
 
 
-class _EditNet(nn.Module):
-    """Shared input handling: features (or a stacked state_dict) in, a stacked update state_dict out."""
+class _EditNet(DenseInput):
+    """Features (or a stacked state_dict) in, a stacked update state_dict out."""
 
-    space: WeightSpace
     in_channels: int
     body: nn.Module
-
-    def _features(self, x: Any) -> WeightSpaceFeatures:
-        if isinstance(x, Mapping):
-            x = WeightSpaceFeatures.from_state_dicts(self.space, x)
-        if not isinstance(x, WeightSpaceFeatures):
-            raise MetaModelError(f"{type(self).__name__}: expected WeightSpaceFeatures or a stacked state_dict, "
-                                 f"got {type(x).__name__}")
-        ref = next(self.parameters())
-        first = next(iter(x.blocks.values()))
-        if first.dtype != ref.dtype or first.device != ref.device:
-            x = x.to(device=ref.device, dtype=ref.dtype)
-        return x
 
     def update_features(self, x: Any) -> WeightSpaceFeatures:
         """The update as features ``(N, F_b * in_channels, *units)`` per block."""

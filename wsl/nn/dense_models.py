@@ -65,11 +65,10 @@ def mlp_head(in_features: int, hidden: Sequence[int], out_features: int, activat
     return nn.Sequential(*layers)
 
 
-class _DenseNet(nn.Module):
-    """Shared input handling, ``encode`` / ``forward`` and the MLP head."""
+class DenseInput(nn.Module):
+    """Input handling shared by the dense meta-models and editing networks: features or a stacked state_dict."""
 
     space: WeightSpace
-    in_channels: int
 
     def _features(self, x: Any) -> WeightSpaceFeatures:
         if isinstance(x, Mapping):
@@ -82,6 +81,12 @@ class _DenseNet(nn.Module):
         if first.dtype != ref.dtype or first.device != ref.device:
             x = x.to(device=ref.device, dtype=ref.dtype)
         return x
+
+
+class _DenseNet(DenseInput):
+    """``encode`` / ``forward`` and the MLP head (input handling from :class:`DenseInput`)."""
+
+    in_channels: int
 
     def _stats_width(self, enabled: bool) -> int:
         """Set up the optional statistics input of the head; returns its width (0 when off)."""
