@@ -34,6 +34,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from inr_runs import cached_run  # noqa: E402 (this directory)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 MODELS = ["statnn_gbt", "flat_mlp", "flat_mlp_noaug", "np", "hnp", "nft", "nggnn", "ngt", "render_cnn"]
 LABELS = {"statnn_gbt": "StatNN + gradient boosting", "flat_mlp": "MLP on flattened weights",
@@ -51,11 +52,6 @@ VARIANTS = {"flat_mlp_noaug": ("flat_mlp", NOAUG), "np_noaug": ("np", NOAUG), "n
 
 def run_one(zoo: str, model: str, seed: int, args: argparse.Namespace) -> dict | None:
     out = Path(args.runs) / zoo / model / f"seed{seed}"
-    metrics = out / "metrics.json"
-    if metrics.is_file():
-        return json.loads(metrics.read_text())
-    if args.collect:
-        return None
     base, extra = VARIANTS.get(model, (model, []))
     cmd = ["train", str(REPO / "configs" / "inr" / f"{CONFIG_ZOO.get(zoo, zoo)}_cls_{base}.yaml"), *extra,
            f"train.seed={seed}", f"data.max_train={args.max_train}", "train.progress=false", "train.threads=1",
@@ -63,30 +59,7 @@ def run_one(zoo: str, model: str, seed: int, args: argparse.Namespace) -> dict |
     if model in EPOCHS:
         cmd.append(f"train.epochs={args.epochs or EPOCHS[model]}")
     cmd += GRAPH.get(model, [])
-    t0 = time.perf_counter()
-    rc, line = _train_in_process(cmd, out)
-    if rc != 0:
-        print(f"FAILED {' '.join(cmd)}: {line} (log: {out / 'train.log'})", file=sys.stderr)
-        return None
-    print(f"  {zoo:8s} {model:11s} seed {seed}: {line} [{time.perf_counter() - t0:.0f}s]", flush=True)
-    return json.loads(metrics.read_text())
-
-
-def _train_in_process(argv: list[str], out: Path) -> tuple[int, str]:
-    """``wsl train ARGV`` in this process (imports paid once); its log goes to ``out/train.log``."""
-    import contextlib
-    import io
-
-    import torch
-
-    from wsl.cli import main as wsl_main
-
-    out.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    with open(out / "train.log", "w") as log, contextlib.redirect_stdout(buf), contextlib.redirect_stderr(log):
-        rc = wsl_main(argv)
-    torch.set_num_threads(1)
-    return rc, buf.getvalue().strip()
+    return cached_run(cmd, out, f"{zoo:8s} {model:11s} seed {seed}", args.collect)
 
 
 def fmt(vals: list[float], scale: float = 100.0) -> str:
