@@ -28,7 +28,7 @@ def zoos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     os.environ.setdefault("WSL_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
     base = tmp_path_factory.mktemp("inr")
     seed = int(np.random.default_rng().integers(1000))
-    return {"digits": make_inr_zoo(base / "digits", "digits", images=5, steps=30, seed=seed),
+    return {"digits": make_inr_zoo(base / "digits", "digits", images=5, steps=60, seed=seed),
             "mnist1d": make_inr_zoo(base / "mnist1d", "mnist1d", images=4, steps=40, seed=seed)}
 
 
