@@ -130,6 +130,8 @@ class NetCoords:
     tensor: torch.Tensor
     cont: torch.Tensor
     offsets: tuple[int, ...]
+    group_sizes: tuple[int, ...] = ()
+    """Size of every group of the network (by group id)."""
 
     def split(self, values: torch.Tensor) -> dict[str, torch.Tensor]:
         """Rows ``(R, taps_max)`` of generated values -> state_dict (tensor ``k`` keeps its first taps)."""
@@ -219,7 +221,7 @@ def network_coords(space: WeightSpace, base: WeightSpace, statistics: bool = Fal
         tids.append(torch.full((n,), k, dtype=torch.long))
         conts.append(cont)
         offsets.append(offsets[-1] + n)
-    return NetCoords(tuple(layouts), torch.cat(tids), torch.cat(conts), tuple(offsets))
+    return NetCoords(tuple(layouts), torch.cat(tids), torch.cat(conts), tuple(offsets), tuple(g.size for g in gs))
 
 
 def target_rows(state: dict[str, torch.Tensor], coords: NetCoords, taps_max: int) -> tuple[torch.Tensor, torch.Tensor]:

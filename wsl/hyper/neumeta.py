@@ -8,6 +8,7 @@ For a coordinate row ``(k, c)`` (tensor id ``k``, continuous part
               gamma: Fourier features, E: tensor embedding, phi: optional learned unit grid
     h_{l+1} = h_l + W_2^l silu(W_1^l LN(h_l))         residual blocks, l < L
     v       = mu_k + sigma_k * s_k * head_{kind(k)}(LN(h_L)) / w_in^{[weight]}
+    v       = A(k, c) + sigma_k * s_k * head_{kind(k)}(LN(h_L)) / w_in^{[weight]}    (anchored: ``anchor``)
 
 Positions ``u = (u_out, u_in)`` get ``frequencies`` octaves, widths
 ``w = (w_out, w_in)`` get ``width_frequencies`` (default: the same): few
@@ -20,6 +21,15 @@ biases) are divided by ``w_in``, the input width ratio: a layer computes a
 Riemann sum ``y(u) ~ (1/n) sum_j W(u, v_j) x(v_j)`` over its ``n`` input
 units, so a network with ``n = w_in * n_0`` inputs needs weights ``1/w_in``
 times larger for the same function.
+
+**Anchored** hypernetworks (``anchor: prune | interp``) keep the base as a buffer
+and generate a correction on top of ``A(k, c)``, the base read at the row: its
+``o``-th and ``i``-th kept units under L1 pruning (``prune``; a fresh, zero-headed
+hypernetwork then generates exactly the pruned base at every width) or the base
+interpolated between its units (``interp``). Training then moves every member
+away from its pruned (or interpolated) start with the task, distillation and
+reconstruction losses: one shared correction instead of a fine-tune per width.
+The hypernetwork is then larger by the base's size.
 
 A whole network is produced by one batched call over all its coordinate rows
 (:meth:`NeuMeta.generate`); :meth:`NeuMeta.sample` returns an ``nn.Module`` of
@@ -39,7 +49,13 @@ from wsl.archs.width import Ratio, WidthFamily
 from wsl.errors import ConfigError, SpaceMismatchError
 from wsl.hyper.grid import UnitGrid
 from wsl.hyper.coords import (CONTINUOUS, STATISTICS, NetCoords, coord_columns, fourier, network_coords,
-                              tensor_layout)
+                              target_rows, tensor_layout)
+from wsl.hyper.interp import interpolation_target
+from wsl.hyper.prune import kept_units, unit_scores
+
+
+ANCHORS = ("none", "prune", "interp")
+"""Values of :attr:`NeuMetaConfig.anchor`."""
 
 
 @dataclass
@@ -57,6 +73,9 @@ class NeuMetaConfig:
     grid_features: int = 0
     family_heads: str = "count"
     """Transformer ports: resize attention by whole heads ("count"), units per head ("dim") or both."""
+    anchor: str = "none"
+    """Generate a correction on top of the base read at each coordinate: "prune" (the base's highest-L1 units of
+    every group, the pruning baseline), "interp" (the base interpolated between its units), or "none"."""
 
     def continuous_size(self) -> int:
         """Width of the encoded continuous part (positions with ``frequencies``, widths with ``width_frequencies``)."""
@@ -64,6 +83,8 @@ class NeuMetaConfig:
         return 2 * (1 + 2 * self.frequencies) + 2 * (1 + 2 * fw)
 
     def __post_init__(self) -> None:
+        if self.anchor not in ANCHORS:
+            raise ConfigError(f"hyper.model.anchor: expected one of {ANCHORS}, got {self.anchor!r}")
         if not isinstance(self.grid_features, int) or isinstance(self.grid_features, bool) or self.grid_features < 0:
             raise ConfigError(f"hyper.model.grid_features: expected an int >= 0, got {self.grid_features!r}")
         for name in ("hidden", "blocks", "embed"):
@@ -143,6 +164,9 @@ class NeuMeta(nn.Module):
         self.register_buffer("mu", mu)
         self.register_buffer("sigma", sigma)
         self._coords: dict[tuple[int, ...], NetCoords] = {}
+        self._anchor_index: dict[tuple[int, ...], torch.Tensor] = {}
+        if config.anchor != "none":
+            self._init_anchor(base_state)
 
     # ------------------------------------------------------------ coordinates
     def coords(self, ratio: Ratio = 1.0) -> NetCoords:
@@ -153,8 +177,15 @@ class NeuMeta(nn.Module):
                                                   self.config.generate_statistics)
         return self._coords[widths]
 
-    def forward(self, tensor: torch.Tensor, cont: torch.Tensor) -> torch.Tensor:
-        """Values ``(R, taps_max)`` for coordinate rows (unused taps are 0)."""
+    def forward(self, tensor: torch.Tensor, cont: torch.Tensor, anchor: torch.Tensor | None = None) -> torch.Tensor:
+        """Values ``(R, taps_max)`` for coordinate rows (unused taps are 0).
+
+        An anchored hypernetwork (``config.anchor``) adds its output to ``anchor``, the
+        rows' anchor values from :meth:`anchor_values` (required then).
+        """
+        if (anchor is None) != (self.config.anchor == "none"):
+            raise ConfigError(f"NeuMeta.forward: anchor values are {'required' if anchor is None else 'unexpected'}"
+                              f" (config.anchor={self.config.anchor!r})")
         fw = self.config.width_frequencies
         if fw is None:  # one encoding for all four columns (the layout of hypernetworks saved before the option)
             enc = fourier(cont, self.config.frequencies)
@@ -176,11 +207,16 @@ class NeuMeta(nn.Module):
                 v = head(h[rows])
                 out = out.index_put((rows.unsqueeze(1), torch.arange(v.shape[1], device=h.device).unsqueeze(0)), v)
         scale = (self.sigma * self.log_scale.exp())[tensor].unsqueeze(1)
-        out = self.mu[tensor].unsqueeze(1) + scale * out
+        if anchor is None:
+            out = self.mu[tensor].unsqueeze(1) + scale * out
+        else:
+            out = scale * out
         if self.config.fan_in_scaling:
             w_in = cont[:, CONTINUOUS.index("w_in")].clamp_min(1e-6)
             div = torch.where(self.is_weight.to(tensor.device)[tensor], w_in, torch.ones_like(w_in))
             out = out / div.unsqueeze(1)
+        if anchor is not None:
+            out = anchor + out
         mask = torch.arange(self.taps_max, device=h.device).unsqueeze(0) < torch.as_tensor(
             self.taps, device=h.device)[tensor].unsqueeze(1)
         return out * mask
@@ -207,7 +243,78 @@ class NeuMeta(nn.Module):
             spacing = self._spacing(c).to(dev)
             jitter = (torch.rand(cont.shape[0], 2, generator=generator) * 2 - 1).to(dev)
             cont[:, :2] = (cont[:, :2] + jitter * spacing * coord_noise / 2).clamp(0.0, 1.0)
-        return c, cont, self(c.tensor.to(dev), cont)
+        return c, cont, self(c.tensor.to(dev), cont, self.anchor_values(c, cont))
+
+    # ------------------------------------------------------------ anchors
+    def _init_anchor(self, base_state: dict[str, torch.Tensor] | None) -> None:
+        """Buffers of an anchored hypernetwork: the base's rows and its units' L1 scores (zeros until loaded)."""
+        full = self.coords(1.0)
+        groups = self.base_space.spec.groups
+        rows = torch.zeros(full.offsets[-1], self.taps_max)
+        scores = torch.zeros(sum(g.size for g in groups))
+        if base_state is not None:
+            rows, _ = target_rows(base_state, full, self.taps_max)
+            by_group = unit_scores(self.base_space, {k: v for k, v in base_state.items()})
+            scores = torch.cat([by_group[g.id].float() for g in groups])
+        self.register_buffer("anchor_rows", rows)
+        self.register_buffer("anchor_scores", scores)
+        with torch.no_grad():  # a fresh anchored hypernetwork generates its anchor exactly
+            for head in self.heads:
+                head.weight.zero_()
+                head.bias.zero_()
+
+    def anchor_values(self, coords: NetCoords, cont: torch.Tensor) -> torch.Tensor | None:
+        """``(R, taps_max)`` anchor of each row of ``coords`` (``cont`` as jittered); ``None`` when not anchored.
+
+        ``prune``: row ``(o, i)`` of a member reads the base at its ``o``-th and ``i``-th kept
+        units (highest L1 score per group, in the base's order; jitter is ignored), unscaled,
+        so a fresh hypernetwork generates exactly the pruned base. ``interp``: the base
+        interpolated bilinearly at the (jittered) positions, weights divided by ``w_in``
+        with fan-in scaling (:mod:`wsl.hyper.interp`).
+        """
+        mode = self.config.anchor
+        if mode == "none":
+            return None
+        dev = self.anchor_rows.device
+        if mode == "prune":
+            widths = tuple(lay.shape for lay in coords.layouts)
+            if widths not in self._anchor_index:
+                self._anchor_index[widths] = self._prune_index(coords)
+            return self.anchor_rows[self._anchor_index[widths].to(dev)]
+        full = self.coords(1.0)
+        goal = interpolation_target(coords, cont, full, self.anchor_rows)
+        if self.config.fan_in_scaling:
+            w_in = cont[:, CONTINUOUS.index("w_in")].clamp_min(1e-6).to(dev)
+            weight = self.is_weight.to(dev)[coords.tensor.to(dev)]
+            goal = goal / torch.where(weight, w_in, torch.ones_like(w_in)).unsqueeze(1)
+        return goal
+
+    def _prune_index(self, coords: NetCoords) -> torch.Tensor:
+        """``(R,)`` full-width row of each of ``coords``' rows under the pruning map (kept units per group)."""
+        groups = self.base_space.spec.groups
+        if len(coords.group_sizes) != len(groups):
+            raise SpaceMismatchError("NeuMeta: coordinates without group sizes; build them with network_coords")
+        starts = [0]
+        for g in groups:
+            starts.append(starts[-1] + g.size)
+        scores = {g.id: self.anchor_scores[starts[g.id]:starts[g.id + 1]].detach().cpu() for g in groups}
+        sizes = {g.id: n for g, n in zip(groups, coords.group_sizes) if n != g.size}
+        keep = kept_units(self.base_space, None, sizes, scores)
+        full = self.coords(1.0)
+        parts = []
+        for k, (lay, lay0) in enumerate(zip(coords.layouts, full.layouts)):
+            def kept(g: int | None) -> torch.Tensor:
+                if g is None:
+                    return torch.zeros(1, dtype=torch.long)
+                return keep.get(g, torch.arange(groups[g].size))
+            ko, ki = kept(lay.out_group), kept(lay.in_group)
+            n0_in = groups[lay0.in_group].size if lay0.in_group is not None else 1
+            idx = full.offsets[k] + ko[:, None] * n0_in + ki[None, :]
+            if idx.numel() != coords.offsets[k + 1] - coords.offsets[k]:
+                raise SpaceMismatchError(f"NeuMeta: tensor {lay.name} has {coords.offsets[k + 1] - coords.offsets[k]}"
+                                         f" rows but its kept units give {idx.numel()}")
+            parts.append(idx.reshape(-1))
+        return torch.cat(parts)
 
     def _spacing(self, c: NetCoords) -> torch.Tensor:
         """``(R, 2)``: ``1 / (size - 1)`` of the output and input groups (0 for a single unit)."""

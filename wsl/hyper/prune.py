@@ -19,9 +19,16 @@ from wsl.hyper.smooth import unit_features
 from wsl.space import WeightSpace
 
 
-def kept_units(space: WeightSpace, state: dict[str, torch.Tensor], sizes: dict[int, int]) -> dict[int, torch.Tensor]:
+def unit_scores(space: WeightSpace, state: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """``{group: (size,) L1 score}`` of every unit of every group (the pruning criterion)."""
+    return {g.id: unit_features(space, state, g.id).abs().sum(1) for g in space.spec.groups}
+
+
+def kept_units(space: WeightSpace, state: dict[str, torch.Tensor] | None, sizes: dict[int, int],
+               scores: dict[int, torch.Tensor] | None = None) -> dict[int, torch.Tensor]:
     """``{group: sorted kept unit indices}`` by L1 score, ``sizes[g]`` units per group.
 
+    The scores are computed from ``state`` unless given (``scores``, from :func:`unit_scores`).
     Nested groups (attention heads): a head group keeps its ``n`` heads of highest
     summed score over the units of every group nested in it; a nested group keeps,
     inside each kept head (in the head's new place), its ``d'`` best units, so the
@@ -29,6 +36,9 @@ def kept_units(space: WeightSpace, state: dict[str, torch.Tensor], sizes: dict[i
     """
     groups = space.spec.groups
     def score(g: int) -> torch.Tensor:
+        if scores is not None:
+            return scores[g]
+        assert state is not None
         return unit_features(space, state, g).abs().sum(1)
 
     keep = {}

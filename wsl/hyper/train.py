@@ -101,6 +101,9 @@ class HyperTrainConfig:
     widths_per_step: int = 1
     rec_rows: int = 0
     interp_weight: float = 0.0
+    optimizer: str = "adamw"
+    """``adamw`` or ``sgd`` (with ``momentum``): see the module docstring on anchored fits."""
+    momentum: float = 0.9
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -109,6 +112,9 @@ class HyperTrainConfig:
                 or not self.interp_weight >= 0:
             raise ConfigError("hyper.train: steps >= 0, batch >= 1, lr > 0, weight_decay >= 0, rec_weight >= 0, "
                               f"task_weight >= 0, kd_weight >= 0, kd_temperature > 0, interp_weight >= 0 required; got {self}")
+        if self.optimizer not in ("adamw", "sgd") or not 0 <= self.momentum < 1:
+            raise ConfigError(f"hyper.train: optimizer must be 'adamw' or 'sgd' and momentum in [0, 1); got "
+                              f"{self.optimizer!r}, {self.momentum!r}")
         if not isinstance(self.widths_per_step, int) or not 1 <= self.widths_per_step <= 64:
             raise ConfigError(f"hyper.train.widths_per_step: expected an int in [1, 64], got {self.widths_per_step!r}")
         if not isinstance(self.rec_rows, int) or self.rec_rows < 0:
@@ -167,13 +173,18 @@ def train_neumeta(hyper: NeuMeta, base_state: dict[str, torch.Tensor], x: torch.
         teacher = hyper.family.build(1.0).to(dev)
         teacher.load_state_dict({k: v.detach() for k, v in base_state.items()})
         teacher.eval()
-    opt = torch.optim.AdamW(hyper.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(hyper.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                                     weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(hyper.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if optimizer_state is not None:
         opt.load_state_dict(optimizer_state)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, (s + start_step) / max(1, cfg.steps)))))
     history = []
     hyper.train()
+    anchor_full = hyper.anchor_values(full, full.cont.to(dev))  # anchored hypernetworks: the base rows
     mine = range(rank, cfg.widths_per_step, world)
     for step in range(start_step, cfg.steps):
         loss = torch.zeros((), device=dev)
@@ -182,10 +193,11 @@ def train_neumeta(hyper: NeuMeta, base_state: dict[str, torch.Tensor], x: torch.
             n_rows = full.tensor.shape[0]
             if 0 < cfg.rec_rows < n_rows:  # an unbiased estimate from a random subset of rows
                 rows = torch.randperm(n_rows, generator=_draw_generator(cfg, step, 127))[:cfg.rec_rows].to(dev)
-                pred = hyper(full.tensor.to(dev)[rows], full.cont.to(dev)[rows])
+                pred = hyper(full.tensor.to(dev)[rows], full.cont.to(dev)[rows],
+                             None if anchor_full is None else anchor_full[rows])
                 rec = ((pred - target[rows]) ** 2 * weights[rows]).sum() * (n_rows / cfg.rec_rows)
             else:
-                pred = hyper(full.tensor.to(dev), full.cont.to(dev))
+                pred = hyper(full.tensor.to(dev), full.cont.to(dev), anchor_full)
                 rec = ((pred - target) ** 2 * weights).sum()
             loss = loss + cfg.rec_weight * rec / world
             rec_v = float(rec.detach())
