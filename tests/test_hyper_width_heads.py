@@ -298,3 +298,38 @@ def test_pruning_removes_whole_heads_or_units_inside_heads():
     keep = kept_units(space, net.state_dict(), {qk: 8})  # within each of the 4 heads, its 2 best units
     assert [k // 4 for k in keep[qk].tolist()] == [0, 0, 1, 1, 2, 2, 3, 3]
     assert prune(net, 0.5, "dim").state_dict()["vit.encoder.layer.0.attention.attention.query.weight"].shape == (8, 16)
+
+
+@pytest.mark.parametrize("mode", ["count", "dim", "both"])
+def test_jitter_of_nested_axes_uses_head_and_within_head_spacing(mode):
+    """Training jitter: a head position moves by at most half the heads' spacing x coord_noise, a within-head
+    position by at most half the within-head spacing x coord_noise; axes without heads keep v = 1/2."""
+    from wsl.hyper.neumeta import NeuMeta, NeuMetaConfig
+
+    base = _vit()
+    hyper = NeuMeta(NeuMetaConfig(arch=base.wsl_arch, hidden=8, blocks=1, family_heads=mode), base.state_dict())
+    groups = hyper.base_space.spec.groups
+    for r in (0.5, 1.0):
+        c = hyper.coords(r)
+        _, cont, _ = hyper.generate_rows(r, coord_noise=1.0, generator=torch.Generator().manual_seed(1))
+        moved = (cont - c.cont).abs()
+        for k, lay in enumerate(c.layouts):
+            rows = slice(c.offsets[k], c.offsets[k + 1])
+            for col, g in ((0, lay.out_group), (1, lay.in_group)):
+                if g is None:
+                    assert moved[rows, col].max() == 0 and moved[rows, col + 4].max() == 0
+                    continue
+                p = groups[g].parent
+                n_u = c.group_sizes[g] if p is None else c.group_sizes[p]
+                gap_u = 1 / (n_u - 1) if n_u > 1 else 0.0
+                assert moved[rows, col].max() <= gap_u / 2 + 1e-6
+                if p is None:
+                    assert moved[rows, col + 4].max() == 0
+                else:
+                    d = c.group_sizes[g] // c.group_sizes[p]
+                    gap_v = 1 / (d - 1) if d > 1 else 0.0
+                    assert moved[rows, col + 4].max() <= gap_v / 2 + 1e-6
+                    if d > 1 and c.offsets[k + 1] - c.offsets[k] >= 32:  # within-head positions are jittered
+                        assert moved[rows, col + 4].max() > 0
+                    if n_u > 1 and c.group_sizes[g] > 2 and c.offsets[k + 1] - c.offsets[k] >= 32:
+                        assert moved[rows, col].max() > 1 / (c.group_sizes[g] - 1) / 2  # heads' spacing, not flat

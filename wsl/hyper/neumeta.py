@@ -227,7 +227,11 @@ class NeuMeta(nn.Module):
 
         ``coord_noise`` jitters the unit positions ``u_out, u_in`` (only those) by
         ``U(-a, a)`` with ``a = coord_noise / (2 (size - 1))``: a fraction of half
-        the spacing between neighbouring units.
+        the spacing between neighbouring units. On nested (head) axes ``u`` is the
+        head's position, jittered by the spacing of the heads (``size`` = number of
+        heads), and the within-head positions ``v_out, v_in`` by the spacing of the
+        units inside a head (drawn after ``u``'s, so networks without heads draw
+        exactly as before).
         """
         c, _, values = self.generate_rows(ratio, coord_noise, generator)
         return c.split(values)
@@ -242,7 +246,10 @@ class NeuMeta(nn.Module):
             cont = cont.clone()
             spacing = self._spacing(c).to(dev)
             jitter = (torch.rand(cont.shape[0], 2, generator=generator) * 2 - 1).to(dev)
-            cont[:, :2] = (cont[:, :2] + jitter * spacing * coord_noise / 2).clamp(0.0, 1.0)
+            cont[:, :2] = (cont[:, :2] + jitter * spacing[:, :2] * coord_noise / 2).clamp(0.0, 1.0)
+            if cont.shape[1] > len(CONTINUOUS):  # nested axes: within-head positions v_out, v_in
+                jitter = (torch.rand(cont.shape[0], 2, generator=generator) * 2 - 1).to(dev)
+                cont[:, 4:6] = (cont[:, 4:6] + jitter * spacing[:, 2:] * coord_noise / 2).clamp(0.0, 1.0)
         return c, cont, self(c.tensor.to(dev), cont, self.anchor_values(c, cont))
 
     # ------------------------------------------------------------ anchors
@@ -317,14 +324,29 @@ class NeuMeta(nn.Module):
         return torch.cat(parts)
 
     def _spacing(self, c: NetCoords) -> torch.Tensor:
-        """``(R, 2)``: ``1 / (size - 1)`` of the output and input groups (0 for a single unit)."""
-        out = torch.zeros(c.offsets[-1], 2)
+        """``(R, 4)``: spacing ``1 / (n - 1)`` of the output and input positions ``u`` (n = the group's units,
+        or its heads on a nested axis) and of the within-head positions ``v`` (n = units per head;
+        0 on axes without heads); 0 for a level of one."""
+        groups = self.base_space.spec.groups
+        if len(c.group_sizes) != len(groups):
+            raise SpaceMismatchError("NeuMeta: coordinates without group sizes; build them with network_coords")
+        sizes = c.group_sizes
+
+        def gap(n: int) -> float:
+            return 1.0 / (n - 1) if n > 1 else 0.0
+
+        def axis(g: int | None) -> tuple[float, float]:
+            if g is None:
+                return 0.0, 0.0
+            p = groups[g].parent
+            if p is None:
+                return gap(sizes[g]), 0.0
+            return gap(sizes[p]), gap(sizes[g] // sizes[p])
+
+        out = torch.zeros(c.offsets[-1], 4)
         for k, lay in enumerate(c.layouts):
-            a, b = c.offsets[k], c.offsets[k + 1]
-            n_out = lay.shape[0] if lay.out_group is not None else 1
-            n_in = lay.shape[1] if lay.in_group is not None else 1
-            out[a:b, 0] = 1.0 / (n_out - 1) if n_out > 1 else 0.0
-            out[a:b, 1] = 1.0 / (n_in - 1) if n_in > 1 else 0.0
+            (uo, vo), (ui, vi) = axis(lay.out_group), axis(lay.in_group)
+            out[c.offsets[k]:c.offsets[k + 1]] = torch.tensor([uo, ui, vo, vi])
         return out
 
     @torch.no_grad()
