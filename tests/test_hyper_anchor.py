@@ -131,3 +131,12 @@ def test_sgd_option_and_its_errors():
         HyperTrainConfig(optimizer="adam")
     with pytest.raises(ConfigError, match="momentum"):
         HyperTrainConfig(optimizer="sgd", momentum=1.0)
+
+
+@pytest.mark.parametrize("bad,match", [({"lr": "3e-4"}, "lr: expected a number, got '3e-4' .*3.0e-4"),
+                                       ({"steps": 2.5}, "steps: expected an int"),
+                                       ({"kd_weight": True}, "kd_weight: expected a number")])
+def test_train_config_types_are_checked(bad, match):
+    """A YAML string where a number belongs is a one-line ConfigError, not an internal TypeError."""
+    with pytest.raises(ConfigError, match=match):
+        HyperTrainConfig(**bad)

@@ -37,7 +37,7 @@ on the family member built once per width, so gradients flow into NeuMeta.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable
 
 import torch
@@ -107,6 +107,15 @@ class HyperTrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "optimizer":
+                continue
+            want_int = f.type in ("int", int)
+            if isinstance(v, bool) or not isinstance(v, int if want_int else (int, float)):
+                hint = " (YAML reads 3e-4 as a string: write 3.0e-4)" if isinstance(v, str) else ""
+                raise ConfigError(f"hyper.train.{f.name}: expected {'an int' if want_int else 'a number'}, "
+                                  f"got {v!r}{hint}")
         if self.steps < 0 or self.batch < 1 or self.lr <= 0 or self.weight_decay < 0 or self.rec_weight < 0 \
                 or self.task_weight < 0 or self.kd_weight < 0 or self.kd_temperature <= 0 \
                 or not self.interp_weight >= 0:
