@@ -72,7 +72,7 @@ def test_fresh_interp_anchor_is_the_interpolated_base():
     full = hyper.coords(1.0)
     for r in (0.5, 0.875):
         c = hyper.coords(r)
-        want = interpolation_target(c, c.cont, full, hyper.anchor_rows)
+        want = interpolation_target(c, c.cont, full, hyper.anchor_rows())
         w_in = c.cont[:, 3:4]
         want = torch.where(hyper.is_weight[c.tensor].unsqueeze(1), want / w_in, want)
         got, want = hyper.generate(r), c.split(want)
@@ -102,6 +102,10 @@ def test_anchored_fit_moves_narrow_members_and_round_trips(tmp_path):
     save_hyper(hyper, tmp_path / "hyper.safetensors")
     back = load_hyper(tmp_path)
     assert back.config.anchor == "prune"
+    plain = NeuMeta(NeuMetaConfig(arch=base.wsl_arch, hidden=16, blocks=1), base.state_dict())
+    n_base = sum(v.numel() for v in base.state_dict().values())
+    n_scores = sum(g.size for g in hyper.base_space.spec.groups)
+    assert hyper.num_bytes() == plain.num_bytes() + 4 * (n_base + n_scores)  # the anchor costs the base, not padding
     torch.testing.assert_close(back.sample(0.5)(x), after, atol=0, rtol=0)
 
 

@@ -254,17 +254,22 @@ class NeuMeta(nn.Module):
 
     # ------------------------------------------------------------ anchors
     def _init_anchor(self, base_state: dict[str, torch.Tensor] | None) -> None:
-        """Buffers of an anchored hypernetwork: the base's rows and its units' L1 scores (zeros until loaded)."""
+        """Buffers of an anchored hypernetwork (zeros until loaded): the base's generated tensors, flat
+        (``anchor_flat``, exactly the base's size: rows padded to the widest kernel are only cached), and
+        its units' L1 scores."""
         full = self.coords(1.0)
         groups = self.base_space.spec.groups
-        rows = torch.zeros(full.offsets[-1], self.taps_max)
+        flat = torch.zeros(sum(lay.rows * lay.taps for lay in full.layouts))
         scores = torch.zeros(sum(g.size for g in groups))
         if base_state is not None:
-            rows, _ = target_rows(base_state, full, self.taps_max)
+            rows, mask = target_rows(base_state, full, self.taps_max)
+            flat = rows[mask]
             by_group = unit_scores(self.base_space, {k: v for k, v in base_state.items()})
             scores = torch.cat([by_group[g.id].float() for g in groups])
-        self.register_buffer("anchor_rows", rows)
+        self.register_buffer("anchor_flat", flat)
         self.register_buffer("anchor_scores", scores)
+        self._anchor_rows: torch.Tensor | None = None
+        self.register_load_state_dict_post_hook(_forget_anchor_rows)
         with torch.no_grad():  # a fresh anchored hypernetwork generates its anchor exactly
             for head in self.heads:
                 head.weight.zero_()
@@ -282,19 +287,31 @@ class NeuMeta(nn.Module):
         mode = self.config.anchor
         if mode == "none":
             return None
-        dev = self.anchor_rows.device
+        dev = self.anchor_flat.device
+        rows = self.anchor_rows()
         if mode == "prune":
             widths = tuple(lay.shape for lay in coords.layouts)
             if widths not in self._anchor_index:
                 self._anchor_index[widths] = self._prune_index(coords)
-            return self.anchor_rows[self._anchor_index[widths].to(dev)]
+            return rows[self._anchor_index[widths].to(dev)]
         full = self.coords(1.0)
-        goal = interpolation_target(coords, cont, full, self.anchor_rows)
+        goal = interpolation_target(coords, cont, full, rows)
         if self.config.fan_in_scaling:
             w_in = cont[:, CONTINUOUS.index("w_in")].clamp_min(1e-6).to(dev)
             weight = self.is_weight.to(dev)[coords.tensor.to(dev)]
             goal = goal / torch.where(weight, w_in, torch.ones_like(w_in)).unsqueeze(1)
         return goal
+
+    def anchor_rows(self) -> torch.Tensor:
+        """``(R_full, taps_max)``: the anchor (base) as full-width coordinate rows (cached, rebuilt on load)."""
+        flat = self.anchor_flat
+        if self._anchor_rows is None or self._anchor_rows.device != flat.device:
+            full = self.coords(1.0)
+            mask = torch.arange(self.taps_max).unsqueeze(0) < torch.as_tensor(self.taps)[full.tensor].unsqueeze(1)
+            rows = torch.zeros(full.offsets[-1], self.taps_max, device=flat.device)
+            rows[mask.to(flat.device)] = flat
+            self._anchor_rows = rows
+        return self._anchor_rows
 
     def _prune_index(self, coords: NetCoords) -> torch.Tensor:
         """``(R,)`` full-width row of each of ``coords``' rows under the pruning map (kept units per group)."""
@@ -397,6 +414,11 @@ class NeuMeta(nn.Module):
     def config_dict(self) -> dict[str, Any]:
         """The JSON config that rebuilds this hypernetwork (weights aside)."""
         return asdict(self.config)
+
+
+def _forget_anchor_rows(module: NeuMeta, incompatible_keys: Any) -> None:
+    """After ``load_state_dict``: the cached padded anchor rows are rebuilt from the loaded ``anchor_flat``."""
+    module._anchor_rows = None
 
 
 @torch.no_grad()

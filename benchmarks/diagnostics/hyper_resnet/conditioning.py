@@ -7,6 +7,8 @@ steps on the task loss of the 7/8-width member only and print the loss every 5 s
     PYTHONPATH=. python benchmarks/diagnostics/hyper_resnet/conditioning.py 0.875 1e-4 adam
     PYTHONPATH=. python benchmarks/diagnostics/hyper_resnet/conditioning.py 0.875 1e-3 sgd
     ... [FREEZE]  comma-separated parameter-name fragments kept fixed (e.g. "inp,body")
+    PYTHONPATH=. python benchmarks/diagnostics/hyper_resnet/conditioning.py 0.875 1e-3 direct-adam
+        (reference: the same member's weights, the pruned base, optimised directly, i.e. a fine-tune)
 
 Uses the base and smoothed state cached by common.py ($WSL_DIAG_DIR, default runs/diag_hyper_resnet).
 """
@@ -25,12 +27,17 @@ cfg, data, base, state, hyper = setup(model_over={"anchor": "prune"})
 stats = {t.name for t in hyper.base_space.spec.tensors if t.buffer}
 member = hyper.family.build(ratio).train()
 xb, yb = data.x_train[:512], data.y_train[:512]
-params = [p for n, p in hyper.named_parameters() if not any(f in n for f in freeze)]
-opt = torch.optim.Adam(params, lr=lr) if kind == "adam" else torch.optim.SGD(params, lr=lr)
+direct = kind.startswith("direct-")
+if direct:  # the generated (= pruned) weights themselves as the parameters
+    weights = {k: v.detach().clone().requires_grad_() for k, v in hyper.generate(ratio).items() if k not in stats}
+    params = list(weights.values())
+else:
+    params = [p for n, p in hyper.named_parameters() if not any(f in n for f in freeze)]
+opt = torch.optim.Adam(params, lr=lr) if kind.endswith("adam") else torch.optim.SGD(params, lr=lr)
 
 
 def loss() -> torch.Tensor:
-    st = {k: v for k, v in hyper.generate(ratio).items() if k not in stats}
+    st = weights if direct else {k: v for k, v in hyper.generate(ratio).items() if k not in stats}
     return F.cross_entropy(functional_call(member, st, (xb,)), yb)
 
 
