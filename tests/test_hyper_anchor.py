@@ -144,3 +144,24 @@ def test_train_config_types_are_checked(bad, match):
     """A YAML string where a number belongs is a one-line ConfigError, not an internal TypeError."""
     with pytest.raises(ConfigError, match=match):
         HyperTrainConfig(**bad)
+
+
+def test_anchor_weight_pulls_narrow_members_to_their_anchor():
+    """With a large anchor_weight the fitted narrow member stays closer to its pruned start than without."""
+    torch.manual_seed(0)
+    base = _randomised(mlp([6, 12, 12, 3]), 8)
+    x = torch.randn(256, 6, generator=torch.Generator().manual_seed(4))
+    y = base(x).argmax(1)
+    dist = {}
+    for w in (0.0, 1000.0):
+        torch.manual_seed(0)
+        hyper = NeuMeta(NeuMetaConfig(arch=base.wsl_arch, hidden=16, blocks=1, anchor="prune"), base.state_dict())
+        train_neumeta(hyper, base.state_dict(), x, y,
+                      HyperTrainConfig(steps=30, batch=64, lr=3e-3, kd_weight=1.0, anchor_weight=w))
+        c = hyper.coords(0.5)
+        _, _, values = hyper.generate_rows(0.5)
+        dist[w] = float((values.detach() - hyper.anchor_values(c, c.cont)).abs().max())
+    assert dist[1000.0] < 0.5 * dist[0.0]
+    plain = NeuMeta(NeuMetaConfig(arch=base.wsl_arch, hidden=16, blocks=1), base.state_dict())
+    with pytest.raises(ConfigError, match="anchored"):
+        train_neumeta(plain, base.state_dict(), x, y, HyperTrainConfig(steps=1, anchor_weight=1.0))

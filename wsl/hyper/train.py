@@ -9,6 +9,8 @@ NeuMeta step (one optimiser step)::
             + lambda_kd T^2 KL(softmax(f(x_j; W_base)/T) || softmax(f(x_j; W_j)/T))   distillation
             + lambda_interp mean_k ||W_j[k] - I_j[k]||^2 / sigma_k^2   narrow r_j only (wsl.hyper.interp):
               I_j = the base bilinearly interpolated at W_j's own (jittered) unit positions
+            + lambda_anchor mean_k ||W_j[k] - A_j[k]||^2 / sigma_k^2   narrow r_j, anchored hypernetworks:
+              A_j = the anchor (the pruned or interpolated base, NeuMeta.anchor_values)
     L = mean_j L_j
       + lambda_rec * mean_k ||W_1[k] - W_base[k]||^2 / sigma_k^2   at full width, no noise
       (+ weight decay via AdamW)
@@ -17,6 +19,14 @@ Without the interpolation term (``interp_weight = 0``, the default) nothing but 
 and distillation losses constrains a narrow member; on the digits ResNet (BatchNorm) those
 alone collapse the generated network to a constant output (README §8, issue 20), so its
 config sets ``interp_weight``.
+
+Why they collapse (measured, ``benchmarks/diagnostics/hyper_resnet/conditioning.py``): the
+task gradient through the generator is correct (plain SGD lowers the loss), but an Adam step
+on the generator's parameters moves every generated weight coherently, and the loss of the
+very member being trained rises (7/8-width ResNet, one fixed batch, 40 full-batch Adam steps
+at lr 1e-4: CE 0.37 -> 1.03, while Adam on the member's own weights takes it to 0.002).
+Weight-space targets (reconstruction, interpolation, anchors) are well conditioned; hence
+anchored hypernetworks (``model.anchor``) with a small learning rate, and ``anchor_weight``.
 
 With ``rec_rows > 0`` the reconstruction term is estimated each step from that
 many random coordinate rows (scaled to stay unbiased), which makes a step on a
@@ -101,6 +111,7 @@ class HyperTrainConfig:
     widths_per_step: int = 1
     rec_rows: int = 0
     interp_weight: float = 0.0
+    anchor_weight: float = 0.0
     optimizer: str = "adamw"
     """``adamw`` or ``sgd`` (with ``momentum``): see the module docstring on anchored fits."""
     momentum: float = 0.9
@@ -118,9 +129,9 @@ class HyperTrainConfig:
                                   f"got {v!r}{hint}")
         if self.steps < 0 or self.batch < 1 or self.lr <= 0 or self.weight_decay < 0 or self.rec_weight < 0 \
                 or self.task_weight < 0 or self.kd_weight < 0 or self.kd_temperature <= 0 \
-                or not self.interp_weight >= 0:
+                or not self.interp_weight >= 0 or not self.anchor_weight >= 0:
             raise ConfigError("hyper.train: steps >= 0, batch >= 1, lr > 0, weight_decay >= 0, rec_weight >= 0, "
-                              f"task_weight >= 0, kd_weight >= 0, kd_temperature > 0, interp_weight >= 0 required; got {self}")
+                              f"task_weight >= 0, kd_weight >= 0, kd_temperature > 0, interp_weight >= 0, anchor_weight >= 0 required; got {self}")
         if self.optimizer not in ("adamw", "sgd") or not 0 <= self.momentum < 1:
             raise ConfigError(f"hyper.train: optimizer must be 'adamw' or 'sgd' and momentum in [0, 1); got "
                               f"{self.optimizer!r}, {self.momentum!r}")
@@ -164,6 +175,8 @@ def train_neumeta(hyper: NeuMeta, base_state: dict[str, torch.Tensor], x: torch.
     if cfg.widths_per_step % world:
         raise ConfigError(f"hyper.train.widths_per_step={cfg.widths_per_step} must be a multiple of the "
                           f"number of processes ({world})")
+    if cfg.anchor_weight > 0 and hyper.config.anchor == "none":
+        raise ConfigError("hyper.train.anchor_weight > 0 needs an anchored hypernetwork (model.anchor: prune or interp)")
     dev = hyper.mu.device
     x, y = x.to(dev), y.to(dev)
     full = hyper.coords(1.0)
@@ -225,6 +238,9 @@ def train_neumeta(hyper: NeuMeta, base_state: dict[str, torch.Tensor], x: torch.
                 interp = _interp_loss(hyper, coords, cont, values, full, target)
                 loss = loss + cfg.interp_weight * interp / cfg.widths_per_step
                 interp_v = float(interp.detach())
+            if cfg.anchor_weight > 0 and widths != full_widths:
+                pull = _normalised_mse(hyper, coords, values, hyper.anchor_values(coords, cont))
+                loss = loss + cfg.anchor_weight * pull / cfg.widths_per_step
             state = {k: v for k, v in state.items() if k not in statistics}  # generated ones learn by reconstruction
             idx = torch.randint(0, len(y), (cfg.batch,), generator=gen).to(dev)
             logits = functional_call(modules[widths], state, (x[idx],))
@@ -265,6 +281,13 @@ def _interp_loss(hyper: NeuMeta, coords: NetCoords, cont: torch.Tensor, values: 
     if hyper.config.fan_in_scaling:  # the generated weights are divided by w_in; so is their target
         w_in = cont[:, CONTINUOUS.index("w_in")].clamp_min(1e-6)
         goal = goal / torch.where(hyper.is_weight.to(dev)[tensor], w_in, torch.ones_like(w_in)).unsqueeze(1)
+    return _normalised_mse(hyper, coords, values, goal)
+
+
+def _normalised_mse(hyper: NeuMeta, coords: NetCoords, values: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+    """``mean_k ||values[k] - goal[k]||^2 / sigma_k^2`` over a member's tensors (entries of a tensor averaged)."""
+    dev = values.device
+    tensor = coords.tensor.to(dev)
     per_row = torch.zeros(values.shape[0], device=dev)
     for k, lay in enumerate(coords.layouts):
         per_row[coords.offsets[k]:coords.offsets[k + 1]] = 1.0 / (len(coords.layouts) * lay.rows * lay.taps)
