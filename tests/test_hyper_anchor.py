@@ -165,3 +165,17 @@ def test_anchor_weight_pulls_narrow_members_to_their_anchor():
     plain = NeuMeta(NeuMetaConfig(arch=base.wsl_arch, hidden=16, blocks=1), base.state_dict())
     with pytest.raises(ConfigError, match="anchored"):
         train_neumeta(plain, base.state_dict(), x, y, HyperTrainConfig(steps=1, anchor_weight=1.0))
+
+
+@pytest.mark.parametrize("mode", ["count", "dim", "both"])
+def test_fresh_prune_anchor_of_a_vit_is_its_head_aware_pruning(mode):
+    """Nested groups: the anchor keeps whole heads (count) or the best units inside every head (dim), like prune."""
+    from wsl.archs import vit_tiny
+
+    base = _randomised(vit_tiny(image_size=8, patch_size=2, num_channels=1, hidden=16, layers=2, heads=4, mlp=24,
+                                num_classes=5), 9)
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(9))
+    hyper = NeuMeta(NeuMetaConfig(arch=base.wsl_arch, hidden=8, blocks=1, anchor="prune", family_heads=mode),
+                    base.state_dict())
+    for r in (0.25, 0.5, 0.75, 1.0):
+        torch.testing.assert_close(hyper.sample(r)(x), prune(base, r, mode)(x), atol=1e-4, rtol=1e-4)

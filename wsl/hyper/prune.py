@@ -20,8 +20,17 @@ from wsl.space import WeightSpace
 
 
 def unit_scores(space: WeightSpace, state: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
-    """``{group: (size,) L1 score}`` of every unit of every group (the pruning criterion)."""
-    return {g.id: unit_features(space, state, g.id).abs().sum(1) for g in space.spec.groups}
+    """``{group: (size,) L1 score}`` of every unit of every group (the pruning criterion).
+
+    A group that indexes no tensor itself (a head group: its heads are scored through the
+    groups nested in it, see :func:`kept_units`) gets zeros.
+    """
+    def indexes(gid: int) -> bool:
+        return any(f[0] == gid for t in space.spec.tensors if t.name in state
+                   for ax in t.axes for seg in ax for f in seg)
+
+    return {g.id: unit_features(space, state, g.id).abs().sum(1) if indexes(g.id) else torch.zeros(g.size)
+            for g in space.spec.groups}
 
 
 def kept_units(space: WeightSpace, state: dict[str, torch.Tensor] | None, sizes: dict[int, int],
