@@ -177,5 +177,9 @@ def test_fresh_prune_anchor_of_a_vit_is_its_head_aware_pruning(mode):
     x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(9))
     hyper = NeuMeta(NeuMetaConfig(arch=base.wsl_arch, hidden=8, blocks=1, anchor="prune", family_heads=mode),
                     base.state_dict())
-    for r in (0.25, 0.5, 0.75, 1.0):
+    ratios = (0.25, 0.5, 0.75, 1.0) if mode != "both" else ({"heads": 0.5}, {"head_dim": 0.5}, 0.5, 1.0)
+    for r in ratios:  # "both": 2 heads of 4 units vs 4 heads of 2 have the same shapes but keep different units
         torch.testing.assert_close(hyper.sample(r)(x), prune(base, r, mode)(x), atol=1e-4, rtol=1e-4)
+    if mode == "count":
+        with pytest.raises(ConfigError, match="interp"):
+            NeuMeta(NeuMetaConfig(arch=base.wsl_arch, hidden=8, blocks=1, anchor="interp"), base.state_dict())

@@ -257,6 +257,9 @@ class NeuMeta(nn.Module):
         """Buffers of an anchored hypernetwork (zeros until loaded): the base's generated tensors, flat
         (``anchor_flat``, exactly the base's size: rows padded to the widest kernel are only cached), and
         its units' L1 scores."""
+        if self.config.anchor == "interp" and self.columns > len(CONTINUOUS):
+            raise ConfigError("hyper.model.anchor: 'interp' reads positions inside one flat group; networks with "
+                              "attention heads take anchor: prune")
         full = self.coords(1.0)
         groups = self.base_space.spec.groups
         flat = torch.zeros(sum(lay.rows * lay.taps for lay in full.layouts))
@@ -290,10 +293,10 @@ class NeuMeta(nn.Module):
         dev = self.anchor_flat.device
         rows = self.anchor_rows()
         if mode == "prune":
-            widths = tuple(lay.shape for lay in coords.layouts)
-            if widths not in self._anchor_index:
-                self._anchor_index[widths] = self._prune_index(coords)
-            return rows[self._anchor_index[widths].to(dev)]
+            key = coords.group_sizes  # every group's size: 2 heads of 8 and 4 heads of 4 are different members
+            if key not in self._anchor_index:
+                self._anchor_index[key] = self._prune_index(coords)
+            return rows[self._anchor_index[key].to(dev)]
         full = self.coords(1.0)
         goal = interpolation_target(coords, cont, full, rows)
         if self.config.fan_in_scaling:
