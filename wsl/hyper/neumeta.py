@@ -217,9 +217,12 @@ class NeuMeta(nn.Module):
             out = out / div.unsqueeze(1)
         if anchor is not None:
             out = anchor + out
-        mask = torch.arange(self.taps_max, device=h.device).unsqueeze(0) < torch.as_tensor(
-            self.taps, device=h.device)[tensor].unsqueeze(1)
-        return out * mask
+        return out * self.taps_mask(tensor)
+
+    def taps_mask(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``(R, taps_max)`` bool: which of a row's output slots its tensor uses (its first ``taps``)."""
+        taps = torch.as_tensor(self.taps, device=tensor.device)[tensor]
+        return torch.arange(self.taps_max, device=tensor.device).unsqueeze(0) < taps.unsqueeze(1)
 
     def generate(self, ratio: Ratio = 1.0, coord_noise: float = 0.0,
                  generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
@@ -267,7 +270,7 @@ class NeuMeta(nn.Module):
         if base_state is not None:
             rows, mask = target_rows(base_state, full, self.taps_max)
             flat = rows[mask]
-            by_group = unit_scores(self.base_space, {k: v for k, v in base_state.items()})
+            by_group = unit_scores(self.base_space, base_state)
             scores = torch.cat([by_group[g.id].float() for g in groups])
         self.register_buffer("anchor_flat", flat)
         self.register_buffer("anchor_scores", scores)
@@ -297,8 +300,13 @@ class NeuMeta(nn.Module):
             if key not in self._anchor_index:
                 self._anchor_index[key] = self._prune_index(coords)
             return rows[self._anchor_index[key].to(dev)]
-        full = self.coords(1.0)
-        goal = interpolation_target(coords, cont, full, rows)
+        return self.interpolated(coords, cont, rows)
+
+    def interpolated(self, coords: NetCoords, cont: torch.Tensor, base_rows: torch.Tensor) -> torch.Tensor:
+        """``(R, taps_max)``: full-width rows ``base_rows`` read bilinearly at ``cont``'s unit positions
+        (:mod:`wsl.hyper.interp`), weights divided by ``w_in`` like generated ones under fan-in scaling."""
+        dev = base_rows.device
+        goal = interpolation_target(coords, cont, self.coords(1.0), base_rows)
         if self.config.fan_in_scaling:
             w_in = cont[:, CONTINUOUS.index("w_in")].clamp_min(1e-6).to(dev)
             weight = self.is_weight.to(dev)[coords.tensor.to(dev)]
@@ -310,9 +318,8 @@ class NeuMeta(nn.Module):
         flat = self.anchor_flat
         if self._anchor_rows is None or self._anchor_rows.device != flat.device:
             full = self.coords(1.0)
-            mask = torch.arange(self.taps_max).unsqueeze(0) < torch.as_tensor(self.taps)[full.tensor].unsqueeze(1)
             rows = torch.zeros(full.offsets[-1], self.taps_max, device=flat.device)
-            rows[mask.to(flat.device)] = flat
+            rows[self.taps_mask(full.tensor.to(flat.device))] = flat
             self._anchor_rows = rows
         return self._anchor_rows
 
@@ -328,12 +335,14 @@ class NeuMeta(nn.Module):
         sizes = {g.id: n for g, n in zip(groups, coords.group_sizes) if n != g.size}
         keep = kept_units(self.base_space, None, sizes, scores)
         full = self.coords(1.0)
+
+        def kept(g: int | None) -> torch.Tensor:
+            if g is None:
+                return torch.zeros(1, dtype=torch.long)
+            return keep.get(g, torch.arange(groups[g].size))
+
         parts = []
         for k, (lay, lay0) in enumerate(zip(coords.layouts, full.layouts)):
-            def kept(g: int | None) -> torch.Tensor:
-                if g is None:
-                    return torch.zeros(1, dtype=torch.long)
-                return keep.get(g, torch.arange(groups[g].size))
             ko, ki = kept(lay.out_group), kept(lay.in_group)
             n0_in = groups[lay0.in_group].size if lay0.in_group is not None else 1
             idx = full.offsets[k] + ko[:, None] * n0_in + ki[None, :]

@@ -15,10 +15,10 @@ NeuMeta step (one optimiser step)::
       + lambda_rec * mean_k ||W_1[k] - W_base[k]||^2 / sigma_k^2   at full width, no noise
       (+ weight decay via AdamW)
 
-Without the interpolation term (``interp_weight = 0``, the default) nothing but the task
-and distillation losses constrains a narrow member; on the digits ResNet (BatchNorm) those
-alone collapse the generated network to a constant output (README §8, issue 20), so its
-config sets ``interp_weight``.
+Without the interpolation or anchor terms (``interp_weight = anchor_weight = 0``, the
+defaults) nothing but the task and distillation losses constrains a narrow member; on the
+digits ResNet (BatchNorm) those alone collapse the generated network to a constant output
+(README §8, issue 20).
 
 Why they collapse (measured, ``benchmarks/diagnostics/hyper_resnet/conditioning.py``): the
 task gradient through the generator is correct (plain SGD lowers the loss), but an Adam step
@@ -56,8 +56,7 @@ from torch import nn
 from torch.func import functional_call
 
 from wsl.errors import ConfigError
-from wsl.hyper.coords import CONTINUOUS, NetCoords, target_rows
-from wsl.hyper.interp import interpolation_target
+from wsl.hyper.coords import NetCoords, target_rows
 from wsl.hyper.neumeta import NeuMeta
 
 
@@ -120,7 +119,7 @@ class HyperTrainConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name == "optimizer":
+            if f.type in ("str", str):
                 continue
             want_int = f.type in ("int", int)
             if isinstance(v, bool) or not isinstance(v, int if want_int else (int, float)):
@@ -235,7 +234,7 @@ def train_neumeta(hyper: NeuMeta, base_state: dict[str, torch.Tensor], x: torch.
             state = coords.split(values)
             interp_v = 0.0
             if cfg.interp_weight > 0 and widths != full_widths:
-                interp = _interp_loss(hyper, coords, cont, values, full, target)
+                interp = _interp_loss(hyper, coords, cont, values, target)
                 loss = loss + cfg.interp_weight * interp / cfg.widths_per_step
                 interp_v = float(interp.detach())
             if cfg.anchor_weight > 0 and widths != full_widths:
@@ -272,16 +271,10 @@ def train_neumeta(hyper: NeuMeta, base_state: dict[str, torch.Tensor], x: torch.
     return {"optimizer": opt.state_dict(), "history": history}
 
 
-def _interp_loss(hyper: NeuMeta, coords: NetCoords, cont: torch.Tensor, values: torch.Tensor, full: NetCoords,
+def _interp_loss(hyper: NeuMeta, coords: NetCoords, cont: torch.Tensor, values: torch.Tensor,
                  target: torch.Tensor) -> torch.Tensor:
     """Per-tensor-normalised MSE of a narrow member's rows to the base interpolated at their positions."""
-    dev = values.device
-    goal = interpolation_target(coords, cont, full, target)
-    tensor = coords.tensor.to(dev)
-    if hyper.config.fan_in_scaling:  # the generated weights are divided by w_in; so is their target
-        w_in = cont[:, CONTINUOUS.index("w_in")].clamp_min(1e-6)
-        goal = goal / torch.where(hyper.is_weight.to(dev)[tensor], w_in, torch.ones_like(w_in)).unsqueeze(1)
-    return _normalised_mse(hyper, coords, values, goal)
+    return _normalised_mse(hyper, coords, values, hyper.interpolated(coords, cont, target))
 
 
 def _normalised_mse(hyper: NeuMeta, coords: NetCoords, values: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
@@ -291,9 +284,7 @@ def _normalised_mse(hyper: NeuMeta, coords: NetCoords, values: torch.Tensor, goa
     per_row = torch.zeros(values.shape[0], device=dev)
     for k, lay in enumerate(coords.layouts):
         per_row[coords.offsets[k]:coords.offsets[k + 1]] = 1.0 / (len(coords.layouts) * lay.rows * lay.taps)
-    taps = torch.as_tensor(hyper.taps, device=dev)[tensor]
-    mask = torch.arange(hyper.taps_max, device=dev).unsqueeze(0) < taps.unsqueeze(1)
-    w = (per_row / hyper.sigma[tensor] ** 2).unsqueeze(1) * mask
+    w = (per_row / hyper.sigma[tensor] ** 2).unsqueeze(1) * hyper.taps_mask(tensor)
     return ((values - goal) ** 2 * w).sum()
 
 
