@@ -183,3 +183,14 @@ def test_fresh_prune_anchor_of_a_vit_is_its_head_aware_pruning(mode):
     if mode == "count":
         with pytest.raises(ConfigError, match="interp"):
             NeuMeta(NeuMetaConfig(arch=base.wsl_arch, hidden=8, blocks=1, anchor="interp"), base.state_dict())
+
+
+def test_loading_an_anchored_state_replaces_its_cached_anchor():
+    """load_state_dict after a generation: the padded rows and the pruning index follow the loaded base."""
+    a, b = _randomised(small_cnn(channels=[8, 12, 6]), 11), _randomised(small_cnn(channels=[8, 12, 6]), 12)
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(11))
+    hyper = NeuMeta(NeuMetaConfig(arch=a.wsl_arch, hidden=8, blocks=1, anchor="prune"), a.state_dict())
+    hyper.sample(0.5)  # fills both caches from base a
+    other = NeuMeta(NeuMetaConfig(arch=b.wsl_arch, hidden=8, blocks=1, anchor="prune"), b.state_dict())
+    hyper.load_state_dict(other.state_dict())
+    torch.testing.assert_close(hyper.sample(0.5)(x), prune(b, 0.5)(x), atol=1e-5, rtol=1e-5)

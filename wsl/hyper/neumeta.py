@@ -275,7 +275,7 @@ class NeuMeta(nn.Module):
         self.register_buffer("anchor_flat", flat)
         self.register_buffer("anchor_scores", scores)
         self._anchor_rows: torch.Tensor | None = None
-        self.register_load_state_dict_post_hook(_forget_anchor_rows)
+        self.register_load_state_dict_post_hook(_forget_anchor_caches)
         with torch.no_grad():  # a fresh anchored hypernetwork generates its anchor exactly
             for head in self.heads:
                 head.weight.zero_()
@@ -428,9 +428,11 @@ class NeuMeta(nn.Module):
         return asdict(self.config)
 
 
-def _forget_anchor_rows(module: NeuMeta, incompatible_keys: Any) -> None:
-    """After ``load_state_dict``: the cached padded anchor rows are rebuilt from the loaded ``anchor_flat``."""
+def _forget_anchor_caches(module: NeuMeta, incompatible_keys: Any) -> None:
+    """After ``load_state_dict``: the padded anchor rows and the pruning index are rebuilt from the loaded
+    ``anchor_flat`` and ``anchor_scores``."""
     module._anchor_rows = None
+    module._anchor_index.clear()
 
 
 @torch.no_grad()
